@@ -1,0 +1,2 @@
+//! flowlens collector (work in progress).
+fn main() {}

@@ -1,0 +1,2 @@
+//! flowlens enricher (work in progress).
+fn main() {}

@@ -1,0 +1,1 @@
+//! flowlens runtime (work in progress).

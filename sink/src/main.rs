@@ -1,0 +1,2 @@
+//! flowlens sink (work in progress).
+fn main() {}

@@ -1,1 +1,12 @@
-//! flowlens runtime (work in progress).
+//! Shared plumbing for the flowlens services: configuration, Kafka client settings, telemetry
+//! (logs and Prometheus metrics) and graceful shutdown. Each stage keeps only its own logic.
+
+pub mod config;
+pub mod dead_letter;
+pub mod kafka;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{load_config, ConfigError, Validate};
+pub use dead_letter::DeadLetter;
+pub use shutdown::Shutdown;

@@ -1,0 +1,144 @@
+//! Configuration loading: a TOML file plus environment overrides, then validation that names the
+//! offending key. `FLOWLENS_<STAGE>__KAFKA__BROKERS=...` overrides `kafka.brokers`.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+/// A configuration problem, always naming the key (dotted path) that is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("configuration: {0}")]
+    Parse(String),
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    /// Builds the error for one bad key.
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Semantic checks run after deserialization (ranges, non-empty lists, consistent settings).
+pub trait Validate {
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// Loads `T` from an optional TOML file and from environment variables with `env_prefix`
+/// (nested keys separated by `__`), then validates it.
+pub fn load_config<T>(file: Option<&Path>, env_prefix: &str) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Validate,
+{
+    let mut builder = config::Config::builder();
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError::Read {
+                path: path.display().to_string(),
+                message: "no such file".into(),
+            });
+        }
+        builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix(env_prefix)
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("kafka.brokers")
+            .with_list_parse_key("interfaces")
+            .try_parsing(true),
+    );
+    let raw = builder
+        .build()
+        .map_err(|e| ConfigError::Parse(e.to_string()))?;
+    let parsed: T = raw
+        .try_deserialize()
+        .map_err(|e| ConfigError::Parse(e.to_string()))?;
+    parsed.validate()?;
+    Ok(parsed)
+}
+
+/// Checks that a duration-like number of milliseconds lies in `[min, max]`.
+pub fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{value} is out of range [{min}, {max}]"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use std::io::Write;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        name: String,
+        #[serde(default)]
+        count: u64,
+    }
+
+    impl Validate for Sample {
+        fn validate(&self) -> Result<(), ConfigError> {
+            check_range("count", self.count, 0, 10)
+        }
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn file_values_are_read_and_validated() {
+        let f = write("name = \"a\"\ncount = 3\n");
+        let s: Sample = load_config(Some(f.path()), "FLOWLENS_TEST_A").unwrap();
+        assert_eq!((s.name.as_str(), s.count), ("a", 3));
+
+        let f = write("name = \"a\"\ncount = 11\n");
+        let err = load_config::<Sample>(Some(f.path()), "FLOWLENS_TEST_B").unwrap_err();
+        assert!(err.to_string().contains("`count`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_and_mistyped_keys_are_named() {
+        let f = write("name = \"a\"\ncuont = 3\n");
+        let err = load_config::<Sample>(Some(f.path()), "FLOWLENS_TEST_C").unwrap_err();
+        assert!(err.to_string().contains("cuont"), "{err}");
+
+        let f = write("name = \"a\"\ncount = \"many\"\n");
+        let err = load_config::<Sample>(Some(f.path()), "FLOWLENS_TEST_D").unwrap_err();
+        assert!(err.to_string().contains("count"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let f = write("name = \"a\"\n");
+        // SAFETY: the variable name is unique to this test.
+        unsafe { std::env::set_var("FLOWLENS_TEST_E__NAME", "from-env") };
+        let s: Sample = load_config(Some(f.path()), "FLOWLENS_TEST_E").unwrap();
+        assert_eq!(s.name, "from-env");
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let err =
+            load_config::<Sample>(Some(Path::new("/nonexistent/x.toml")), "FLOWLENS_TEST_F")
+                .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/x.toml"), "{err}");
+    }
+}

@@ -1,0 +1,141 @@
+//! Avro single-object encoding: `C3 01`, 8-byte CRC-64-AVRO fingerprint (little-endian), binary datum.
+
+use std::io;
+
+use apache_avro::{from_value, write_avro_datum_ref};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{hex, SchemaError};
+use crate::records::{EnrichedFlow, Interface, RawFlow};
+use crate::schema::{AvroRecord, RecordKind};
+
+/// The two marker bytes that start every single-object message.
+pub const MAGIC: [u8; 2] = [0xC3, 0x01];
+/// Length of the single-object header: marker plus fingerprint.
+pub const HEADER_LEN: usize = 10;
+
+/// Appends one single-object message (header + datum) for `record` to `out`.
+///
+/// On error `out` is left as it was. Reuse `out` across calls (clear it, or keep
+/// appending) to avoid reallocations.
+pub fn encode<R: AvroRecord + Serialize>(record: &R, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+    let fingerprint = R::fingerprint();
+    let start = out.len();
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&fingerprint);
+    let result = match RecordKind::from_fingerprint(fingerprint) {
+        Some(kind) => write_avro_datum_ref(&kind.compiled().inlined, record, out),
+        // An AvroRecord implemented outside this crate: resolve its references on the fly.
+        None => {
+            let inlined = crate::schema::inlined(R::schema());
+            write_avro_datum_ref(&inlined, record, out)
+        }
+    };
+    result.map(drop).map_err(|e| {
+        out.truncate(start);
+        SchemaError::Datum(e.to_string())
+    })
+}
+
+/// Decodes one single-object message holding an `R`.
+///
+/// The whole slice must be exactly one message: trailing bytes are an error.
+pub fn decode<R: AvroRecord + DeserializeOwned>(message: &[u8]) -> Result<R, SchemaError> {
+    let fingerprint = peek_fingerprint(message)?;
+    let found = RecordKind::from_fingerprint(fingerprint);
+    if fingerprint != R::fingerprint() {
+        return Err(match found {
+            Some(found) => SchemaError::WrongRecord {
+                expected: RecordKind::from_fingerprint(R::fingerprint())
+                    .map_or("a record outside flowlens-schemas", RecordKind::full_name),
+                found: found.full_name(),
+            },
+            None => SchemaError::UnknownFingerprint {
+                found: hex(&fingerprint),
+            },
+        });
+    }
+    let mut rest = message;
+    let value = match found {
+        Some(kind) => kind.compiled().reader.read_value(&mut rest),
+        None => {
+            rest = &message[HEADER_LEN..];
+            apache_avro::from_avro_datum(R::schema(), &mut rest, None)
+        }
+    }
+    .map_err(|e| datum_error(e, message.len()))?;
+    if !rest.is_empty() {
+        return Err(SchemaError::TrailingBytes {
+            record: found.map_or("record", RecordKind::full_name),
+            count: rest.len(),
+        });
+    }
+    from_value::<R>(&value).map_err(|e| SchemaError::Datum(e.to_string()))
+}
+
+/// Checks the marker and returns the writer-schema fingerprint (header byte order)
+/// without decoding the datum.
+pub fn peek_fingerprint(message: &[u8]) -> Result<[u8; 8], SchemaError> {
+    let marker_len = message.len().min(MAGIC.len());
+    if message[..marker_len] != MAGIC[..marker_len] {
+        return Err(SchemaError::NotSingleObject {
+            found: hex(&message[..marker_len]),
+        });
+    }
+    match message.get(MAGIC.len()..HEADER_LEN) {
+        Some(fp) => Ok(fp.try_into().expect("slice of 8")),
+        None => Err(SchemaError::Truncated {
+            len: message.len(),
+            part: "header",
+        }),
+    }
+}
+
+/// Which flowlens record a message holds, from its header alone.
+pub fn peek_kind(message: &[u8]) -> Result<RecordKind, SchemaError> {
+    RecordKind::for_fingerprint(peek_fingerprint(message)?)
+}
+
+/// Any flowlens record, as returned by [`decode_any`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnyRecord {
+    RawFlow(RawFlow),
+    Interface(Interface),
+    EnrichedFlow(EnrichedFlow),
+}
+
+impl AnyRecord {
+    /// The kind of record held.
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            AnyRecord::RawFlow(_) => RecordKind::RawFlow,
+            AnyRecord::Interface(_) => RecordKind::Interface,
+            AnyRecord::EnrichedFlow(_) => RecordKind::EnrichedFlow,
+        }
+    }
+}
+
+/// Decodes a message of any flowlens record type, chosen by its fingerprint.
+pub fn decode_any(message: &[u8]) -> Result<AnyRecord, SchemaError> {
+    Ok(match peek_kind(message)? {
+        RecordKind::RawFlow => AnyRecord::RawFlow(decode(message)?),
+        RecordKind::Interface => AnyRecord::Interface(decode(message)?),
+        RecordKind::EnrichedFlow => AnyRecord::EnrichedFlow(decode(message)?),
+    })
+}
+
+/// Maps an apache-avro decoding error, telling truncation (an EOF anywhere in the error
+/// chain) apart from other datum errors.
+fn datum_error(err: apache_avro::Error, len: usize) -> SchemaError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::UnexpectedEof {
+                return SchemaError::Truncated { len, part: "datum" };
+            }
+        }
+        source = e.source();
+    }
+    SchemaError::Datum(err.to_string())
+}

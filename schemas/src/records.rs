@@ -1,0 +1,213 @@
+//! Typed Rust records mirroring the `.avsc` files: `RawFlow`, `Interface`, `EnrichedFlow`, `Direction`.
+//!
+//! Field order and enum variant order MUST match the schemas: apache-avro's serde writer
+//! emits fields in Rust declaration order and enum symbols by variant index
+//! (the `field_order_matches_schema` tests guard this).
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use apache_avro::Schema;
+use serde::{Deserialize, Serialize};
+
+use crate::ip::{fixed16, v6_to_ip};
+use crate::schema::{AvroRecord, RecordKind};
+
+/// Traffic direction relative to the interface (Avro enum `io.flowlens.Direction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Direction {
+    /// Packets received by the interface.
+    #[serde(rename = "INGRESS")]
+    Ingress,
+    /// Packets sent by the interface.
+    #[serde(rename = "EGRESS")]
+    Egress,
+}
+
+/// One flow per collector scan interval (`io.flowlens.RawFlow`); see `avro/raw_flow.avsc` for field docs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawFlow {
+    pub host: String,
+    pub ifindex: i32,
+    pub direction: Direction,
+    pub time_flow_start_ns: i64,
+    pub time_flow_end_ns: i64,
+    pub time_exported_ns: i64,
+    pub etype: i32,
+    pub vlan_id: i32,
+    pub proto: i32,
+    /// IPv6, or IPv4-mapped IPv6 for IPv4; see [`crate::ip_to_v6`] and [`RawFlow::src_ip`].
+    #[serde(with = "fixed16")]
+    pub src_addr: Ipv6Addr,
+    #[serde(with = "fixed16")]
+    pub dst_addr: Ipv6Addr,
+    pub src_port: i32,
+    pub dst_port: i32,
+    pub icmp_type: i32,
+    pub icmp_code: i32,
+    pub tcp_flags: i32,
+    pub packets: i64,
+    pub bytes: i64,
+    pub sampling_rate: i32,
+}
+
+impl RawFlow {
+    /// Source address with IPv4-mapped addresses unmapped to `IpAddr::V4`.
+    pub fn src_ip(&self) -> IpAddr {
+        v6_to_ip(self.src_addr)
+    }
+
+    /// Destination address with IPv4-mapped addresses unmapped to `IpAddr::V4`.
+    pub fn dst_ip(&self) -> IpAddr {
+        v6_to_ip(self.dst_addr)
+    }
+}
+
+/// Interface metadata (`io.flowlens.Interface`), keyed by host/ifindex; see `avro/interface.avsc`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    pub host: String,
+    pub ifindex: i32,
+    pub name: String,
+    pub mac: String,
+    pub mtu: i32,
+    pub kind: String,
+    pub netns: String,
+    pub netns_inode: i64,
+    pub oper_state: String,
+    pub time_observed_ns: i64,
+}
+
+/// A `RawFlow` flattened together with interface and Kubernetes metadata (`io.flowlens.EnrichedFlow`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrichedFlow {
+    pub host: String,
+    pub ifindex: i32,
+    pub direction: Direction,
+    pub time_flow_start_ns: i64,
+    pub time_flow_end_ns: i64,
+    pub time_exported_ns: i64,
+    pub etype: i32,
+    pub vlan_id: i32,
+    pub proto: i32,
+    #[serde(with = "fixed16")]
+    pub src_addr: Ipv6Addr,
+    #[serde(with = "fixed16")]
+    pub dst_addr: Ipv6Addr,
+    pub src_port: i32,
+    pub dst_port: i32,
+    pub icmp_type: i32,
+    pub icmp_code: i32,
+    pub tcp_flags: i32,
+    pub packets: i64,
+    pub bytes: i64,
+    pub sampling_rate: i32,
+    /// From the Interface join, "" when unknown.
+    pub if_name: String,
+    pub if_mac: String,
+    pub if_kind: String,
+    pub if_netns: String,
+    /// Kubernetes metadata, `None` when unknown.
+    pub src_pod: Option<String>,
+    pub src_namespace: Option<String>,
+    pub src_workload: Option<String>,
+    pub src_workload_kind: Option<String>,
+    pub src_node: Option<String>,
+    pub src_service: Option<String>,
+    pub dst_pod: Option<String>,
+    pub dst_namespace: Option<String>,
+    pub dst_workload: Option<String>,
+    pub dst_workload_kind: Option<String>,
+    pub dst_node: Option<String>,
+    pub dst_service: Option<String>,
+}
+
+impl EnrichedFlow {
+    /// Copies every raw field; interface fields empty, Kubernetes fields `None`.
+    pub fn from_raw(raw: RawFlow) -> Self {
+        let RawFlow {
+            host,
+            ifindex,
+            direction,
+            time_flow_start_ns,
+            time_flow_end_ns,
+            time_exported_ns,
+            etype,
+            vlan_id,
+            proto,
+            src_addr,
+            dst_addr,
+            src_port,
+            dst_port,
+            icmp_type,
+            icmp_code,
+            tcp_flags,
+            packets,
+            bytes,
+            sampling_rate,
+        } = raw;
+        EnrichedFlow {
+            host,
+            ifindex,
+            direction,
+            time_flow_start_ns,
+            time_flow_end_ns,
+            time_exported_ns,
+            etype,
+            vlan_id,
+            proto,
+            src_addr,
+            dst_addr,
+            src_port,
+            dst_port,
+            icmp_type,
+            icmp_code,
+            tcp_flags,
+            packets,
+            bytes,
+            sampling_rate,
+            if_name: String::new(),
+            if_mac: String::new(),
+            if_kind: String::new(),
+            if_netns: String::new(),
+            src_pod: None,
+            src_namespace: None,
+            src_workload: None,
+            src_workload_kind: None,
+            src_node: None,
+            src_service: None,
+            dst_pod: None,
+            dst_namespace: None,
+            dst_workload: None,
+            dst_workload_kind: None,
+            dst_node: None,
+            dst_service: None,
+        }
+    }
+
+    /// Source address with IPv4-mapped addresses unmapped to `IpAddr::V4`.
+    pub fn src_ip(&self) -> IpAddr {
+        v6_to_ip(self.src_addr)
+    }
+
+    /// Destination address with IPv4-mapped addresses unmapped to `IpAddr::V4`.
+    pub fn dst_ip(&self) -> IpAddr {
+        v6_to_ip(self.dst_addr)
+    }
+}
+
+macro_rules! avro_record {
+    ($ty:ty, $kind:expr) => {
+        impl AvroRecord for $ty {
+            fn schema() -> &'static Schema {
+                $kind.schema()
+            }
+            fn fingerprint() -> [u8; 8] {
+                $kind.fingerprint()
+            }
+        }
+    };
+}
+
+avro_record!(RawFlow, RecordKind::RawFlow);
+avro_record!(Interface, RecordKind::Interface);
+avro_record!(EnrichedFlow, RecordKind::EnrichedFlow);

@@ -1,0 +1,208 @@
+//! The embedded `.avsc` contract: parsed once, with fingerprints, the record registry and the `AvroRecord` trait.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use apache_avro::rabin::Rabin;
+use apache_avro::schema::{Name, UnionSchema};
+use apache_avro::{GenericSingleObjectReader, Schema};
+
+use crate::error::{hex, SchemaError};
+
+/// Text of `avro/raw_flow.avsc`, the writer schema of [`crate::RawFlow`].
+pub const RAW_FLOW_AVSC: &str = include_str!("../avro/raw_flow.avsc");
+/// Text of `avro/interface.avsc`, the writer schema of [`crate::Interface`].
+pub const INTERFACE_AVSC: &str = include_str!("../avro/interface.avsc");
+/// Text of `avro/enriched_flow.avsc`, the writer schema of [`crate::EnrichedFlow`].
+pub const ENRICHED_FLOW_AVSC: &str = include_str!("../avro/enriched_flow.avsc");
+
+/// A flowlens record type, bound to its embedded writer schema.
+pub trait AvroRecord: Sized {
+    /// The parsed writer schema (parsed once per process).
+    fn schema() -> &'static Schema;
+    /// CRC-64-AVRO (Rabin) fingerprint of the schema's Parsing Canonical Form, in the byte
+    /// order of the single-object header (little-endian).
+    fn fingerprint() -> [u8; 8];
+}
+
+/// The record types of the contract, e.g. to route a message by its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    /// `io.flowlens.RawFlow`
+    RawFlow,
+    /// `io.flowlens.Interface`
+    Interface,
+    /// `io.flowlens.EnrichedFlow`
+    EnrichedFlow,
+}
+
+impl RecordKind {
+    /// All record kinds.
+    pub const ALL: [RecordKind; 3] = [
+        RecordKind::RawFlow,
+        RecordKind::Interface,
+        RecordKind::EnrichedFlow,
+    ];
+
+    /// Avro full name, e.g. `io.flowlens.RawFlow`.
+    pub fn full_name(self) -> &'static str {
+        match self {
+            RecordKind::RawFlow => "io.flowlens.RawFlow",
+            RecordKind::Interface => "io.flowlens.Interface",
+            RecordKind::EnrichedFlow => "io.flowlens.EnrichedFlow",
+        }
+    }
+
+    /// The `.avsc` text of this record's writer schema.
+    pub fn avsc(self) -> &'static str {
+        match self {
+            RecordKind::RawFlow => RAW_FLOW_AVSC,
+            RecordKind::Interface => INTERFACE_AVSC,
+            RecordKind::EnrichedFlow => ENRICHED_FLOW_AVSC,
+        }
+    }
+
+    /// The parsed writer schema.
+    pub fn schema(self) -> &'static Schema {
+        &self.compiled().schema
+    }
+
+    /// The writer schema's fingerprint (header byte order).
+    pub fn fingerprint(self) -> [u8; 8] {
+        self.compiled().fingerprint
+    }
+
+    /// The record kind whose writer schema has this fingerprint, if any.
+    pub fn from_fingerprint(fingerprint: [u8; 8]) -> Option<RecordKind> {
+        RecordKind::ALL
+            .into_iter()
+            .find(|k| k.fingerprint() == fingerprint)
+    }
+
+    pub(crate) fn compiled(self) -> &'static Compiled {
+        match self {
+            RecordKind::RawFlow => &RAW_FLOW,
+            RecordKind::Interface => &INTERFACE,
+            RecordKind::EnrichedFlow => &ENRICHED_FLOW,
+        }
+    }
+
+    pub(crate) fn for_fingerprint(fingerprint: [u8; 8]) -> Result<RecordKind, SchemaError> {
+        RecordKind::from_fingerprint(fingerprint).ok_or_else(|| SchemaError::UnknownFingerprint {
+            found: hex(&fingerprint),
+        })
+    }
+}
+
+/// Everything derived once from one `.avsc`.
+pub(crate) struct Compiled {
+    /// The schema as parsed from the file (source of the fingerprint).
+    pub schema: Schema,
+    pub fingerprint: [u8; 8],
+    /// The same schema with every named-type reference replaced by its definition.
+    ///
+    /// apache-avro 0.21's public serde writer (`write_avro_datum_ref`) resolves no names, so a
+    /// field typed `"IPv6Address"` (a reference) would fail to serialize; this copy has none.
+    pub inlined: Schema,
+    /// Cached name resolution for decoding.
+    pub reader: GenericSingleObjectReader,
+}
+
+fn compile(kind: RecordKind) -> Compiled {
+    let schema = Schema::parse_str(kind.avsc())
+        .unwrap_or_else(|e| panic!("embedded {} schema does not parse: {e}", kind.full_name()));
+    let fingerprint: [u8; 8] = schema
+        .fingerprint::<Rabin>()
+        .bytes
+        .try_into()
+        .expect("Rabin fingerprints are 8 bytes");
+    let inlined = inlined(&schema);
+    let reader = GenericSingleObjectReader::new(schema.clone())
+        .unwrap_or_else(|e| panic!("embedded {} schema does not resolve: {e}", kind.full_name()));
+    Compiled {
+        schema,
+        fingerprint,
+        inlined,
+        reader,
+    }
+}
+
+static RAW_FLOW: LazyLock<Compiled> = LazyLock::new(|| compile(RecordKind::RawFlow));
+static INTERFACE: LazyLock<Compiled> = LazyLock::new(|| compile(RecordKind::Interface));
+static ENRICHED_FLOW: LazyLock<Compiled> = LazyLock::new(|| compile(RecordKind::EnrichedFlow));
+
+/// A copy of `schema` without named-type references (see [`Compiled::inlined`]).
+pub(crate) fn inlined(schema: &Schema) -> Schema {
+    let mut copy = schema.clone();
+    inline_refs(&mut copy, &mut HashMap::new());
+    copy
+}
+
+/// Replaces each `Schema::Ref` by the named type it refers to, defined earlier in document order.
+fn inline_refs(schema: &mut Schema, defined: &mut HashMap<Name, Schema>) {
+    match schema {
+        Schema::Ref { name } => {
+            // An unresolvable reference is left alone; writing then fails with a datum error.
+            if let Some(definition) = defined.get(name) {
+                *schema = definition.clone();
+            }
+        }
+        Schema::Record(record) => {
+            // Register first so that recursive records would still resolve (not used by flowlens).
+            defined.insert(record.name.clone(), Schema::Record(record.clone()));
+            for field in &mut record.fields {
+                inline_refs(&mut field.schema, defined);
+            }
+        }
+        Schema::Enum(e) => {
+            defined.insert(e.name.clone(), schema.clone());
+        }
+        Schema::Fixed(f) => {
+            defined.insert(f.name.clone(), schema.clone());
+        }
+        Schema::Array(array) => inline_refs(&mut array.items, defined),
+        Schema::Map(map) => inline_refs(&mut map.types, defined),
+        Schema::Union(union) => {
+            let mut variants = union.variants().to_vec();
+            for v in &mut variants {
+                inline_refs(v, defined);
+            }
+            *union = UnionSchema::new(variants).expect("inlining keeps a union valid");
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemas_parse_and_fingerprints_differ() {
+        let fps: Vec<_> = RecordKind::ALL.iter().map(|k| k.fingerprint()).collect();
+        assert_ne!(fps[0], fps[1]);
+        assert_ne!(fps[0], fps[2]);
+        assert_ne!(fps[1], fps[2]);
+        for k in RecordKind::ALL {
+            assert_eq!(RecordKind::from_fingerprint(k.fingerprint()), Some(k));
+            assert_eq!(k.schema().name().unwrap().fullname(None), k.full_name());
+        }
+    }
+
+    #[test]
+    fn inlined_schema_has_no_refs() {
+        fn has_ref(s: &Schema) -> bool {
+            match s {
+                Schema::Ref { .. } => true,
+                Schema::Record(r) => r.fields.iter().any(|f| has_ref(&f.schema)),
+                Schema::Union(u) => u.variants().iter().any(has_ref),
+                _ => false,
+            }
+        }
+        for k in RecordKind::ALL {
+            let c = k.compiled();
+            assert!(has_ref(&c.schema) || k == RecordKind::Interface, "{k:?}");
+            assert!(!has_ref(&c.inlined), "{k:?}");
+        }
+    }
+}

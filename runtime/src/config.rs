@@ -136,9 +136,8 @@ mod tests {
 
     #[test]
     fn missing_file_is_named() {
-        let err =
-            load_config::<Sample>(Some(Path::new("/nonexistent/x.toml")), "FLOWLENS_TEST_F")
-                .unwrap_err();
+        let err = load_config::<Sample>(Some(Path::new("/nonexistent/x.toml")), "FLOWLENS_TEST_F")
+            .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/x.toml"), "{err}");
     }
 }

@@ -37,8 +37,7 @@ impl DeadLetter {
             message.partition(),
             message.offset()
         );
-        metrics::counter!("flowlens_dead_letter_records_total", "stage" => self.stage)
-            .increment(1);
+        metrics::counter!("flowlens_dead_letter_records_total", "stage" => self.stage).increment(1);
         tracing::warn!(stage = self.stage, %source, %reason, "record sent to dead-letter topic");
         let headers = OwnedHeaders::new()
             .insert(Header {

@@ -206,7 +206,10 @@ mod tests {
             ..Default::default()
         };
         let e = k.validate("kafka").unwrap_err().to_string();
-        assert!(e.contains("kafka.brokers") && e.contains("localhost"), "{e}");
+        assert!(
+            e.contains("kafka.brokers") && e.contains("localhost"),
+            "{e}"
+        );
         k.brokers = vec!["127.0.0.1:9092".into()];
         k.topics.enriched_flows = "bad topic".into();
         let e = k.validate("kafka").unwrap_err().to_string();

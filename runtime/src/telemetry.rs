@@ -31,7 +31,10 @@ impl TelemetryConfig {
         if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<SocketAddr>().is_err() {
             return Err(crate::ConfigError::invalid(
                 format!("{section}.metrics_listen"),
-                format!("`{}` is not an address like 127.0.0.1:9101", self.metrics_listen),
+                format!(
+                    "`{}` is not an address like 127.0.0.1:9101",
+                    self.metrics_listen
+                ),
             ));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {

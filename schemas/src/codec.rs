@@ -56,19 +56,30 @@ pub fn decode<R: AvroRecord + DeserializeOwned>(message: &[u8]) -> Result<R, Sch
             },
         });
     }
-    let mut rest = message;
+    let mut reader = EofTracking {
+        rest: message,
+        hit_eof: false,
+    };
     let value = match found {
-        Some(kind) => kind.compiled().reader.read_value(&mut rest),
+        Some(kind) => kind.compiled().reader.read_value(&mut reader),
         None => {
-            rest = &message[HEADER_LEN..];
-            apache_avro::from_avro_datum(R::schema(), &mut rest, None)
+            reader.rest = &message[HEADER_LEN..];
+            apache_avro::from_avro_datum(R::schema(), &mut reader, None)
         }
+    };
+    // apache-avro 0.21 turns an EOF inside a string, bool or union index into a null value
+    // instead of an error, so a truncated message can "decode"; the reader remembers EOFs.
+    if reader.hit_eof {
+        return Err(SchemaError::Truncated {
+            len: message.len(),
+            part: "datum",
+        });
     }
-    .map_err(|e| datum_error(e, message.len()))?;
-    if !rest.is_empty() {
+    let value = value.map_err(|e| datum_error(e, message.len()))?;
+    if !reader.rest.is_empty() {
         return Err(SchemaError::TrailingBytes {
             record: found.map_or("record", RecordKind::full_name),
-            count: rest.len(),
+            count: reader.rest.len(),
         });
     }
     from_value::<R>(&value).map_err(|e| SchemaError::Datum(e.to_string()))
@@ -98,10 +109,15 @@ pub fn peek_kind(message: &[u8]) -> Result<RecordKind, SchemaError> {
 }
 
 /// Any flowlens record, as returned by [`decode_any`].
+// Short-lived (decoded, then matched and moved out): not worth boxing EnrichedFlow.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnyRecord {
+    /// An `io.flowlens.RawFlow` message.
     RawFlow(RawFlow),
+    /// An `io.flowlens.Interface` message.
     Interface(Interface),
+    /// An `io.flowlens.EnrichedFlow` message.
     EnrichedFlow(EnrichedFlow),
 }
 
@@ -123,6 +139,33 @@ pub fn decode_any(message: &[u8]) -> Result<AnyRecord, SchemaError> {
         RecordKind::Interface => AnyRecord::Interface(decode(message)?),
         RecordKind::EnrichedFlow => AnyRecord::EnrichedFlow(decode(message)?),
     })
+}
+
+/// A byte-slice reader that remembers whether anyone tried to read past its end.
+struct EofTracking<'a> {
+    rest: &'a [u8],
+    hit_eof: bool,
+}
+
+impl io::Read for EofTracking<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.rest.is_empty() && !buf.is_empty() {
+            self.hit_eof = true;
+        }
+        self.rest.read(buf)
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        if buf.len() > self.rest.len() {
+            self.hit_eof = true;
+            self.rest = &[];
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let (head, tail) = self.rest.split_at(buf.len());
+        buf.copy_from_slice(head);
+        self.rest = tail;
+        Ok(())
+    }
 }
 
 /// Maps an apache-avro decoding error, telling truncation (an EOF anywhere in the error

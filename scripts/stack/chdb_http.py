@@ -273,6 +273,7 @@ class FrameDecoder:
                 out.append(bytes(payload))
             else:
                 raise ch_error(89, f"Unknown compression method: {method:#x}")
+            payload.release()
             body.release()
             pos += 16 + csize
         if pos:
@@ -389,7 +390,7 @@ class Front:
                     try:
                         if data_off < len(sql_head):
                             inserter.append(bytes(sql_head[data_off:]))
-                        for chunk in body_chunks:
+                        for chunk in body_chunks or ():
                             if chunk:
                                 inserter.append(chunk)
                         res = inserter.finish()
@@ -490,6 +491,8 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         self.bytes_out = len(body)
         self.status = status
+        if status >= 400:
+            self.error_text = body[:300].decode("utf-8", "replace").strip()
 
     def _send_error(self, err):
         status = err.status or status_for(err.code)
@@ -534,6 +537,7 @@ class Handler(BaseHTTPRequestHandler):
         self.bytes_in = 0
         self.bytes_out = 0
         self.status = 0
+        self.error_text = ""
         head_for_log = ""
         url = urllib.parse.urlsplit(self.path)
         pairs = urllib.parse.parse_qsl(url.query, keep_blank_values=True)
@@ -555,6 +559,7 @@ class Handler(BaseHTTPRequestHandler):
             decompress = qs.get("decompress") == "1"
             ctype = self.headers.get("Content-Type") or ""
             url_query = qs.get("query")
+            head_for_log = url_query or ""
             if post and ctype.lower().startswith("multipart/form-data"):
                 fields = parse_multipart(b"".join(self._read_body(decompress)), ctype)
                 for k, v in fields.items():
@@ -614,7 +619,8 @@ class Handler(BaseHTTPRequestHandler):
             ms = (time.monotonic() - t0) * 1000
             q = " ".join(head_for_log.split())[:80]
             sys.stderr.write(f"{time.strftime('%H:%M:%S')} {self.command} {self.status} {ms:.1f}ms "
-                             f"in={self.bytes_in} out={self.bytes_out} {q}\n")
+                             f"in={self.bytes_in} out={self.bytes_out} {q}"
+                             + (f" -> {self.error_text}" if self.error_text else "") + "\n")
 
     def _drain_quietly(self):
         try:
@@ -659,6 +665,7 @@ def main():
     Handler.front = Front(args)
     ThreadingHTTPServer.daemon_threads = True
     ThreadingHTTPServer.allow_reuse_address = True
+    ThreadingHTTPServer.request_queue_size = 128
     srv = ThreadingHTTPServer((args.host, args.port), Handler)
     sys.stderr.write(f"chdb_http: ClickHouse {Handler.front.version} (chdb, in-process) on "
                      f"http://{args.host}:{args.port}/ data={args.data_dir} (development stand-in)\n")

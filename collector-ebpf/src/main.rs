@@ -1,0 +1,122 @@
+//! flowlens kernel programs: TC/TCX classifiers on ingress and egress that parse each packet
+//! (Ethernet with 802.1Q/QinQ, IPv4, IPv6 with extension headers, TCP, UDP, SCTP, ICMP/ICMPv6,
+//! fragments) and add it to the per-CPU flow table. They never drop or change a packet: every
+//! path returns TC_ACT_UNSPEC (TCX "next"), and packets that cannot be parsed are only counted.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC,
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    programs::TcContext,
+};
+use flowlens_common::{
+    FlowKey, FlowStats, FragmentKey, FragmentPorts, COUNTER_COUNT, COUNTER_TABLE_FULL,
+    DIRECTION_EGRESS, DIRECTION_INGRESS,
+};
+
+/// The flow table. Its size is set by the collector at load time (`table_size`).
+#[map]
+static FLOWS: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entries(65536, 0);
+
+/// Kernel-side counters, see `flowlens_common::COUNTER_*`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// Ports of in-flight fragmented datagrams, keyed by (addresses, id, protocol).
+#[map]
+static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts> = LruHashMap::with_max_entries(8192, 0);
+
+#[classifier]
+pub fn flowlens_ingress(ctx: TcContext) -> i32 {
+    account(&ctx, DIRECTION_INGRESS);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn flowlens_egress(ctx: TcContext) -> i32 {
+    account(&ctx, DIRECTION_EGRESS);
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn account(ctx: &TcContext, direction: u8) {
+    let Some(packet) = parse::parse(ctx, direction) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    record(
+        &packet.key,
+        packet.packets,
+        packet.bytes,
+        packet.tcp_flags,
+        now,
+    );
+}
+
+#[inline(always)]
+pub(crate) fn count(counter: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(counter) {
+        // Per-CPU slot: no other writer.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn record(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u16, now: u64) {
+    if let Some(stats) = FLOWS.get_ptr_mut(key) {
+        add(stats, packets, bytes, tcp_flags, now);
+        return;
+    }
+    let fresh = FlowStats {
+        packets,
+        bytes,
+        first_seen_ns: now,
+        last_seen_ns: now,
+        tcp_flags,
+        _pad: [0; 6],
+    };
+    // BPF_NOEXIST: if another CPU created the entry meanwhile, add to our slot of it instead.
+    if FLOWS.insert(key, &fresh, 1).is_ok() {
+        return;
+    }
+    match FLOWS.get_ptr_mut(key) {
+        Some(stats) => add(stats, packets, bytes, tcp_flags, now),
+        None => count(COUNTER_TABLE_FULL),
+    }
+}
+
+#[inline(always)]
+fn add(stats: *mut FlowStats, packets: u64, bytes: u64, tcp_flags: u16, now: u64) {
+    // Per-CPU value: this CPU is its only writer.
+    let stats = unsafe { &mut *stats };
+    if stats.packets == 0 {
+        stats.first_seen_ns = now;
+    }
+    stats.packets += packets;
+    stats.bytes += bytes;
+    stats.last_seen_ns = now;
+    stats.tcp_flags |= tcp_flags;
+}
+
+pub(crate) fn remember_fragment(key: &FragmentKey, ports: &FragmentPorts) {
+    let _ = FRAGMENTS.insert(key, ports, 0);
+}
+
+pub(crate) fn fragment_ports(key: &FragmentKey) -> Option<FragmentPorts> {
+    unsafe { FRAGMENTS.get(key).copied() }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,150 @@
+//! Collector configuration (`[collector]`, `[kafka]`, `[telemetry]`), file + environment
+//! (`FLOWLENS_COLLECTOR__...`), validated at start with errors naming the key.
+
+use flowlens_runtime::kafka::KafkaConfig;
+use flowlens_runtime::telemetry::TelemetryConfig;
+use flowlens_runtime::{ConfigError, Validate};
+use serde::Deserialize;
+
+pub const ENV_PREFIX: &str = "FLOWLENS_COLLECTOR";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub collector: CollectorConfig,
+    pub kafka: KafkaConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// Host name put on every record; defaults to the kernel's host name.
+    pub host: String,
+    /// Interfaces to attach to, by name; empty means every interface but loopback.
+    pub interfaces: Vec<String>,
+    /// Network namespace holding the interfaces: a name under /var/run/netns or a path
+    /// (e.g. /proc/PID/ns/net); empty means the collector's own namespace.
+    pub netns: String,
+    /// How often the kernel flow table is drained and exported, in milliseconds.
+    pub scan_interval_ms: u64,
+    /// Maximum number of flows the kernel table holds between two scans.
+    pub table_size: u32,
+    /// Flows read per batched map syscall.
+    pub drain_batch: u32,
+    /// How often interface metadata is re-read (changes are published), in milliseconds.
+    pub interface_refresh_ms: u64,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            host: String::new(),
+            interfaces: Vec::new(),
+            netns: String::new(),
+            scan_interval_ms: 5_000,
+            table_size: 262_144,
+            drain_batch: 8_192,
+            interface_refresh_ms: 10_000,
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.collector;
+        flowlens_runtime::config::check_range(
+            "collector.scan_interval_ms",
+            c.scan_interval_ms,
+            100,
+            3_600_000,
+        )?;
+        flowlens_runtime::config::check_range(
+            "collector.table_size",
+            c.table_size.into(),
+            1_024,
+            1 << 26,
+        )?;
+        flowlens_runtime::config::check_range(
+            "collector.drain_batch",
+            c.drain_batch.into(),
+            16,
+            1 << 20,
+        )?;
+        flowlens_runtime::config::check_range(
+            "collector.interface_refresh_ms",
+            c.interface_refresh_ms,
+            100,
+            3_600_000,
+        )?;
+        if let Some(bad) = c
+            .interfaces
+            .iter()
+            .find(|i| i.is_empty() || i.len() >= libc::IFNAMSIZ || i.contains('/'))
+        {
+            return Err(ConfigError::invalid(
+                "collector.interfaces",
+                format!("`{bad}` is not an interface name"),
+            ));
+        }
+        if !c.netns.is_empty() && !crate::netns::resolve(&c.netns).exists() {
+            return Err(ConfigError::invalid(
+                "collector.netns",
+                format!(
+                    "`{}` does not exist (looked at {})",
+                    c.netns,
+                    crate::netns::resolve(&c.netns).display()
+                ),
+            ));
+        }
+        self.kafka.validate("kafka")?;
+        self.telemetry.validate("telemetry")
+    }
+}
+
+impl CollectorConfig {
+    /// The configured host name, or the kernel's.
+    pub fn host_name(&self) -> String {
+        if !self.host.is_empty() {
+            return self.host.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut c = Config::default();
+        c.collector.scan_interval_ms = 5;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("collector.scan_interval_ms"));
+        let mut c = Config::default();
+        c.collector.interfaces = vec!["a-name-that-is-far-too-long".into()];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("collector.interfaces"));
+        let mut c = Config::default();
+        c.collector.netns = "flowlens-no-such-netns".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("collector.netns"));
+    }
+}

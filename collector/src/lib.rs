@@ -1,0 +1,14 @@
+//! flowlens collector: loads the kernel flow accounting programs (collector-ebpf/), drains the
+//! kernel flow table every scan interval and publishes Avro flow and interface records to Kafka.
+
+pub mod agent;
+pub mod config;
+pub mod drain;
+pub mod interfaces;
+pub mod netns;
+pub mod probe;
+pub mod publish;
+pub mod record;
+
+pub use agent::run;
+pub use config::Config;

@@ -1,0 +1,97 @@
+//! Loading the kernel programs and maps (aya) and attaching them with TCX to the ingress and
+//! egress of the chosen interfaces. Dropping the [`Probe`] detaches everything.
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use anyhow::{bail, Context};
+use aya::maps::{Map, MapData, PerCpuArray};
+use aya::programs::{tc::TcAttachType, SchedClassifier};
+use aya::{Ebpf, EbpfLoader};
+use flowlens_common::{COUNTERS_MAP, COUNTER_COUNT, EGRESS_PROGRAM, FLOWS_MAP, INGRESS_PROGRAM};
+
+/// The kernel object built from collector-ebpf/.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlens"));
+
+/// Loaded programs, the flow table and the counters.
+pub struct Probe {
+    ebpf: Ebpf,
+    flows: MapData,
+    counters: PerCpuArray<MapData, u64>,
+    pub attached: Vec<String>,
+}
+
+impl Probe {
+    /// Loads the programs with a flow table of `table_size` entries.
+    pub fn load(table_size: u32) -> anyhow::Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(FLOWS_MAP, table_size)
+            .load(EBPF_OBJECT)
+            .map_err(explain_load_error)?;
+        for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            program
+                .load()
+                .with_context(|| format!("loading program {name} (verifier)"))?;
+        }
+        let flows = match ebpf.take_map(FLOWS_MAP) {
+            Some(Map::PerCpuHashMap(data)) => data,
+            _ => bail!("map {FLOWS_MAP} missing or not a per-CPU hash"),
+        };
+        let counters = ebpf
+            .take_map(COUNTERS_MAP)
+            .with_context(|| format!("map {COUNTERS_MAP} missing"))?
+            .try_into()?;
+        Ok(Self {
+            ebpf,
+            flows,
+            counters,
+            attached: Vec::new(),
+        })
+    }
+
+    /// Attaches ingress and egress programs to `interface` (in the calling thread's namespace).
+    pub fn attach(&mut self, interface: &str) -> anyhow::Result<()> {
+        for (name, hook) in [
+            (INGRESS_PROGRAM, TcAttachType::Ingress),
+            (EGRESS_PROGRAM, TcAttachType::Egress),
+        ] {
+            let program: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name}"))?
+                .try_into()?;
+            program
+                .attach(interface, hook)
+                .with_context(|| format!("attaching {name} to interface {interface}"))?;
+        }
+        tracing::info!(interface, "attached ingress and egress programs");
+        self.attached.push(interface.to_string());
+        Ok(())
+    }
+
+    pub fn flows_fd(&self) -> BorrowedFd<'_> {
+        self.flows.fd().as_fd()
+    }
+
+    /// Kernel counters summed over CPUs, indexed by `flowlens_common::COUNTER_*`.
+    pub fn counters(&self) -> anyhow::Result<[u64; COUNTER_COUNT as usize]> {
+        let mut out = [0u64; COUNTER_COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = self.counters.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {
+    let text = e.to_string();
+    let hint = if text.contains("Operation not permitted") || text.contains("EPERM") {
+        " (needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, or root)"
+    } else {
+        ""
+    };
+    anyhow::anyhow!("loading the kernel programs failed{hint}: {text}")
+}

@@ -1,0 +1,105 @@
+//! Sample records shared by the integration tests.
+#![allow(dead_code)]
+
+use flowlens_schemas::{ip_to_v6, Direction, EnrichedFlow, Interface, RawFlow};
+
+pub fn raw_v4() -> RawFlow {
+    RawFlow {
+        host: "node-a.example".into(),
+        ifindex: 7,
+        direction: Direction::Egress,
+        time_flow_start_ns: 1_700_000_000_000_000_000,
+        time_flow_end_ns: 1_700_000_000_900_000_000,
+        time_exported_ns: 1_700_000_001_000_000_000,
+        etype: 0x0800,
+        vlan_id: 0,
+        proto: 6,
+        src_addr: ip_to_v6("10.244.1.17".parse().unwrap()),
+        dst_addr: ip_to_v6("10.96.0.10".parse().unwrap()),
+        src_port: 43_512,
+        dst_port: 53,
+        icmp_type: 0,
+        icmp_code: 0,
+        tcp_flags: 0x02 | 0x10 | 0x01,
+        packets: 12,
+        bytes: 1_514 * 12,
+        sampling_rate: 1,
+    }
+}
+
+pub fn raw_v6() -> RawFlow {
+    RawFlow {
+        host: "node-b".into(),
+        ifindex: i32::MAX,
+        direction: Direction::Ingress,
+        time_flow_start_ns: i64::MIN,
+        time_flow_end_ns: i64::MAX,
+        time_exported_ns: -1,
+        etype: 0x86DD,
+        vlan_id: 4094,
+        proto: 58,
+        src_addr: "2001:db8::1".parse().unwrap(),
+        dst_addr: "ff02::1:ff00:1".parse().unwrap(),
+        src_port: 0,
+        dst_port: 0,
+        icmp_type: 135,
+        icmp_code: 0,
+        tcp_flags: 0,
+        packets: i64::MAX,
+        bytes: 0,
+        sampling_rate: 1000,
+    }
+}
+
+pub fn interface() -> Interface {
+    Interface {
+        host: "node-a.example".into(),
+        ifindex: 7,
+        name: "veth3f2a9c1".into(),
+        mac: "aa:bb:cc:dd:ee:ff".into(),
+        mtu: 1450,
+        kind: "veth".into(),
+        netns: "cni-1234-üñí".into(),
+        netns_inode: 4_026_532_000,
+        oper_state: "up".into(),
+        time_observed_ns: 1_700_000_000_000_000_000,
+    }
+}
+
+pub fn enriched_full() -> EnrichedFlow {
+    let mut e = EnrichedFlow::from_raw(raw_v4());
+    e.if_name = "veth3f2a9c1".into();
+    e.if_mac = "aa:bb:cc:dd:ee:ff".into();
+    e.if_kind = "veth".into();
+    e.if_netns = "cni-1234".into();
+    e.src_pod = Some("web-7d9f-abcde".into());
+    e.src_namespace = Some("shop".into());
+    e.src_workload = Some("web".into());
+    e.src_workload_kind = Some("Deployment".into());
+    e.src_node = Some("node-a".into());
+    e.src_service = None;
+    e.dst_pod = None;
+    e.dst_namespace = Some("kube-system".into());
+    e.dst_workload = None;
+    e.dst_workload_kind = None;
+    e.dst_node = None;
+    e.dst_service = Some(String::new());
+    e
+}
+
+pub fn enriched_bare() -> EnrichedFlow {
+    EnrichedFlow::from_raw(raw_v6())
+}
+
+/// One valid message of each record type.
+pub fn messages() -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    flowlens_schemas::encode(&raw_v4(), &mut buf).unwrap();
+    out.push(("RawFlow", std::mem::take(&mut buf)));
+    flowlens_schemas::encode(&interface(), &mut buf).unwrap();
+    out.push(("Interface", std::mem::take(&mut buf)));
+    flowlens_schemas::encode(&enriched_full(), &mut buf).unwrap();
+    out.push(("EnrichedFlow", std::mem::take(&mut buf)));
+    out
+}

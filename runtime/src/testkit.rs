@@ -412,11 +412,14 @@ pub fn read_topic(
             .unwrap();
     }
     consumer.assign(&tpl).unwrap();
+    // tansu can under-report high watermarks, so "caught up" also needs a quiet period.
+    let quiet = Duration::from_millis(1500);
     let mut next: std::collections::HashMap<i32, i64> =
         partitions.iter().map(|p| (*p, 0)).collect();
     let mut out = Vec::new();
+    let mut last_message = Instant::now();
     while start.elapsed() < timeout {
-        if out.len() >= min {
+        if out.len() >= min && last_message.elapsed() >= quiet {
             let caught_up = partitions.iter().all(|p| {
                 let high = consumer
                     .fetch_watermarks(topic, *p, Duration::from_secs(5))
@@ -429,6 +432,7 @@ pub fn read_topic(
             }
         }
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            last_message = Instant::now();
             next.insert(m.partition(), m.offset() + 1);
             out.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
         }

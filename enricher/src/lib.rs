@@ -1,0 +1,15 @@
+//! flowlens enricher: joins raw flows with interface metadata and publishes enriched flows,
+//! committing a raw record's offset only after what it produced is acknowledged.
+//!
+//! Modules: [`config`] (settings), [`interfaces`] (interface cache fed by the compacted topic),
+//! [`join`] (pure enrichment), [`offsets`] (in-order acknowledgement tracking), [`pipeline`]
+//! (the Kafka consume-produce loop).
+
+pub mod config;
+pub mod interfaces;
+pub mod join;
+pub mod offsets;
+pub mod pipeline;
+
+pub use config::Config;
+pub use pipeline::run;

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The main job on one machine: installs what is missing, builds flowlens, starts the local stack
+# (tansu + the chdb ClickHouse front), runs sink, enricher and collector, makes traffic, and prints
+# what ClickHouse now holds.
+#
+#   scripts/demo.sh               # demo: two network namespaces joined by a veth pair, with traffic
+#   scripts/demo.sh eth0 60       # your interface eth0 (host namespace) for 60 s of your traffic
+#
+# Run as root. The stack keeps running afterwards so you can query it
+# (curl 'http://127.0.0.1:18123/?query=SELECT+count()+FROM+flows'); stop it with
+# scripts/stack/stack.sh stop.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+IFACE=${1:-}
+DURATION=${2:-30}
+KAFKA=127.0.0.1:${FLOWLENS_KAFKA_PORT:-19092}
+CH=http://127.0.0.1:${FLOWLENS_CLICKHOUSE_PORT:-18123}
+RUN=$REPO/.stack/demo
+NS_A=flowlens-demo-a NS_B=flowlens-demo-b
+say() { printf '\n\033[1m[demo] %s\033[0m\n' "$*"; }
+
+[ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (it loads eBPF programs)" >&2; exit 1; }
+bash scripts/setup.sh
+export PATH=/usr/lib/llvm-22/bin:$HOME/.cargo/bin:$PATH
+say "building (release)"
+cargo build --release -q -p flowlens-collector -p flowlens-enricher -p flowlens-sink
+BIN=${CARGO_TARGET_DIR:-$REPO/target}/release
+
+say "starting the local stack"
+scripts/stack/stack.sh start
+mkdir -p "$RUN"
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  [ -n "${HTTP_PID:-}" ] && kill "$HTTP_PID" 2>/dev/null || true
+  if [ -z "$IFACE" ]; then ip netns del $NS_A 2>/dev/null || true; ip netns del $NS_B 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+
+export FLOWLENS_SINK__KAFKA__BROKERS=$KAFKA FLOWLENS_ENRICHER__KAFKA__BROKERS=$KAFKA \
+       FLOWLENS_COLLECTOR__KAFKA__BROKERS=$KAFKA FLOWLENS_SINK__CLICKHOUSE__URL=$CH \
+       FLOWLENS_SINK__BATCH__MAX_AGE_MS=1000 FLOWLENS_COLLECTOR__COLLECTOR__SCAN_INTERVAL_MS=2000 \
+       FLOWLENS_SINK__TELEMETRY__METRICS_LISTEN=127.0.0.1:9103 \
+       FLOWLENS_ENRICHER__TELEMETRY__METRICS_LISTEN=127.0.0.1:9102 \
+       FLOWLENS_COLLECTOR__TELEMETRY__METRICS_LISTEN=127.0.0.1:9101
+say "starting sink and enricher (logs in $RUN)"
+"$BIN/flowlens-sink" >"$RUN/sink.log" 2>&1 & pids+=($!)
+"$BIN/flowlens-enricher" >"$RUN/enricher.log" 2>&1 & pids+=($!)
+
+before=$(curl -fsS "$CH/" --data-binary "SELECT count() FROM flows" 2>/dev/null || echo 0)
+if [ -n "$IFACE" ]; then
+  say "collector on $IFACE for $DURATION s"
+  FLOWLENS_COLLECTOR__COLLECTOR__INTERFACES=$IFACE "$BIN/flowlens-collector" >"$RUN/collector.log" 2>&1 &
+  cpid=$!
+  sleep "$DURATION"
+else
+  say "demo namespaces $NS_A <-> $NS_B (10.99.0.1 <-> 10.99.0.2), collector on veth flA"
+  ip netns del $NS_A 2>/dev/null || true; ip netns del $NS_B 2>/dev/null || true
+  ip netns add $NS_A; ip netns add $NS_B
+  ip link add flA netns $NS_A type veth peer name flB netns $NS_B
+  ip -n $NS_A addr add 10.99.0.1/24 dev flA; ip -n $NS_B addr add 10.99.0.2/24 dev flB
+  for ns in $NS_A $NS_B; do ip -n $ns link set lo up; done
+  ip -n $NS_A link set flA up; ip -n $NS_B link set flB up
+  FLOWLENS_COLLECTOR__COLLECTOR__NETNS=$NS_A FLOWLENS_COLLECTOR__COLLECTOR__INTERFACES=flA \
+    "$BIN/flowlens-collector" >"$RUN/collector.log" 2>&1 &
+  cpid=$!
+  sleep 2
+  kill -0 $cpid 2>/dev/null || { cat "$RUN/collector.log"; exit 1; }
+  say "traffic: HTTP downloads, UDP datagrams, pings"
+  head -c 5000000 /dev/urandom > "$RUN/blob.bin"
+  ip netns exec $NS_B python3 -m http.server 8080 --bind 10.99.0.2 --directory "$RUN" >/dev/null 2>&1 &
+  HTTP_PID=$!
+  sleep 1
+  for i in 1 2 3 4 5; do
+    ip netns exec $NS_A curl -fsS -o /dev/null "http://10.99.0.2:8080/blob.bin"
+  done
+  ip netns exec $NS_A python3 -c '
+import socket
+for port in (53, 123, 514):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(50):
+        s.sendto(b"x" * 200, ("10.99.0.2", port))'
+  ip netns exec $NS_A ping -c 5 -i 0.2 -q 10.99.0.2 >/dev/null
+  sleep 1
+fi
+say "stopping the collector (it drains the kernel table once more before exiting)"
+kill -TERM $cpid; wait $cpid || { cat "$RUN/collector.log"; exit 1; }
+
+say "waiting for the rows to reach ClickHouse"
+last=-1
+for _ in $(seq 1 60); do
+  now=$(curl -fsS "$CH/" --data-binary "SELECT count() FROM flows" 2>/dev/null || echo 0)
+  if [ "$now" -gt "$before" ] && [ "$now" = "$last" ]; then break; fi
+  last=$now; sleep 1
+done
+echo "rows in flows: $now (new in this run: $((now - before)))"
+
+query() { # file, params
+  curl -fsS "$CH/?default_format=PrettyCompactMonoBlock&$2" --data-binary @"$1"
+}
+say "top talkers, last 15 minutes (sql/queries/top_talkers.sql)"
+query sql/queries/top_talkers.sql "param_minutes=15&param_limit=10"
+say "traffic per interface, last 15 minutes (sql/queries/traffic_per_interface.sql)"
+query sql/queries/traffic_per_interface.sql "param_minutes=15"
+say "done. Services' logs: $RUN. Metrics were on :9101 (collector), :9102 (enricher), :9103 (sink)."
+echo "The stack is still running: query $CH, stop it with scripts/stack/stack.sh stop"

@@ -1,0 +1,218 @@
+//! Known traffic between two namespaces and the exact flows it must produce, shared by the
+//! collector's kernel test and the end-to-end test.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use flowlens_runtime::testkit::{in_netns, NetnsPair};
+
+const ETH: u64 = 14;
+const IPV4: u64 = 20;
+const IPV6: u64 = 40;
+const UDP: u64 = 8;
+const ICMP_ECHO: u64 = 8 + 56;
+/// TCP header with the timestamp option, as Linux sends every segment after the handshake.
+const TCP_TS: u64 = 32;
+/// SYN and SYN-ACK carry 8 more option bytes (MSS, SACK permitted, window scale).
+const SYN_EXTRA: u64 = 8;
+
+pub const UDP_FLOWS: usize = 4;
+pub const UDP_DATAGRAMS: u64 = 25;
+pub const UDP_PAYLOAD: usize = 100;
+pub const UDP6_DATAGRAMS: u64 = 10;
+pub const UDP6_PAYLOAD: usize = 200;
+pub const TCP_BYTES: usize = 1_000_000;
+pub const PINGS: u64 = 3;
+
+/// A flow as both tests identify it: (egress?, protocol, source, source port, destination,
+/// destination port, ICMP type).
+pub type FlowId = (bool, u8, IpAddr, u16, IpAddr, u16, u8);
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What the traffic generator learned while sending (ports chosen by the kernel, TCP counters).
+pub struct Sent {
+    pub udp_ports: Vec<u16>,
+    pub udp6_port: u16,
+    pub tcp_port: u16,
+    pub tcp_segs_out: u64,
+    pub tcp_segs_in: u64,
+    pub tcp_flags_out: u16,
+    pub tcp_flags_in: u16,
+}
+
+/// Sends, from namespace A to B: UDP over IPv4 (4 flows × 25 datagrams × 100 bytes), UDP over
+/// IPv6 (10 × 200 bytes), a 1 MB TCP transfer (GSO super-packets on the veth), and 3 pings.
+/// Blocking; every datagram and byte is checked on arrival.
+pub fn send_known_traffic(pair: &NetnsPair) -> Sent {
+    let (ip_a, ip_b, ip6_a, ip6_b) = (pair.ip_a, pair.ip_b, pair.ip6_a, pair.ip6_b);
+    let rx = in_netns(&pair.ns_b, || UdpSocket::bind((ip_b, 5000)).unwrap());
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut udp_ports = Vec::new();
+    for _ in 0..UDP_FLOWS {
+        let tx = in_netns(&pair.ns_a, || UdpSocket::bind((ip_a, 0)).unwrap());
+        udp_ports.push(tx.local_addr().unwrap().port());
+        for _ in 0..UDP_DATAGRAMS {
+            tx.send_to(&[7u8; UDP_PAYLOAD], (ip_b, 5000)).unwrap();
+        }
+    }
+    let mut buf = [0u8; 2048];
+    for _ in 0..UDP_FLOWS as u64 * UDP_DATAGRAMS {
+        rx.recv_from(&mut buf).expect("every datagram arrives");
+    }
+
+    let rx6 = in_netns(&pair.ns_b, || UdpSocket::bind((ip6_b, 5001)).unwrap());
+    rx6.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let tx6 = in_netns(&pair.ns_a, || UdpSocket::bind((ip6_a, 0)).unwrap());
+    for _ in 0..UDP6_DATAGRAMS {
+        tx6.send_to(&[9u8; UDP6_PAYLOAD], (ip6_b, 5001)).unwrap();
+    }
+    for _ in 0..UDP6_DATAGRAMS {
+        rx6.recv_from(&mut buf)
+            .expect("every IPv6 datagram arrives");
+    }
+
+    let listener = in_netns(&pair.ns_b, || TcpListener::bind((ip_b, 5002)).unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got.len()
+    });
+    let mut client = in_netns(&pair.ns_a, || {
+        TcpStream::connect(SocketAddr::from((ip_b, 5002))).unwrap()
+    });
+    let tcp_port = client.local_addr().unwrap().port();
+    client.write_all(&vec![1u8; TCP_BYTES]).unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(server.join().unwrap(), TCP_BYTES);
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    // The ACK of the server's FIN is sent on its arrival; give it a moment before reading counters.
+    std::thread::sleep(Duration::from_millis(200));
+    let info = tcp_info(&client);
+    assert_eq!(
+        info.tcpi_total_retrans, 0,
+        "no retransmissions expected on a veth"
+    );
+
+    NetnsPair::exec(
+        &pair.ns_a,
+        &[
+            "ping",
+            "-c",
+            &PINGS.to_string(),
+            "-i",
+            "0.2",
+            "-q",
+            &ip_b.to_string(),
+        ],
+    );
+    Sent {
+        udp_ports,
+        udp6_port: tx6.local_addr().unwrap().port(),
+        tcp_port,
+        tcp_segs_out: info.tcpi_segs_out.into(),
+        tcp_segs_in: info.tcpi_segs_in.into(),
+        // SYN, PSH, ACK, FIN from the client; SYN, ACK, FIN from the server.
+        tcp_flags_out: 0x1b,
+        tcp_flags_in: 0x13,
+    }
+}
+
+/// The exact flows the collector on A's veth must report for `sent`, with packets and bytes as
+/// on the wire (Ethernet frame without FCS; TCP segments, not GSO super-packets).
+pub fn expected_flows(pair: &NetnsPair, sent: &Sent) -> BTreeMap<FlowId, Totals> {
+    let (a, b) = (IpAddr::V4(pair.ip_a), IpAddr::V4(pair.ip_b));
+    let (a6, b6) = (IpAddr::V6(pair.ip6_a), IpAddr::V6(pair.ip6_b));
+    let mut out = BTreeMap::new();
+    for port in &sent.udp_ports {
+        out.insert(
+            (true, 17, a, *port, b, 5000, 0),
+            totals(UDP_DATAGRAMS, ETH + IPV4 + UDP + UDP_PAYLOAD as u64),
+        );
+    }
+    out.insert(
+        (true, 17, a6, sent.udp6_port, b6, 5001, 0),
+        totals(UDP6_DATAGRAMS, ETH + IPV6 + UDP + UDP6_PAYLOAD as u64),
+    );
+    out.insert(
+        (true, 6, a, sent.tcp_port, b, 5002, 0),
+        Totals {
+            packets: sent.tcp_segs_out,
+            bytes: TCP_BYTES as u64 + sent.tcp_segs_out * (ETH + IPV4 + TCP_TS) + SYN_EXTRA,
+        },
+    );
+    out.insert(
+        (false, 6, b, 5002, a, sent.tcp_port, 0),
+        Totals {
+            packets: sent.tcp_segs_in,
+            bytes: sent.tcp_segs_in * (ETH + IPV4 + TCP_TS) + SYN_EXTRA,
+        },
+    );
+    out.insert(
+        (true, 1, a, 0, b, 0, 8),
+        totals(PINGS, ETH + IPV4 + ICMP_ECHO),
+    );
+    out.insert(
+        (false, 1, b, 0, a, 0, 0),
+        totals(PINGS, ETH + IPV4 + ICMP_ECHO),
+    );
+    out
+}
+
+/// Keeps only the flows between the pair's addresses (drops IPv6 neighbour discovery and the
+/// like, which the kernel sends on its own) so the comparison is exact for what the test sent.
+pub fn between_pair(pair: &NetnsPair, flows: BTreeMap<FlowId, Totals>) -> BTreeMap<FlowId, Totals> {
+    let ours = [
+        IpAddr::V4(pair.ip_a),
+        IpAddr::V4(pair.ip_b),
+        IpAddr::V6(pair.ip6_a),
+        IpAddr::V6(pair.ip6_b),
+    ];
+    flows
+        .into_iter()
+        .filter(|((_, proto, src, _, dst, _, _), _)| {
+            ours.contains(src) && ours.contains(dst) && *proto != 58
+        })
+        .collect()
+}
+
+fn totals(packets: u64, frame: u64) -> Totals {
+    Totals {
+        packets,
+        bytes: packets * frame,
+    }
+}
+
+fn tcp_info(stream: &TcpStream) -> libc::tcp_info {
+    // SAFETY: tcp_info is plain data; getsockopt fills at most `len` bytes.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO");
+    info
+}
+
+pub fn require_root() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "this test loads eBPF programs and creates network namespaces: run it as root"
+    );
+}

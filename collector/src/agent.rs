@@ -27,11 +27,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let c = &config.collector;
     let host = c.host_name();
     let topics = &config.kafka.topics;
-    config
-        .kafka
-        .ensure_topics(&[(&topics.raw_flows, false), (&topics.interfaces, true)])
-        .await
-        .context("creating topics")?;
+    let wanted = [
+        (topics.raw_flows.as_str(), false),
+        (topics.interfaces.as_str(), true),
+    ];
+    tokio::select! {
+        created = config.kafka.ensure_topics(&wanted) => created.context("creating topics")?,
+        _ = shutdown.cancelled() => return Ok(()),
+    }
     let producer: FutureProducer = config
         .kafka
         .producer_config()

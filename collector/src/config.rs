@@ -124,6 +124,20 @@ mod tests {
     }
 
     #[test]
+    fn interfaces_and_brokers_are_lists_in_the_environment() {
+        // SAFETY: variable names unique to this test (prefix FLOWLENS_COLLECTOR_T1).
+        unsafe {
+            std::env::set_var("FLOWLENS_COLLECTOR_T1__COLLECTOR__INTERFACES", "eth0,eth1");
+            std::env::set_var("FLOWLENS_COLLECTOR_T1__KAFKA__BROKERS", "a:1,b:2");
+            std::env::set_var("FLOWLENS_COLLECTOR_T1__COLLECTOR__SCAN_INTERVAL_MS", "2000");
+        }
+        let c: Config = flowlens_runtime::load_config(None, "FLOWLENS_COLLECTOR_T1").unwrap();
+        assert_eq!(c.collector.interfaces, vec!["eth0", "eth1"]);
+        assert_eq!(c.kafka.brokers, vec!["a:1", "b:2"]);
+        assert_eq!(c.collector.scan_interval_ms, 2000);
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let mut c = Config::default();
         c.collector.scan_interval_ms = 5;

@@ -26,6 +26,9 @@ impl ConfigError {
     }
 }
 
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["kafka.brokers", "collector.interfaces"];
+
 /// Semantic checks run after deserialization (ranges, non-empty lists, consistent settings).
 pub trait Validate {
     fn validate(&self) -> Result<(), ConfigError>;
@@ -47,15 +50,30 @@ where
         }
         builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
     }
+    // Values stay text (no type guessing: a password "0123" stays "0123"); serde converts numbers
+    // and booleans. List keys are split on commas here.
     builder = builder.add_source(
         config::Environment::with_prefix(env_prefix)
             .prefix_separator("__")
-            .separator("__")
-            .list_separator(",")
-            .with_list_parse_key("kafka.brokers")
-            .with_list_parse_key("interfaces")
-            .try_parsing(true),
+            .separator("__"),
     );
+    let env_start = format!("{env_prefix}__");
+    for (name, value) in std::env::vars() {
+        let Some(rest) = name.strip_prefix(&env_start) else {
+            continue;
+        };
+        let key = rest.to_lowercase().replace("__", ".");
+        if LIST_KEYS.contains(&key.as_str()) {
+            let items: Vec<String> = value
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            builder = builder
+                .set_override(key.as_str(), items)
+                .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        }
+    }
     let raw = builder
         .build()
         .map_err(|e| ConfigError::Parse(e.to_string()))?;
@@ -89,6 +107,8 @@ mod tests {
         name: String,
         #[serde(default)]
         count: u64,
+        #[serde(default)]
+        enabled: bool,
     }
 
     impl Validate for Sample {
@@ -132,6 +152,19 @@ mod tests {
         unsafe { std::env::set_var("FLOWLENS_TEST_E__NAME", "from-env") };
         let s: Sample = load_config(Some(f.path()), "FLOWLENS_TEST_E").unwrap();
         assert_eq!(s.name, "from-env");
+    }
+
+    #[test]
+    fn environment_values_keep_their_text_and_still_fill_numbers() {
+        let f = write("name = \"a\"\n");
+        // SAFETY: the variable names are unique to this test.
+        unsafe {
+            std::env::set_var("FLOWLENS_TEST_G__NAME", "0123");
+            std::env::set_var("FLOWLENS_TEST_G__COUNT", "7");
+            std::env::set_var("FLOWLENS_TEST_G__ENABLED", "true");
+        }
+        let s: Sample = load_config(Some(f.path()), "FLOWLENS_TEST_G").unwrap();
+        assert_eq!((s.name.as_str(), s.count, s.enabled), ("0123", 7, true));
     }
 
     #[test]

@@ -1,0 +1,257 @@
+//! Sink configuration: `[kafka]`, `[telemetry]`, `[clickhouse]`, `[batch]`, `[sink]`, loaded from
+//! TOML plus `FLOWLENS_SINK__SECTION__KEY` environment overrides and validated key by key.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use flowlens_runtime::config::check_range;
+use flowlens_runtime::kafka::KafkaConfig;
+use flowlens_runtime::telemetry::TelemetryConfig;
+use flowlens_runtime::{load_config, ConfigError, Validate};
+use serde::Deserialize;
+
+/// Prefix of the environment overrides (`FLOWLENS_SINK__CLICKHOUSE__PASSWORD=...`).
+pub const ENV_PREFIX: &str = "FLOWLENS_SINK";
+
+/// The whole sink configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub telemetry: TelemetryConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub batch: BatchConfig,
+    pub sink: SinkConfig,
+}
+
+/// `[clickhouse]`: where rows go.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    pub database: String,
+    pub table: String,
+    pub user: String,
+    /// Never logged (see the `Debug` impl); best set through `FLOWLENS_SINK__CLICKHOUSE__PASSWORD`.
+    pub password: String,
+    /// Check rows against the table's column types (RowBinaryWithNamesAndTypes). Turn off for
+    /// servers too old to describe their columns that way (ClickHouse < 24.x, e.g. 18.16).
+    pub validation: bool,
+    /// Upper bound on one INSERT (send and server acknowledgement), in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            database: "default".into(),
+            table: "flows".into(),
+            user: "default".into(),
+            password: String::new(),
+            validation: true,
+            timeout_ms: 30_000,
+        }
+    }
+}
+
+impl fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("table", &self.table)
+            .field("user", &self.user)
+            .field(
+                "password",
+                &if self.password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("validation", &self.validation)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+/// `[batch]`: a batch is written when any limit is reached.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    pub max_rows: usize,
+    /// RowBinary size of the rows (before LZ4).
+    pub max_bytes: usize,
+    /// Age of the oldest record in the batch.
+    pub max_age_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: 50_000,
+            max_bytes: 32 * 1024 * 1024,
+            max_age_ms: 2_000,
+        }
+    }
+}
+
+impl BatchConfig {
+    pub fn max_age(&self) -> Duration {
+        Duration::from_millis(self.max_age_ms)
+    }
+}
+
+/// `[sink]`: consumer group, migrations and retry policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    pub group_id: String,
+    /// Apply missing `sql/migrations` before consuming.
+    pub migrate_on_start: bool,
+    /// First wait after a failed insert; doubles up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "flowlens-sink".into(),
+            migrate_on_start: true,
+            retry_initial_ms: 200,
+            retry_max_ms: 10_000,
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate("kafka")?;
+        self.telemetry.validate("telemetry")?;
+        let ch = &self.clickhouse;
+        let scheme_ok = ch.url.starts_with("http://") || ch.url.starts_with("https://");
+        if !scheme_ok || ch.url.len() <= "https://".len() {
+            return Err(ConfigError::invalid(
+                "clickhouse.url",
+                format!("`{}` is not an http:// or https:// URL", ch.url),
+            ));
+        }
+        for (key, value) in [
+            ("clickhouse.database", &ch.database),
+            ("clickhouse.table", &ch.table),
+        ] {
+            if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("`{value}` must be a non-empty identifier [A-Za-z0-9_]"),
+                ));
+            }
+        }
+        check_range("clickhouse.timeout_ms", ch.timeout_ms, 100, 3_600_000)?;
+        check_range("batch.max_rows", self.batch.max_rows as u64, 1, 10_000_000)?;
+        check_range(
+            "batch.max_bytes",
+            self.batch.max_bytes as u64,
+            1024,
+            1 << 32,
+        )?;
+        check_range("batch.max_age_ms", self.batch.max_age_ms, 1, 3_600_000)?;
+        if self.sink.group_id.trim().is_empty() {
+            return Err(ConfigError::invalid("sink.group_id", "must not be empty"));
+        }
+        check_range(
+            "sink.retry_initial_ms",
+            self.sink.retry_initial_ms,
+            1,
+            600_000,
+        )?;
+        check_range(
+            "sink.retry_max_ms",
+            self.sink.retry_max_ms,
+            self.sink.retry_initial_ms,
+            3_600_000,
+        )?;
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Loads the file (if any) and `FLOWLENS_SINK__*` overrides, then validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        load_config(file, ENV_PREFIX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.clickhouse.url, "http://127.0.0.1:8123");
+        assert_eq!(c.batch.max_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.sink.group_id, "flowlens-sink");
+        assert!(c.clickhouse.validation && c.sink.migrate_on_start);
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        let f = write("[clickhouse]\nurl = \"tcp://x:9000\"\n");
+        let e = Config::load(Some(f.path())).unwrap_err().to_string();
+        assert!(e.contains("clickhouse.url"), "{e}");
+
+        let f = write("[batch]\nmax_rows = 0\n");
+        let e = Config::load(Some(f.path())).unwrap_err().to_string();
+        assert!(e.contains("batch.max_rows"), "{e}");
+
+        let f = write("[sink]\nretry_initial_ms = 500\nretry_max_ms = 100\n");
+        let e = Config::load(Some(f.path())).unwrap_err().to_string();
+        assert!(e.contains("sink.retry_max_ms"), "{e}");
+
+        let f = write("[clickhouse]\ntabel = \"x\"\n");
+        let e = Config::load(Some(f.path())).unwrap_err().to_string();
+        assert!(e.contains("tabel"), "{e}");
+
+        let f = write("[clickhouse]\ntable = \"flows; DROP\"\n");
+        let e = Config::load(Some(f.path())).unwrap_err().to_string();
+        assert!(e.contains("clickhouse.table"), "{e}");
+    }
+
+    #[test]
+    fn example_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("sink.example.toml");
+        let c = Config::load(Some(&path)).unwrap();
+        let d = Config::default();
+        assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn password_is_never_printed() {
+        let c = ClickHouseConfig {
+            password: "hunter2".into(),
+            ..Default::default()
+        };
+        let shown = format!(
+            "{:?}",
+            Config {
+                clickhouse: c,
+                ..Default::default()
+            }
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+}

@@ -1,0 +1,13 @@
+//! flowlens sink: consumes `EnrichedFlow` records from Kafka and writes them to ClickHouse in
+//! batches, committing offsets only after ClickHouse acknowledged the insert.
+
+pub mod batch;
+pub mod config;
+pub mod insert;
+pub mod migrate;
+pub mod row;
+pub mod run;
+
+pub use config::Config;
+pub use row::FlowRow;
+pub use run::run;

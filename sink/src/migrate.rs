@@ -1,0 +1,279 @@
+//! Schema migrations: the `sql/migrations/NNNN_name.sql` files embedded at build time, applied in
+//! version order, each recorded in `schema_migrations` so that running again applies nothing.
+
+use anyhow::Context;
+use clickhouse::{Client, Row};
+use serde::Deserialize;
+
+use crate::config::ClickHouseConfig;
+
+/// `(file name, contents)` of every `sql/migrations/*.sql`, sorted by file name (see build.rs).
+pub const EMBEDDED: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+
+/// The table recording applied migrations.
+pub const MIGRATIONS_TABLE: &str = "schema_migrations";
+
+/// One migration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    pub version: u32,
+    pub name: String,
+    /// The file's statements, comments removed, without the trailing `;`.
+    pub statements: Vec<String>,
+}
+
+impl Migration {
+    /// Parses `NNNN_name.sql` and splits its statements.
+    pub fn parse(file_name: &str, sql: &str) -> anyhow::Result<Self> {
+        let stem = file_name
+            .strip_suffix(".sql")
+            .with_context(|| format!("migration `{file_name}`: name must end in .sql"))?;
+        let (version, name) = stem
+            .split_once('_')
+            .with_context(|| format!("migration `{file_name}`: name must be NNNN_name.sql"))?;
+        let version: u32 = version.parse().ok().filter(|v| *v > 0).with_context(|| {
+            format!("migration `{file_name}`: `{version}` is not a version > 0")
+        })?;
+        let statements = split_statements(sql);
+        anyhow::ensure!(
+            !statements.is_empty(),
+            "migration `{file_name}` has no statement"
+        );
+        Ok(Self {
+            version,
+            name: name.to_owned(),
+            statements,
+        })
+    }
+}
+
+/// Parses `files`, sorted by version; duplicate versions are an error.
+pub fn parse_all(files: &[(&str, &str)]) -> anyhow::Result<Vec<Migration>> {
+    let mut all = files
+        .iter()
+        .map(|(name, sql)| Migration::parse(name, sql))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    all.sort_by_key(|m| m.version);
+    if let Some(w) = all.windows(2).find(|w| w[0].version == w[1].version) {
+        anyhow::bail!(
+            "migrations `{}` and `{}` share version {}",
+            w[0].name,
+            w[1].name,
+            w[0].version
+        );
+    }
+    Ok(all)
+}
+
+/// The embedded migrations, parsed and ordered.
+pub fn embedded() -> anyhow::Result<Vec<Migration>> {
+    parse_all(EMBEDDED)
+}
+
+/// Splits SQL text into statements on `;` outside quotes and comments; drops comments and empty
+/// statements. Quotes: '...', "...", `...` with backslash escapes; comments: `-- ...`, `/* ... */`.
+pub fn split_statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' | '`' => {
+                cur.push(c);
+                while let Some(d) = chars.next() {
+                    cur.push(d);
+                    if d == '\\' {
+                        if let Some(e) = chars.next() {
+                            cur.push(e);
+                        }
+                    } else if d == c {
+                        break;
+                    }
+                }
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                for d in chars.by_ref() {
+                    if d == '\n' {
+                        cur.push('\n');
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut prev = ' ';
+                for d in chars.by_ref() {
+                    if prev == '*' && d == '/' {
+                        break;
+                    }
+                    prev = d;
+                }
+                cur.push(' ');
+            }
+            ';' => {
+                let s = cur.trim();
+                if !s.is_empty() {
+                    out.push(s.to_owned());
+                }
+                cur.clear();
+            }
+            _ => cur.push(c),
+        }
+    }
+    let s = cur.trim();
+    if !s.is_empty() {
+        out.push(s.to_owned());
+    }
+    out
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct Applied {
+    version: u32,
+}
+
+/// Creates the database if needed, then applies every migration of `migrations` not yet in
+/// `schema_migrations`, in version order. Returns the versions applied now.
+pub async fn apply(
+    config: &ClickHouseConfig,
+    migrations: &[Migration],
+) -> anyhow::Result<Vec<u32>> {
+    // Statements are sent verbatim (query_raw: no `?` binding) and without row validation.
+    let mut server = crate::insert::client(config).with_validation(false);
+    let db = &config.database;
+    // The database may not exist yet: create it through a client without a default database.
+    crate::insert::client(&ClickHouseConfig {
+        database: String::new(),
+        ..config.clone()
+    })
+    .with_validation(false)
+    .query_raw(&format!("CREATE DATABASE IF NOT EXISTS `{db}`"))
+    .execute()
+    .await
+    .with_context(|| format!("creating database `{db}` on {}", config.url))?;
+    server = server.with_database(db);
+
+    server
+        .query_raw(&format!(
+            "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} \
+             (version UInt32, name String, applied_at DateTime) \
+             ENGINE = MergeTree ORDER BY version"
+        ))
+        .execute()
+        .await
+        .with_context(|| format!("creating `{MIGRATIONS_TABLE}` on {}", config.url))?;
+    let applied = applied_versions(&server).await?;
+    let mut now_applied = Vec::new();
+    for m in migrations {
+        if applied.contains(&m.version) {
+            tracing::debug!(version = m.version, name = %m.name, "migration already applied");
+            continue;
+        }
+        tracing::info!(version = m.version, name = %m.name, "applying migration");
+        for (i, statement) in m.statements.iter().enumerate() {
+            server
+                .query_raw(statement)
+                .execute()
+                .await
+                .with_context(|| {
+                    format!(
+                        "migration {:04}_{} statement {} failed",
+                        m.version,
+                        m.name,
+                        i + 1
+                    )
+                })?;
+        }
+        server
+            .query(&format!(
+                "INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES (?, ?, now())"
+            ))
+            .bind(m.version)
+            .bind(m.name.as_str())
+            .execute()
+            .await
+            .with_context(|| format!("recording migration {}", m.version))?;
+        now_applied.push(m.version);
+    }
+    Ok(now_applied)
+}
+
+/// Versions recorded in `schema_migrations`.
+pub async fn applied_versions(server: &Client) -> anyhow::Result<Vec<u32>> {
+    let rows: Vec<Applied> = server
+        .query(&format!(
+            "SELECT toUInt32(version) AS version FROM {MIGRATIONS_TABLE} ORDER BY version"
+        ))
+        .fetch_all()
+        .await
+        .context("reading schema_migrations")?;
+    Ok(rows.into_iter().map(|a| a.version).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_statements_outside_quotes_and_comments() {
+        let sql = "-- header; with a semicolon\n\
+                   CREATE TABLE a (x String DEFAULT ';') ENGINE = Memory;\n\
+                   /* block; comment */ ALTER TABLE a COMMENT COLUMN x 'it''s; \\' fine';\n\
+                   \n  ;  \n";
+        let s = split_statements(sql);
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert_eq!(
+            s[0],
+            "CREATE TABLE a (x String DEFAULT ';') ENGINE = Memory"
+        );
+        assert!(
+            s[1].starts_with("ALTER TABLE a COMMENT COLUMN x 'it''s; \\' fine'"),
+            "{s:?}"
+        );
+        assert_eq!(split_statements("SELECT 1"), vec!["SELECT 1"]);
+        assert!(split_statements("-- only a comment\n").is_empty());
+    }
+
+    #[test]
+    fn parses_names_and_orders_by_version() {
+        let all = parse_all(&[
+            ("0010_later.sql", "SELECT 10;"),
+            ("0002_second.sql", "SELECT 2; SELECT 22;"),
+            ("0001_flows.sql", "SELECT 1"),
+        ])
+        .unwrap();
+        let v: Vec<(u32, &str, usize)> = all
+            .iter()
+            .map(|m| (m.version, m.name.as_str(), m.statements.len()))
+            .collect();
+        assert_eq!(v, [(1, "flows", 1), (2, "second", 2), (10, "later", 1)]);
+    }
+
+    #[test]
+    fn rejects_bad_names_duplicates_and_empty_files() {
+        for bad in [
+            "flows.sql",
+            "x_flows.sql",
+            "0000_zero.sql",
+            "0001_flows.txt",
+        ] {
+            assert!(Migration::parse(bad, "SELECT 1").is_err(), "{bad}");
+        }
+        let e = parse_all(&[("0001_a.sql", "SELECT 1"), ("0001_b.sql", "SELECT 1")]).unwrap_err();
+        assert!(e.to_string().contains("share version 1"), "{e}");
+        assert!(Migration::parse("0003_empty.sql", "-- nothing\n").is_err());
+    }
+
+    #[test]
+    fn embedded_migrations_parse() {
+        let all = embedded().unwrap();
+        // The first migration, when present, creates the flows table.
+        if let Some(first) = all.first() {
+            assert_eq!(first.version, 1);
+            assert!(
+                first.statements.iter().any(|s| s.contains("flows")),
+                "{first:?}"
+            );
+        }
+    }
+}

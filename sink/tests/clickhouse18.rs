@@ -1,0 +1,122 @@
+//! The sink's insert path (FlowRow batches, RowBinary, LZ4, validation off) against Debian's
+//! genuine clickhouse-server 18.16 with sql/clickhouse18/flows_minimal.sql; rows are read back
+//! over plain HTTP as TSV and compared value by value.
+//!
+//! Needs /usr/sbin/clickhouse-server; `FLOWLENS_SKIP_CLICKHOUSE18=1` skips.
+
+mod common;
+
+use std::time::Instant;
+
+use common::{http, repo_root, require, ClickHouse18};
+use flowlens_sink::config::ClickHouseConfig;
+use flowlens_sink::insert::Inserter;
+use flowlens_sink::migrate::split_statements;
+use flowlens_sink::row::{sample_flow, FlowRow};
+
+fn query_tsv(port: u16, sql: &str) -> String {
+    let (status, body) = http(port, "POST", "/", sql);
+    assert_eq!(status, 200, "{sql}: {body}");
+    body
+}
+
+#[tokio::test]
+async fn flow_rows_are_accepted_by_clickhouse_18() {
+    if require("/usr/sbin/clickhouse-server", "CLICKHOUSE18") {
+        return;
+    }
+    let server = ClickHouse18::start();
+    let ddl = std::fs::read_to_string(repo_root().join("sql/clickhouse18/flows_minimal.sql"))
+        .expect("sql/clickhouse18/flows_minimal.sql");
+    for statement in split_statements(&ddl) {
+        query_tsv(server.http_port, &statement);
+    }
+
+    let config = ClickHouseConfig {
+        url: server.url(),
+        validation: false,
+        timeout_ms: 20_000,
+        ..Default::default()
+    };
+    let inserter = Inserter::new(&config);
+    const N: u32 = 20_000;
+    let rows: Vec<FlowRow> = (0..N)
+        .map(|i| FlowRow::try_from(sample_flow(i)).unwrap())
+        .collect();
+    // Two batches, like two flushes of the sink.
+    let started = Instant::now();
+    let (a, b) = rows.split_at(rows.len() / 2);
+    inserter
+        .write(a)
+        .await
+        .expect("insert into ClickHouse 18.16");
+    inserter
+        .write(b)
+        .await
+        .expect("insert into ClickHouse 18.16");
+    let elapsed = started.elapsed();
+    eprintln!(
+        "inserted {N} rows into ClickHouse 18.16 in {elapsed:?} ({:.0} rows/s)",
+        f64::from(N) / elapsed.as_secs_f64()
+    );
+
+    let n = u64::from(N);
+    let totals = query_tsv(
+        server.http_port,
+        "SELECT count(), sum(bytes), sum(packets), uniqExact(src_pod) FROM flows FORMAT TSV",
+    );
+    assert_eq!(
+        totals.trim(),
+        format!("{n}\t{}\t{}\t{n}", 100 * n * (n + 1) / 2, n * (n + 1) / 2)
+    );
+    let row = query_tsv(
+        server.http_port,
+        "SELECT time_flow_start, time_flow_end, time_exported, host, ifindex, if_name, if_mac, \
+         if_kind, if_netns, direction, etype, vlan_id, proto, hex(src_addr), hex(dst_addr), \
+         src_port, dst_port, icmp_type, icmp_code, tcp_flags, packets, bytes, sampling_rate, \
+         src_pod, src_namespace, src_workload, dst_pod, dst_service \
+         FROM flows WHERE src_pod = 'web-777' FORMAT TSV",
+    );
+    let expected = [
+        "1700000000124233789",
+        "1700000001124233789",
+        "1700000002123456789",
+        "node-a",
+        "3",
+        "eth0",
+        "02:42:ac:11:00:02",
+        "veth",
+        "cni-1234",
+        "egress",
+        "2048",
+        "0",
+        "6",
+        "00000000000000000000FFFF0A000309",
+        "20010DB8000000000000000000000001",
+        "10777",
+        "443",
+        "0",
+        "0",
+        "24",
+        "778",
+        "77800",
+        "1",
+        "web-777",
+        "shop",
+        "",
+        "",
+        "api",
+    ];
+    assert_eq!(
+        row.trim_end_matches('\n').split('\t').collect::<Vec<_>>(),
+        expected
+    );
+    // Ingress rows too (Enum8 value 0).
+    assert_eq!(
+        query_tsv(
+            server.http_port,
+            "SELECT direction, count() FROM flows GROUP BY direction ORDER BY direction FORMAT TSV"
+        ),
+        format!("ingress\t{}\negress\t{}\n", n / 2, n / 2)
+    );
+}

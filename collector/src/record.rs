@@ -78,7 +78,8 @@ mod tests {
     #[test]
     fn converts_key_and_times() {
         let key = FlowKey {
-            src_addr: Ipv6Addr::from(std::net::Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped())
+            src_addr: std::net::Ipv4Addr::new(10, 0, 0, 1)
+                .to_ipv6_mapped()
                 .octets(),
             dst_addr: Ipv6Addr::LOCALHOST.octets(),
             ifindex: 7,

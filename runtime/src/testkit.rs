@@ -372,15 +372,13 @@ pub fn in_netns<T>(ns: &str, work: impl FnOnce() -> T) -> T {
     out
 }
 
+/// A message's key and payload (a tombstone has no payload).
+pub type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Reads `topic` (all partitions, from the beginning, no consumer group) until at least `min`
 /// messages have arrived and every partition is read up to its high watermark, or `timeout`
 /// passes; returns (key, payload) pairs in partition order.
-pub fn read_topic(
-    brokers: &str,
-    topic: &str,
-    min: usize,
-    timeout: Duration,
-) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+pub fn read_topic(brokers: &str, topic: &str, min: usize, timeout: Duration) -> Vec<KeyValue> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Message, Offset, TopicPartitionList};
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()

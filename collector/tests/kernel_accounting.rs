@@ -13,6 +13,7 @@ use flowlens_collector::config::Config;
 use flowlens_runtime::testkit::{read_topic, unique, NetnsPair, Tansu};
 use flowlens_runtime::Shutdown;
 use flowlens_schemas::{decode, Direction, Interface, RawFlow};
+use rdkafka::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_counts_for_udp_tcp_icmp_on_veth() {
@@ -42,7 +43,7 @@ async fn exact_counts_for_udp_tcp_icmp_on_veth() {
             .unwrap();
     let ifaces: Vec<Interface> = ifaces
         .iter()
-        .map(|(_, v)| decode(v.as_deref().unwrap()).unwrap())
+        .map(|m| decode(m.payload().unwrap()).unwrap())
         .collect();
     let veth = ifaces
         .iter()
@@ -80,7 +81,7 @@ async fn exact_counts_for_udp_tcp_icmp_on_veth() {
         .unwrap();
     let flows: Vec<RawFlow> = raw
         .iter()
-        .map(|(_, v)| decode(v.as_deref().unwrap()).unwrap())
+        .map(|m| decode(m.payload().unwrap()).unwrap())
         .collect();
     let mut seen: BTreeMap<FlowId, Totals> = BTreeMap::new();
     let mut flags: BTreeMap<FlowId, u16> = BTreeMap::new();

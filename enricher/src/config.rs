@@ -69,6 +69,12 @@ impl Validate for Config {
     }
 }
 
+impl flowlens_runtime::service::ServiceConfig for Config {
+    fn telemetry(&self) -> &flowlens_runtime::telemetry::TelemetryConfig {
+        &self.telemetry
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

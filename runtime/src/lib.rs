@@ -4,6 +4,7 @@
 pub mod config;
 pub mod dead_letter;
 pub mod kafka;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testkit")]

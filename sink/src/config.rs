@@ -186,6 +186,12 @@ impl Config {
     }
 }
 
+impl flowlens_runtime::service::ServiceConfig for Config {
+    fn telemetry(&self) -> &flowlens_runtime::telemetry::TelemetryConfig {
+        &self.telemetry
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

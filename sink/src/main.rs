@@ -1,10 +1,11 @@
-//! `flowlens-sink [--config FILE] [run|migrate]`: the sink binary.
+//! `flowlens-sink [--config FILE] [run|migrate]`: command line, then the shared service skeleton
+//! around [`flowlens_sink::run`] or the migrations. Exit codes: 0, 1 failure, 2 bad configuration.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use flowlens_runtime::{telemetry, Shutdown};
+use flowlens_sink::config::ENV_PREFIX;
 use flowlens_sink::{migrate, Config};
 
 #[derive(Parser)]
@@ -31,46 +32,21 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("flowlens-sink: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    telemetry::init_logging(&config.telemetry);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("flowlens-sink: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
-        match cli.command.unwrap_or(Command::Run) {
-            Command::Migrate => {
-                let migrations = migrate::embedded()?;
-                let applied = migrate::apply(&config.clickhouse, &migrations).await?;
-                tracing::info!(?applied, available = migrations.len(), "migrations done");
-                Ok(())
+    let command = cli.command.unwrap_or(Command::Run);
+    flowlens_runtime::service::run_main(
+        "flowlens-sink",
+        cli.config.as_deref(),
+        ENV_PREFIX,
+        move |config: Config, shutdown| async move {
+            match command {
+                Command::Migrate => {
+                    let migrations = migrate::embedded()?;
+                    let applied = migrate::apply(&config.clickhouse, &migrations).await?;
+                    tracing::info!(?applied, available = migrations.len(), "migrations done");
+                    Ok(())
+                }
+                Command::Run => flowlens_sink::run(config, shutdown).await,
             }
-            Command::Run => {
-                telemetry::init_metrics(&config.telemetry)?;
-                let shutdown = Shutdown::new();
-                shutdown.on_signals()?;
-                flowlens_sink::run(config, shutdown).await
-            }
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "flowlens-sink failed");
-            eprintln!("flowlens-sink: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+        },
+    )
 }

@@ -9,14 +9,15 @@ mod parse;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{classifier, map},
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::TcContext,
 };
 use flowlens_common::{
-    FlowKey, FlowStats, FragmentKey, FragmentPorts, COUNTER_COUNT, COUNTER_TABLE_FULL,
-    DIRECTION_EGRESS, DIRECTION_INGRESS,
+    FlowKey, FlowStats, FragmentKey, FragmentPorts, COUNTER_COUNT, COUNTER_FILTERED,
+    COUNTER_SAMPLED_OUT, COUNTER_TABLE_FULL, DIRECTION_EGRESS, DIRECTION_INGRESS, FILTER_CIDR,
+    FILTER_PORT, FILTER_PROTOCOL,
 };
 
 /// The flow table. Its size is set by the collector at load time (`table_size`).
@@ -30,6 +31,26 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT,
 /// Ports of in-flight fragmented datagrams, keyed by (addresses, id, protocol).
 #[map]
 static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts> = LruHashMap::with_max_entries(8192, 0);
+
+/// 1:N sampling (set at load; 0 or 1 = every packet).
+#[unsafe(no_mangle)]
+static SAMPLING: u32 = 1;
+
+/// `FILTER_*` bits of the filters in force (set at load).
+#[unsafe(no_mangle)]
+static FILTERS: u32 = 0;
+
+/// Addresses of interest (either end matches).
+#[map]
+static FILTER_CIDRS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(1024, 0);
+
+/// Ports of interest (either end matches).
+#[map]
+static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+
+/// IP protocols of interest, indexed by protocol number.
+#[map]
+static FILTER_PROTOCOLS: Array<u8> = Array::with_max_entries(256, 0);
 
 #[classifier]
 pub fn flowlens_ingress(ctx: TcContext) -> i32 {
@@ -48,6 +69,15 @@ fn account(ctx: &TcContext, direction: u8) {
     let Some(packet) = parse::parse(ctx, direction) else {
         return;
     };
+    if !wanted(&packet.key) {
+        count(COUNTER_FILTERED);
+        return;
+    }
+    let sampling = unsafe { core::ptr::read_volatile(&SAMPLING) };
+    if sampling > 1 && unsafe { bpf_get_prandom_u32() } % sampling != 0 {
+        count(COUNTER_SAMPLED_OUT);
+        return;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     record(
         &packet.key,
@@ -56,6 +86,31 @@ fn account(ctx: &TcContext, direction: u8) {
         packet.tcp_flags,
         now,
     );
+}
+
+/// The in-kernel filters: every configured kind must match (addresses, ports, protocol).
+#[inline(always)]
+fn wanted(key: &FlowKey) -> bool {
+    let filters = unsafe { core::ptr::read_volatile(&FILTERS) };
+    if filters == 0 {
+        return true;
+    }
+    if filters & FILTER_CIDR != 0
+        && FILTER_CIDRS.get(&Key::new(128, key.src_addr)).is_none()
+        && FILTER_CIDRS.get(&Key::new(128, key.dst_addr)).is_none()
+    {
+        return false;
+    }
+    if filters & FILTER_PORT != 0
+        && unsafe { FILTER_PORTS.get(&key.src_port) }.is_none()
+        && unsafe { FILTER_PORTS.get(&key.dst_port) }.is_none()
+    {
+        return false;
+    }
+    if filters & FILTER_PROTOCOL != 0 && FILTER_PROTOCOLS.get(key.proto as u32) != Some(&1) {
+        return false;
+    }
+    true
 }
 
 #[inline(always)]

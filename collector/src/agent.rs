@@ -1,5 +1,5 @@
-//! The collector's main loop: attach, publish interface metadata, then every scan interval drain
-//! the kernel flow table and publish one record per flow; on shutdown drain once more, flush and
+//! The collector's main loop: attach, publish interface metadata, then every scan interval read
+//! the kernel flow table and publish what each flow added; on shutdown drain the table, flush and
 //! detach.
 
 use std::collections::BTreeMap;
@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use flowlens_common::{
-    FlowKey, FlowStats, COUNTER_FRAGMENT_UNMATCHED, COUNTER_MALFORMED, COUNTER_NON_IP,
-    COUNTER_TABLE_FULL,
+    FlowKey, FlowStats, COUNTER_FILTERED, COUNTER_FRAGMENT_UNMATCHED, COUNTER_MALFORMED,
+    COUNTER_NON_IP, COUNTER_SAMPLED_OUT, COUNTER_TABLE_FULL,
 };
 use flowlens_runtime::Shutdown;
 use flowlens_schemas::Interface;
@@ -21,6 +21,7 @@ use crate::netns;
 use crate::probe::Probe;
 use crate::publish::Publisher;
 use crate::record::{raw_flow, Clock};
+use crate::table::FlowTable;
 
 /// Runs the collector until `shutdown` fires.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
@@ -42,8 +43,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         .context("creating the Kafka producer")?;
     let publisher = Publisher::new(producer, &topics.raw_flows, &topics.interfaces);
 
-    let mut probe = Probe::load(c.table_size)?;
-    let known = netns::within(&c.netns, || {
+    let mut probe = Probe::load(c.table_size, c.sampling, &c.filter.parse()?)?;
+    let mut known = netns::within(&c.netns, || {
         let all = interfaces::list()?;
         for name in targets(&c.interfaces, &all)? {
             probe.attach(&name)?;
@@ -76,26 +77,30 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         netns = %c.netns,
         table_size = c.table_size,
         scan_interval_ms = c.scan_interval_ms,
+        idle_timeout_ms = c.idle_timeout_ms,
+        sampling = c.sampling,
         "collector running"
     );
 
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-    let mut drainer = Drainer::new(c.drain_batch, cpus);
-    let mut entries = Vec::new();
+    let mut exporter = Exporter {
+        table: FlowTable::new(Drainer::new(c.drain_batch, cpus), c.idle_timeout_ms),
+        entries: Vec::new(),
+        host: host.clone(),
+        sampling: c.sampling,
+    };
     let mut scan = tokio::time::interval(Duration::from_millis(c.scan_interval_ms));
     scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     scan.tick().await;
     let mut refresh = tokio::time::interval(Duration::from_millis(c.interface_refresh_ms));
     refresh.tick().await;
-    let mut known = known;
     loop {
         tokio::select! {
-            _ = scan.tick() => {
-                export(&probe, &mut drainer, &mut entries, &host, &publisher).await?;
-            }
+            _ = scan.tick() => exporter.export(&probe, &publisher, Scan::Interval).await?,
             _ = refresh.tick() => {
                 let ns = c.netns.clone();
-                let now = tokio::task::spawn_blocking(move || netns::within(&ns, interfaces::list)).await??;
+                let now = tokio::task::spawn_blocking(move || netns::within(&ns, interfaces::list))
+                    .await??;
                 let (changed, removed) = interfaces::diff(&known, &now);
                 for iface in &changed {
                     tracing::info!(interface = %iface.name, ifindex = iface.ifindex, "interface changed");
@@ -111,7 +116,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         }
     }
     tracing::info!("final drain before exit");
-    export(&probe, &mut drainer, &mut entries, &host, &publisher).await?;
+    exporter.export(&probe, &publisher, Scan::Final).await?;
     publisher.flush(Duration::from_secs(30))?;
     drop(probe);
     tracing::info!("programs detached, collector stopped");
@@ -135,54 +140,89 @@ fn targets(wanted: &[String], all: &BTreeMap<u32, InterfaceInfo>) -> anyhow::Res
     Ok(wanted.to_vec())
 }
 
-/// One scan: drain the kernel table, publish every flow, update the metrics.
-async fn export(
-    probe: &Probe,
-    drainer: &mut Drainer,
-    entries: &mut Vec<(FlowKey, FlowStats)>,
-    host: &str,
-    publisher: &Publisher,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    entries.clear();
-    let calls = drainer
-        .drain(probe.flows_fd(), entries)
-        .context("draining the flow table")?;
-    let drained = started.elapsed();
-    let clock = Clock::now();
-    let flows: Vec<_> = entries
-        .iter()
-        .map(|(k, s)| raw_flow(host, k, s, clock))
-        .collect();
-    let delivery = publisher.publish_flows(&flows).await?;
+/// An interval scan keeps live flows in the kernel; the final one empties the table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    Interval,
+    Final,
+}
 
-    metrics::histogram!("flowlens_collector_drain_seconds").record(drained.as_secs_f64());
-    metrics::gauge!("flowlens_collector_table_entries").set(flows.len() as f64);
-    metrics::counter!("flowlens_collector_flows_exported_total").increment(flows.len() as u64);
-    let counters = probe.counters()?;
-    for (name, idx) in [
-        ("table_full", COUNTER_TABLE_FULL),
-        ("non_ip", COUNTER_NON_IP),
-        ("fragment_unmatched", COUNTER_FRAGMENT_UNMATCHED),
-        ("malformed", COUNTER_MALFORMED),
-    ] {
-        metrics::counter!("flowlens_collector_kernel_packets_total", "reason" => name)
-            .absolute(counters[idx as usize]);
-    }
-    tracing::debug!(
-        flows = flows.len(),
-        syscalls = calls,
-        drain_ms = drained.as_secs_f64() * 1e3,
-        delivered = delivery.delivered,
-        failed = delivery.failed,
-        table_full = counters[COUNTER_TABLE_FULL as usize],
-        "scan exported"
-    );
-    if delivery.failed > 0 {
-        anyhow::bail!(
-            "{} flow records could not be delivered to Kafka",
-            delivery.failed
+/// Turns scans of the kernel table into published records.
+struct Exporter {
+    table: FlowTable,
+    entries: Vec<(FlowKey, FlowStats)>,
+    host: String,
+    sampling: u32,
+}
+
+impl Exporter {
+    /// One scan: read the kernel table, publish what every flow added, update the metrics.
+    async fn export(
+        &mut self,
+        probe: &Probe,
+        publisher: &Publisher,
+        scan: Scan,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        self.entries.clear();
+        let clock = Clock::now();
+        let (calls, occupancy, evicted) = match scan {
+            Scan::Interval => {
+                let s = self
+                    .table
+                    .scan(probe.flows_fd(), clock.monotonic_ns(), &mut self.entries)
+                    .context("reading the flow table")?;
+                (s.syscalls, s.entries, s.evicted)
+            }
+            Scan::Final => {
+                let calls = self
+                    .table
+                    .drain(probe.flows_fd(), &mut self.entries)
+                    .context("draining the flow table")?;
+                (calls, self.entries.len(), self.entries.len())
+            }
+        };
+        let read = started.elapsed();
+        let flows: Vec<_> = self
+            .entries
+            .iter()
+            .map(|(k, s)| raw_flow(&self.host, k, s, clock, self.sampling))
+            .collect();
+        let delivery = publisher.publish_flows(&flows).await?;
+
+        metrics::histogram!("flowlens_collector_drain_seconds").record(read.as_secs_f64());
+        metrics::gauge!("flowlens_collector_table_entries").set(occupancy as f64);
+        metrics::counter!("flowlens_collector_flows_evicted_total").increment(evicted as u64);
+        metrics::counter!("flowlens_collector_flows_exported_total").increment(flows.len() as u64);
+        let counters = probe.counters()?;
+        for (name, idx) in [
+            ("table_full", COUNTER_TABLE_FULL),
+            ("non_ip", COUNTER_NON_IP),
+            ("fragment_unmatched", COUNTER_FRAGMENT_UNMATCHED),
+            ("malformed", COUNTER_MALFORMED),
+            ("filtered", COUNTER_FILTERED),
+            ("sampled_out", COUNTER_SAMPLED_OUT),
+        ] {
+            metrics::counter!("flowlens_collector_kernel_packets_total", "reason" => name)
+                .absolute(counters[idx as usize]);
+        }
+        tracing::debug!(
+            flows = flows.len(),
+            table_entries = occupancy,
+            evicted,
+            syscalls = calls,
+            read_ms = read.as_secs_f64() * 1e3,
+            delivered = delivery.delivered,
+            failed = delivery.failed,
+            table_full = counters[COUNTER_TABLE_FULL as usize],
+            "scan exported"
         );
+        if delivery.failed > 0 {
+            anyhow::bail!(
+                "{} flow records could not be delivered to Kafka",
+                delivery.failed
+            );
+        }
+        Ok(())
     }
-    Ok(())
 }

@@ -6,6 +6,8 @@ use flowlens_runtime::telemetry::TelemetryConfig;
 use flowlens_runtime::{ConfigError, Validate};
 use serde::Deserialize;
 
+use crate::filter::FilterConfig;
+
 pub const ENV_PREFIX: &str = "FLOWLENS_COLLECTOR";
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -28,12 +30,19 @@ pub struct CollectorConfig {
     pub netns: String,
     /// How often the kernel flow table is drained and exported, in milliseconds.
     pub scan_interval_ms: u64,
-    /// Maximum number of flows the kernel table holds between two scans.
+    /// A flow whose last packet is older than this leaves the kernel table (after a last export);
+    /// live flows stay and are exported every scan.
+    pub idle_timeout_ms: u64,
+    /// Maximum number of flows the kernel table holds (live flows plus those not yet idle).
     pub table_size: u32,
     /// Flows read per batched map syscall.
     pub drain_batch: u32,
     /// How often interface metadata is re-read (changes are published), in milliseconds.
     pub interface_refresh_ms: u64,
+    /// 1:N packet sampling in the kernel (1 = every packet); records carry the rate.
+    pub sampling: u32,
+    /// In-kernel filters applied before a packet reaches the flow table.
+    pub filter: FilterConfig,
 }
 
 impl Default for CollectorConfig {
@@ -43,9 +52,12 @@ impl Default for CollectorConfig {
             interfaces: Vec::new(),
             netns: String::new(),
             scan_interval_ms: 5_000,
+            idle_timeout_ms: 15_000,
             table_size: 262_144,
             drain_batch: 8_192,
             interface_refresh_ms: 10_000,
+            sampling: 1,
+            filter: FilterConfig::default(),
         }
     }
 }
@@ -56,6 +68,12 @@ impl Validate for Config {
         flowlens_runtime::config::check_range(
             "collector.scan_interval_ms",
             c.scan_interval_ms,
+            100,
+            3_600_000,
+        )?;
+        flowlens_runtime::config::check_range(
+            "collector.idle_timeout_ms",
+            c.idle_timeout_ms,
             100,
             3_600_000,
         )?;
@@ -77,6 +95,8 @@ impl Validate for Config {
             100,
             3_600_000,
         )?;
+        flowlens_runtime::config::check_range("collector.sampling", c.sampling.into(), 1, 1 << 20)?;
+        c.filter.parse()?;
         if let Some(bad) = c
             .interfaces
             .iter()

@@ -1,12 +1,16 @@
-//! Draining the kernel flow table with batched map syscalls (BPF_MAP_LOOKUP_AND_DELETE_BATCH on
-//! the map fd: aya has no batch API) and folding the per-CPU values into one entry per flow.
+//! Batched reads of the kernel flow table through the `bpf()` syscall on the map fd (aya has no
+//! batch API): BPF_MAP_LOOKUP_BATCH to read every entry, BPF_MAP_LOOKUP_AND_DELETE_BATCH to empty
+//! the table, BPF_MAP_LOOKUP_AND_DELETE_ELEM to take one entry atomically. Per-CPU values are
+//! folded into one entry per flow.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use flowlens_common::{FlowKey, FlowStats};
 
-/// `enum bpf_cmd` value of BPF_MAP_LOOKUP_AND_DELETE_BATCH (linux/bpf.h).
+/// `enum bpf_cmd` values (linux/bpf.h).
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 
 /// The `batch` member of `union bpf_attr`.
@@ -23,8 +27,19 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Reads and deletes every entry of a per-CPU `FlowKey -> FlowStats` hash map in batches of
-/// `batch` entries, reusing its buffers between drains.
+/// The element member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Reads a per-CPU `FlowKey -> FlowStats` hash map in batches of `batch` entries, reusing its
+/// buffers between calls.
 pub struct Drainer {
     batch: usize,
     cpus: usize,
@@ -43,12 +58,19 @@ impl Drainer {
         }
     }
 
-    /// Empties the map into `out` (one merged entry per flow); returns the number of syscalls.
-    pub fn drain(
+    /// Appends every entry of the map to `out` (merged over CPUs); with `delete` the map is
+    /// emptied as it is read. Returns the number of syscalls made.
+    pub fn read_all(
         &mut self,
         map: BorrowedFd<'_>,
+        delete: bool,
         out: &mut Vec<(FlowKey, FlowStats)>,
     ) -> io::Result<usize> {
+        let cmd = if delete {
+            BPF_MAP_LOOKUP_AND_DELETE_BATCH
+        } else {
+            BPF_MAP_LOOKUP_BATCH
+        };
         let mut token = [0u64; 2];
         let mut next_token = [0u64; 2];
         let mut first = true;
@@ -69,7 +91,7 @@ impl Drainer {
             let rc = unsafe {
                 libc::syscall(
                     libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_AND_DELETE_BATCH,
+                    cmd,
                     &mut attr as *mut BatchAttr,
                     std::mem::size_of::<BatchAttr>(),
                 )
@@ -77,10 +99,7 @@ impl Drainer {
             let err = (rc < 0).then(io::Error::last_os_error);
             let n = attr.count as usize;
             for i in 0..n {
-                let mut merged = FlowStats::default();
-                for cpu in &self.values[i * self.cpus..(i + 1) * self.cpus] {
-                    merged.merge(cpu);
-                }
+                let merged = self.merged(i);
                 if merged.packets > 0 {
                     out.push((self.keys[i], merged));
                 }
@@ -98,6 +117,42 @@ impl Drainer {
             token = next_token;
             first = false;
         }
+    }
+
+    /// Removes `key` and returns its counters at the instant of removal (nothing a packet adds
+    /// between a read and the delete is lost). `None` if the key was not there.
+    pub fn take(&mut self, map: BorrowedFd<'_>, key: &FlowKey) -> io::Result<Option<FlowStats>> {
+        let mut attr = ElemAttr {
+            map_fd: map.as_raw_fd() as u32,
+            key: key as *const FlowKey as u64,
+            value: self.values.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        // SAFETY: `values` holds at least one per-CPU value set; attr outlives the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+                &mut attr as *mut ElemAttr,
+                std::mem::size_of::<ElemAttr>(),
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOENT) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(self.merged(0)))
+    }
+
+    fn merged(&self, i: usize) -> FlowStats {
+        let mut merged = FlowStats::default();
+        for cpu in &self.values[i * self.cpus..(i + 1) * self.cpus] {
+            merged.merge(cpu);
+        }
+        merged
     }
 
     fn grow(&mut self) {

@@ -4,11 +4,13 @@
 pub mod agent;
 pub mod config;
 pub mod drain;
+pub mod filter;
 pub mod interfaces;
 pub mod netns;
 pub mod probe;
 pub mod publish;
 pub mod record;
+pub mod table;
 
 pub use agent::run;
 pub use config::Config;

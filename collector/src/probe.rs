@@ -7,7 +7,12 @@ use anyhow::{bail, Context};
 use aya::maps::{Map, MapData, PerCpuArray};
 use aya::programs::{tc::TcAttachType, SchedClassifier};
 use aya::{Ebpf, EbpfLoader};
-use flowlens_common::{COUNTERS_MAP, COUNTER_COUNT, EGRESS_PROGRAM, FLOWS_MAP, INGRESS_PROGRAM};
+use flowlens_common::{
+    COUNTERS_MAP, COUNTER_COUNT, EGRESS_PROGRAM, FILTERS_GLOBAL, FLOWS_MAP, INGRESS_PROGRAM,
+    SAMPLING_GLOBAL,
+};
+
+use crate::filter::Filters;
 
 /// The kernel object built from collector-ebpf/.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlens"));
@@ -21,12 +26,17 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Loads the programs with a flow table of `table_size` entries.
-    pub fn load(table_size: u32) -> anyhow::Result<Self> {
+    /// Loads the programs with a flow table of `table_size` entries, 1:`sampling` packet
+    /// sampling and the given filters.
+    pub fn load(table_size: u32, sampling: u32, filters: &Filters) -> anyhow::Result<Self> {
+        let flags = filters.flags();
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(FLOWS_MAP, table_size)
+            .override_global(SAMPLING_GLOBAL, &sampling, true)
+            .override_global(FILTERS_GLOBAL, &flags, true)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
+        filters.install(&mut ebpf)?;
         for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)

@@ -30,6 +30,11 @@ impl Clock {
     pub fn unix_now_ns(self) -> i64 {
         self.realtime_ns
     }
+
+    /// The sampled instant on CLOCK_MONOTONIC (the kernel programs' clock).
+    pub fn monotonic_ns(self) -> u64 {
+        (self.realtime_ns - self.offset_ns) as u64
+    }
 }
 
 fn read_clock(clock: libc::clockid_t) -> i64 {
@@ -42,8 +47,14 @@ fn read_clock(clock: libc::clockid_t) -> i64 {
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
-/// Builds the Avro record for one flow.
-pub fn raw_flow(host: &str, key: &FlowKey, stats: &FlowStats, clock: Clock) -> RawFlow {
+/// Builds the Avro record for one flow counted under 1:`sampling` sampling.
+pub fn raw_flow(
+    host: &str,
+    key: &FlowKey,
+    stats: &FlowStats,
+    clock: Clock,
+    sampling: u32,
+) -> RawFlow {
     RawFlow {
         host: host.to_string(),
         ifindex: key.ifindex as i32,
@@ -67,7 +78,7 @@ pub fn raw_flow(host: &str, key: &FlowKey, stats: &FlowStats, clock: Clock) -> R
         tcp_flags: stats.tcp_flags.into(),
         packets: stats.packets as i64,
         bytes: stats.bytes as i64,
-        sampling_rate: 1,
+        sampling_rate: sampling.max(1) as i32,
     }
 }
 
@@ -101,7 +112,7 @@ mod tests {
             realtime_ns: 10_000,
             offset_ns: 5_000,
         };
-        let r = raw_flow("h", &key, &stats, clock);
+        let r = raw_flow("h", &key, &stats, clock, 1);
         assert_eq!(r.direction, Direction::Egress);
         assert_eq!(r.src_ip().to_string(), "10.0.0.1");
         assert_eq!((r.time_flow_start_ns, r.time_flow_end_ns), (6_000, 7_000));

@@ -19,8 +19,29 @@ pub const COUNTER_NON_IP: u32 = 1;
 pub const COUNTER_FRAGMENT_UNMATCHED: u32 = 2;
 /// Packets too short or malformed to parse past the link header: passed, not recorded.
 pub const COUNTER_MALFORMED: u32 = 3;
+/// Packets left out by the in-kernel filters.
+pub const COUNTER_FILTERED: u32 = 4;
+/// Packets left out by 1:N sampling.
+pub const COUNTER_SAMPLED_OUT: u32 = 5;
 /// Number of counters in [`COUNTERS_MAP`].
-pub const COUNTER_COUNT: u32 = 4;
+pub const COUNTER_COUNT: u32 = 6;
+
+/// Global (read-only at load) holding N of 1:N packet sampling; 0 or 1 counts every packet.
+pub const SAMPLING_GLOBAL: &str = "SAMPLING";
+/// Global (read-only at load) holding the `FILTER_*` bits of the filters in force.
+pub const FILTERS_GLOBAL: &str = "FILTERS";
+/// Only flows with a source or destination address in `FILTER_CIDRS_MAP`.
+pub const FILTER_CIDR: u32 = 1;
+/// Only flows with a source or destination port in `FILTER_PORTS_MAP`.
+pub const FILTER_PORT: u32 = 2;
+/// Only flows whose IP protocol is marked in `FILTER_PROTOCOLS_MAP`.
+pub const FILTER_PROTOCOL: u32 = 4;
+/// LPM trie of 16-byte addresses (IPv4 as ::ffff:a.b.c.d, prefix length + 96).
+pub const FILTER_CIDRS_MAP: &str = "FILTER_CIDRS";
+/// Hash of allowed ports (u16, host order) -> 1.
+pub const FILTER_PORTS_MAP: &str = "FILTER_PORTS";
+/// Array of 256 bytes indexed by IP protocol: 1 = allowed.
+pub const FILTER_PROTOCOLS_MAP: &str = "FILTER_PROTOCOLS";
 
 pub const DIRECTION_INGRESS: u8 = 0;
 pub const DIRECTION_EGRESS: u8 = 1;

@@ -216,3 +216,25 @@ pub fn require_root() {
         "this test loads eBPF programs and creates network namespaces: run it as root"
     );
 }
+
+/// Sends `n` UDP datagrams of `payload` bytes from A to B:`port` on one flow (paced in bursts so
+/// the receiver keeps up); returns the source port. Every datagram is checked on arrival.
+pub fn send_udp_flow(pair: &NetnsPair, n: u64, payload: usize, port: u16) -> u16 {
+    let rx = in_netns(&pair.ns_b, || UdpSocket::bind((pair.ip_b, port)).unwrap());
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let tx = in_netns(&pair.ns_a, || UdpSocket::bind((pair.ip_a, 0)).unwrap());
+    let data = vec![3u8; payload];
+    let mut buf = vec![0u8; payload + 1];
+    let mut sent = 0;
+    while sent < n {
+        let burst = (n - sent).min(100);
+        for _ in 0..burst {
+            tx.send_to(&data, (pair.ip_b, port)).unwrap();
+        }
+        for _ in 0..burst {
+            rx.recv_from(&mut buf).expect("every datagram arrives");
+        }
+        sent += burst;
+    }
+    tx.local_addr().unwrap().port()
+}

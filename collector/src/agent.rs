@@ -44,13 +44,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let publisher = Publisher::new(producer, &topics.raw_flows, &topics.interfaces);
 
     let mut probe = Probe::load(c.table_size, c.sampling, &c.filter.parse()?)?;
+    let mut attached = BTreeMap::new();
     let mut known = netns::within(&c.netns, || {
         let all = interfaces::list()?;
-        for name in targets(&c.interfaces, &all)? {
+        for (name, ifindex) in targets(&c.interfaces, &all, true)? {
             probe.attach(&name)?;
+            attached.insert(name, ifindex);
         }
         Ok(all)
     })?;
+    let (link_events, mut link_changed) = tokio::sync::mpsc::channel(1);
+    interfaces::watch(&c.netns, link_events)?;
     let netns_inode = netns::inode(&if c.netns.is_empty() {
         std::path::PathBuf::from("/proc/self/ns/net")
     } else {
@@ -73,7 +77,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     }
     tracing::info!(
         host = %host,
-        interfaces = ?probe.attached,
+        interfaces = ?probe.attached(),
         netns = %c.netns,
         table_size = c.table_size,
         scan_interval_ms = c.scan_interval_ms,
@@ -85,6 +89,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     let mut exporter = Exporter {
         table: FlowTable::new(Drainer::new(c.drain_batch, cpus), c.idle_timeout_ms),
+        cost: (Duration::ZERO, 0),
         entries: Vec::new(),
         host: host.clone(),
         sampling: c.sampling,
@@ -97,7 +102,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = scan.tick() => exporter.export(&probe, &publisher, Scan::Interval).await?,
-            _ = refresh.tick() => {
+            _ = async {
+                tokio::select! {
+                    _ = refresh.tick() => {},
+                    _ = link_changed.recv() => {},
+                }
+            } => {
                 let ns = c.netns.clone();
                 let now = tokio::task::spawn_blocking(move || netns::within(&ns, interfaces::list))
                     .await??;
@@ -110,6 +120,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                     tracing::info!(ifindex, "interface removed");
                     publisher.remove_interface(&host, ifindex).await?;
                 }
+                reconcile(&mut probe, &mut attached, &c.interfaces, &now, &c.netns)?;
                 known = now;
             }
             _ = shutdown.cancelled() => break,
@@ -123,21 +134,74 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The interfaces to attach to: the configured ones (each must exist), or all but loopback.
-fn targets(wanted: &[String], all: &BTreeMap<u32, InterfaceInfo>) -> anyhow::Result<Vec<String>> {
-    if wanted.is_empty() {
-        return Ok(all
-            .values()
-            .filter(|i| !i.loopback)
-            .map(|i| i.name.clone())
-            .collect());
-    }
-    for name in wanted {
-        if !all.values().any(|i| &i.name == name) {
-            anyhow::bail!("collector.interfaces: interface `{name}` does not exist");
+/// The interfaces to attach to among `all`: those matching a configured name or pattern (`*`,
+/// `?`), or every one but loopback when none is configured. At start (`strict`) a plain name
+/// that does not exist is an error; patterns may match nothing yet.
+fn targets(
+    wanted: &[String],
+    all: &BTreeMap<u32, InterfaceInfo>,
+    strict: bool,
+) -> anyhow::Result<Vec<(String, u32)>> {
+    if strict {
+        for name in wanted.iter().filter(|w| !w.contains(['*', '?'])) {
+            if !all.values().any(|i| &i.name == name) {
+                anyhow::bail!("collector.interfaces: interface `{name}` does not exist");
+            }
         }
     }
-    Ok(wanted.to_vec())
+    Ok(all
+        .values()
+        .filter(|i| {
+            if wanted.is_empty() {
+                !i.loopback
+            } else {
+                wanted.iter().any(|w| interfaces::matches(w, &i.name))
+            }
+        })
+        .map(|i| (i.name.clone(), i.ifindex))
+        .collect())
+}
+
+/// Brings attachments in line with the interfaces present now: attach to new matches, forget
+/// interfaces that are gone or were re-created under the same name.
+fn reconcile(
+    probe: &mut Probe,
+    attached: &mut BTreeMap<String, u32>,
+    wanted: &[String],
+    now: &BTreeMap<u32, InterfaceInfo>,
+    netns_name: &str,
+) -> anyhow::Result<()> {
+    let targets: BTreeMap<String, u32> = targets(wanted, now, false)?.into_iter().collect();
+    let stale: Vec<String> = attached
+        .iter()
+        .filter(|(name, ifindex)| targets.get(*name) != Some(ifindex))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in stale {
+        probe.detach(&name);
+        attached.remove(&name);
+    }
+    let new: Vec<(String, u32)> = targets
+        .into_iter()
+        .filter(|(name, _)| !attached.contains_key(name))
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    netns::within(netns_name, || {
+        for (name, ifindex) in &new {
+            match probe.attach(name) {
+                Ok(()) => {
+                    attached.insert(name.clone(), *ifindex);
+                }
+                // It may have vanished again since it was listed: try at the next change.
+                Err(e) => {
+                    tracing::warn!(interface = %name, error = format!("{e:#}"), "attach failed")
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 /// An interval scan keeps live flows in the kernel; the final one empties the table.
@@ -150,6 +214,8 @@ enum Scan {
 /// Turns scans of the kernel table into published records.
 struct Exporter {
     table: FlowTable,
+    /// Kernel run time and packets of the programs at the previous scan (bpf_stats).
+    cost: (Duration, u64),
     entries: Vec<(FlowKey, FlowStats)>,
     host: String,
     sampling: u32,
@@ -194,6 +260,12 @@ impl Exporter {
         metrics::gauge!("flowlens_collector_table_entries").set(occupancy as f64);
         metrics::counter!("flowlens_collector_flows_evicted_total").increment(evicted as u64);
         metrics::counter!("flowlens_collector_flows_exported_total").increment(flows.len() as u64);
+        let (run_time, runs) = probe.kernel_cost();
+        if runs > self.cost.1 {
+            let ns = (run_time - self.cost.0).as_nanos() as f64 / (runs - self.cost.1) as f64;
+            metrics::gauge!("flowlens_collector_kernel_ns_per_packet").set(ns);
+        }
+        self.cost = (run_time, runs);
         let counters = probe.counters()?;
         for (name, idx) in [
             ("table_full", COUNTER_TABLE_FULL),

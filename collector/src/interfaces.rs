@@ -80,6 +80,82 @@ pub fn diff(
     (changed, removed)
 }
 
+/// Shell-style match of an interface name against a pattern (`*` any run, `?` one character).
+pub fn matches(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), name.as_bytes())
+}
+
+/// Watches link changes (netlink RTMGRP_LINK) in network namespace `netns` from a thread of its
+/// own and signals `changed` after each; the thread ends once the receiver is dropped.
+pub fn watch(netns: &str, changed: tokio::sync::mpsc::Sender<()>) -> anyhow::Result<()> {
+    const RTMGRP_LINK: u32 = 1;
+    let sock = crate::netns::within(netns, || {
+        // SAFETY: plain socket calls on a fresh fd owned by OwnedFd.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error()).context("netlink socket");
+        }
+        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = RTMGRP_LINK;
+        let rc = unsafe {
+            libc::bind(
+                sock.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("binding netlink to RTMGRP_LINK");
+        }
+        let timeout = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        Ok(sock)
+    })?;
+    std::thread::Builder::new()
+        .name("netlink-links".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 16 * 1024];
+            while !changed.is_closed() {
+                // SAFETY: reads at most buf.len() bytes into buf.
+                let n =
+                    unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n > 0 {
+                    // Coalesced: one pending signal is enough to trigger a re-read.
+                    let _ = changed.try_send(());
+                }
+            }
+        })?;
+    Ok(())
+}
+
 fn names() -> anyhow::Result<Vec<(u32, String)>> {
     // SAFETY: if_nameindex returns a list terminated by a zero entry, freed below.
     let list = unsafe { libc::if_nameindex() };
@@ -177,6 +253,17 @@ mod tests {
         assert_eq!(lo.kind, "loopback");
         assert_eq!(lo.mtu, 65536);
         assert_eq!(lo.mac, "");
+    }
+
+    #[test]
+    fn patterns_match_like_a_shell() {
+        assert!(matches("veth*", "veth12ab"));
+        assert!(matches("eth?", "eth0"));
+        assert!(!matches("eth?", "eth10"));
+        assert!(matches("*", "lo"));
+        assert!(matches("eth0", "eth0"));
+        assert!(!matches("eth0", "eth01"));
+        assert!(matches("c*i*m", "cilium"));
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! Loading the kernel programs and maps (aya) and attaching them with TCX to the ingress and
 //! egress of the chosen interfaces. Dropping the [`Probe`] detaches everything.
 
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use aya::maps::{Map, MapData, PerCpuArray};
-use aya::programs::{tc::TcAttachType, SchedClassifier};
+use aya::programs::tc::{SchedClassifierLinkId, TcAttachType};
+use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use flowlens_common::{
     COUNTERS_MAP, COUNTER_COUNT, EGRESS_PROGRAM, FILTERS_GLOBAL, FLOWS_MAP, INGRESS_PROGRAM,
@@ -22,7 +25,8 @@ pub struct Probe {
     ebpf: Ebpf,
     flows: MapData,
     counters: PerCpuArray<MapData, u64>,
-    pub attached: Vec<String>,
+    /// Attached interfaces by name, with the ingress and egress links.
+    attached: BTreeMap<String, Vec<(&'static str, SchedClassifierLinkId)>>,
 }
 
 impl Probe {
@@ -58,12 +62,13 @@ impl Probe {
             ebpf,
             flows,
             counters,
-            attached: Vec::new(),
+            attached: BTreeMap::new(),
         })
     }
 
     /// Attaches ingress and egress programs to `interface` (in the calling thread's namespace).
     pub fn attach(&mut self, interface: &str) -> anyhow::Result<()> {
+        let mut links = Vec::with_capacity(2);
         for (name, hook) in [
             (INGRESS_PROGRAM, TcAttachType::Ingress),
             (EGRESS_PROGRAM, TcAttachType::Egress),
@@ -73,13 +78,55 @@ impl Probe {
                 .program_mut(name)
                 .with_context(|| format!("program {name}"))?
                 .try_into()?;
-            program
+            let link = program
                 .attach(interface, hook)
                 .with_context(|| format!("attaching {name} to interface {interface}"))?;
+            links.push((name, link));
         }
         tracing::info!(interface, "attached ingress and egress programs");
-        self.attached.push(interface.to_string());
+        self.attached.insert(interface.to_string(), links);
         Ok(())
+    }
+
+    /// Forgets an interface that disappeared (the kernel already removed its links) or detaches
+    /// from one that is still there.
+    pub fn detach(&mut self, interface: &str) {
+        let Some(links) = self.attached.remove(interface) else {
+            return;
+        };
+        for (name, link) in links {
+            let program: Result<&mut SchedClassifier, _> = match self.ebpf.program_mut(name) {
+                Some(p) => p.try_into(),
+                None => continue,
+            };
+            if let Ok(program) = program {
+                // The link is gone with its device; taking and dropping it closes our fd.
+                let _ = program.take_link(link);
+            }
+        }
+        tracing::info!(interface, "detached");
+    }
+
+    /// Names of the interfaces the programs are attached to.
+    pub fn attached(&self) -> Vec<String> {
+        self.attached.keys().cloned().collect()
+    }
+
+    pub fn is_attached(&self, interface: &str) -> bool {
+        self.attached.contains_key(interface)
+    }
+
+    /// Total time the kernel spent in both programs and how many packets they ran for; both
+    /// stay 0 unless `sysctl kernel.bpf_stats_enabled=1`.
+    pub fn kernel_cost(&self) -> (Duration, u64) {
+        let mut total = (Duration::ZERO, 0);
+        for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+            if let Some(info) = self.ebpf.program(name).and_then(|p| p.info().ok()) {
+                total.0 += info.run_time();
+                total.1 += info.run_count();
+            }
+        }
+        total
     }
 
     pub fn flows_fd(&self) -> BorrowedFd<'_> {

@@ -26,6 +26,7 @@ use crate::table::FlowTable;
 /// Runs the collector until `shutdown` fires.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let c = &config.collector;
+    crate::privileges::check(!c.netns.is_empty())?;
     let host = c.host_name();
     let topics = &config.kafka.topics;
     let wanted = [

@@ -7,6 +7,7 @@ pub mod drain;
 pub mod filter;
 pub mod interfaces;
 pub mod netns;
+pub mod privileges;
 pub mod probe;
 pub mod publish;
 pub mod record;

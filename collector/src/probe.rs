@@ -145,8 +145,8 @@ impl Probe {
 
 fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {
     let text = e.to_string();
-    let hint = if text.contains("Operation not permitted") || text.contains("EPERM") {
-        " (needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, or root)"
+    let hint = if text.contains("Operation not permitted") || text.contains("Permission denied") {
+        " (needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)"
     } else {
         ""
     };

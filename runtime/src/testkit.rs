@@ -528,3 +528,118 @@ pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
+
+impl ChildGuard {
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) and waits up to `timeout` for the child to exit;
+    /// kills it if it did not. Returns whether it exited by itself.
+    pub fn stop_with(&mut self, signal: i32, timeout: Duration) -> bool {
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+
+    /// Whether the child has exited (reaping it if so).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Chdb {
+    /// Stops the front (SIGTERM: the chdb session is closed cleanly) and waits until its port
+    /// is free; the data directory is kept for [`Chdb::start_again`].
+    pub fn stop(&mut self) {
+        assert!(
+            self._guard
+                .stop_with(libc::SIGTERM, Duration::from_secs(20)),
+            "chdb front did not stop on SIGTERM"
+        );
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(start.elapsed() < Duration::from_secs(20), "port still open");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the front again on the same port and data directory (after [`Chdb::stop`]).
+    pub fn start_again(&mut self) {
+        let log_again = self.dir.path().join("chdb.again.log");
+        let script = repo_root().join("scripts/stack/chdb_http.py");
+        let mut guard = ChildGuard::spawn(
+            "chdb_http.py",
+            Command::new(VENV_PYTHON)
+                .arg("-u")
+                .arg(&script)
+                .arg("--data-dir")
+                .arg(self.dir.path().join("data"))
+                .args(["--host", "127.0.0.1", "--port", &self.port.to_string()]),
+            &log_again,
+        );
+        wait_port(self.port, &mut guard, &log_again, Duration::from_secs(30));
+        let start = Instant::now();
+        while http(self.port, "GET", "/ping", "").1 != "Ok.\n" {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "chdb front not ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self._guard = guard;
+    }
+}
+
+impl Tansu {
+    /// tansu inside network namespace `netns`, listening on `ip` (for clients in other
+    /// namespaces reaching it over a veth).
+    pub fn start_in_netns(netns: &str, ip: std::net::IpAddr) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let url = format!("tcp://{ip}:{port}");
+        let log = dir.path().join("tansu.log");
+        let mut guard = ChildGuard::spawn(
+            "tansu",
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                netns,
+                TANSU,
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ]),
+            &log,
+        );
+        let start = Instant::now();
+        while !in_netns(netns, || TcpStream::connect((ip, port)).is_ok()) {
+            guard.assert_running(&log);
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "tansu not listening on {ip}:{port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            port,
+            _dir: dir,
+            _guard: guard,
+        }
+    }
+}

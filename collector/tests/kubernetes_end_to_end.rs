@@ -1,0 +1,404 @@
+//! Kubernetes enrichment end to end, on real components: packets cross a veth pair between two
+//! network namespaces, the collector counts them in the kernel, the enricher joins each flow
+//! with a `kubectl get -o json` snapshot that places the namespaces' addresses in pods (owned by
+//! ReplicaSets of Deployments, selected by Services), and the sink writes ClickHouse rows.
+//!
+//! Mid-run the pod at address B is deleted and B is given to another pod (the snapshot file is
+//! rewritten, the enricher reloads it). Flows from before the switch must still name the old
+//! pod, flows after it the new one, whatever the order in which the enricher processes them.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{expected_flows, require_root, send_known_traffic};
+use flowlens_enricher::kubernetes::snapshot::serde_json;
+use flowlens_runtime::testkit::{http, read_topic, unique, Chdb, NetnsPair, Tansu};
+use flowlens_runtime::Shutdown;
+use flowlens_schemas::{v6_to_ip, EnrichedFlow};
+use serde_json::{json, Value};
+
+const NS: &str = "shop";
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+/// RFC 3339 (UTC, whole seconds) of Unix time `s`.
+fn rfc3339(s: i64) -> String {
+    let (days, secs) = (s.div_euclid(86_400), s.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// A pod of Deployment `deployment` (through ReplicaSet `<deployment>-<hash>`) on `node`.
+fn pod(deployment: &str, hash: &str, node: &str, ips: [String; 2], start_s: i64) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": format!("{deployment}-{hash}-x7k2p"), "namespace": NS,
+            "uid": format!("uid-{deployment}"),
+            "labels": {"app": deployment, "pod-template-hash": hash},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": format!("{deployment}-{hash}"), "uid": format!("uid-rs-{deployment}"),
+                "controller": true, "blockOwnerDeletion": true}],
+            "creationTimestamp": rfc3339(start_s)
+        },
+        "spec": {"nodeName": node, "containers": [{"name": "main", "image": "example",
+            "ports": [{"containerPort": 5000, "protocol": "UDP"}]}]},
+        "status": {"phase": "Running", "hostIP": "192.0.2.10",
+            "podIP": ips[0], "podIPs": [{"ip": ips[0]}, {"ip": ips[1]}],
+            "startTime": rfc3339(start_s)}
+    })
+}
+
+fn replica_set(deployment: &str, hash: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": format!("{deployment}-{hash}"), "namespace": NS,
+            "uid": format!("uid-rs-{deployment}"),
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment,
+                "uid": format!("uid-deploy-{deployment}"), "controller": true}]},
+        "spec": {"replicas": 1}
+    })
+}
+
+fn service(name: &str, cluster_ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-svc-{name}"),
+            "creationTimestamp": "2024-01-01T00:00:00Z"},
+        "spec": {"type": "ClusterIP", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+            "selector": {"app": name},
+            "ports": [{"name": "udp", "port": 5000, "targetPort": 5000, "protocol": "UDP"}]}
+    })
+}
+
+/// Writes the snapshot atomically (the enricher never sees half a file).
+fn write_snapshot(path: &Path, items: Vec<Value>) {
+    let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items});
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&list).unwrap()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The Kubernetes columns of one side, as ClickHouse returns them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Side {
+    pod: String,
+    namespace: String,
+    workload: String,
+    workload_kind: String,
+    service: String,
+}
+
+fn side(deployment: &str, hash: &str, service: &str) -> Side {
+    Side {
+        pod: format!("{deployment}-{hash}-x7k2p"),
+        namespace: NS.into(),
+        workload: deployment.into(),
+        workload_kind: "Deployment".into(),
+        service: service.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_metadata_reaches_clickhouse_and_ip_reuse_is_attributed_by_time() {
+    require_root();
+    let broker = Tansu::start();
+    let clickhouse = Chdb::start();
+    let pair = std::sync::Arc::new(NetnsPair::new("k"));
+    let host = unique("k8s-node");
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("cluster.json");
+
+    let (a4, a6) = (pair.ip_a.to_string(), pair.ip6_a.to_string());
+    let (b4, b6) = (pair.ip_b.to_string(), pair.ip6_b.to_string());
+    let long_ago = now_ns() / 1_000_000_000 - 3_600;
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": host, "uid": "uid-node"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.10"}]}});
+    // Before the switch: A is `client`, B is `web` (selected by Service web).
+    write_snapshot(
+        &snapshot,
+        vec![
+            node.clone(),
+            replica_set("client", "6b8c"),
+            replica_set("web", "5d4f"),
+            pod("client", "6b8c", &host, [a4.clone(), a6.clone()], long_ago),
+            pod("web", "5d4f", &host, [b4.clone(), b6.clone()], long_ago),
+            service("web", "10.96.7.1"),
+            service("api", "10.96.7.2"),
+        ],
+    );
+
+    let mut kafka = flowlens_runtime::kafka::KafkaConfig {
+        brokers: vec![broker.broker()],
+        partitions: 2,
+        ..Default::default()
+    };
+    kafka.topics.raw_flows = unique("raw");
+    kafka.topics.interfaces = unique("ifaces");
+    kafka.topics.enriched_flows = unique("enriched");
+    kafka.topics.dead_letter = unique("dlq");
+
+    let mut sink = flowlens_sink::Config {
+        kafka: kafka.clone(),
+        ..Default::default()
+    };
+    sink.clickhouse.url = clickhouse.url();
+    sink.batch.max_age_ms = 500;
+    sink.sink.group_id = unique("sink");
+    let mut enricher = flowlens_enricher::config::Config {
+        kafka: kafka.clone(),
+        ..Default::default()
+    };
+    enricher.enricher.group_id = unique("enricher");
+    enricher.kubernetes.source = flowlens_enricher::config::Source::Snapshot;
+    enricher.kubernetes.snapshot_path = snapshot.display().to_string();
+    enricher.kubernetes.snapshot_poll_ms = 200;
+    let enriched_topic = kafka.topics.enriched_flows.clone();
+    let mut collector = flowlens_collector::Config {
+        kafka,
+        ..Default::default()
+    };
+    collector.collector.host = host.clone();
+    collector.collector.netns = pair.ns_a.clone();
+    collector.collector.interfaces = vec![pair.if_a.clone()];
+    collector.collector.scan_interval_ms = 500;
+
+    let stop_pipeline = Shutdown::new();
+    let stop_collector = Shutdown::new();
+    let sink_task = tokio::spawn(flowlens_sink::run(sink, stop_pipeline.clone()));
+    let enricher_task = tokio::spawn(flowlens_enricher::run(enricher, stop_pipeline.clone()));
+    let collector_task = tokio::spawn(flowlens_collector::run(collector, stop_collector.clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!collector_task.is_finished(), "collector stopped early");
+
+    // Round 1: A talks to `web`.
+    let p = pair.clone();
+    let sent1 = tokio::task::spawn_blocking(move || send_known_traffic(&p))
+        .await
+        .unwrap();
+
+    // The switch: `web` is deleted, its addresses go to a new pod `api` (Service api) that
+    // started at `switch_s`. Round-1 records still on their way are enriched after this.
+    let switch_s = now_ns() / 1_000_000_000 + 1;
+    write_snapshot(
+        &snapshot,
+        vec![
+            node,
+            replica_set("client", "6b8c"),
+            replica_set("api", "77c9"),
+            pod("client", "6b8c", &host, [a4.clone(), a6.clone()], long_ago),
+            pod("api", "77c9", &host, [b4.clone(), b6.clone()], switch_s),
+            service("web", "10.96.7.1"),
+            service("api", "10.96.7.2"),
+        ],
+    );
+    let switch_ns = switch_s * 1_000_000_000;
+    let wait = (switch_ns + 1_000_000_000 - now_ns()).max(0) as u64;
+    tokio::time::sleep(Duration::from_nanos(wait)).await;
+
+    // Round 2: A talks to `api` at the same address.
+    let p = pair.clone();
+    let sent2 = tokio::task::spawn_blocking(move || send_known_traffic(&p))
+        .await
+        .unwrap();
+    stop_collector.trigger();
+    collector_task
+        .await
+        .unwrap()
+        .expect("collector exits cleanly");
+
+    let want_packets: u64 = [&sent1, &sent2]
+        .into_iter()
+        .map(|s| {
+            expected_flows(&pair, s)
+                .values()
+                .map(|t| t.packets)
+                .sum::<u64>()
+        })
+        .sum();
+    let ours: BTreeSet<IpAddr> = [
+        IpAddr::V4(pair.ip_a),
+        IpAddr::V4(pair.ip_b),
+        IpAddr::V6(pair.ip6_a),
+        IpAddr::V6(pair.ip6_b),
+    ]
+    .into();
+    let a_side: BTreeSet<IpAddr> = [IpAddr::V4(pair.ip_a), IpAddr::V6(pair.ip6_a)].into();
+
+    let started = Instant::now();
+    let rows = loop {
+        let rows = query_rows(&clickhouse, &host);
+        let got: u64 = rows
+            .iter()
+            .filter(|r| ours.contains(&r.src) && ours.contains(&r.dst) && r.proto != 58)
+            .map(|r| r.packets)
+            .sum();
+        if got >= want_packets || started.elapsed() > Duration::from_secs(90) {
+            assert!(
+                got >= want_packets,
+                "{got} of {want_packets} packets in ClickHouse"
+            );
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // Every row between the pair names the pods, namespaces, Deployments and Services at both
+    // ends as they were when the flow was seen.
+    let client = side("client", "6b8c", "");
+    let web = side("web", "5d4f", "web");
+    let api = side("api", "77c9", "api");
+    let (mut before, mut after) = (0, 0);
+    for r in rows
+        .iter()
+        .filter(|r| ours.contains(&r.src) && ours.contains(&r.dst))
+    {
+        let b_side = if r.time_flow_start < switch_ns {
+            before += 1;
+            &web
+        } else {
+            after += 1;
+            &api
+        };
+        let expect = |ip: &IpAddr| if a_side.contains(ip) { &client } else { b_side };
+        assert_eq!(&r.src_side, expect(&r.src), "source of {r:?}");
+        assert_eq!(&r.dst_side, expect(&r.dst), "destination of {r:?}");
+    }
+    assert!(
+        before > 0 && after > 0,
+        "rows before ({before}) and after ({after}) the switch"
+    );
+    let (_, distinct) = http(
+        clickhouse.port,
+        "POST",
+        "/",
+        &format!(
+            "SELECT DISTINCT dst_pod FROM flows WHERE host = '{host}' AND dst_addr = toIPv6('::ffff:{}') ORDER BY dst_pod FORMAT TSV",
+            pair.ip_b
+        ),
+    );
+    assert_eq!(distinct.trim(), "api-77c9-x7k2p\nweb-5d4f-x7k2p");
+
+    // The fields ClickHouse does not store yet travel on the enriched topic: locality (both pods
+    // on this node), pod UIDs, client/server roles, the pod owning the interface.
+    let messages = read_topic(
+        &broker.broker(),
+        &enriched_topic,
+        1,
+        Duration::from_secs(20),
+    );
+    let flows: Vec<EnrichedFlow> = messages
+        .iter()
+        .filter_map(|m| rdkafka::Message::payload(m))
+        .map(|p| flowlens_schemas::decode(p).expect("enriched flow decodes"))
+        .filter(|f: &EnrichedFlow| {
+            ours.contains(&v6_to_ip(f.src_addr)) && ours.contains(&v6_to_ip(f.dst_addr))
+        })
+        .collect();
+    assert!(!flows.is_empty());
+    for f in &flows {
+        assert_eq!(f.locality.as_deref(), Some("node"), "{f:?}");
+        assert_eq!(f.if_pod.as_deref(), Some("client-6b8c-x7k2p"), "{f:?}");
+        assert_eq!(f.if_namespace.as_deref(), Some(NS));
+        let b_uid = if f.time_flow_start_ns < switch_ns {
+            "uid-web"
+        } else {
+            "uid-api"
+        };
+        let uid = |ip| {
+            if a_side.contains(&ip) {
+                "uid-client"
+            } else {
+                b_uid
+            }
+        };
+        assert_eq!(f.src_pod_uid.as_deref(), Some(uid(v6_to_ip(f.src_addr))));
+        assert_eq!(f.dst_pod_uid.as_deref(), Some(uid(v6_to_ip(f.dst_addr))));
+        // UDP to port 5000 (served by web/api): A is the client.
+        if f.proto == 17 && f.dst_port == 5000 {
+            assert_eq!(
+                (f.src_role.as_deref(), f.dst_role.as_deref()),
+                (Some("client"), Some("server")),
+                "{f:?}"
+            );
+        }
+        // Echo requests from A, replies from B.
+        if f.proto == 1 && f.icmp_type == 8 {
+            assert_eq!(f.src_role.as_deref(), Some("client"));
+        }
+    }
+
+    stop_pipeline.trigger();
+    enricher_task
+        .await
+        .unwrap()
+        .expect("enricher exits cleanly");
+    sink_task.await.unwrap().expect("sink exits cleanly");
+}
+
+#[derive(Debug)]
+struct Row {
+    time_flow_start: i64,
+    proto: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    packets: u64,
+    src_side: Side,
+    dst_side: Side,
+}
+
+fn query_rows(clickhouse: &Chdb, host: &str) -> Vec<Row> {
+    let sql = format!(
+        "SELECT toUnixTimestamp64Nano(time_flow_start), proto, IPv6NumToString(src_addr), \
+         IPv6NumToString(dst_addr), packets, \
+         src_pod, src_namespace, src_workload, src_workload_kind, src_service, \
+         dst_pod, dst_namespace, dst_workload, dst_workload_kind, dst_service \
+         FROM flows WHERE host = '{host}' FORMAT TSV"
+    );
+    let (status, text) = http(clickhouse.port, "POST", "/", &sql);
+    assert_eq!(status, 200, "{text}");
+    let ip = |s: &str| -> IpAddr { v6_to_ip(s.parse().unwrap()) };
+    text.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            let side = |i: usize| Side {
+                pod: f[i].into(),
+                namespace: f[i + 1].into(),
+                workload: f[i + 2].into(),
+                workload_kind: f[i + 3].into(),
+                service: f[i + 4].into(),
+            };
+            Row {
+                time_flow_start: f[0].parse().unwrap(),
+                proto: f[1].parse().unwrap(),
+                src: ip(f[2]),
+                dst: ip(f[3]),
+                packets: f[4].parse().unwrap(),
+                src_side: side(5),
+                dst_side: side(10),
+            }
+        })
+        .collect()
+}

@@ -261,6 +261,12 @@ impl Exporter {
         metrics::gauge!("flowlens_collector_table_entries").set(occupancy as f64);
         metrics::counter!("flowlens_collector_flows_evicted_total").increment(evicted as u64);
         metrics::counter!("flowlens_collector_flows_exported_total").increment(flows.len() as u64);
+        let (packets, bytes) = self
+            .entries
+            .iter()
+            .fold((0, 0), |(p, b), (_, s)| (p + s.packets, b + s.bytes));
+        metrics::counter!("flowlens_collector_packets_total").increment(packets);
+        metrics::counter!("flowlens_collector_bytes_total").increment(bytes);
         let (run_time, runs) = probe.kernel_cost();
         if runs > self.cost.1 {
             let ns = (run_time - self.cost.0).as_nanos() as f64 / (runs - self.cost.1) as f64;

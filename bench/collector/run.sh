@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Collector benchmark: the same generated traffic (bench/collector/pktgen.rs, AF_PACKET +
+# sendmmsg, 60-byte UDP frames) over a veth pair between two namespaces, received on fbB's veth,
+# with no collector, with flowlens, and with the libpcap peers from Debian (pmacctd, softflowd,
+# nfpcapd) attached to the receiving side, one after the other in the same run.
+#
+#   sudo bench/collector/run.sh                 # 16, 100k and 1M flows, max rate, 8 s each
+#   FLOWS="16" SECONDS_PER_RUN=4 sudo bench/collector/run.sh
+#
+# Reports per run: packets received by the veth per second (top rate; on a veth the receive
+# work runs on the sender's CPU, so a collector that slows the receive path lowers it), packets
+# accounted by the collector / received, collector CPU (% of one core), softirq CPU, collector
+# RSS, and for flowlens the kernel ns/packet from bpf_stats. Writes bench/results/collector.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+REPO=$(pwd)
+FLOWS=${FLOWS:-"16 100000 1000000"}
+DUR=${SECONDS_PER_RUN:-8}
+MODES=${MODES:-"none flowlens pmacctd softflowd nfpcapd"}
+OUT=${OUT:-$REPO/bench/results/collector.md}
+WORK=$(mktemp -d /tmp/flowlens-bench.XXXX)
+A=fbA B=fbB
+KAFKA_PORT=19392 CH_PORT=18393
+
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+bash scripts/setup.sh >/dev/null
+export PATH=/usr/lib/llvm-22/bin:$HOME/.cargo/bin:$PATH
+for p in pmacct softflowd nfdump bpftool; do
+  dpkg-query -W -f='${Status}' $p 2>/dev/null | grep -q "ok installed" || apt-get install -y -qq --no-install-recommends $p >/dev/null
+done
+cargo build --release -q -p flowlens-collector
+mkdir -p target && rustc -O --edition 2021 bench/collector/pktgen.rs -o target/pktgen
+COLLECTOR=${CARGO_TARGET_DIR:-$REPO/target}/release/flowlens-collector
+
+cleanup() {
+  [ -n "${CPID:-}" ] && kill "$CPID" 2>/dev/null || true
+  FLOWLENS_STACK_DIR=$WORK/stack FLOWLENS_KAFKA_PORT=$KAFKA_PORT FLOWLENS_CLICKHOUSE_PORT=$CH_PORT \
+    scripts/stack/stack.sh stop >/dev/null 2>&1 || true
+  ip netns del $A 2>/dev/null || true; ip netns del $B 2>/dev/null || true
+}
+trap cleanup EXIT
+ip netns del $A 2>/dev/null || true; ip netns del $B 2>/dev/null || true
+ip netns add $A; ip netns add $B
+ip link add vA netns $A type veth peer name vB netns $B
+ip -n $A link set vA up; ip -n $B link set vB up
+FLOWLENS_STACK_DIR=$WORK/stack FLOWLENS_KAFKA_PORT=$KAFKA_PORT FLOWLENS_CLICKHOUSE_PORT=$CH_PORT \
+  scripts/stack/stack.sh start >/dev/null
+sysctl -q kernel.bpf_stats_enabled=1
+
+rx_packets() { ip -n $B -s -j link show vB | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["stats64"]["rx"]["packets"])'; }
+softirq_jiffies() { awk '/^cpu /{print $8}' /proc/stat; }
+proc_jiffies() { awk '{print $14+$15}' /proc/$1/stat 2>/dev/null || echo 0; }
+rss_mb() { awk '/VmHWM/{printf "%.0f", $2/1024}' /proc/$1/status 2>/dev/null || echo 0; }
+bpf_cost() { # total run_time_ns run_cnt of flowlens programs
+  bpftool prog show -j 2>/dev/null | python3 -c '
+import json,sys
+t=c=0
+for p in json.load(sys.stdin):
+    if p.get("name","").startswith("flowlens_"):
+        t+=p.get("run_time_ns",0); c+=p.get("run_cnt",0)
+print(t, c)'; }
+metric() { curl -fsS http://127.0.0.1:9191/metrics 2>/dev/null | awk -v m="$1" '$1==m{print $2}'; }
+HZ=$(getconf CLK_TCK)
+
+start_collector() { # mode flows -> sets CPID
+  case $1 in
+    none) CPID= ;;
+    flowlens)
+      FLOWLENS_COLLECTOR__KAFKA__BROKERS=127.0.0.1:$KAFKA_PORT \
+      FLOWLENS_COLLECTOR__KAFKA__TOPICS__RAW_FLOWS=bench.raw.$2 \
+      FLOWLENS_COLLECTOR__COLLECTOR__NETNS=$B FLOWLENS_COLLECTOR__COLLECTOR__INTERFACES=vB \
+      FLOWLENS_COLLECTOR__COLLECTOR__TABLE_SIZE=2097152 \
+      FLOWLENS_COLLECTOR__COLLECTOR__SCAN_INTERVAL_MS=2000 \
+      FLOWLENS_COLLECTOR__TELEMETRY__METRICS_LISTEN=127.0.0.1:9191 \
+        "$COLLECTOR" >"$WORK/flowlens.log" 2>&1 &
+      CPID=$! ;;
+    pmacctd)
+      ip netns exec $B pmacctd -i vB -P print -O csv -r 2 -o "$WORK/pmacct.csv" \
+        -c src_host,dst_host,src_port,dst_port,proto >"$WORK/pmacct.log" 2>&1 &
+      CPID=$! ;;
+    softflowd)
+      ip netns exec $B softflowd -d -i vB -n 127.0.0.1:9995 -m 2000000 >"$WORK/softflowd.log" 2>&1 &
+      CPID=$! ;;
+    nfpcapd)
+      mkdir -p "$WORK/nf"; rm -rf "$WORK/nf"/*
+      ip netns exec $B nfpcapd -i vB -w "$WORK/nf" -t 60 >"$WORK/nfpcapd.log" 2>&1 &
+      CPID=$! ;;
+  esac
+  sleep 3
+}
+
+accounted() { # mode flows -> packets counted by the collector (or "-")
+  case $1 in
+    flowlens) sleep 5; metric flowlens_collector_packets_total ;;
+    pmacctd) kill -INT "$CPID"; wait "$CPID" 2>/dev/null || true; CPID=
+             python3 - "$WORK/pmacct.csv" <<'PY'
+import csv, sys
+total = 0
+try:
+    for row in csv.DictReader(open(sys.argv[1])):
+        total += int(row.get("PACKETS") or row.get("packets") or 0)
+except FileNotFoundError:
+    pass
+print(total)
+PY
+             ;;
+    nfpcapd) kill -TERM "$CPID"; wait "$CPID" 2>/dev/null || true; CPID=
+             nfdump -R "$WORK/nf" -q -o 'fmt:%pkt' 2>/dev/null | awk '{s+=$1} END{print s+0}' ;;
+    *) echo - ;;
+  esac
+}
+
+printf '| flows | collector | rx packets/s | vs none | accounted | collector CPU | softirq CPU | RSS MB | kernel ns/pkt |\n' > "$WORK/table.md"
+printf '|---|---|---|---|---|---|---|---|---|\n' >> "$WORK/table.md"
+for flows in $FLOWS; do
+  base=
+  for mode in $MODES; do
+    echo "[bench] flows=$flows collector=$mode" >&2
+    start_collector $mode $flows
+    read -r t0 c0 < <(bpf_cost)
+    rx0=$(rx_packets); si0=$(softirq_jiffies); pj0=$( [ -n "${CPID:-}" ] && proc_jiffies $CPID || echo 0)
+    sent=$(ip netns exec $A "$REPO/target/pktgen" --ifname vA --flows "$flows" --seconds "$DUR" | awk '{print $2}')
+    rx1=$(rx_packets); si1=$(softirq_jiffies); pj1=$( [ -n "${CPID:-}" ] && proc_jiffies $CPID || echo 0)
+    read -r t1 c1 < <(bpf_cost)
+    rss=$( [ -n "${CPID:-}" ] && rss_mb $CPID || echo -)
+    got=$(accounted $mode $flows)
+    [ -n "${CPID:-}" ] && { kill -TERM "$CPID" 2>/dev/null; wait "$CPID" 2>/dev/null || true; CPID=; }
+    rx=$((rx1 - rx0))
+    python3 - "$flows" "$mode" "$rx" "$DUR" "${base:-$rx}" "$got" "$((pj1 - pj0))" "$((si1 - si0))" "$HZ" "$rss" "$((t1 - t0))" "$((c1 - c0))" "$sent" >> "$WORK/table.md" <<'PY'
+import sys
+flows, mode, rx, dur, base, got, pj, si, hz, rss, t, c, sent = sys.argv[1:]
+rx, dur, base, pj, si, hz, t, c = int(rx), float(dur), int(base), int(pj), int(si), int(hz), int(t), int(c)
+acc = "-" if got in ("-", "") else f"{100.0 * float(got) / rx:.1f} %" if rx else "-"
+ns = f"{t / c:.0f}" if mode == "flowlens" and c else "-"
+cpu = "-" if mode == "none" else f"{100.0 * pj / hz / dur:.1f} %"
+print(f"| {int(flows):,} | {mode} | {rx / dur:,.0f} | {100.0 * rx / base:.0f} % | {acc} | {cpu} | {100.0 * si / hz / dur:.0f} % | {rss} | {ns} |")
+PY
+    [ "$mode" = none ] && base=$rx
+    tail -n1 "$WORK/table.md" >&2
+  done
+done
+
+mkdir -p "$(dirname "$OUT")"
+{
+  echo "# Collector benchmark"
+  echo
+  echo "Machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(date -u +%Y-%m-%d)."
+  echo "Command: \`FLOWS=\"$FLOWS\" SECONDS_PER_RUN=$DUR MODES=\"$MODES\" sudo bench/collector/run.sh\`"
+  echo
+  echo "Traffic: 60-byte UDP frames from pktgen (AF_PACKET + sendmmsg) at maximum rate over a veth"
+  echo "pair; collectors attached to the receiving veth. \"vs none\" is the receive rate relative to"
+  echo "the same traffic with no collector in this run. Accounted: packets the collector reported /"
+  echo "packets the veth received (flowlens: its packets counter after the final scans; pmacctd:"
+  echo "its CSV; nfpcapd: nfdump; softflowd exports NetFlow and is not counted here)."
+  echo
+  cat "$WORK/table.md"
+} > "$OUT"
+echo "[bench] wrote $OUT" >&2

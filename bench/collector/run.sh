@@ -43,6 +43,7 @@ ip netns del $A 2>/dev/null || true; ip netns del $B 2>/dev/null || true
 ip netns add $A; ip netns add $B
 ip link add vA netns $A type veth peer name vB netns $B
 ip -n $A link set vA up; ip -n $B link set vB up
+ip -n $A link set lo up; ip -n $B link set lo up
 FLOWLENS_STACK_DIR=$WORK/stack FLOWLENS_KAFKA_PORT=$KAFKA_PORT FLOWLENS_CLICKHOUSE_PORT=$CH_PORT \
   scripts/stack/stack.sh start >/dev/null
 sysctl -q kernel.bpf_stats_enabled=1
@@ -75,8 +76,17 @@ start_collector() { # mode flows -> sets CPID
         "$COLLECTOR" >"$WORK/flowlens.log" 2>&1 &
       CPID=$! ;;
     pmacctd)
-      ip netns exec $B pmacctd -i vB -P print -O csv -r 2 -o "$WORK/pmacct.csv" \
-        -c src_host,dst_host,src_port,dst_port,proto >"$WORK/pmacct.log" 2>&1 &
+      rm -f "$WORK/pmacct.csv"
+      cat > "$WORK/pmacct.conf" <<CONF
+interface: vB
+plugins: print
+aggregate: src_host,dst_host,src_port,dst_port,proto
+print_output: csv
+print_output_file: $WORK/pmacct.csv
+print_output_file_append: true
+print_refresh_time: 2
+CONF
+      ip netns exec $B pmacctd -f "$WORK/pmacct.conf" >"$WORK/pmacct.log" 2>&1 &
       CPID=$! ;;
     softflowd)
       ip netns exec $B softflowd -d -i vB -n 127.0.0.1:9995 -m 2000000 >"$WORK/softflowd.log" 2>&1 &
@@ -98,7 +108,9 @@ import csv, sys
 total = 0
 try:
     for row in csv.DictReader(open(sys.argv[1])):
-        total += int(row.get("PACKETS") or row.get("packets") or 0)
+        v = row.get("PACKETS") or row.get("packets") or ""
+        if v.isdigit():  # appended refreshes repeat the header line
+            total += int(v)
 except FileNotFoundError:
     pass
 print(total)

@@ -1,8 +1,12 @@
 //! Packet parsing for the flow key: link layer (VLAN tags), network layer (IPv4, IPv6 and its
 //! extension headers, fragments) and transport ports/flags, plus GSO-aware packet/byte counts.
-//! Reads go through `bpf_skb_load_bytes` so non-linear (GSO) skbs parse like any other.
+//! The first `HEADERS` bytes are copied once with `bpf_skb_load_bytes` (one helper call per
+//! packet; works for non-linear GSO skbs too) and parsed from the stack.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{
+    cty::c_void, helpers::generated::bpf_skb_load_bytes, macros::map, maps::PerCpuArray,
+    programs::TcContext,
+};
 use flowlens_common::{
     FlowKey, FragmentKey, FragmentPorts, COUNTER_FRAGMENT_UNMATCHED, COUNTER_MALFORMED,
     COUNTER_NON_IP,
@@ -50,19 +54,80 @@ struct Transport {
     fragment_id: u32,
 }
 
-#[inline(always)]
-fn load_u8(ctx: &TcContext, off: usize) -> Option<u8> {
-    ctx.load::<u8>(off).ok()
+/// Bytes of each packet copied for parsing: Ethernet + 2 VLAN tags + IPv6 + several extension
+/// headers + the transport header fit; deeper headers count as malformed.
+const HEADERS: usize = 192;
+
+/// Per-CPU scratch space for the copied headers (the BPF stack is only 512 bytes).
+#[map]
+static HEADER_SCRATCH: PerCpuArray<[u8; HEADERS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The packet's first bytes, copied to this CPU's scratch buffer.
+struct Headers {
+    buf: &'static [u8; HEADERS],
+    len: usize,
 }
 
-#[inline(always)]
-fn load_be16(ctx: &TcContext, off: usize) -> Option<u16> {
-    ctx.load::<u16>(off).ok().map(u16::from_be)
-}
+impl Headers {
+    #[inline(always)]
+    fn load(ctx: &TcContext, packet_len: usize) -> Option<Self> {
+        let len = if packet_len < HEADERS {
+            packet_len
+        } else {
+            HEADERS
+        };
+        if len < ETH_HLEN {
+            return None;
+        }
+        // SAFETY: per-CPU slot; a program runs to completion on its CPU before the next.
+        let buf = unsafe { &mut *HEADER_SCRATCH.get_ptr_mut(0)? };
+        // The raw helper, so the verifier sees `len` within [ETH_HLEN, HEADERS].
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                ctx.skb.skb as *const c_void,
+                0,
+                buf.as_mut_ptr() as *mut c_void,
+                len as u32,
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        Some(Headers { buf, len })
+    }
 
-#[inline(always)]
-fn load_be32(ctx: &TcContext, off: usize) -> Option<u32> {
-    ctx.load::<u32>(off).ok().map(u32::from_be)
+    #[inline(always)]
+    fn u8(&self, off: usize) -> Option<u8> {
+        if off >= self.len {
+            return None;
+        }
+        self.buf.get(off).copied()
+    }
+
+    #[inline(always)]
+    fn be16(&self, off: usize) -> Option<u16> {
+        Some(u16::from_be_bytes([self.u8(off)?, self.u8(off + 1)?]))
+    }
+
+    #[inline(always)]
+    fn be32(&self, off: usize) -> Option<u32> {
+        Some(u32::from_be_bytes([
+            self.u8(off)?,
+            self.u8(off + 1)?,
+            self.u8(off + 2)?,
+            self.u8(off + 3)?,
+        ]))
+    }
+
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        if off + N > self.len || off + N > HEADERS {
+            return None;
+        }
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.buf.get(off..off + N)?);
+        Some(out)
+    }
 }
 
 #[inline(always)]
@@ -78,29 +143,31 @@ pub fn parse(ctx: &TcContext, direction: u8) -> Option<Packet> {
         key.vlan_id = (skb.vlan_tci & 0x0fff) as u16;
     }
 
+    let Some(h) = Headers::load(ctx, skb.len as usize) else {
+        count(COUNTER_MALFORMED);
+        return None;
+    };
+    let h = &h;
     let mut l3 = ETH_HLEN;
-    let mut etype = match load_be16(ctx, 12) {
-        Some(t) => t,
-        None => {
-            count(COUNTER_MALFORMED);
-            return None;
-        }
+    let Some(mut etype) = h.be16(12) else {
+        count(COUNTER_MALFORMED);
+        return None;
     };
     // 802.1Q and QinQ: at most two in-band tags; the innermost VLAN id wins.
     for _ in 0..2 {
         if etype != ETH_P_8021Q && etype != ETH_P_8021AD {
             break;
         }
-        let tci = load_be16(ctx, l3)?;
+        let tci = h.be16(l3)?;
         key.vlan_id = tci & 0x0fff;
-        etype = load_be16(ctx, l3 + 2)?;
+        etype = h.be16(l3 + 2)?;
         l3 += 4;
     }
     key.etype = etype;
 
     let transport = match etype {
-        ETH_P_IP => parse_ipv4(ctx, l3, &mut key),
-        ETH_P_IPV6 => parse_ipv6(ctx, l3, &mut key),
+        ETH_P_IP => parse_ipv4(h, l3, &mut key),
+        ETH_P_IPV6 => parse_ipv6(h, l3, &mut key),
         _ => {
             count(COUNTER_NON_IP);
             return None;
@@ -132,22 +199,22 @@ pub fn parse(ctx: &TcContext, direction: u8) -> Option<Packet> {
     } else {
         match t.proto {
             IPPROTO_TCP => {
-                key.src_port = load_be16(ctx, t.offset).unwrap_or(0);
-                key.dst_port = load_be16(ctx, t.offset + 2).unwrap_or(0);
+                key.src_port = h.be16(t.offset).unwrap_or(0);
+                key.dst_port = h.be16(t.offset + 2).unwrap_or(0);
                 // Data offset (4 bits), reserved, NS; then CWR..FIN.
-                if let Some(word) = load_be16(ctx, t.offset + 12) {
+                if let Some(word) = h.be16(t.offset + 12) {
                     tcp_flags = word & 0x01ff;
                     l4_header_len = ((word >> 12) as usize) * 4;
                 }
             }
             IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP => {
-                key.src_port = load_be16(ctx, t.offset).unwrap_or(0);
-                key.dst_port = load_be16(ctx, t.offset + 2).unwrap_or(0);
+                key.src_port = h.be16(t.offset).unwrap_or(0);
+                key.dst_port = h.be16(t.offset + 2).unwrap_or(0);
                 l4_header_len = 8;
             }
             IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-                key.icmp_type = load_u8(ctx, t.offset).unwrap_or(0);
-                key.icmp_code = load_u8(ctx, t.offset + 1).unwrap_or(0);
+                key.icmp_type = h.u8(t.offset).unwrap_or(0);
+                key.icmp_code = h.u8(t.offset + 1).unwrap_or(0);
             }
             _ => {}
         }
@@ -180,17 +247,17 @@ pub fn parse(ctx: &TcContext, direction: u8) -> Option<Packet> {
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext, l3: usize, key: &mut FlowKey) -> Option<Transport> {
-    let ver_ihl = load_u8(ctx, l3)?;
+fn parse_ipv4(h: &Headers, l3: usize, key: &mut FlowKey) -> Option<Transport> {
+    let ver_ihl = h.u8(l3)?;
     let ihl = ((ver_ihl & 0x0f) as usize) * 4;
     if ver_ihl >> 4 != 4 || ihl < 20 {
         return None;
     }
-    let id = load_be16(ctx, l3 + 4)? as u32;
-    let frag = load_be16(ctx, l3 + 6)?;
-    let proto = load_u8(ctx, l3 + 9)?;
-    let src = ctx.load::<[u8; 4]>(l3 + 12).ok()?;
-    let dst = ctx.load::<[u8; 4]>(l3 + 16).ok()?;
+    let id = h.be16(l3 + 4)? as u32;
+    let frag = h.be16(l3 + 6)?;
+    let proto = h.u8(l3 + 9)?;
+    let src = h.bytes::<4>(l3 + 12)?;
+    let dst = h.bytes::<4>(l3 + 16)?;
     key.src_addr = mapped(src);
     key.dst_addr = mapped(dst);
     let more_fragments = frag & 0x2000 != 0;
@@ -205,13 +272,13 @@ fn parse_ipv4(ctx: &TcContext, l3: usize, key: &mut FlowKey) -> Option<Transport
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext, l3: usize, key: &mut FlowKey) -> Option<Transport> {
-    if load_u8(ctx, l3)? >> 4 != 6 {
+fn parse_ipv6(h: &Headers, l3: usize, key: &mut FlowKey) -> Option<Transport> {
+    if h.u8(l3)? >> 4 != 6 {
         return None;
     }
-    let mut next = load_u8(ctx, l3 + 6)?;
-    key.src_addr = ctx.load::<[u8; 16]>(l3 + 8).ok()?;
-    key.dst_addr = ctx.load::<[u8; 16]>(l3 + 24).ok()?;
+    let mut next = h.u8(l3 + 6)?;
+    key.src_addr = h.bytes::<16>(l3 + 8)?;
+    key.dst_addr = h.bytes::<16>(l3 + 24)?;
     let mut off = l3 + 40;
     let mut t = Transport {
         offset: off,
@@ -223,21 +290,21 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, key: &mut FlowKey) -> Option<Transport
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let hdr_next = load_u8(ctx, off)?;
-                let len = (load_u8(ctx, off + 1)? as usize + 1) * 8;
+                let hdr_next = h.u8(off)?;
+                let len = (h.u8(off + 1)? as usize + 1) * 8;
                 next = hdr_next;
                 off += len;
             }
             IPPROTO_AH => {
-                let hdr_next = load_u8(ctx, off)?;
-                let len = (load_u8(ctx, off + 1)? as usize + 2) * 4;
+                let hdr_next = h.u8(off)?;
+                let len = (h.u8(off + 1)? as usize + 2) * 4;
                 next = hdr_next;
                 off += len;
             }
             IPPROTO_FRAGMENT => {
-                let hdr_next = load_u8(ctx, off)?;
-                let frag = load_be16(ctx, off + 2)?;
-                t.fragment_id = load_be32(ctx, off + 4)?;
+                let hdr_next = h.u8(off)?;
+                let frag = h.be16(off + 2)?;
+                t.fragment_id = h.be32(off + 4)?;
                 let frag_offset = frag >> 3;
                 t.later_fragment = frag_offset != 0;
                 t.first_fragment = frag_offset == 0 && frag & 1 != 0;

@@ -318,6 +318,13 @@ impl NetnsPair {
             ]);
             ip(&["-n", ns, "link", "set", ifname, "up"]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
+            // No SACK blocks: every TCP header after the handshake is the same size, so tests
+            // can compute exact wire bytes even if a starved CPU causes retransmissions.
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_sack=0"])
+                .output()
+                .expect("sysctl");
+            assert!(out.status.success(), "net.ipv4.tcp_sack=0 in {ns}");
         }
         me
     }

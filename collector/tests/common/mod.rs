@@ -41,6 +41,9 @@ pub struct Totals {
 /// What the traffic generator learned while sending (ports chosen by the kernel, TCP counters).
 pub struct Sent {
     pub udp_ports: Vec<u16>,
+    /// TCP payload bytes A put on the wire, retransmissions included (a starved CPU can make
+    /// the stack retransmit even on a veth).
+    pub tcp_bytes_sent: u64,
     pub udp6_port: u16,
     pub tcp_port: u16,
     pub tcp_segs_out: u64,
@@ -120,6 +123,7 @@ pub fn send_known_traffic(pair: &NetnsPair) -> Sent {
         udp_ports,
         udp6_port: tx6.local_addr().unwrap().port(),
         tcp_port,
+        tcp_bytes_sent: info.tcpi_bytes_sent,
         tcp_segs_out: info.tcpi_segs_out.into(),
         tcp_segs_in: info.tcpi_segs_in.into(),
         // SYN, PSH, ACK, FIN from the client; SYN, ACK, FIN from the server.
@@ -148,7 +152,7 @@ pub fn expected_flows(pair: &NetnsPair, sent: &Sent) -> BTreeMap<FlowId, Totals>
         (true, 6, a, sent.tcp_port, b, 5002, 0),
         Totals {
             packets: sent.tcp_segs_out,
-            bytes: TCP_BYTES as u64 + sent.tcp_segs_out * (ETH + IPV4 + TCP_TS) + SYN_EXTRA,
+            bytes: sent.tcp_bytes_sent + sent.tcp_segs_out * (ETH + IPV4 + TCP_TS) + SYN_EXTRA,
         },
     );
     out.insert(

@@ -8,47 +8,28 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{between_pair, expected_flows, require_root, send_known_traffic, FlowId, Totals};
-use flowlens_collector::config::Config;
-use flowlens_runtime::testkit::{read_topic, unique, NetnsPair, Tansu};
-use flowlens_runtime::Shutdown;
-use flowlens_schemas::{decode, Direction, Interface, RawFlow};
-use rdkafka::Message;
+use common::{between_pair, expected_flows, flow_id, run_collector, send_known_traffic, totals};
+use flowlens_runtime::testkit::in_netns;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_counts_for_udp_tcp_icmp_on_veth() {
-    require_root();
-    let broker = Tansu::start();
-    let pair = NetnsPair::new("k");
-    let mut config = Config::default();
-    config.kafka.brokers = vec![broker.broker()];
-    config.kafka.partitions = 1;
-    config.kafka.topics.raw_flows = unique("raw");
-    config.kafka.topics.interfaces = unique("ifaces");
-    config.collector.netns = pair.ns_a.clone();
-    config.collector.interfaces = vec![pair.if_a.clone()];
-    config.collector.scan_interval_ms = 300;
-    config.collector.host = "test-host".into();
-    let topics = config.kafka.topics.clone();
-    let brokers = broker.broker();
-
-    let shutdown = Shutdown::new();
-    let collector = tokio::spawn(flowlens_collector::run(config, shutdown.clone()));
-
-    // Interface metadata comes first: it also tells us the programs are attached.
-    let (b, t) = (brokers.clone(), topics.interfaces.clone());
-    let ifaces =
-        tokio::task::spawn_blocking(move || read_topic(&b, &t, 2, Duration::from_secs(30)))
-            .await
-            .unwrap();
-    let ifaces: Vec<Interface> = ifaces
-        .iter()
-        .map(|m| decode(m.payload().unwrap()).unwrap())
-        .collect();
-    let veth = ifaces
+    let run = run_collector(
+        "k",
+        |c| c.collector.host = "test-host".into(),
+        send_known_traffic,
+    )
+    .await;
+    let (pair, sent) = (&run.pair, &run.sent);
+    let veth = run
+        .interfaces
         .iter()
         .find(|i| i.name == pair.if_a)
-        .unwrap_or_else(|| panic!("no interface record for {}: {ifaces:?}", pair.if_a));
+        .unwrap_or_else(|| {
+            panic!(
+                "no interface record for {}: {:?}",
+                pair.if_a, run.interfaces
+            )
+        });
     assert_eq!(
         (
             veth.kind.as_str(),
@@ -60,52 +41,31 @@ async fn exact_counts_for_udp_tcp_icmp_on_veth() {
     );
     assert_eq!(veth.mac.len(), 17);
     assert_eq!(veth.netns, pair.ns_a);
-    assert!(ifaces
+    assert!(run
+        .interfaces
         .iter()
         .any(|i| i.name == "lo" && i.kind == "loopback"));
-    let ifindex = veth.ifindex;
 
-    let pair = std::sync::Arc::new(pair);
-    let p = pair.clone();
-    let sent = tokio::task::spawn_blocking(move || send_known_traffic(&p))
-        .await
-        .unwrap();
-
-    // Stop: the collector drains the table once more and flushes before returning.
-    shutdown.trigger();
-    collector.await.unwrap().expect("collector exits cleanly");
-
-    let (b, t) = (brokers.clone(), topics.raw_flows.clone());
-    let raw = tokio::task::spawn_blocking(move || read_topic(&b, &t, 1, Duration::from_secs(30)))
-        .await
-        .unwrap();
-    let flows: Vec<RawFlow> = raw
+    let ours: Vec<_> = run
+        .flows
         .iter()
-        .map(|m| decode(m.payload().unwrap()).unwrap())
+        .filter(|f| f.ifindex == veth.ifindex)
+        .cloned()
         .collect();
-    let mut seen: BTreeMap<FlowId, Totals> = BTreeMap::new();
-    let mut flags: BTreeMap<FlowId, u16> = BTreeMap::new();
-    for f in flows.iter().filter(|f| f.ifindex == ifindex) {
+    for f in &ours {
         assert!(f.time_flow_start_ns <= f.time_flow_end_ns, "{f:?}");
         assert!(f.time_flow_end_ns <= f.time_exported_ns, "{f:?}");
         assert_eq!((f.host.as_str(), f.sampling_rate), ("test-host", 1));
-        let id = (
-            f.direction == Direction::Egress,
-            f.proto as u8,
-            f.src_ip(),
-            f.src_port as u16,
-            f.dst_ip(),
-            f.dst_port as u16,
-            f.icmp_type as u8,
-        );
-        let t = seen.entry(id).or_default();
-        t.packets += f.packets as u64;
-        t.bytes += f.bytes as u64;
-        *flags.entry(id).or_default() |= f.tcp_flags as u16;
     }
-    let expected = expected_flows(&pair, &sent);
-    assert_eq!(between_pair(&pair, seen), expected);
+    assert_eq!(
+        between_pair(pair, totals(&ours)),
+        expected_flows(pair, sent)
+    );
 
+    let mut flags: BTreeMap<_, u16> = BTreeMap::new();
+    for f in &ours {
+        *flags.entry(flow_id(f)).or_default() |= f.tcp_flags as u16;
+    }
     let a = std::net::IpAddr::V4(pair.ip_a);
     let b = std::net::IpAddr::V4(pair.ip_b);
     let out = flags[&(true, 6, a, sent.tcp_port, b, 5002, 0)];
@@ -118,36 +78,17 @@ async fn exact_counts_for_udp_tcp_icmp_on_veth() {
 /// counts: a flow sent in bursts across many scans and evictions still adds up exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interval_exports_and_idle_evictions_lose_nothing() {
-    require_root();
-    let broker = Tansu::start();
-    let pair = std::sync::Arc::new(NetnsPair::new("t"));
-    let mut config = Config::default();
-    config.kafka.brokers = vec![broker.broker()];
-    config.kafka.partitions = 1;
-    config.kafka.topics.raw_flows = unique("raw");
-    config.kafka.topics.interfaces = unique("ifaces");
-    config.collector.netns = pair.ns_a.clone();
-    config.collector.interfaces = vec![pair.if_a.clone()];
-    config.collector.scan_interval_ms = 150;
-    config.collector.idle_timeout_ms = 400;
-    let topics = config.kafka.topics.clone();
-    let shutdown = Shutdown::new();
-    let collector = tokio::spawn(flowlens_collector::run(config, shutdown.clone()));
-    let (b, t) = (broker.broker(), topics.interfaces.clone());
-    tokio::task::spawn_blocking(move || read_topic(&b, &t, 2, Duration::from_secs(30)))
-        .await
-        .unwrap();
-
+    let tune = |c: &mut flowlens_collector::Config| {
+        c.collector.scan_interval_ms = 150;
+        c.collector.idle_timeout_ms = 400;
+    };
     // Six bursts of 50 datagrams on one flow: 200 ms apart (exported while live), then 800 ms
     // apart (idle, evicted, re-created).
-    let p = pair.clone();
-    let port = tokio::task::spawn_blocking(move || {
-        let rx = flowlens_runtime::testkit::in_netns(&p.ns_b, || {
+    let run = run_collector("t", tune, |p| {
+        let rx = in_netns(&p.ns_b, || {
             std::net::UdpSocket::bind((p.ip_b, 6100)).unwrap()
         });
-        let tx = flowlens_runtime::testkit::in_netns(&p.ns_a, || {
-            std::net::UdpSocket::bind((p.ip_a, 0)).unwrap()
-        });
+        let tx = in_netns(&p.ns_a, || std::net::UdpSocket::bind((p.ip_a, 0)).unwrap());
         rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 256];
         for (i, gap) in [200, 200, 200, 800, 800, 0].iter().enumerate() {
@@ -159,19 +100,11 @@ async fn interval_exports_and_idle_evictions_lose_nothing() {
         }
         tx.local_addr().unwrap().port()
     })
-    .await
-    .unwrap();
-    shutdown.trigger();
-    collector.await.unwrap().expect("collector exits cleanly");
-
-    let (b, t) = (broker.broker(), topics.raw_flows.clone());
-    let raw = tokio::task::spawn_blocking(move || read_topic(&b, &t, 1, Duration::from_secs(30)))
-        .await
-        .unwrap();
-    let records: Vec<RawFlow> = raw
+    .await;
+    let records: Vec<_> = run
+        .flows
         .iter()
-        .map(|m| decode::<RawFlow>(m.payload().unwrap()).unwrap())
-        .filter(|f| f.src_port == i32::from(port) && f.dst_port == 6100)
+        .filter(|f| f.src_port == i32::from(run.sent) && f.dst_port == 6100)
         .collect();
     let packets: i64 = records.iter().map(|f| f.packets).sum();
     let bytes: i64 = records.iter().map(|f| f.bytes).sum();

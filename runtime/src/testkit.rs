@@ -185,24 +185,51 @@ pub struct Tansu {
 
 impl Tansu {
     pub fn start() -> Self {
+        Self::spawn(None, std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+    }
+
+    /// tansu inside network namespace `netns`, listening on `ip` (for clients in other
+    /// namespaces reaching it over a veth).
+    pub fn start_in_netns(netns: &str, ip: std::net::IpAddr) -> Self {
+        Self::spawn(Some(netns), ip)
+    }
+
+    fn spawn(netns: Option<&str>, ip: std::net::IpAddr) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
+        let url = format!("tcp://{ip}:{port}");
         let log = dir.path().join("tansu.log");
-        let mut guard = ChildGuard::spawn(
-            "tansu",
-            Command::new(TANSU).args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ]),
-            &log,
-        );
-        wait_port(port, &mut guard, &log, Duration::from_secs(20));
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, TANSU]);
+                c
+            }
+            None => Command::new(TANSU),
+        };
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]);
+        let mut guard = ChildGuard::spawn("tansu", &mut cmd, &log);
+        let listening = || match netns {
+            Some(ns) => in_netns(ns, || TcpStream::connect((ip, port)).is_ok()),
+            None => TcpStream::connect((ip, port)).is_ok(),
+        };
+        let start = Instant::now();
+        while !listening() {
+            guard.assert_running(&log);
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "tansu not listening on {ip}:{port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Self {
             port,
             _dir: dir,
@@ -609,43 +636,36 @@ impl Chdb {
     }
 }
 
-impl Tansu {
-    /// tansu inside network namespace `netns`, listening on `ip` (for clients in other
-    /// namespaces reaching it over a veth).
-    pub fn start_in_netns(netns: &str, ip: std::net::IpAddr) -> Self {
+impl Chdb {
+    /// Like [`Chdb::start`], but every request must authenticate as `user` / `password`.
+    pub fn start_with_auth(user: &str, password: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let url = format!("tcp://{ip}:{port}");
-        let log = dir.path().join("tansu.log");
+        let log = dir.path().join("chdb.log");
+        let script = repo_root().join("scripts/stack/chdb_http.py");
         let mut guard = ChildGuard::spawn(
-            "tansu",
-            Command::new("ip").args([
-                "netns",
-                "exec",
-                netns,
-                TANSU,
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ]),
+            "chdb_http.py",
+            Command::new(VENV_PYTHON)
+                .arg("-u")
+                .arg(&script)
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--user", user, "--password", password]),
             &log,
         );
+        wait_port(port, &mut guard, &log, Duration::from_secs(30));
         let start = Instant::now();
-        while !in_netns(netns, || TcpStream::connect((ip, port)).is_ok()) {
-            guard.assert_running(&log);
+        while http(port, "GET", "/ping", "").1 != "Ok.\n" {
             assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "tansu not listening on {ip}:{port}"
+                start.elapsed() < Duration::from_secs(30),
+                "chdb front not ready"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
         Self {
             port,
-            _dir: dir,
+            dir,
             _guard: guard,
         }
     }

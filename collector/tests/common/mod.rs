@@ -8,7 +8,11 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use flowlens_runtime::testkit::{in_netns, NetnsPair};
+use flowlens_collector::config::Config;
+use flowlens_runtime::testkit::{in_netns, read_topic, unique, NetnsPair, Tansu};
+use flowlens_runtime::Shutdown;
+use flowlens_schemas::{decode, Direction, Interface, RawFlow};
+use rdkafka::Message;
 
 const ETH: u64 = 14;
 const IPV4: u64 = 20;
@@ -141,12 +145,12 @@ pub fn expected_flows(pair: &NetnsPair, sent: &Sent) -> BTreeMap<FlowId, Totals>
     for port in &sent.udp_ports {
         out.insert(
             (true, 17, a, *port, b, 5000, 0),
-            totals(UDP_DATAGRAMS, ETH + IPV4 + UDP + UDP_PAYLOAD as u64),
+            repeated(UDP_DATAGRAMS, ETH + IPV4 + UDP + UDP_PAYLOAD as u64),
         );
     }
     out.insert(
         (true, 17, a6, sent.udp6_port, b6, 5001, 0),
-        totals(UDP6_DATAGRAMS, ETH + IPV6 + UDP + UDP6_PAYLOAD as u64),
+        repeated(UDP6_DATAGRAMS, ETH + IPV6 + UDP + UDP6_PAYLOAD as u64),
     );
     out.insert(
         (true, 6, a, sent.tcp_port, b, 5002, 0),
@@ -164,11 +168,11 @@ pub fn expected_flows(pair: &NetnsPair, sent: &Sent) -> BTreeMap<FlowId, Totals>
     );
     out.insert(
         (true, 1, a, 0, b, 0, 8),
-        totals(PINGS, ETH + IPV4 + ICMP_ECHO),
+        repeated(PINGS, ETH + IPV4 + ICMP_ECHO),
     );
     out.insert(
         (false, 1, b, 0, a, 0, 0),
-        totals(PINGS, ETH + IPV4 + ICMP_ECHO),
+        repeated(PINGS, ETH + IPV4 + ICMP_ECHO),
     );
     out
 }
@@ -190,7 +194,7 @@ pub fn between_pair(pair: &NetnsPair, flows: BTreeMap<FlowId, Totals>) -> BTreeM
         .collect()
 }
 
-fn totals(packets: u64, frame: u64) -> Totals {
+fn repeated(packets: u64, frame: u64) -> Totals {
     Totals {
         packets,
         bytes: packets * frame,
@@ -241,4 +245,92 @@ pub fn send_udp_flow(pair: &NetnsPair, n: u64, payload: usize, port: u16) -> u16
         sent += burst;
     }
     tx.local_addr().unwrap().port()
+}
+
+/// What a collector run produced.
+pub struct Run<T> {
+    pub pair: std::sync::Arc<NetnsPair>,
+    /// What the traffic closure returned.
+    pub sent: T,
+    /// Every raw flow record published, in order.
+    pub flows: Vec<RawFlow>,
+    /// Every interface record published at start.
+    pub interfaces: Vec<Interface>,
+}
+
+/// Runs a collector on a fresh pair's A side (its own tansu, unique topics, 300 ms scans) with
+/// `tune` applied; once its interface records are out (programs attached) runs `traffic`, then
+/// stops it (final drain, flush) and reads back everything it published.
+pub async fn run_collector<T: Send + 'static>(
+    tag: &str,
+    tune: impl FnOnce(&mut Config),
+    traffic: impl FnOnce(&NetnsPair) -> T + Send + 'static,
+) -> Run<T> {
+    require_root();
+    let broker = Tansu::start();
+    let pair = std::sync::Arc::new(NetnsPair::new(tag));
+    let mut config = Config::default();
+    config.kafka.brokers = vec![broker.broker()];
+    config.kafka.partitions = 1;
+    config.kafka.topics.raw_flows = unique("raw");
+    config.kafka.topics.interfaces = unique("ifaces");
+    config.collector.netns = pair.ns_a.clone();
+    config.collector.interfaces = vec![pair.if_a.clone()];
+    config.collector.scan_interval_ms = 300;
+    tune(&mut config);
+    let topics = config.kafka.topics.clone();
+    let shutdown = Shutdown::new();
+    let collector = tokio::spawn(flowlens_collector::run(config, shutdown.clone()));
+    let read = |topic: &str, min: usize| {
+        let (b, t) = (broker.broker(), topic.to_string());
+        tokio::task::spawn_blocking(move || read_topic(&b, &t, min, Duration::from_secs(30)))
+    };
+    let interfaces = read(&topics.interfaces, 2)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| decode(m.payload().unwrap()).unwrap())
+        .collect();
+    let p = pair.clone();
+    let sent = tokio::task::spawn_blocking(move || traffic(&p))
+        .await
+        .unwrap();
+    shutdown.trigger();
+    collector.await.unwrap().expect("collector exits cleanly");
+    let flows = read(&topics.raw_flows, 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| decode(m.payload().unwrap()).unwrap())
+        .collect();
+    Run {
+        pair,
+        sent,
+        flows,
+        interfaces,
+    }
+}
+
+/// The identity the tests compare flows by.
+pub fn flow_id(f: &RawFlow) -> FlowId {
+    (
+        f.direction == Direction::Egress,
+        f.proto as u8,
+        f.src_ip(),
+        f.src_port as u16,
+        f.dst_ip(),
+        f.dst_port as u16,
+        f.icmp_type as u8,
+    )
+}
+
+/// Packets and bytes per flow, summed over every record of it.
+pub fn totals(flows: &[RawFlow]) -> BTreeMap<FlowId, Totals> {
+    let mut out: BTreeMap<FlowId, Totals> = BTreeMap::new();
+    for f in flows {
+        let t = out.entry(flow_id(f)).or_default();
+        t.packets += f.packets as u64;
+        t.bytes += f.bytes as u64;
+    }
+    out
 }

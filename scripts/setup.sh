@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
-APT_PKGS=(llvm-22-dev clickhouse-server iproute2 iputils-ping ethtool procps curl util-linux python3-venv)
+APT_PKGS=(llvm-22-dev clickhouse-server iproute2 iputils-ping ethtool procps curl util-linux python3-venv fonts-dejavu-core)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

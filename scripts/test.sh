@@ -17,6 +17,9 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --all-targets -- -D warnings
 
+step "deployment files checked offline (compose, Kubernetes, dashboards, example configs)"
+bash scripts/check-deploy.sh
+
 step "cargo test"
 # Tests inside one binary run in parallel; on 2 cores two at a time keeps the brokers responsive.
 cargo test -- --test-threads="${FLOWLENS_TEST_THREADS:-2}"

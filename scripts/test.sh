@@ -18,6 +18,7 @@ step "cargo clippy (warnings are errors)"
 cargo clippy --all-targets -- -D warnings
 
 step "deployment files checked offline (compose, Kubernetes, dashboards, example configs)"
+cargo build -q -p flowlens-collector -p flowlens-enricher -p flowlens-sink
 bash scripts/check-deploy.sh
 
 step "cargo test"

@@ -73,6 +73,7 @@ start_collector() { # mode flows -> sets CPID
       FLOWLENS_COLLECTOR__COLLECTOR__TABLE_SIZE=2097152 \
       FLOWLENS_COLLECTOR__COLLECTOR__SCAN_INTERVAL_MS=2000 \
       FLOWLENS_COLLECTOR__TELEMETRY__METRICS_LISTEN=127.0.0.1:9191 \
+      FLOWLENS_COLLECTOR__TELEMETRY__LOG_FORMAT=json \
         "$COLLECTOR" >"$WORK/flowlens.log" 2>&1 &
       CPID=$! ;;
     pmacctd)
@@ -99,10 +100,16 @@ CONF
   sleep 3
 }
 
-accounted() { # mode flows -> packets counted by the collector (or "-")
+# Stops the collector and waits for it to exit (from a subshell: `wait` cannot be used).
+# It stays a zombie until the main shell reaps it, so look at its state, not its existence.
+running() { [ -e "/proc/$1" ] && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+stop_and_wait() { kill -"$1" "$CPID" 2>/dev/null || true; while running "$CPID"; do sleep 0.2; done; }
+
+accounted() { # mode flows -> packets counted by the collector (or "-"); stops the collector
   case $1 in
-    flowlens) sleep 5; metric flowlens_collector_packets_total ;;
-    pmacctd) kill -INT "$CPID"; wait "$CPID" 2>/dev/null || true; CPID=
+    flowlens) stop_and_wait TERM
+              grep -o '"packets_exported":[0-9]*' "$WORK/flowlens.log" | tail -n1 | cut -d: -f2 ;;
+    pmacctd) stop_and_wait INT
              python3 - "$WORK/pmacct.csv" <<'PY'
 import csv, sys
 total = 0
@@ -116,8 +123,9 @@ except FileNotFoundError:
 print(total)
 PY
              ;;
-    nfpcapd) kill -TERM "$CPID"; wait "$CPID" 2>/dev/null || true; CPID=
-             nfdump -R "$WORK/nf" -q -o 'fmt:%pkt' 2>/dev/null | awk '{s+=$1} END{print s+0}' ;;
+    nfpcapd) stop_and_wait TERM
+             f=$(find "$WORK/nf" -type f -name 'nfcapd.*' | head -n1)
+             if [ -n "$f" ]; then nfdump -r "$f" -q -o 'fmt:%pkt' 2>/dev/null | awk '{s+=$1} END{print s+0}'; else echo -; fi ;;
     *) echo - ;;
   esac
 }
@@ -135,8 +143,8 @@ for flows in $FLOWS; do
     rx1=$(rx_packets); si1=$(softirq_jiffies); pj1=$( [ -n "${CPID:-}" ] && proc_jiffies $CPID || echo 0)
     read -r t1 c1 < <(bpf_cost)
     rss=$( [ -n "${CPID:-}" ] && rss_mb $CPID || echo -)
-    got=$(accounted $mode $flows)
-    [ -n "${CPID:-}" ] && { kill -TERM "$CPID" 2>/dev/null; wait "$CPID" 2>/dev/null || true; CPID=; }
+    got=$(accounted $mode $flows || echo -)
+    if [ -n "${CPID:-}" ]; then kill -TERM "$CPID" 2>/dev/null || true; wait "$CPID" 2>/dev/null || true; CPID=; fi
     rx=$((rx1 - rx0))
     python3 - "$flows" "$mode" "$rx" "$DUR" "${base:-$rx}" "$got" "$((pj1 - pj0))" "$((si1 - si0))" "$HZ" "$rss" "$((t1 - t0))" "$((c1 - c0))" "$sent" >> "$WORK/table.md" <<'PY'
 import sys

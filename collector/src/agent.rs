@@ -91,6 +91,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut exporter = Exporter {
         table: FlowTable::new(Drainer::new(c.drain_batch, cpus), c.idle_timeout_ms),
         cost: (Duration::ZERO, 0),
+        exported: (0, 0),
         entries: Vec::new(),
         host: host.clone(),
         sampling: c.sampling,
@@ -131,7 +132,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     exporter.export(&probe, &publisher, Scan::Final).await?;
     publisher.flush(Duration::from_secs(30))?;
     drop(probe);
-    tracing::info!("programs detached, collector stopped");
+    tracing::info!(
+        packets_exported = exporter.exported.0,
+        bytes_exported = exporter.exported.1,
+        "programs detached, collector stopped"
+    );
     Ok(())
 }
 
@@ -217,6 +222,8 @@ struct Exporter {
     table: FlowTable,
     /// Kernel run time and packets of the programs at the previous scan (bpf_stats).
     cost: (Duration, u64),
+    /// Packets and bytes exported since start.
+    exported: (u64, u64),
     entries: Vec<(FlowKey, FlowStats)>,
     host: String,
     sampling: u32,
@@ -265,6 +272,8 @@ impl Exporter {
             .entries
             .iter()
             .fold((0, 0), |(p, b), (_, s)| (p + s.packets, b + s.bytes));
+        self.exported.0 += packets;
+        self.exported.1 += bytes;
         metrics::counter!("flowlens_collector_packets_total").increment(packets);
         metrics::counter!("flowlens_collector_bytes_total").increment(bytes);
         let (run_time, runs) = probe.kernel_cost();

@@ -45,6 +45,8 @@ RUN --mount=type=cache,id=flowlens-cargo-registry,target=/usr/local/cargo/regist
     bpf-linker --version
 
 WORKDIR /src
+# The workspace (bench/ included: cargo must see every member's manifest for --locked, though
+# only the three services are built; .dockerignore leaves out bench/results and deploy/).
 COPY . .
 
 # The target directory is a cache mount, so the binaries are copied out in the same step.

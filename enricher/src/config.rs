@@ -17,6 +17,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub telemetry: TelemetryConfig,
     pub enricher: EnricherConfig,
+    pub kubernetes: KubernetesConfig,
 }
 
 /// `[enricher]` section: settings of this stage only.
@@ -39,6 +40,82 @@ impl Default for EnricherConfig {
             interfaces_ready_timeout_ms: 10_000,
             max_in_flight: 100_000,
         }
+    }
+}
+
+/// Where Kubernetes metadata comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// No Kubernetes metadata: the `src_*`/`dst_*` Kubernetes fields, roles and locality stay null.
+    #[default]
+    None,
+    /// A `kubectl get pods,services,nodes,replicasets -A -o json` file, re-read on change.
+    Snapshot,
+    /// The API server (kube-rs watches): in-cluster service account, or a kubeconfig.
+    Api,
+}
+
+/// `[kubernetes]` section: the Kubernetes metadata source and cache bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    pub source: Source,
+    /// Snapshot file (source = "snapshot").
+    pub snapshot_path: String,
+    /// How often the snapshot file is checked for changes, ms.
+    pub snapshot_poll_ms: u64,
+    /// Kubeconfig file (source = "api"); empty: in-cluster config, else $KUBECONFIG or
+    /// ~/.kube/config.
+    pub kubeconfig: String,
+    /// Kubeconfig context; empty: the current context.
+    pub context: String,
+    /// How long to wait at start for a first full view before enriching anyway, ms.
+    pub ready_timeout_ms: u64,
+    /// Assignments (pod/service/node that held it, with their time intervals) kept per address.
+    pub history_per_ip: usize,
+    /// Ended assignments kept over all addresses; the oldest-ended are evicted first.
+    pub max_history: usize,
+    /// Ended assignments older than this are dropped, seconds (flows later than this behind
+    /// are attributed to nobody rather than to a wrong pod).
+    pub history_retention_s: u64,
+    /// Cluster networks (pod, service, node CIDRs): an unknown address inside them counts as
+    /// in the cluster for `locality`.
+    pub cluster_cidrs: Vec<String>,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            source: Source::None,
+            snapshot_path: String::new(),
+            snapshot_poll_ms: 2_000,
+            kubeconfig: String::new(),
+            context: String::new(),
+            ready_timeout_ms: 10_000,
+            history_per_ip: 8,
+            max_history: 100_000,
+            history_retention_s: 3_600,
+            cluster_cidrs: Vec::new(),
+        }
+    }
+}
+
+impl KubernetesConfig {
+    pub fn limits(&self) -> crate::kubernetes::store::Limits {
+        crate::kubernetes::store::Limits {
+            per_ip: self.history_per_ip,
+            max_closed: self.max_history,
+            retention_ns: (self.history_retention_s as i64).saturating_mul(1_000_000_000),
+        }
+    }
+
+    /// The parsed `cluster_cidrs` (validated at load).
+    pub fn cidrs(&self) -> Vec<crate::kubernetes::classify::Cidr> {
+        self.cluster_cidrs
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect()
     }
 }
 
@@ -65,6 +142,47 @@ impl Validate for Config {
             1,
             1_000_000,
         )?;
+        let k = &self.kubernetes;
+        if k.source == Source::Snapshot && k.snapshot_path.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "kubernetes.snapshot_path",
+                "must name a file when kubernetes.source = \"snapshot\"",
+            ));
+        }
+        check_range(
+            "kubernetes.snapshot_poll_ms",
+            k.snapshot_poll_ms,
+            50,
+            3_600_000,
+        )?;
+        check_range(
+            "kubernetes.ready_timeout_ms",
+            k.ready_timeout_ms,
+            0,
+            600_000,
+        )?;
+        check_range(
+            "kubernetes.history_per_ip",
+            k.history_per_ip as u64,
+            1,
+            1_000,
+        )?;
+        check_range(
+            "kubernetes.max_history",
+            k.max_history as u64,
+            0,
+            100_000_000,
+        )?;
+        check_range(
+            "kubernetes.history_retention_s",
+            k.history_retention_s,
+            1,
+            30 * 86_400,
+        )?;
+        for cidr in &k.cluster_cidrs {
+            cidr.parse::<crate::kubernetes::classify::Cidr>()
+                .map_err(|e| ConfigError::invalid("kubernetes.cluster_cidrs", e))?;
+        }
         Ok(())
     }
 }
@@ -94,6 +212,37 @@ mod tests {
         assert_eq!(c.enricher.interfaces_ready_timeout_ms, 10_000);
         assert_eq!(c.enricher.max_in_flight, 100_000);
         assert_eq!(c.kafka.topics.raw_flows, "flowlens.flows.raw");
+        assert_eq!(c.kubernetes.source, Source::None);
+        assert_eq!(c.kubernetes.history_per_ip, 8);
+    }
+
+    #[test]
+    fn kubernetes_section() {
+        let c = load(
+            "[kubernetes]\nsource = \"snapshot\"\nsnapshot_path = \"/tmp/k.json\"\ncluster_cidrs = [\"10.244.0.0/16\"]\n",
+            "FLOWLENS_ENRICHER_TEST_G",
+        )
+        .unwrap();
+        assert_eq!(c.kubernetes.source, Source::Snapshot);
+        assert_eq!(c.kubernetes.cidrs().len(), 1);
+        let e = load(
+            "[kubernetes]\nsource = \"snapshot\"\n",
+            "FLOWLENS_ENRICHER_TEST_H",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("kubernetes.snapshot_path"), "{e}");
+        let e = load(
+            "[kubernetes]\ncluster_cidrs = [\"10.0.0.0\"]\n",
+            "FLOWLENS_ENRICHER_TEST_I",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("kubernetes.cluster_cidrs"), "{e}");
+        let e = load(
+            "[kubernetes]\nsource = \"etcd\"\n",
+            "FLOWLENS_ENRICHER_TEST_J",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("source"), "{e}");
     }
 
     #[test]

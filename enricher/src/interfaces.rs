@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::fasthash::FastMap;
 use flowlens_runtime::kafka::KafkaConfig;
 use flowlens_runtime::Shutdown;
 use flowlens_schemas::Interface;
@@ -21,7 +22,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// Latest metadata per (host, ifindex). Nested maps so a lookup by `&str` does not allocate.
 #[derive(Debug, Default)]
 pub struct InterfaceCache {
-    by_host: HashMap<String, HashMap<i32, Interface>>,
+    by_host: FastMap<String, FastMap<i32, Interface>>,
     len: usize,
 }
 

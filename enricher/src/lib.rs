@@ -2,12 +2,15 @@
 //! committing a raw record's offset only after what it produced is acknowledged.
 //!
 //! Modules: [`config`] (settings), [`interfaces`] (interface cache fed by the compacted topic),
-//! [`join`] (pure enrichment), [`offsets`] (in-order acknowledgement tracking), [`pipeline`]
+//! [`kubernetes`] (pod/service/node metadata with per-address history, from the API server or a
+//! snapshot file), [`join`] (pure enrichment), [`offsets`] (in-order acknowledgement tracking), [`pipeline`]
 //! (the Kafka consume-produce loop).
 
 pub mod config;
+pub mod fasthash;
 pub mod interfaces;
 pub mod join;
+pub mod kubernetes;
 pub mod offsets;
 pub mod pipeline;
 

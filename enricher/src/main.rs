@@ -7,6 +7,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use flowlens_enricher::config::{Config, ENV_PREFIX};
 
+/// Every enriched record used to be a few dozen small allocations; the pipeline now writes the
+/// joined fields straight into the Avro message, but decoding a RawFlow still allocates:
+/// mimalloc keeps that cheap (bench/results/enricher.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Joins raw flows with interface metadata and publishes enriched flows.
 #[derive(Debug, Parser)]
 #[command(version, about)]

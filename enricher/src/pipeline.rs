@@ -18,7 +18,10 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::interfaces::{InterfaceReader, SharedCache};
-use crate::join::join;
+use crate::join::{Joined, Kubernetes};
+use crate::kubernetes::classify::Cidr;
+use crate::kubernetes::store::SharedStore;
+use crate::kubernetes::MetadataSource;
 use crate::offsets::OffsetTracker;
 
 /// Stage name in dead-letter headers and metric labels.
@@ -66,6 +69,22 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         }
     }
 
+    let mut metadata = MetadataSource::start(&config.kubernetes, shutdown.clone())
+        .context("starting the Kubernetes metadata source")?;
+    if let Some(source) = &mut metadata {
+        let timeout = Duration::from_millis(config.kubernetes.ready_timeout_ms);
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            ready = source.wait_ready(timeout) => if !ready {
+                tracing::warn!(
+                    source = ?config.kubernetes.source,
+                    timeout_ms = config.kubernetes.ready_timeout_ms,
+                    "kubernetes metadata not loaded in time; enriching anyway"
+                );
+            }
+        }
+    }
+
     let producer: FutureProducer = kafka
         .producer_config()
         .create()
@@ -89,6 +108,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         producer,
         consumer,
         cache: reader.cache.clone(),
+        kubernetes: metadata.as_ref().map(|m| m.store.clone()),
+        cidrs: config.kubernetes.cidrs(),
         input: topics.raw_flows.clone(),
         output: topics.enriched_flows.clone(),
         max_in_flight: config.enricher.max_in_flight,
@@ -96,6 +117,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     };
     let result = pipeline.run(&shutdown).await;
     reader.stop().await;
+    if let Some(metadata) = metadata {
+        metadata.stop().await;
+    }
     result
 }
 
@@ -104,6 +128,8 @@ struct Pipeline {
     producer: FutureProducer,
     dead_letter: DeadLetter,
     cache: SharedCache,
+    kubernetes: Option<SharedStore>,
+    cidrs: Vec<Cidr>,
     input: String,
     output: String,
     max_in_flight: usize,
@@ -175,22 +201,35 @@ impl Pipeline {
                 return self.dead_letter(message, reason);
             }
         };
-        let (flow, found) = {
+        let lag_s = (crate::kubernetes::now_ns() - raw.time_exported_ns) as f64 / 1e9;
+        metrics::histogram!("flowlens_enricher_record_lag_seconds").record(lag_s);
+        // Join and encode in one pass, straight from the caches into the message.
+        let mut payload = Vec::with_capacity(320);
+        let hits = {
             let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
-            join(raw, &cache)
+            let store = self
+                .kubernetes
+                .as_ref()
+                .map(|s| s.read().unwrap_or_else(|p| p.into_inner()));
+            let kubernetes = store.as_deref().map(|store| Kubernetes {
+                store,
+                cluster_cidrs: &self.cidrs,
+            });
+            let joined = Joined::new(&raw, &cache, kubernetes);
+            joined.encode(&mut payload);
+            joined.hits()
         };
-        if found {
+        if hits.interface {
             metrics::counter!("flowlens_enricher_interface_join_hits_total").increment(1);
         } else {
             metrics::counter!("flowlens_enricher_interface_join_misses_total").increment(1);
         }
-        let mut payload = Vec::with_capacity(256);
-        if let Err(e) = flowlens_schemas::encode(&flow, &mut payload) {
-            // Our own record does not fit the schema: keep the input for inspection.
-            metrics::counter!("flowlens_enricher_records_invalid_total").increment(1);
-            let reason = format!("encoding EnrichedFlow: {e}");
-            tracing::error!(partition, offset, %reason, "cannot encode enriched flow");
-            return self.dead_letter(message, reason);
+        if self.kubernetes.is_some() {
+            for (end, hit) in [("src", hits.src), ("dst", hits.dst)] {
+                let result = if hit { "hit" } else { "miss" };
+                metrics::counter!("flowlens_enricher_kubernetes_lookups_total", "end" => end, "result" => result)
+                    .increment(1);
+            }
         }
 
         let delivery = loop {

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use apache_avro::{from_value, write_avro_datum_ref};
+use apache_avro::{from_value, write_avro_datum_ref, Schema};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -40,49 +40,94 @@ pub fn encode<R: AvroRecord + Serialize>(record: &R, out: &mut Vec<u8>) -> Resul
 
 /// Decodes one single-object message holding an `R`.
 ///
-/// The whole slice must be exactly one message: trailing bytes are an error.
+/// The message may have been written with the current schema of `R` or any earlier version
+/// this crate keeps ([`RecordKind::history`]): older records are resolved to the current schema
+/// (fields added since take their defaults). The whole slice must be exactly one message:
+/// trailing bytes are an error.
 pub fn decode<R: AvroRecord + DeserializeOwned>(message: &[u8]) -> Result<R, SchemaError> {
     let fingerprint = peek_fingerprint(message)?;
-    let found = RecordKind::from_fingerprint(fingerprint);
-    if fingerprint != R::fingerprint() {
-        return Err(match found {
-            Some(found) => SchemaError::WrongRecord {
-                expected: RecordKind::from_fingerprint(R::fingerprint())
-                    .map_or("a record outside flowlens-schemas", RecordKind::full_name),
-                found: found.full_name(),
-            },
-            None => SchemaError::UnknownFingerprint {
-                found: hex(&fingerprint),
-            },
-        });
+    if fingerprint == R::fingerprint() {
+        let found = RecordKind::from_fingerprint(fingerprint);
+        let mut reader = EofTracking {
+            rest: message,
+            hit_eof: false,
+        };
+        let value = match found {
+            Some(kind) => kind.compiled().reader.read_value(&mut reader),
+            None => {
+                reader.rest = &message[HEADER_LEN..];
+                apache_avro::from_avro_datum(R::schema(), &mut reader, None)
+            }
+        };
+        let value = finish(value, reader, message.len(), found)?;
+        return from_value::<R>(&value).map_err(|e| SchemaError::Datum(e.to_string()));
     }
+    let expected = RecordKind::from_fingerprint(R::fingerprint());
+    match crate::schema::writer(fingerprint) {
+        // An earlier version of the same record: resolve writer -> current reader schema.
+        Some(w) if Some(w.kind) == expected => decode_resolved(message, w, w.kind.schema()),
+        Some(w) => Err(SchemaError::WrongRecord {
+            expected: expected.map_or("a record outside flowlens-schemas", RecordKind::full_name),
+            found: w.kind.full_name(),
+        }),
+        None => Err(SchemaError::UnknownFingerprint {
+            found: hex(&fingerprint),
+        }),
+    }
+}
+
+/// Decodes a message written with any schema version this crate knows (current or historic)
+/// into `T` as described by `reader_schema`, through Avro schema resolution: fields the writer
+/// did not have take the reader's defaults, fields the reader does not have are skipped.
+///
+/// This is how a consumer built against an *older* schema version reads *newer* records (keep
+/// your old `.avsc` as `reader_schema` and your old struct as `T`), and how any reader reads any
+/// known version. The reader schema must be compatible with the writer's (same record name).
+pub fn decode_with_reader<T: DeserializeOwned>(
+    message: &[u8],
+    reader_schema: &Schema,
+) -> Result<T, SchemaError> {
+    let fingerprint = peek_fingerprint(message)?;
+    let w = crate::schema::writer(fingerprint).ok_or_else(|| SchemaError::UnknownFingerprint {
+        found: hex(&fingerprint),
+    })?;
+    decode_resolved(message, w, reader_schema)
+}
+
+fn decode_resolved<T: DeserializeOwned>(
+    message: &[u8],
+    writer: &crate::schema::Writer,
+    reader_schema: &Schema,
+) -> Result<T, SchemaError> {
     let mut reader = EofTracking {
-        rest: message,
+        rest: &message[HEADER_LEN..],
         hit_eof: false,
     };
-    let value = match found {
-        Some(kind) => kind.compiled().reader.read_value(&mut reader),
-        None => {
-            reader.rest = &message[HEADER_LEN..];
-            apache_avro::from_avro_datum(R::schema(), &mut reader, None)
-        }
-    };
+    let value = apache_avro::from_avro_datum(&writer.schema, &mut reader, Some(reader_schema));
+    let value = finish(value, reader, message.len(), Some(writer.kind))?;
+    from_value::<T>(&value).map_err(|e| SchemaError::Datum(e.to_string()))
+}
+
+/// Common checks after reading a datum: no EOF inside it, no bytes after it.
+fn finish(
+    value: apache_avro::AvroResult<apache_avro::types::Value>,
+    reader: EofTracking<'_>,
+    len: usize,
+    kind: Option<RecordKind>,
+) -> Result<apache_avro::types::Value, SchemaError> {
     // apache-avro 0.21 turns an EOF inside a string, bool or union index into a null value
     // instead of an error, so a truncated message can "decode"; the reader remembers EOFs.
     if reader.hit_eof {
-        return Err(SchemaError::Truncated {
-            len: message.len(),
-            part: "datum",
-        });
+        return Err(SchemaError::Truncated { len, part: "datum" });
     }
-    let value = value.map_err(|e| datum_error(e, message.len()))?;
+    let value = value.map_err(|e| datum_error(e, len))?;
     if !reader.rest.is_empty() {
         return Err(SchemaError::TrailingBytes {
-            record: found.map_or("record", RecordKind::full_name),
+            record: kind.map_or("record", RecordKind::full_name),
             count: reader.rest.len(),
         });
     }
-    from_value::<R>(&value).map_err(|e| SchemaError::Datum(e.to_string()))
+    Ok(value)
 }
 
 /// Checks the marker and returns the writer-schema fingerprint (header byte order)

@@ -22,12 +22,16 @@ mod records;
 mod schema;
 
 pub use codec::{
-    decode, decode_any, encode, peek_fingerprint, peek_kind, AnyRecord, HEADER_LEN, MAGIC,
+    decode, decode_any, decode_with_reader, encode, peek_fingerprint, peek_kind, AnyRecord,
+    HEADER_LEN, MAGIC,
 };
 pub use error::SchemaError;
 pub use ip::{ip_to_v6, v6_to_ip};
 pub use records::{Direction, EnrichedFlow, Interface, RawFlow};
-pub use schema::{AvroRecord, RecordKind, ENRICHED_FLOW_AVSC, INTERFACE_AVSC, RAW_FLOW_AVSC};
+pub use schema::{
+    AvroRecord, RecordKind, ENRICHED_FLOW_AVSC, ENRICHED_FLOW_V1_AVSC, INTERFACE_AVSC,
+    RAW_FLOW_AVSC,
+};
 
 /// Re-export of the apache-avro version the contract is built with.
 pub use apache_avro;

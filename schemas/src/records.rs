@@ -119,6 +119,17 @@ pub struct EnrichedFlow {
     pub dst_workload_kind: Option<String>,
     pub dst_node: Option<String>,
     pub dst_service: Option<String>,
+    // Version 2 (all nullable, default null: readers of version 1 records get `None`).
+    pub src_pod_uid: Option<String>,
+    pub dst_pod_uid: Option<String>,
+    /// "client" or "server".
+    pub src_role: Option<String>,
+    pub dst_role: Option<String>,
+    /// "node", "cluster" or "external".
+    pub locality: Option<String>,
+    /// Pod owning the interface (`if_*`), and its namespace.
+    pub if_pod: Option<String>,
+    pub if_namespace: Option<String>,
 }
 
 impl EnrichedFlow {
@@ -181,6 +192,13 @@ impl EnrichedFlow {
             dst_workload_kind: None,
             dst_node: None,
             dst_service: None,
+            src_pod_uid: None,
+            dst_pod_uid: None,
+            src_role: None,
+            dst_role: None,
+            locality: None,
+            if_pod: None,
+            if_namespace: None,
         }
     }
 

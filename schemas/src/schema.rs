@@ -16,6 +16,10 @@ pub const INTERFACE_AVSC: &str = include_str!("../avro/interface.avsc");
 /// Text of `avro/enriched_flow.avsc`, the writer schema of [`crate::EnrichedFlow`].
 pub const ENRICHED_FLOW_AVSC: &str = include_str!("../avro/enriched_flow.avsc");
 
+/// Text of `avro/history/enriched_flow.v1.avsc`: version 1 of `EnrichedFlow` (before pod UIDs,
+/// roles, locality and the interface pod). Messages written with it still decode.
+pub const ENRICHED_FLOW_V1_AVSC: &str = include_str!("../avro/history/enriched_flow.v1.avsc");
+
 /// A flowlens record type, bound to its embedded writer schema.
 pub trait AvroRecord: Sized {
     /// The parsed writer schema (parsed once per process).
@@ -79,6 +83,28 @@ impl RecordKind {
             .find(|k| k.fingerprint() == fingerprint)
     }
 
+    /// `.avsc` texts of the earlier versions of this record, oldest first (the current one is
+    /// [`RecordKind::avsc`]). Messages written with any of them decode into today's struct.
+    pub fn history(self) -> &'static [&'static str] {
+        match self {
+            RecordKind::EnrichedFlow => &[ENRICHED_FLOW_V1_AVSC],
+            RecordKind::RawFlow | RecordKind::Interface => &[],
+        }
+    }
+
+    /// Every writer schema this crate can decode: (kind, version, fingerprint, parsed schema),
+    /// versions numbered from 1, the current version last per kind.
+    pub fn known_writers() -> impl Iterator<Item = (RecordKind, u32, [u8; 8], &'static Schema)> {
+        WRITERS
+            .iter()
+            .map(|w| (w.kind, w.version, w.fingerprint, &w.schema))
+    }
+
+    /// The record kind of any known version with this fingerprint (current or historic).
+    pub fn of_any_version(fingerprint: [u8; 8]) -> Option<RecordKind> {
+        writer(fingerprint).map(|w| w.kind)
+    }
+
     pub(crate) fn compiled(self) -> &'static Compiled {
         match self {
             RecordKind::RawFlow => &RAW_FLOW,
@@ -88,7 +114,7 @@ impl RecordKind {
     }
 
     pub(crate) fn for_fingerprint(fingerprint: [u8; 8]) -> Result<RecordKind, SchemaError> {
-        RecordKind::from_fingerprint(fingerprint).ok_or_else(|| SchemaError::UnknownFingerprint {
+        RecordKind::of_any_version(fingerprint).ok_or_else(|| SchemaError::UnknownFingerprint {
             found: hex(&fingerprint),
         })
     }
@@ -130,6 +156,47 @@ fn compile(kind: RecordKind) -> Compiled {
 static RAW_FLOW: LazyLock<Compiled> = LazyLock::new(|| compile(RecordKind::RawFlow));
 static INTERFACE: LazyLock<Compiled> = LazyLock::new(|| compile(RecordKind::Interface));
 static ENRICHED_FLOW: LazyLock<Compiled> = LazyLock::new(|| compile(RecordKind::EnrichedFlow));
+
+/// One known writer schema version (current or historic).
+pub(crate) struct Writer {
+    pub kind: RecordKind,
+    pub version: u32,
+    pub fingerprint: [u8; 8],
+    pub schema: Schema,
+}
+
+static WRITERS: LazyLock<Vec<Writer>> = LazyLock::new(|| {
+    let mut writers = Vec::new();
+    for kind in RecordKind::ALL {
+        let texts = kind.history().iter().copied().chain([kind.avsc()]);
+        for (i, text) in texts.enumerate() {
+            let schema = Schema::parse_str(text).unwrap_or_else(|e| {
+                panic!(
+                    "embedded {} v{} does not parse: {e}",
+                    kind.full_name(),
+                    i + 1
+                )
+            });
+            let fingerprint = schema
+                .fingerprint::<Rabin>()
+                .bytes
+                .try_into()
+                .expect("Rabin fingerprints are 8 bytes");
+            writers.push(Writer {
+                kind,
+                version: i as u32 + 1,
+                fingerprint,
+                schema,
+            });
+        }
+    }
+    writers
+});
+
+/// The known writer schema with this fingerprint.
+pub(crate) fn writer(fingerprint: [u8; 8]) -> Option<&'static Writer> {
+    WRITERS.iter().find(|w| w.fingerprint == fingerprint)
+}
 
 /// A copy of `schema` without named-type references (see [`Compiled::inlined`]).
 pub(crate) fn inlined(schema: &Schema) -> Schema {

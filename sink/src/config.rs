@@ -23,6 +23,7 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     pub batch: BatchConfig,
     pub sink: SinkConfig,
+    pub retention: RetentionConfig,
 }
 
 /// `[clickhouse]`: where rows go.
@@ -34,10 +35,15 @@ pub struct ClickHouseConfig {
     pub database: String,
     pub table: String,
     pub user: String,
-    /// Never logged (see the `Debug` impl); best set through `FLOWLENS_SINK__CLICKHOUSE__PASSWORD`.
+    /// Never logged (see the `Debug` impl); best set through `FLOWLENS_SINK__CLICKHOUSE__PASSWORD`
+    /// or read from `password_file`.
     pub password: String,
-    /// Check rows against the table's column types (RowBinaryWithNamesAndTypes). Turn off for
-    /// servers too old to describe their columns that way (ClickHouse < 24.x, e.g. 18.16).
+    /// File holding the password (e.g. a mounted secret); trailing newlines are ignored. Used
+    /// when `password` is empty.
+    pub password_file: String,
+    /// Check the table's column types (system.columns) against the rows the sink writes, once
+    /// before the first insert and after any failed one. Turn off for servers too old to
+    /// describe their columns the same way (ClickHouse < 24.x, e.g. 18.16).
     pub validation: bool,
     /// Upper bound on one INSERT (send and server acknowledgement), in milliseconds.
     pub timeout_ms: u64,
@@ -51,6 +57,7 @@ impl Default for ClickHouseConfig {
             table: "flows".into(),
             user: "default".into(),
             password: String::new(),
+            password_file: String::new(),
             validation: true,
             timeout_ms: 30_000,
         }
@@ -72,13 +79,14 @@ impl fmt::Debug for ClickHouseConfig {
                     "<redacted>"
                 },
             )
+            .field("password_file", &self.password_file)
             .field("validation", &self.validation)
             .field("timeout_ms", &self.timeout_ms)
             .finish()
     }
 }
 
-/// `[batch]`: a batch is written when any limit is reached.
+/// `[batch]`: one batch per Kafka partition, written when any limit is reached.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
@@ -87,6 +95,12 @@ pub struct BatchConfig {
     pub max_bytes: usize,
     /// Age of the oldest record in the batch.
     pub max_age_ms: u64,
+    /// Adaptive age limit: a partition whose batches are cut by age with fewer than
+    /// `small_batch_rows` rows waits twice as long for the next one, up to this (so trickles do
+    /// not make one part per partition every `max_age_ms`). Back to `max_age_ms` when a batch
+    /// fills up. Values below `max_age_ms` disable the adaptation.
+    pub max_idle_age_ms: u64,
+    pub small_batch_rows: usize,
 }
 
 impl Default for BatchConfig {
@@ -95,6 +109,8 @@ impl Default for BatchConfig {
             max_rows: 50_000,
             max_bytes: 32 * 1024 * 1024,
             max_age_ms: 2_000,
+            max_idle_age_ms: 8_000,
+            small_batch_rows: 1_000,
         }
     }
 }
@@ -102,6 +118,33 @@ impl Default for BatchConfig {
 impl BatchConfig {
     pub fn max_age(&self) -> Duration {
         Duration::from_millis(self.max_age_ms)
+    }
+
+    pub fn max_idle_age(&self) -> Duration {
+        Duration::from_millis(self.max_idle_age_ms)
+    }
+}
+
+/// `[retention]`: TTLs in days, applied by `flowlens-sink migrate` (and by the sink at start
+/// when `sink.migrate_on_start`) with `ALTER TABLE ... MODIFY TTL`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// The raw `flows` table.
+    pub raw_days: u32,
+    /// The per-minute rollups (`flows_*_1m`).
+    pub minute_days: u32,
+    /// The per-hour rollups (`flows_*_1h`).
+    pub hour_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            raw_days: 30,
+            minute_days: 90,
+            hour_days: 400,
+        }
     }
 }
 
@@ -160,6 +203,36 @@ impl Validate for Config {
             1 << 32,
         )?;
         check_range("batch.max_age_ms", self.batch.max_age_ms, 1, 3_600_000)?;
+        check_range(
+            "batch.max_idle_age_ms",
+            self.batch.max_idle_age_ms,
+            1,
+            3_600_000,
+        )?;
+        check_range(
+            "retention.raw_days",
+            self.retention.raw_days.into(),
+            1,
+            36_500,
+        )?;
+        check_range(
+            "retention.minute_days",
+            self.retention.minute_days.into(),
+            1,
+            36_500,
+        )?;
+        check_range(
+            "retention.hour_days",
+            self.retention.hour_days.into(),
+            1,
+            36_500,
+        )?;
+        if !ch.password.is_empty() && !ch.password_file.is_empty() {
+            return Err(ConfigError::invalid(
+                "clickhouse.password_file",
+                "set either clickhouse.password or clickhouse.password_file, not both",
+            ));
+        }
         if self.sink.group_id.trim().is_empty() {
             return Err(ConfigError::invalid("sink.group_id", "must not be empty"));
         }
@@ -180,9 +253,21 @@ impl Validate for Config {
 }
 
 impl Config {
-    /// Loads the file (if any) and `FLOWLENS_SINK__*` overrides, then validates.
+    /// Loads the file (if any) and `FLOWLENS_SINK__*` overrides, validates, then reads
+    /// `clickhouse.password_file` if set.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        load_config(file, ENV_PREFIX)
+        let mut config: Self = load_config(file, ENV_PREFIX)?;
+        let ch = &mut config.clickhouse;
+        if !ch.password_file.is_empty() {
+            let text = std::fs::read_to_string(&ch.password_file).map_err(|e| {
+                ConfigError::invalid(
+                    "clickhouse.password_file",
+                    format!("cannot read `{}`: {e}", ch.password_file),
+                )
+            })?;
+            ch.password = text.trim_end_matches(['\r', '\n']).to_owned();
+        }
+        Ok(config)
     }
 }
 
@@ -242,6 +327,22 @@ mod tests {
         let c = Config::load(Some(&path)).unwrap();
         let d = Config::default();
         assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn password_comes_from_a_file() {
+        let mut secret = tempfile::NamedTempFile::new().unwrap();
+        secret.write_all(b"s3cret\n").unwrap();
+        let f = write(&format!(
+            "[clickhouse]\npassword_file = {:?}\n",
+            secret.path().display().to_string()
+        ));
+        let c = Config::load(Some(f.path())).unwrap();
+        assert_eq!(c.clickhouse.password, "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let f = write("[clickhouse]\npassword = \"x\"\npassword_file = \"/nonexistent\"\n");
+        let e = Config::load(Some(f.path())).unwrap_err().to_string();
+        assert!(e.contains("password_file"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod decode;
 pub mod insert;
 pub mod migrate;
 pub mod row;

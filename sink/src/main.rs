@@ -26,7 +26,7 @@ struct Cli {
 enum Command {
     /// Consume and insert until SIGTERM/SIGINT (the default).
     Run,
-    /// Apply the missing sql/migrations to ClickHouse and exit.
+    /// Apply the missing sql/migrations and the [retention] TTLs to ClickHouse and exit.
     Migrate,
 }
 

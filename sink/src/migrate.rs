@@ -5,7 +5,7 @@ use anyhow::Context;
 use clickhouse::{Client, Row};
 use serde::Deserialize;
 
-use crate::config::ClickHouseConfig;
+use crate::config::{ClickHouseConfig, RetentionConfig};
 
 /// `(file name, contents)` of every `sql/migrations/*.sql`, sorted by file name (see build.rs).
 pub const EMBEDDED: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
@@ -196,6 +196,116 @@ pub async fn apply(
         now_applied.push(m.version);
     }
     Ok(now_applied)
+}
+
+/// Without migrating: checks that every migration of `migrations` is recorded in
+/// `schema_migrations`. `Err`: ClickHouse could not be asked; `Ok(Err(message))`: the schema is
+/// older than this sink (the message says what to run). A schema newer than the sink is
+/// accepted with a warning (migrations only add).
+pub async fn check(
+    config: &ClickHouseConfig,
+    migrations: &[Migration],
+) -> anyhow::Result<Result<(), String>> {
+    let server = crate::insert::client(config).with_validation(false);
+    let exists: u64 = server
+        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?")
+        .bind(MIGRATIONS_TABLE)
+        .fetch_one()
+        .await
+        .with_context(|| format!("checking the schema on {}", config.url))?;
+    let applied = if exists > 0 {
+        applied_versions(&server).await?
+    } else {
+        Vec::new()
+    };
+    let missing: Vec<String> = migrations
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .map(|m| format!("{:04}_{}", m.version, m.name))
+        .collect();
+    if !missing.is_empty() {
+        return Ok(Err(format!(
+            "ClickHouse schema in database `{}` is older than this sink: missing migrations {} \
+             (applied: {:?}). Run `flowlens-sink migrate` with a user allowed to create and alter \
+             tables, or set sink.migrate_on_start = true",
+            config.database,
+            missing.join(", "),
+            applied
+        )));
+    }
+    let known: Vec<u32> = migrations.iter().map(|m| m.version).collect();
+    let newer: Vec<u32> = applied.into_iter().filter(|v| !known.contains(v)).collect();
+    if !newer.is_empty() {
+        tracing::warn!(
+            ?newer,
+            "schema has migrations newer than this sink; continuing"
+        );
+    }
+    Ok(Ok(()))
+}
+
+/// The TTL expression of each table for `retention`.
+pub fn retention_ttls(retention: &RetentionConfig) -> Vec<(&'static str, String)> {
+    let mut out = vec![(
+        "flows",
+        format!(
+            "toDateTime(time_flow_end) + toIntervalDay({})",
+            retention.raw_days
+        ),
+    )];
+    for (tables, days) in [
+        (
+            ["flows_iface_1m", "flows_k8s_1m", "flows_port_1m"],
+            retention.minute_days,
+        ),
+        (
+            ["flows_iface_1h", "flows_k8s_1h", "flows_port_1h"],
+            retention.hour_days,
+        ),
+    ] {
+        for t in tables {
+            out.push((t, format!("time + toIntervalDay({days})")));
+        }
+    }
+    out
+}
+
+/// Sets the TTL of `flows` and the rollups to `retention` where it differs (tables that do
+/// not exist are skipped). Returns the tables altered.
+pub async fn apply_retention(
+    config: &ClickHouseConfig,
+    retention: &RetentionConfig,
+) -> anyhow::Result<Vec<&'static str>> {
+    #[derive(Row, Deserialize)]
+    struct Table {
+        name: String,
+        engine_full: String,
+    }
+    let server = crate::insert::client(config).with_validation(false);
+    let tables: Vec<Table> = server
+        .query("SELECT name, engine_full FROM system.tables WHERE database = currentDatabase()")
+        .fetch_all()
+        .await
+        .context("reading table definitions")?;
+    let mut altered = Vec::new();
+    for (table, ttl) in retention_ttls(retention) {
+        let Some(t) = tables.iter().find(|t| t.name == table) else {
+            continue;
+        };
+        if t.engine_full.contains(&format!("TTL {ttl} "))
+            || t.engine_full.ends_with(&format!("TTL {ttl}"))
+        {
+            continue;
+        }
+        tracing::info!(table, %ttl, "applying retention");
+        server
+            .query_raw(&format!("ALTER TABLE `{table}` MODIFY TTL {ttl}"))
+            .execute()
+            .await
+            .with_context(|| format!("setting the TTL of `{table}`"))?;
+        altered.push(table);
+    }
+    Ok(altered)
 }
 
 /// Versions recorded in `schema_migrations`.

@@ -66,6 +66,12 @@ pub struct FlowRow {
     pub dst_workload_kind: String,
     pub dst_node: String,
     pub dst_service: String,
+    /// Provenance (migration 0002): where the sink read the record. Set by the sink after the
+    /// conversion (`FlowRow::try_from` leaves them empty); the sink reads `max(kafka_offset)`
+    /// back after a restart to cut its first batch where the last stored one ended.
+    pub kafka_topic: String,
+    pub kafka_partition: u16,
+    pub kafka_offset: u64,
 }
 
 /// A decoded record whose values do not fit the table's column types.
@@ -90,7 +96,8 @@ fn fit<T: TryFrom<i64>>(
 }
 
 /// Fixed RowBinary size of a row: everything except the strings' bytes and length prefixes.
-const FIXED_LEN: usize = 3 * 8 + 4 + 1 + 2 + 2 + 1 + 16 + 16 + 2 + 2 + 1 + 1 + 2 + 8 + 8 + 4;
+const FIXED_LEN: usize =
+    3 * 8 + 4 + 1 + 2 + 2 + 1 + 16 + 16 + 2 + 2 + 1 + 1 + 2 + 8 + 8 + 4 + 2 + 8;
 
 impl TryFrom<EnrichedFlow> for FlowRow {
     type Error = RowError;
@@ -132,6 +139,9 @@ impl TryFrom<EnrichedFlow> for FlowRow {
             dst_workload_kind: f.dst_workload_kind.unwrap_or_default(),
             dst_node: f.dst_node.unwrap_or_default(),
             dst_service: f.dst_service.unwrap_or_default(),
+            kafka_topic: String::new(),
+            kafka_partition: 0,
+            kafka_offset: 0,
         })
     }
 }
@@ -157,12 +167,237 @@ impl FlowRow {
             &self.dst_workload_kind,
             &self.dst_node,
             &self.dst_service,
+            &self.kafka_topic,
         ];
         FIXED_LEN
             + strings
                 .iter()
                 .map(|s| varint_len(s.len()) + s.len())
                 .sum::<usize>()
+    }
+}
+
+/// Table column types `FlowRow` writes, in column order: (name, accepted types). Strings go to
+/// `String` or `LowCardinality(String)` alike (same RowBinary encoding).
+pub const COLUMN_TYPES: [(&str, &[&str]); 38] = {
+    const S: &[&str] = &["String", "LowCardinality(String)"];
+    const NS: &[&str] = &["DateTime64(9)", "DateTime64(9, 'UTC')"];
+    [
+        ("time_flow_start", NS),
+        ("time_flow_end", NS),
+        ("time_exported", NS),
+        ("host", S),
+        ("ifindex", &["UInt32"]),
+        ("if_name", S),
+        ("if_mac", S),
+        ("if_kind", S),
+        ("if_netns", S),
+        ("direction", &["Enum8('ingress' = 0, 'egress' = 1)"]),
+        ("etype", &["UInt16"]),
+        ("vlan_id", &["UInt16"]),
+        ("proto", &["UInt8"]),
+        ("src_addr", &["IPv6"]),
+        ("dst_addr", &["IPv6"]),
+        ("src_port", &["UInt16"]),
+        ("dst_port", &["UInt16"]),
+        ("icmp_type", &["UInt8"]),
+        ("icmp_code", &["UInt8"]),
+        ("tcp_flags", &["UInt16"]),
+        ("packets", &["UInt64"]),
+        ("bytes", &["UInt64"]),
+        ("sampling_rate", &["UInt32"]),
+        ("src_pod", S),
+        ("src_namespace", S),
+        ("src_workload", S),
+        ("src_workload_kind", S),
+        ("src_node", S),
+        ("src_service", S),
+        ("dst_pod", S),
+        ("dst_namespace", S),
+        ("dst_workload", S),
+        ("dst_workload_kind", S),
+        ("dst_node", S),
+        ("dst_service", S),
+        ("kafka_topic", S),
+        ("kafka_partition", &["UInt16"]),
+        ("kafka_offset", &["UInt64"]),
+    ]
+};
+
+/// A row whose strings are borrowed (from a decoded Kafka payload or a `FlowRow`): what the
+/// sink writes as RowBinary without allocating per row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowRef<'a> {
+    pub time_flow_start: i64,
+    pub time_flow_end: i64,
+    pub time_exported: i64,
+    pub host: &'a str,
+    pub ifindex: u32,
+    pub if_name: &'a str,
+    pub if_mac: &'a str,
+    pub if_kind: &'a str,
+    pub if_netns: &'a str,
+    pub direction: DirectionColumn,
+    pub etype: u16,
+    pub vlan_id: u16,
+    pub proto: u8,
+    pub src_addr: Ipv6Addr,
+    pub dst_addr: Ipv6Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub tcp_flags: u16,
+    pub packets: u64,
+    pub bytes: u64,
+    pub sampling_rate: u32,
+    /// src_ pod, namespace, workload, workload_kind, node, service, then the same for dst_.
+    pub k8s: [&'a str; 12],
+    pub kafka_topic: &'a str,
+    pub kafka_partition: u16,
+    pub kafka_offset: u64,
+}
+
+impl RowRef<'_> {
+    /// Appends the row in RowBinary (the column order of `COLUMN_TYPES`): exactly the bytes the
+    /// `clickhouse` crate's serde serializer writes for the same `FlowRow`.
+    pub fn write_row_binary(&self, out: &mut Vec<u8>) {
+        fn string(out: &mut Vec<u8>, s: &str) {
+            let mut n = s.len();
+            while n >= 0x80 {
+                out.push((n as u8) | 0x80);
+                n >>= 7;
+            }
+            out.push(n as u8);
+            out.extend_from_slice(s.as_bytes());
+        }
+        out.extend_from_slice(&self.time_flow_start.to_le_bytes());
+        out.extend_from_slice(&self.time_flow_end.to_le_bytes());
+        out.extend_from_slice(&self.time_exported.to_le_bytes());
+        string(out, self.host);
+        out.extend_from_slice(&self.ifindex.to_le_bytes());
+        string(out, self.if_name);
+        string(out, self.if_mac);
+        string(out, self.if_kind);
+        string(out, self.if_netns);
+        out.push(self.direction as i8 as u8);
+        out.extend_from_slice(&self.etype.to_le_bytes());
+        out.extend_from_slice(&self.vlan_id.to_le_bytes());
+        out.push(self.proto);
+        out.extend_from_slice(&self.src_addr.octets());
+        out.extend_from_slice(&self.dst_addr.octets());
+        out.extend_from_slice(&self.src_port.to_le_bytes());
+        out.extend_from_slice(&self.dst_port.to_le_bytes());
+        out.push(self.icmp_type);
+        out.push(self.icmp_code);
+        out.extend_from_slice(&self.tcp_flags.to_le_bytes());
+        out.extend_from_slice(&self.packets.to_le_bytes());
+        out.extend_from_slice(&self.bytes.to_le_bytes());
+        out.extend_from_slice(&self.sampling_rate.to_le_bytes());
+        for s in self.k8s {
+            string(out, s);
+        }
+        string(out, self.kafka_topic);
+        out.extend_from_slice(&self.kafka_partition.to_le_bytes());
+        out.extend_from_slice(&self.kafka_offset.to_le_bytes());
+    }
+
+    /// The owned row.
+    pub fn to_row(&self) -> FlowRow {
+        let k = |i: usize| self.k8s[i].to_owned();
+        FlowRow {
+            time_flow_start: self.time_flow_start,
+            time_flow_end: self.time_flow_end,
+            time_exported: self.time_exported,
+            host: self.host.to_owned(),
+            ifindex: self.ifindex,
+            if_name: self.if_name.to_owned(),
+            if_mac: self.if_mac.to_owned(),
+            if_kind: self.if_kind.to_owned(),
+            if_netns: self.if_netns.to_owned(),
+            direction: self.direction,
+            etype: self.etype,
+            vlan_id: self.vlan_id,
+            proto: self.proto,
+            src_addr: self.src_addr,
+            dst_addr: self.dst_addr,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            icmp_type: self.icmp_type,
+            icmp_code: self.icmp_code,
+            tcp_flags: self.tcp_flags,
+            packets: self.packets,
+            bytes: self.bytes,
+            sampling_rate: self.sampling_rate,
+            src_pod: k(0),
+            src_namespace: k(1),
+            src_workload: k(2),
+            src_workload_kind: k(3),
+            src_node: k(4),
+            src_service: k(5),
+            dst_pod: k(6),
+            dst_namespace: k(7),
+            dst_workload: k(8),
+            dst_workload_kind: k(9),
+            dst_node: k(10),
+            dst_service: k(11),
+            kafka_topic: self.kafka_topic.to_owned(),
+            kafka_partition: self.kafka_partition,
+            kafka_offset: self.kafka_offset,
+        }
+    }
+}
+
+impl FlowRow {
+    /// The row with borrowed strings.
+    pub fn as_ref(&self) -> RowRef<'_> {
+        RowRef {
+            time_flow_start: self.time_flow_start,
+            time_flow_end: self.time_flow_end,
+            time_exported: self.time_exported,
+            host: &self.host,
+            ifindex: self.ifindex,
+            if_name: &self.if_name,
+            if_mac: &self.if_mac,
+            if_kind: &self.if_kind,
+            if_netns: &self.if_netns,
+            direction: self.direction,
+            etype: self.etype,
+            vlan_id: self.vlan_id,
+            proto: self.proto,
+            src_addr: self.src_addr,
+            dst_addr: self.dst_addr,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            icmp_type: self.icmp_type,
+            icmp_code: self.icmp_code,
+            tcp_flags: self.tcp_flags,
+            packets: self.packets,
+            bytes: self.bytes,
+            sampling_rate: self.sampling_rate,
+            k8s: [
+                &self.src_pod,
+                &self.src_namespace,
+                &self.src_workload,
+                &self.src_workload_kind,
+                &self.src_node,
+                &self.src_service,
+                &self.dst_pod,
+                &self.dst_namespace,
+                &self.dst_workload,
+                &self.dst_workload_kind,
+                &self.dst_node,
+                &self.dst_service,
+            ],
+            kafka_topic: &self.kafka_topic,
+            kafka_partition: self.kafka_partition,
+            kafka_offset: self.kafka_offset,
+        }
+    }
+
+    /// Appends the row in RowBinary (see [`RowRef::write_row_binary`]).
+    pub fn write_row_binary(&self, out: &mut Vec<u8>) {
+        self.as_ref().write_row_binary(out);
     }
 }
 
@@ -275,13 +510,36 @@ mod tests {
     fn columns_are_in_table_order() {
         use clickhouse::Row as _;
         let cols = FlowRow::COLUMN_NAMES;
-        assert_eq!(cols.len(), 35);
+        assert_eq!(cols.len(), 38);
         assert_eq!(
             &cols[..4],
             &["time_flow_start", "time_flow_end", "time_exported", "host"]
         );
         assert_eq!(cols[9], "direction");
         assert_eq!(cols[34], "dst_service");
+        assert_eq!(
+            &cols[35..],
+            &["kafka_topic", "kafka_partition", "kafka_offset"]
+        );
+    }
+
+    #[test]
+    fn column_types_follow_the_struct() {
+        use clickhouse::Row as _;
+        let names: Vec<&str> = COLUMN_TYPES.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, FlowRow::COLUMN_NAMES);
+    }
+
+    #[test]
+    fn row_binary_has_the_encoded_len() {
+        let mut row = FlowRow::try_from(sample_flow(300)).unwrap();
+        row.kafka_topic = "x".repeat(200);
+        let mut out = Vec::new();
+        row.write_row_binary(&mut out);
+        assert_eq!(out.len(), row.encoded_len());
+        assert_eq!(row.as_ref().to_row(), row);
+        assert_eq!(&out[..8], &row.time_flow_start.to_le_bytes());
+        assert_eq!(&out[out.len() - 8..], &row.kafka_offset.to_le_bytes());
     }
 
     #[test]
@@ -295,8 +553,8 @@ mod tests {
             + "web-7".len()
             + "shop".len()
             + "api".len();
-        assert_eq!(row.encoded_len(), FIXED_LEN + 17 + strings);
-        assert_eq!(FIXED_LEN, 94);
+        assert_eq!(row.encoded_len(), FIXED_LEN + 18 + strings);
+        assert_eq!(FIXED_LEN, 104);
         assert_eq!(varint_len(127), 1);
         assert_eq!(varint_len(128), 2);
     }

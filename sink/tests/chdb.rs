@@ -332,7 +332,14 @@ async fn failed_insert_commits_nothing_then_recovers_exactly_once() {
     let tansu = Tansu::start();
     let name = unique("fail");
     let mut config = config(&tansu, &chdb, &name);
-    // No migrations: the flows table does not exist, so every insert fails.
+    // The schema is in place, then `flows` is detached: the sink starts (its schema check
+    // passes) and every read-back and insert fails with UNKNOWN_TABLE.
+    let migrations = flowlens_sink::migrate::embedded().unwrap();
+    flowlens_sink::migrate::apply(&config.clickhouse, &migrations)
+        .await
+        .unwrap();
+    let admin = flowlens_sink::insert::client(&config.clickhouse).with_validation(false);
+    admin.query("DETACH TABLE flows").execute().await.unwrap();
     config.sink.migrate_on_start = false;
     const N: u32 = 400;
     let ends = produce(&config, N, false, base_ns()).await;
@@ -341,10 +348,9 @@ async fn failed_insert_commits_nothing_then_recovers_exactly_once() {
 
     let shutdown = Shutdown::new();
     let sink = tokio::spawn(flowlens_sink::run(config.clone(), shutdown.clone()));
-    // Let the sink read everything and fail several inserts (batches are ready after 300 ms).
+    // Let the sink read everything and fail several attempts (batches are ready after 300 ms).
     let start = Instant::now();
-    // With validation on, an insert starts with `DESCRIBE TABLE`, which fails.
-    while !chdb.log().contains("DESCRIBE TABLE `flows`") {
+    while chdb.log().matches("UNKNOWN_TABLE").count() < 3 {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "the sink never tried to insert:\n{}",
@@ -360,12 +366,8 @@ async fn failed_insert_commits_nothing_then_recovers_exactly_once() {
         "offsets committed although no insert succeeded: {during:?}"
     );
 
-    // Fix ClickHouse: create the table. The running sink's retries now succeed.
-    let migrations = flowlens_sink::migrate::embedded().unwrap();
-    let applied = flowlens_sink::migrate::apply(&config.clickhouse, &migrations)
-        .await
-        .unwrap();
-    assert_eq!(applied.first(), Some(&1));
+    // Fix ClickHouse: attach the table again. The running sink's retries now succeed.
+    admin.query("ATTACH TABLE flows").execute().await.unwrap();
     let client = flowlens_sink::insert::client(&config.clickhouse);
     wait_done(
         &config,
@@ -390,4 +392,114 @@ async fn failed_insert_commits_nothing_then_recovers_exactly_once() {
         .expect("sink stops on shutdown")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn older_schema_stops_with_a_clear_message() {
+    if skip() {
+        return;
+    }
+    let chdb = Chdb::start();
+    let config = Config {
+        clickhouse: ClickHouseConfig {
+            url: chdb.url(),
+            ..Default::default()
+        },
+        sink: SinkConfig {
+            migrate_on_start: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // Only the first migration applied: an older schema.
+    let all = flowlens_sink::migrate::embedded().unwrap();
+    flowlens_sink::migrate::apply(&config.clickhouse, &all[..1])
+        .await
+        .unwrap();
+    let e = flowlens_sink::run(config.clone(), Shutdown::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing migrations 0002_"), "{e}");
+    assert!(e.contains("flowlens-sink migrate"), "{e}");
+    // `migrate` brings it up to date; then the same check passes.
+    let applied = flowlens_sink::migrate::apply(&config.clickhouse, &all)
+        .await
+        .unwrap();
+    assert_eq!(applied, (2..=all.len() as u32).collect::<Vec<_>>());
+    assert!(flowlens_sink::migrate::check(&config.clickhouse, &all)
+        .await
+        .unwrap()
+        .is_ok());
+    // Retention from the config is applied once, then nothing changes.
+    let retention = flowlens_sink::config::RetentionConfig {
+        raw_days: 7,
+        minute_days: 30,
+        hour_days: 365,
+    };
+    let altered = flowlens_sink::migrate::apply_retention(&config.clickhouse, &retention)
+        .await
+        .unwrap();
+    assert_eq!(altered.len(), 7, "{altered:?}");
+    let again = flowlens_sink::migrate::apply_retention(&config.clickhouse, &retention)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+}
+
+/// The deduplication token: the same batch sent twice (an INSERT whose acknowledgement was
+/// lost, then retried) is stored once, in `flows` and in every rollup; another token is a new
+/// batch.
+#[tokio::test]
+async fn same_token_is_stored_once_in_flows_and_rollups() {
+    if skip() {
+        return;
+    }
+    let chdb = Chdb::start();
+    let config = ClickHouseConfig {
+        url: chdb.url(),
+        ..Default::default()
+    };
+    let migrations = flowlens_sink::migrate::embedded().unwrap();
+    flowlens_sink::migrate::apply(&config, &migrations)
+        .await
+        .unwrap();
+    let inserter = flowlens_sink::insert::Inserter::new(&config);
+    let base = base_ns();
+    let rows: Vec<flowlens_sink::FlowRow> = (0..1000u32)
+        .map(|i| {
+            let mut r = flowlens_sink::FlowRow::try_from(sample_flow_at(i, base)).unwrap();
+            r.kafka_topic = "t".into();
+            r.kafka_offset = u64::from(i);
+            r
+        })
+        .collect();
+    let client = flowlens_sink::insert::client(&config);
+    let totals = || async {
+        let mut out = Vec::new();
+        for table in [
+            "flows",
+            "flows_iface_1m",
+            "flows_iface_1h",
+            "flows_k8s_1m",
+            "flows_k8s_1h",
+            "flows_port_1m",
+            "flows_port_1h",
+        ] {
+            let sql = format!("SELECT sum(packets) FROM {table}");
+            out.push(client.query(&sql).fetch_one::<u64>().await.unwrap());
+        }
+        out
+    };
+    let one = 1000 * 1001 / 2;
+    inserter.write(&rows, Some("t/0/0-999")).await.unwrap();
+    assert_eq!(totals().await, vec![one; 7]);
+    inserter.write(&rows, Some("t/0/0-999")).await.unwrap();
+    assert_eq!(
+        totals().await,
+        vec![one; 7],
+        "a retried batch was stored twice"
+    );
+    inserter.write(&rows, Some("t/0/1000-1999")).await.unwrap();
+    assert_eq!(totals().await, vec![2 * one; 7]);
 }

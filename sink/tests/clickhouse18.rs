@@ -45,11 +45,11 @@ async fn flow_rows_are_accepted_by_clickhouse_18() {
     let started = Instant::now();
     let (a, b) = rows.split_at(rows.len() / 2);
     inserter
-        .write(a)
+        .write(a, None)
         .await
         .expect("insert into ClickHouse 18.16");
     inserter
-        .write(b)
+        .write(b, None)
         .await
         .expect("insert into ClickHouse 18.16");
     let elapsed = started.elapsed();

@@ -43,7 +43,10 @@ CREATE TABLE IF NOT EXISTS flows
     dst_workload      String,
     dst_workload_kind String,
     dst_node          String,
-    dst_service       String
+    dst_service       String,
+    kafka_topic       String,
+    kafka_partition   UInt16,
+    kafka_offset      UInt64
 )
 ENGINE = MergeTree
 PARTITION BY toDate(toDateTime(intDiv(time_flow_end, 1000000000)))

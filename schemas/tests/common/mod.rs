@@ -84,6 +84,12 @@ pub fn enriched_full() -> EnrichedFlow {
     e.dst_workload_kind = None;
     e.dst_node = None;
     e.dst_service = Some(String::new());
+    e.src_pod_uid = Some("0b5c3a52-4a8e-4f0e-9c1d-2f7e8a9b1c3d".into());
+    e.src_role = Some("client".into());
+    e.dst_role = Some("server".into());
+    e.locality = Some("cluster".into());
+    e.if_pod = Some("web-7d9f-abcde".into());
+    e.if_namespace = Some("shop".into());
     e
 }
 

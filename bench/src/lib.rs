@@ -1,0 +1,13 @@
+//! flowlens-bench: the load-test harness (synthetic flows → broker → enricher → sink →
+//! ClickHouse, measured against the broker alone in the same run) and the capacity model.
+//!
+//! Modules: [`gen`] (record shapes), [`produce`] (rate-limited producer with delivery
+//! accounting), [`probe`] (/proc, Prometheus and ClickHouse readings), [`run`] (the phases),
+//! [`report`] (markdown, JSON, PNG plots), [`capacity`] (partitions/instances/shards for N nodes).
+
+pub mod capacity;
+pub mod gen;
+pub mod probe;
+pub mod produce;
+pub mod report;
+pub mod run;

@@ -1,0 +1,384 @@
+//! Writes a run's report: `<name>.md` (tables, the reproducing command, plots), `<name>.json`
+//! (every number, input of the capacity calculator) and PNG plots drawn with plotters.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use plotters::prelude::*;
+
+use crate::run::{Report, Sample, StageCost};
+
+/// Fonts tried for plot text (Debian: fonts-dejavu-core); `FLOWLENS_BENCH_FONT` goes first.
+const FONTS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+/// Registers a TTF as plotters' "sans-serif" (ab_glyph backend: no fontconfig/freetype).
+fn register_font() -> anyhow::Result<()> {
+    use std::sync::OnceLock;
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let env = std::env::var("FLOWLENS_BENCH_FONT").ok();
+        let path = env
+            .iter()
+            .map(String::as_str)
+            .chain(FONTS.iter().copied())
+            .find(|p| Path::new(p).exists())
+            .ok_or_else(|| {
+                format!(
+                    "no font for the plots: install fonts-dejavu-core or set FLOWLENS_BENCH_FONT \
+                     to a .ttf (tried {FONTS:?})"
+                )
+            })?;
+        let bytes: &'static [u8] = Box::leak(
+            std::fs::read(path)
+                .map_err(|e| format!("{path}: {e}"))?
+                .into_boxed_slice(),
+        );
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| format!("{path} is not a usable TTF"))
+    })
+    .clone()
+    .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1024.0 / 1024.0
+}
+
+fn rate(v: Option<f64>) -> String {
+    v.map_or("–".into(), |r| format!("{r:.0}"))
+}
+
+fn cost_table(out: &mut String, costs: &[StageCost]) {
+    out.push_str(
+        "| process | records/s over the phase | CPU s | CPU s per 1M records | max RSS (MiB) |\n",
+    );
+    out.push_str("|---|---:|---:|---:|---:|\n");
+    for c in costs {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.2} | {:.2} | {:.0} |",
+            c.name,
+            rate(c.records_per_s),
+            c.cpu_s,
+            c.cpu_s_per_million,
+            mib(c.max_rss_bytes)
+        );
+    }
+}
+
+/// The markdown text of a report; plot file names relative to it.
+pub fn markdown(r: &Report, name: &str) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "# flowlens bench: {name}\n");
+    if r.quick {
+        let _ = writeln!(
+            o,
+            "> **Smoke run (`--quick`)**: counts are far too small for rates, ratios or latencies \
+             to mean anything (start-up and batch timers dominate). It checks that the harness \
+             works end to end and that nothing is lost. Use the full run for numbers.\n"
+        );
+    }
+    let _ = writeln!(o, "- machine: {}", r.machine);
+    let _ = writeln!(o, "- finished: {}", r.started_utc);
+    let _ = writeln!(
+        o,
+        "- load average (1/5/15 min) before: {}, after: {} (other work on the machine shares the cores)",
+        r.load_before, r.load_after
+    );
+    let _ = writeln!(
+        o,
+        "- {}; the load generator and both stages run on this machine",
+        r.services
+    );
+    let _ = writeln!(
+        o,
+        "- topics: {} partitions; records (Avro single-object) {:.0} bytes raw, {:.0} bytes \
+         enriched on average",
+        r.partitions, r.codec.raw_bytes_avg, r.codec.enriched_bytes_avg
+    );
+    let _ = writeln!(
+        o,
+        "- sink batch.max_age_ms: {}",
+        r.sink_batch_age_ms
+            .map_or("default (2000)".to_string(), |a| a.to_string())
+    );
+    let _ = writeln!(o, "- reproduce: `{}`\n", r.command);
+
+    let l = &r.losses;
+    let verdict = if l.missing == 0 && l.delivery_failures == 0 {
+        "**zero losses**"
+    } else {
+        "**LOSSES**"
+    };
+    let _ = writeln!(o, "## Summary\n");
+    o.push_str("| measure | value |\n|---|---:|\n");
+    let _ = writeln!(
+        o,
+        "| broker alone, produce + consume concurrently (records/s) | {:.0} |",
+        r.baseline.pass_through_per_s
+    );
+    let _ = writeln!(
+        o,
+        "| broker alone, produce only (records/s) | {:.0} |",
+        r.baseline.produce_only_per_s
+    );
+    let _ = writeln!(
+        o,
+        "| pipeline at saturation, produce → row in ClickHouse (records/s) | {:.0} |",
+        r.saturation.end_to_end_per_s
+    );
+    let _ = writeln!(
+        o,
+        "| **pipeline / broker alone** (target ≥ 80 %) | **{:.0} %** |",
+        r.ratio_to_broker * 100.0
+    );
+    for c in &r.saturation.costs {
+        if let (Some(rate), "enricher" | "sink") = (c.records_per_s, c.name.as_str()) {
+            let _ = writeln!(
+                o,
+                "| {} stage at saturation ({:.0} records/s) / broker alone | {:.0} % |",
+                c.name,
+                rate,
+                rate / r.baseline.pass_through_per_s * 100.0
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "| sustained rate (records/s, for {:.0} s) | {:.0} |",
+        r.sustained.records as f64 / r.sustained.target_rate.max(1.0),
+        r.sustained.target_rate
+    );
+    let _ = writeln!(
+        o,
+        "| end-to-end latency at the sustained rate, p50 / p99 / max (ms) | {:.0} / {:.0} / {:.0} |",
+        r.sustained.latency_ms_p50, r.sustained.latency_ms_p99, r.sustained.latency_ms_max
+    );
+    let _ = writeln!(
+        o,
+        "| end-to-end latency at saturation (backlog included), p50 / p99 / max (ms) | {:.0} / {:.0} / {:.0} |",
+        r.saturation.latency_ms_p50, r.saturation.latency_ms_p99, r.saturation.latency_ms_max
+    );
+    let _ = writeln!(
+        o,
+        "| records sent / rows in ClickHouse / unique ids / missing / duplicates | {} / {} / {} / {} / {} → {verdict} |",
+        l.sent, l.rows, l.unique_ids, l.missing, l.duplicates
+    );
+    let _ = writeln!(
+        o,
+        "| delivery failures / dead-lettered | {} / {:.0} |\n",
+        l.delivery_failures,
+        l.dead_lettered.abs()
+    );
+
+    let _ = writeln!(
+        o,
+        "## Broker alone ({} records, {:.1} s)\n",
+        r.baseline.records, r.baseline.seconds
+    );
+    cost_table(&mut o, &r.baseline.costs);
+    let _ = writeln!(
+        o,
+        "\n## Pipeline at saturation ({} records, {:.1} s)\n",
+        r.saturation.records, r.saturation.seconds
+    );
+    cost_table(&mut o, &r.saturation.costs);
+    let _ = writeln!(
+        o,
+        "\n## Sustained rate ({:.0} records/s, {} records, {:.1} s)\n",
+        r.sustained.target_rate, r.sustained.records, r.sustained.seconds
+    );
+    cost_table(&mut o, &r.sustained.costs);
+    let c = &r.codec;
+    let _ = writeln!(
+        o,
+        "\n## Where a record's CPU goes outside Kafka and ClickHouse\n\n\
+         Single thread, in the load generator's process, over {} generated records:\n\n\
+         | step | µs per record |\n|---|---:|\n\
+         | enricher: `flowlens_schemas::decode::<RawFlow>` | {:.2} |\n\
+         | enricher: `flowlens_schemas::encode(&EnrichedFlow)` | {:.2} |\n\
+         | generic path: `flowlens_schemas::decode::<EnrichedFlow>` | {:.2} |\n\
+         | generic path: `FlowRow::try_from(EnrichedFlow)` | {:.2} |\n\
+         | sink: payload → `FlowRow` as the sink does it (`flowlens_sink::decode::flow_row`) | {:.2} |\n\n\
+         Compare with the stages' measured CPU per record above (CPU s per 1M records = µs per \
+         record): the rest is the Kafka clients, the join, batching, LZ4 and HTTP.",
+        c.records, c.decode_raw_us, c.encode_enriched_us, c.decode_enriched_us, c.to_row_us, c.sink_flow_row_us
+    );
+    let _ = writeln!(o, "\n![throughput]({name}-throughput.png)\n");
+    let _ = writeln!(o, "![consumer lag]({name}-lag.png)\n");
+    let _ = writeln!(o, "![latency]({name}-latency.png)\n");
+    let _ = writeln!(o, "![cpu]({name}-cpu.png)\n");
+    o.push_str(
+        "## How it is measured\n\n\
+         - Records are synthetic raw flows (Zipf-distributed hosts, pods, services and ports; \
+         Pareto packet counts; 30 % IPv6) produced with the collector's producer settings; each \
+         carries its sequence number in `time_flow_start` (run base + n ns), so the loss check \
+         counts distinct ids in ClickHouse, exactly.\n\
+         - The enricher and the sink each run in their own process (`flowlens-bench stage ...`, \
+         calling `flowlens_enricher::run` / `flowlens_sink::run` with their default settings); \
+         CPU seconds and RSS come from /proc for every process; records/s per stage from the \
+         stages' own Prometheus counters.\n\
+         - Consumer lag: records produced (acknowledged) minus the consumer group's committed \
+         offsets (enricher on the raw topic; sink on the enriched topic, against the enricher's \
+         output count).\n\
+         - Latency: `time_inserted` (set by ClickHouse when the row is written) minus \
+         `time_exported` (set by the load generator when it sends): flow exported → row visible. \
+         A collector adds up to its scan interval before that. The sink's batch age \
+         (`batch.max_age_ms`, default 2000) dominates it at moderate rates.\n\
+         - The ratio compares the pipeline (two broker hops, decode/join/encode, ClickHouse \
+         inserts) with one broker hop and no processing, in the same run, on the same cores.\n",
+    );
+    o
+}
+
+fn rates(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> Vec<(f64, f64)> {
+    // Samples taken back to back at a phase boundary would turn /proc's 10 ms CPU ticks into
+    // spikes: keep samples at least 200 ms apart.
+    let mut kept: Vec<&Sample> = Vec::new();
+    for s in samples {
+        if kept.last().is_none_or(|k| s.t_s - k.t_s >= 0.2) {
+            kept.push(s);
+        }
+    }
+    kept.windows(2)
+        .filter(|w| w[1].t_s > w[0].t_s)
+        .map(|w| {
+            (
+                w[1].t_s,
+                ((f(w[1]) - f(w[0])) / (w[1].t_s - w[0].t_s)).max(0.0),
+            )
+        })
+        .collect()
+}
+
+type Series = (String, Vec<(f64, f64)>);
+
+fn line_chart(path: &Path, title: &str, y_label: &str, series: &[Series]) -> anyhow::Result<()> {
+    let root = BitMapBackend::new(path, (1000, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let x_max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|p| p.0))
+        .fold(1.0f64, f64::max);
+    let y_max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|p| p.1))
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since start")
+        .y_desc(y_label)
+        .y_label_formatter(&|v| {
+            if *v >= 10_000.0 {
+                format!("{:.0}k", v / 1000.0)
+            } else if *v >= 10.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.1}")
+            }
+        })
+        .draw()?;
+    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    for (i, (label, points)) in series.iter().enumerate() {
+        let color = palette[i % palette.len()];
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(label.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Writes `<dir>/<name>.md`, `.json` and the plots; returns the markdown path.
+pub fn write(r: &Report, dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    register_font()?;
+    let s = &r.samples;
+    line_chart(
+        &dir.join(format!("{name}-throughput.png")),
+        "Throughput per stage (warm-up, baseline, saturation, sustained)",
+        "records/s",
+        &[
+            ("produced (acked)".into(), rates(s, |x| x.produced as f64)),
+            ("enricher out".into(), rates(s, |x| x.enricher_out)),
+            ("sink inserted".into(), rates(s, |x| x.sink_inserted)),
+        ],
+    )?;
+    line_chart(
+        &dir.join(format!("{name}-lag.png")),
+        "Consumer lag (records not yet committed)",
+        "records",
+        &[
+            (
+                "enricher group, raw topic".into(),
+                s.iter().map(|x| (x.t_s, x.lag_enricher)).collect(),
+            ),
+            (
+                "sink group, enriched topic".into(),
+                s.iter().map(|x| (x.t_s, x.lag_sink)).collect(),
+            ),
+        ],
+    )?;
+    line_chart(
+        &dir.join(format!("{name}-latency.png")),
+        "End-to-end latency at the sustained rate (exported -> row in ClickHouse)",
+        "ms",
+        &[
+            (
+                "p50".into(),
+                r.latency.iter().map(|p| (p.t_s, p.p50_ms)).collect(),
+            ),
+            (
+                "p99".into(),
+                r.latency.iter().map(|p| (p.t_s, p.p99_ms)).collect(),
+            ),
+            (
+                "max".into(),
+                r.latency.iter().map(|p| (p.t_s, p.max_ms)).collect(),
+            ),
+        ],
+    )?;
+    let cpu: Vec<Series> = r
+        .processes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), rates(s, |x| x.cpu_s[i])))
+        .collect();
+    line_chart(
+        &dir.join(format!("{name}-cpu.png")),
+        "CPU per process (cores; this machine has 2)",
+        "cores",
+        &cpu,
+    )?;
+    let md = dir.join(format!("{name}.md"));
+    std::fs::write(&md, markdown(r, name))?;
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(r)?,
+    )?;
+    Ok(md)
+}

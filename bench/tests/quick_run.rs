@@ -1,0 +1,53 @@
+//! `flowlens-bench run --quick` end to end against the real local services (tansu, chdb):
+//! the report, its JSON and plots are written, and ClickHouse holds every record exactly once.
+//! Checks counts and the report's shape only, never timings.
+
+use flowlens_runtime::testkit::{require, TANSU, VENV_PYTHON};
+
+#[test]
+fn quick_run_writes_a_report_with_zero_losses() {
+    if require(TANSU, "TANSU") || require(VENV_PYTHON, "CHDB") {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_flowlens-bench"))
+        .args(["run", "--quick", "--no-progress", "--name", "t", "--out"])
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "flowlens-bench run --quick failed: {status}"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("t.json")).unwrap()).unwrap();
+    let losses = &json["losses"];
+    let sent = losses["sent"].as_u64().unwrap();
+    assert!(sent >= 5_000, "{losses}");
+    assert_eq!(losses["unique_ids"].as_u64(), Some(sent), "{losses}");
+    assert_eq!(losses["rows"].as_u64(), Some(sent), "{losses}");
+    assert_eq!(losses["missing"].as_u64(), Some(0), "{losses}");
+    assert_eq!(losses["delivery_failures"].as_u64(), Some(0), "{losses}");
+    for key in ["baseline", "saturation", "sustained"] {
+        let costs = json[key]["costs"].as_array().unwrap();
+        let names: Vec<&str> = costs.iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert!(
+            names.contains(&"enricher") && names.contains(&"sink"),
+            "{names:?}"
+        );
+    }
+    assert!(json["ratio_to_broker"].as_f64().unwrap() > 0.0);
+    assert!(!json["samples"].as_array().unwrap().is_empty());
+
+    let md = std::fs::read_to_string(out.path().join("t.md")).unwrap();
+    assert!(md.contains("zero losses"), "{md}");
+    assert!(
+        md.contains("cargo run --release -p flowlens-bench -- run --quick"),
+        "{md}"
+    );
+    for plot in ["throughput", "lag", "latency", "cpu"] {
+        let png = std::fs::read(out.path().join(format!("t-{plot}.png"))).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{plot}");
+    }
+}

@@ -1,0 +1,16 @@
+-- New connections per destination service over the last {minutes:UInt32} minutes
+-- (flows_k8s_1m): flow records with SYN set and ACK not set, i.e. connection attempts, and
+-- how many distinct client pods made them. A SYN seen on two interfaces (e.g. both ends of a
+-- veth on one node) counts twice. Parameters: minutes (UInt32), limit (UInt32).
+SELECT
+    concat(dst_namespace, '/', dst_service) AS service,
+    sum(new_connections) AS new_connections,
+    round(new_connections / {minutes:UInt32}, 3) AS per_minute,
+    uniqExactIf(src_pod, flows_k8s_1m.new_connections > 0 AND src_pod != '') AS client_pods
+FROM flows_k8s_1m
+WHERE time >= toStartOfMinute(now() - toIntervalMinute({minutes:UInt32}))
+  AND dst_service != ''
+GROUP BY service
+HAVING new_connections > 0
+ORDER BY new_connections DESC, service
+LIMIT {limit:UInt32}

@@ -1,0 +1,14 @@
+-- Pod-to-pod traffic matrix over the last {minutes:UInt32} minutes, from the per-minute
+-- Kubernetes rollup (flows_k8s_1m). A side without a known pod is '(unknown)'.
+-- Parameters: minutes (UInt32), limit (UInt32).
+SELECT
+    if(src_pod = '', '(unknown)', concat(src_namespace, '/', src_pod)) AS src,
+    if(dst_pod = '', '(unknown)', concat(dst_namespace, '/', dst_pod)) AS dst,
+    sum(bytes) AS bytes,
+    sum(packets) AS packets,
+    sum(flows) AS flows
+FROM flows_k8s_1m
+WHERE time >= toStartOfMinute(now() - toIntervalMinute({minutes:UInt32}))
+GROUP BY src, dst
+ORDER BY bytes DESC, src, dst
+LIMIT {limit:UInt32}

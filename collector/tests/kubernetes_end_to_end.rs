@@ -285,6 +285,42 @@ async fn kubernetes_metadata_reaches_clickhouse_and_ip_reuse_is_attributed_by_ti
         let expect = |ip: &IpAddr| if a_side.contains(ip) { &client } else { b_side };
         assert_eq!(&r.src_side, expect(&r.src), "source of {r:?}");
         assert_eq!(&r.dst_side, expect(&r.dst), "destination of {r:?}");
+        // EnrichedFlow v2 columns (migration 0003): both pods on this node, the collector's
+        // interface is A's, pod UIDs by time as the names, roles where the flow decides them.
+        assert_eq!(r.locality, "node", "{r:?}");
+        assert_eq!(
+            (r.if_pod.as_str(), r.if_namespace.as_str()),
+            ("client-6b8c-x7k2p", NS),
+            "{r:?}"
+        );
+        let b_uid = if r.time_flow_start < switch_ns {
+            "uid-web"
+        } else {
+            "uid-api"
+        };
+        let uid = |ip: &IpAddr| {
+            if a_side.contains(ip) {
+                "uid-client"
+            } else {
+                b_uid
+            }
+        };
+        assert_eq!(
+            (r.src_pod_uid.as_str(), r.dst_pod_uid.as_str()),
+            (uid(&r.src), uid(&r.dst)),
+            "{r:?}"
+        );
+        // UDP to port 5000 (served by web/api): A is the client; echo requests come from A.
+        if r.proto == 17 && r.dst_port == 5000 {
+            assert_eq!(
+                (r.src_role.as_str(), r.dst_role.as_str()),
+                ("client", "server"),
+                "{r:?}"
+            );
+        }
+        if r.proto == 1 && r.icmp_type == 8 {
+            assert_eq!(r.src_role, "client", "{r:?}");
+        }
     }
     assert!(
         before > 0 && after > 0,
@@ -301,8 +337,8 @@ async fn kubernetes_metadata_reaches_clickhouse_and_ip_reuse_is_attributed_by_ti
     );
     assert_eq!(distinct.trim(), "api-77c9-x7k2p\nweb-5d4f-x7k2p");
 
-    // The fields ClickHouse does not store yet travel on the enriched topic: locality (both pods
-    // on this node), pod UIDs, client/server roles, the pod owning the interface.
+    // The same fields on the enriched topic: locality (both pods on this node), pod UIDs,
+    // client/server roles, the pod owning the interface.
     let messages = read_topic(
         &broker.broker(),
         &enriched_topic,
@@ -367,6 +403,15 @@ struct Row {
     packets: u64,
     src_side: Side,
     dst_side: Side,
+    dst_port: u16,
+    icmp_type: u8,
+    src_pod_uid: String,
+    dst_pod_uid: String,
+    src_role: String,
+    dst_role: String,
+    locality: String,
+    if_pod: String,
+    if_namespace: String,
 }
 
 fn query_rows(clickhouse: &Chdb, host: &str) -> Vec<Row> {
@@ -374,7 +419,9 @@ fn query_rows(clickhouse: &Chdb, host: &str) -> Vec<Row> {
         "SELECT toUnixTimestamp64Nano(time_flow_start), proto, IPv6NumToString(src_addr), \
          IPv6NumToString(dst_addr), packets, \
          src_pod, src_namespace, src_workload, src_workload_kind, src_service, \
-         dst_pod, dst_namespace, dst_workload, dst_workload_kind, dst_service \
+         dst_pod, dst_namespace, dst_workload, dst_workload_kind, dst_service, \
+         dst_port, icmp_type, src_pod_uid, dst_pod_uid, src_role, dst_role, locality, if_pod, \
+         if_namespace \
          FROM flows WHERE host = '{host}' FORMAT TSV"
     );
     let (status, text) = http(clickhouse.port, "POST", "/", &sql);
@@ -398,6 +445,15 @@ fn query_rows(clickhouse: &Chdb, host: &str) -> Vec<Row> {
                 packets: f[4].parse().unwrap(),
                 src_side: side(5),
                 dst_side: side(10),
+                dst_port: f[15].parse().unwrap(),
+                icmp_type: f[16].parse().unwrap(),
+                src_pod_uid: f[17].into(),
+                dst_pod_uid: f[18].into(),
+                src_role: f[19].into(),
+                dst_role: f[20].into(),
+                locality: f[21].into(),
+                if_pod: f[22].into(),
+                if_namespace: f[23].into(),
             }
         })
         .collect()

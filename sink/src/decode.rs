@@ -113,6 +113,8 @@ enum Target {
     IfNetns,
     /// Index into `K8S_FIELDS`.
     K8s(usize),
+    /// Index into `V2_FIELDS`.
+    V2(usize),
     /// A field the table has no column for: read and dropped.
     Skip,
 }
@@ -130,6 +132,17 @@ const K8S_FIELDS: [&str; 12] = [
     "dst_workload_kind",
     "dst_node",
     "dst_service",
+];
+
+/// The nullable strings EnrichedFlow version 2 added, in `RowRef::v2` order (migration 0003).
+const V2_FIELDS: [&str; 7] = [
+    "src_pod_uid",
+    "dst_pod_uid",
+    "src_role",
+    "dst_role",
+    "locality",
+    "if_pod",
+    "if_namespace",
 ];
 
 /// The decoding plan for the current writer schema, derived from the schema itself (so a new
@@ -212,9 +225,13 @@ fn build_plan(schema: &flowlens_schemas::apache_avro::Schema) -> Option<Vec<(Kin
             "if_mac" => (Target::IfMac, Kind::Str),
             "if_kind" => (Target::IfKind, Kind::Str),
             "if_netns" => (Target::IfNetns, Kind::Str),
-            name => match K8S_FIELDS.iter().position(|f| *f == name) {
-                Some(i) => (Target::K8s(i), opt_str.clone()),
-                None => (Target::Skip, k.clone()),
+            name => match (
+                K8S_FIELDS.iter().position(|f| *f == name),
+                V2_FIELDS.iter().position(|f| *f == name),
+            ) {
+                (Some(i), _) => (Target::K8s(i), opt_str.clone()),
+                (None, Some(i)) => (Target::V2(i), opt_str.clone()),
+                (None, None) => (Target::Skip, k.clone()),
             },
         };
         if k != want {
@@ -249,7 +266,10 @@ fn build_plan(schema: &flowlens_schemas::apache_avro::Schema) -> Option<Vec<(Kin
         Target::IfKind,
         Target::IfNetns,
     ];
-    if !all.into_iter().all(has) || !(0..K8S_FIELDS.len()).all(|i| has(Target::K8s(i))) {
+    if !all.into_iter().all(has)
+        || !(0..K8S_FIELDS.len()).all(|i| has(Target::K8s(i)))
+        || !(0..V2_FIELDS.len()).all(|i| has(Target::V2(i)))
+    {
         return None;
     }
     Some(plan)
@@ -387,6 +407,7 @@ fn fast(payload: &[u8]) -> Option<RowRef<'_>> {
         kafka_topic: "",
         kafka_partition: 0,
         kafka_offset: 0,
+        v2: [""; 7],
     };
     for (kind, target) in plan {
         match target {
@@ -420,6 +441,7 @@ fn fast(payload: &[u8]) -> Option<RowRef<'_>> {
             Target::IfKind => row.if_kind = r.str()?,
             Target::IfNetns => row.if_netns = r.str()?,
             Target::K8s(i) => row.k8s[*i] = r.opt_str()?,
+            Target::V2(i) => row.v2[*i] = r.opt_str()?,
             Target::Skip => r.skip(kind)?,
         }
     }
@@ -453,6 +475,10 @@ mod tests {
         f.time_flow_end_ns = i64::MAX;
         f.packets = i64::MAX;
         f.src_addr = "2001:db8::dead:beef".parse().unwrap();
+        f.src_pod_uid = None;
+        f.locality = Some("cluster".into());
+        f.if_namespace = Some("ñs".into());
+        f.if_pod = None;
         variants.push(f);
         assert!(plan().is_some(), "no fast plan for the current schema");
         for f in &variants {
@@ -471,6 +497,59 @@ mod tests {
             write_row(&buf, "topic", 3, 77, &mut b).unwrap();
             assert_eq!(&b[1..], &a[..]);
         }
+    }
+
+    /// A message exactly as a version 1 producer wrote it: `f` without the version 2 fields,
+    /// written with the v1 schema (apache-avro's generic single-object writer).
+    fn v1_message(f: &EnrichedFlow) -> Vec<u8> {
+        use flowlens_schemas::apache_avro::{types::Value, GenericSingleObjectWriter, Schema};
+        let v1 = Schema::parse_str(flowlens_schemas::ENRICHED_FLOW_V1_AVSC).unwrap();
+        let Value::Record(fields) = flowlens_schemas::apache_avro::to_value(f).unwrap() else {
+            panic!("not a record");
+        };
+        let fields = fields
+            .into_iter()
+            .filter(|(name, _)| !V2_FIELDS.contains(&name.as_str()))
+            .collect();
+        let value = Value::Record(fields).resolve(&v1).unwrap();
+        let mut w = GenericSingleObjectWriter::new_with_capacity(&v1, 256).unwrap();
+        let mut out = Vec::new();
+        w.write_value(value, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn version_1_records_get_empty_version_2_columns() {
+        let f = sample_flow(5);
+        let buf = v1_message(&f);
+        // Another fingerprint: the generic path reads it (schema resolution, nulls).
+        assert!(fast(&buf).is_none());
+        let row = flow_row(&buf).unwrap();
+        let mut want = FlowRow::try_from(f).unwrap();
+        assert_eq!(want.locality, "external");
+        for c in [
+            &mut want.src_pod_uid,
+            &mut want.dst_pod_uid,
+            &mut want.src_role,
+            &mut want.dst_role,
+            &mut want.locality,
+            &mut want.if_pod,
+            &mut want.if_namespace,
+        ] {
+            c.clear();
+        }
+        assert_eq!(row, want);
+        let mut out = Vec::new();
+        write_row(&buf, "t", 1, 2, &mut out).unwrap();
+        want.kafka_topic = "t".into();
+        want.kafka_partition = 1;
+        want.kafka_offset = 2;
+        assert_eq!(out.len(), want.encoded_len());
+        assert_eq!(out, {
+            let mut a = Vec::new();
+            want.write_row_binary(&mut a);
+            a
+        });
     }
 
     #[test]

@@ -72,6 +72,14 @@ pub struct FlowRow {
     pub kafka_topic: String,
     pub kafka_partition: u16,
     pub kafka_offset: u64,
+    /// EnrichedFlow version 2 (migration 0003), "" when unknown or read from a version 1 record.
+    pub src_pod_uid: String,
+    pub dst_pod_uid: String,
+    pub src_role: String,
+    pub dst_role: String,
+    pub locality: String,
+    pub if_pod: String,
+    pub if_namespace: String,
 }
 
 /// A decoded record whose values do not fit the table's column types.
@@ -142,6 +150,13 @@ impl TryFrom<EnrichedFlow> for FlowRow {
             kafka_topic: String::new(),
             kafka_partition: 0,
             kafka_offset: 0,
+            src_pod_uid: f.src_pod_uid.unwrap_or_default(),
+            dst_pod_uid: f.dst_pod_uid.unwrap_or_default(),
+            src_role: f.src_role.unwrap_or_default(),
+            dst_role: f.dst_role.unwrap_or_default(),
+            locality: f.locality.unwrap_or_default(),
+            if_pod: f.if_pod.unwrap_or_default(),
+            if_namespace: f.if_namespace.unwrap_or_default(),
         })
     }
 }
@@ -168,6 +183,13 @@ impl FlowRow {
             &self.dst_node,
             &self.dst_service,
             &self.kafka_topic,
+            &self.src_pod_uid,
+            &self.dst_pod_uid,
+            &self.src_role,
+            &self.dst_role,
+            &self.locality,
+            &self.if_pod,
+            &self.if_namespace,
         ];
         FIXED_LEN
             + strings
@@ -179,7 +201,7 @@ impl FlowRow {
 
 /// Table column types `FlowRow` writes, in column order: (name, accepted types). Strings go to
 /// `String` or `LowCardinality(String)` alike (same RowBinary encoding).
-pub const COLUMN_TYPES: [(&str, &[&str]); 38] = {
+pub const COLUMN_TYPES: [(&str, &[&str]); 45] = {
     const S: &[&str] = &["String", "LowCardinality(String)"];
     const NS: &[&str] = &["DateTime64(9)", "DateTime64(9, 'UTC')"];
     [
@@ -221,6 +243,13 @@ pub const COLUMN_TYPES: [(&str, &[&str]); 38] = {
         ("kafka_topic", S),
         ("kafka_partition", &["UInt16"]),
         ("kafka_offset", &["UInt64"]),
+        ("src_pod_uid", S),
+        ("dst_pod_uid", S),
+        ("src_role", S),
+        ("dst_role", S),
+        ("locality", S),
+        ("if_pod", S),
+        ("if_namespace", S),
     ]
 };
 
@@ -256,6 +285,9 @@ pub struct RowRef<'a> {
     pub kafka_topic: &'a str,
     pub kafka_partition: u16,
     pub kafka_offset: u64,
+    /// src_pod_uid, dst_pod_uid, src_role, dst_role, locality, if_pod, if_namespace
+    /// (EnrichedFlow version 2, migration 0003).
+    pub v2: [&'a str; 7],
 }
 
 impl RowRef<'_> {
@@ -300,11 +332,15 @@ impl RowRef<'_> {
         string(out, self.kafka_topic);
         out.extend_from_slice(&self.kafka_partition.to_le_bytes());
         out.extend_from_slice(&self.kafka_offset.to_le_bytes());
+        for s in self.v2 {
+            string(out, s);
+        }
     }
 
     /// The owned row.
     pub fn to_row(&self) -> FlowRow {
         let k = |i: usize| self.k8s[i].to_owned();
+        let v = |i: usize| self.v2[i].to_owned();
         FlowRow {
             time_flow_start: self.time_flow_start,
             time_flow_end: self.time_flow_end,
@@ -344,6 +380,13 @@ impl RowRef<'_> {
             kafka_topic: self.kafka_topic.to_owned(),
             kafka_partition: self.kafka_partition,
             kafka_offset: self.kafka_offset,
+            src_pod_uid: v(0),
+            dst_pod_uid: v(1),
+            src_role: v(2),
+            dst_role: v(3),
+            locality: v(4),
+            if_pod: v(5),
+            if_namespace: v(6),
         }
     }
 }
@@ -392,6 +435,15 @@ impl FlowRow {
             kafka_topic: &self.kafka_topic,
             kafka_partition: self.kafka_partition,
             kafka_offset: self.kafka_offset,
+            v2: [
+                &self.src_pod_uid,
+                &self.dst_pod_uid,
+                &self.src_role,
+                &self.dst_role,
+                &self.locality,
+                &self.if_pod,
+                &self.if_namespace,
+            ],
         }
     }
 
@@ -457,6 +509,12 @@ pub fn sample_flow_at(i: u32, base_ns: i64) -> EnrichedFlow {
     f.src_pod = Some(format!("web-{i}"));
     f.src_namespace = Some("shop".into());
     f.dst_service = Some("api".into());
+    f.src_pod_uid = Some(format!("00000000-0000-4000-8000-{i:012}"));
+    f.src_role = Some("client".into());
+    f.dst_role = Some("server".into());
+    f.locality = Some("external".into());
+    f.if_pod = Some(format!("web-{i}"));
+    f.if_namespace = Some("shop".into());
     f
 }
 
@@ -478,9 +536,20 @@ mod tests {
         assert_eq!(row.if_name, "eth0");
         assert_eq!(row.src_pod, "web-7");
         assert_eq!(row.dst_service, "api");
+        assert_eq!(row.src_pod_uid, "00000000-0000-4000-8000-000000000007");
+        assert_eq!(
+            (row.src_role.as_str(), row.dst_role.as_str()),
+            ("client", "server")
+        );
+        assert_eq!(row.locality, "external");
+        assert_eq!(
+            (row.if_pod.as_str(), row.if_namespace.as_str()),
+            ("web-7", "shop")
+        );
         // None becomes "" (unknown).
         assert_eq!(row.dst_pod, "");
         assert_eq!(row.src_workload_kind, "");
+        assert_eq!(row.dst_pod_uid, "");
     }
 
     #[test]
@@ -510,7 +579,7 @@ mod tests {
     fn columns_are_in_table_order() {
         use clickhouse::Row as _;
         let cols = FlowRow::COLUMN_NAMES;
-        assert_eq!(cols.len(), 38);
+        assert_eq!(cols.len(), 45);
         assert_eq!(
             &cols[..4],
             &["time_flow_start", "time_flow_end", "time_exported", "host"]
@@ -518,8 +587,21 @@ mod tests {
         assert_eq!(cols[9], "direction");
         assert_eq!(cols[34], "dst_service");
         assert_eq!(
-            &cols[35..],
+            &cols[35..38],
             &["kafka_topic", "kafka_partition", "kafka_offset"]
+        );
+        // Migration 0003 appends the version 2 columns after kafka_offset.
+        assert_eq!(
+            &cols[38..],
+            &[
+                "src_pod_uid",
+                "dst_pod_uid",
+                "src_role",
+                "dst_role",
+                "locality",
+                "if_pod",
+                "if_namespace"
+            ]
         );
     }
 
@@ -539,7 +621,8 @@ mod tests {
         assert_eq!(out.len(), row.encoded_len());
         assert_eq!(row.as_ref().to_row(), row);
         assert_eq!(&out[..8], &row.time_flow_start.to_le_bytes());
-        assert_eq!(&out[out.len() - 8..], &row.kafka_offset.to_le_bytes());
+        // The last column is if_namespace ("shop").
+        assert_eq!(&out[out.len() - 5..], b"\x04shop");
     }
 
     #[test]
@@ -552,8 +635,14 @@ mod tests {
             + "cni-1234".len()
             + "web-7".len()
             + "shop".len()
-            + "api".len();
-        assert_eq!(row.encoded_len(), FIXED_LEN + 18 + strings);
+            + "api".len()
+            + "00000000-0000-4000-8000-000000000007".len()
+            + "client".len()
+            + "server".len()
+            + "external".len()
+            + "web-7".len()
+            + "shop".len();
+        assert_eq!(row.encoded_len(), FIXED_LEN + 25 + strings);
         assert_eq!(FIXED_LEN, 104);
         assert_eq!(varint_len(127), 1);
         assert_eq!(varint_len(128), 2);

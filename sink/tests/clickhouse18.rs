@@ -72,7 +72,8 @@ async fn flow_rows_are_accepted_by_clickhouse_18() {
         "SELECT time_flow_start, time_flow_end, time_exported, host, ifindex, if_name, if_mac, \
          if_kind, if_netns, direction, etype, vlan_id, proto, hex(src_addr), hex(dst_addr), \
          src_port, dst_port, icmp_type, icmp_code, tcp_flags, packets, bytes, sampling_rate, \
-         src_pod, src_namespace, src_workload, dst_pod, dst_service \
+         src_pod, src_namespace, src_workload, dst_pod, dst_service, kafka_topic, \
+         src_pod_uid, dst_pod_uid, src_role, dst_role, locality, if_pod, if_namespace \
          FROM flows WHERE src_pod = 'web-777' FORMAT TSV",
     );
     let expected = [
@@ -104,6 +105,14 @@ async fn flow_rows_are_accepted_by_clickhouse_18() {
         "",
         "",
         "api",
+        "",
+        "00000000-0000-4000-8000-000000000777",
+        "",
+        "client",
+        "server",
+        "external",
+        "web-777",
+        "shop",
     ];
     assert_eq!(
         row.trim_end_matches('\n').split('\t').collect::<Vec<_>>(),

@@ -123,6 +123,31 @@ fn flow(
     f.dst_workload_kind = opt(dst.kind);
     f.dst_service = opt(dst.service);
     f.dst_node = opt(dst.node);
+    // EnrichedFlow v2 (migration 0003), as the enricher sets them: the source is the client,
+    // locality from the nodes (no node on one side: outside the cluster), UIDs of known pods,
+    // the interface's pod is the end on this side of the veth.
+    f.src_role = Some("client".into());
+    f.dst_role = Some("server".into());
+    f.locality = Some(
+        if src.node.is_empty() || dst.node.is_empty() {
+            "external"
+        } else if src.node == dst.node {
+            "node"
+        } else {
+            "cluster"
+        }
+        .into(),
+    );
+    let uid = |e: End| (!e.pod.is_empty()).then(|| format!("uid-{}", e.pod));
+    f.src_pod_uid = uid(src);
+    f.dst_pod_uid = uid(dst);
+    let local = if direction == Direction::Egress {
+        src
+    } else {
+        dst
+    };
+    f.if_pod = opt(local.pod);
+    f.if_namespace = opt(local.ns);
     f
 }
 
@@ -293,13 +318,48 @@ async fn queries_on_pipeline_data() {
     assert_eq!(
         run_query(&chdb, "traffic_by_locality.sql", p),
         tsv(&[
-            "cross-node\tcross-namespace\t5000\t40\t1",
-            "cross-node\tsame-namespace\t2000\t5\t1",
+            "cluster\tcross-namespace\t5000\t40\t1",
+            "cluster\tsame-namespace\t2000\t5\t1",
             "external\tunknown\t700\t7\t1",
-            "same-node\tcross-namespace\t300\t3\t1",
-            "same-node\tsame-namespace\t4000\t30\t2",
+            "node\tcross-namespace\t300\t3\t1",
+            "node\tsame-namespace\t4000\t30\t2",
         ])
     );
+    // The version 2 columns (migration 0003) in `flows` and the locality of both k8s rollups.
+    let (status, body) = http(
+        chdb.port,
+        "POST",
+        "/?default_format=TSV",
+        "SELECT locality, src_role, dst_role, src_pod_uid, dst_pod_uid, if_pod, if_namespace, \
+         sum(bytes) FROM flows GROUP BY ALL ORDER BY ALL",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        tsv(&[
+            "cluster\tclient\tserver\tuid-api-1\tuid-pg-0\tapi-1\tshop\t5000",
+            "cluster\tclient\tserver\tuid-web-2\tuid-api-1\tweb-2\tshop\t2000",
+            "external\tclient\tserver\t\tuid-web-1\tweb-1\tshop\t700",
+            "node\tclient\tserver\tuid-web-1\tuid-api-1\tweb-1\tshop\t4000",
+            "node\tclient\tserver\tuid-web-2\tuid-pg-0\tweb-2\tshop\t300",
+        ])
+    );
+    for rollup in ["flows_k8s_1m", "flows_k8s_1h"] {
+        let (status, body) = http(
+            chdb.port,
+            "POST",
+            "/?default_format=TSV",
+            &format!(
+                "SELECT locality, sum(bytes) FROM {rollup} GROUP BY locality ORDER BY locality"
+            ),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body,
+            tsv(&["cluster\t7000", "external\t700", "node\t4300"]),
+            "{rollup}"
+        );
+    }
     assert_eq!(
         run_query(&chdb, "topology_edges.sql", p),
         tsv(&[

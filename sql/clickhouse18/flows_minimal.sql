@@ -1,6 +1,7 @@
 -- The flows table for Debian's clickhouse-server 18.16 (scripts/stack/clickhouse18.sh), with
--- types whose RowBinary encoding is byte-identical to sql/migrations/0001_flows.sql, so the
--- sink's exact RowBinary rows can be inserted into a genuine (old) server:
+-- types whose RowBinary encoding is byte-identical to sql/migrations/0001_flows.sql plus the
+-- columns of 0002 (kafka_*) and 0003 (EnrichedFlow v2) the sink writes, in FlowRow order, so
+-- the sink's exact RowBinary rows can be inserted into a genuine (old) server:
 --   DateTime64(9) -> Int64 (ns since epoch)      DateTime64(3) -> Int64 (ms since epoch)
 --   IPv6 -> FixedString(16) (network order)       LowCardinality(String) -> String
 --   Enum8 kept. No TTL, CODEC or COMMENT (18.16 has none of them).
@@ -46,7 +47,14 @@ CREATE TABLE IF NOT EXISTS flows
     dst_service       String,
     kafka_topic       String,
     kafka_partition   UInt16,
-    kafka_offset      UInt64
+    kafka_offset      UInt64,
+    src_pod_uid       String,
+    dst_pod_uid       String,
+    src_role          String,
+    dst_role          String,
+    locality          String,
+    if_pod            String,
+    if_namespace      String
 )
 ENGINE = MergeTree
 PARTITION BY toDate(toDateTime(intDiv(time_flow_end, 1000000000)))

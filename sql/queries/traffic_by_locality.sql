@@ -1,9 +1,11 @@
--- Traffic by locality over the last {minutes:UInt32} minutes (flows_k8s_1m): same node,
--- cross node, or external (a side with no known node), and same/cross namespace ('unknown'
--- when a side has none). Parameter: minutes (UInt32).
+-- Traffic by locality over the last {minutes:UInt32} minutes (flows_k8s_1m): the enricher's
+-- locality of each flow ('node': both ends on the same node, 'cluster': both in the cluster on
+-- different or unknown nodes or through a ClusterIP, 'external': one end outside the cluster;
+-- '(unknown)' for flows without it: no Kubernetes metadata, neither end known, or rolled up
+-- before migration 0003), and same/cross namespace ('unknown' when a side has none).
+-- Parameter: minutes (UInt32).
 SELECT
-    multiIf(src_node = '' OR dst_node = '', 'external',
-            src_node = dst_node, 'same-node', 'cross-node') AS locality,
+    if(locality = '', '(unknown)', locality) AS locality,
     multiIf(src_namespace = '' OR dst_namespace = '', 'unknown',
             src_namespace = dst_namespace, 'same-namespace', 'cross-namespace') AS namespaces,
     sum(bytes) AS bytes,

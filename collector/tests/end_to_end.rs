@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::{between_pair, expected_flows, require_root, send_known_traffic, FlowId, Totals};
+use common::{
+    between_pair, expected_flows, require_root, send_known_traffic, FlowId, Pipeline, Totals,
+};
 use flowlens_runtime::testkit::{http, unique, Chdb, NetnsPair, Tansu};
-use flowlens_runtime::Shutdown;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packets_become_clickhouse_rows() {
@@ -23,56 +24,15 @@ async fn packets_become_clickhouse_rows() {
     let pair = std::sync::Arc::new(NetnsPair::new("e"));
     let host = unique("e2e-host");
 
-    // One set of topics for the three stages.
-    let mut kafka = flowlens_runtime::kafka::KafkaConfig {
-        brokers: vec![broker.broker()],
-        partitions: 2,
-        ..Default::default()
-    };
-    kafka.topics.raw_flows = unique("raw");
-    kafka.topics.interfaces = unique("ifaces");
-    kafka.topics.enriched_flows = unique("enriched");
-    kafka.topics.dead_letter = unique("dlq");
-
-    let mut sink = flowlens_sink::Config {
-        kafka: kafka.clone(),
-        ..Default::default()
-    };
-    sink.clickhouse.url = clickhouse.url();
-    sink.batch.max_age_ms = 500;
-    sink.sink.group_id = unique("sink");
-    let mut enricher = flowlens_enricher::config::Config {
-        kafka: kafka.clone(),
-        ..Default::default()
-    };
-    enricher.enricher.group_id = unique("enricher");
-    let mut collector = flowlens_collector::Config {
-        kafka,
-        ..Default::default()
-    };
-    collector.collector.host = host.clone();
-    collector.collector.netns = pair.ns_a.clone();
-    collector.collector.interfaces = vec![pair.if_a.clone()];
-    collector.collector.scan_interval_ms = 500;
-
-    let stop_pipeline = Shutdown::new();
-    let stop_collector = Shutdown::new();
-    let sink_task = tokio::spawn(flowlens_sink::run(sink, stop_pipeline.clone()));
-    let enricher_task = tokio::spawn(flowlens_enricher::run(enricher, stop_pipeline.clone()));
-    let collector_task = tokio::spawn(flowlens_collector::run(collector, stop_collector.clone()));
-    // The collector publishes interface metadata once attached; give the stages time to start.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!collector_task.is_finished(), "collector stopped early");
+    let mut pipeline = Pipeline::new(&broker.broker(), &clickhouse.url(), &pair, &host)
+        .start()
+        .await;
 
     let p = pair.clone();
     let sent = tokio::task::spawn_blocking(move || send_known_traffic(&p))
         .await
         .unwrap();
-    stop_collector.trigger();
-    collector_task
-        .await
-        .unwrap()
-        .expect("collector exits cleanly");
+    pipeline.stop_collector().await;
     let expected = expected_flows(&pair, &sent);
 
     // Rows arrive through two topics and a batch; wait until ClickHouse holds every packet.
@@ -105,12 +65,7 @@ async fn packets_become_clickhouse_rows() {
     );
     assert_eq!(text.trim(), format!("{}\tveth\t{}", pair.if_a, pair.ns_a));
 
-    stop_pipeline.trigger();
-    enricher_task
-        .await
-        .unwrap()
-        .expect("enricher exits cleanly");
-    sink_task.await.unwrap().expect("sink exits cleanly");
+    pipeline.stop().await;
 }
 
 /// Per-flow totals from the `flows` table (one flow may span several rows: one per scan).

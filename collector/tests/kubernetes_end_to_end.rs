@@ -14,10 +14,9 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{expected_flows, require_root, send_known_traffic};
+use common::{expected_flows, require_root, send_known_traffic, Pipeline};
 use flowlens_enricher::kubernetes::snapshot::serde_json;
 use flowlens_runtime::testkit::{http, read_topic, unique, Chdb, NetnsPair, Tansu};
-use flowlens_runtime::Shutdown;
 use flowlens_schemas::{v6_to_ip, EnrichedFlow};
 use serde_json::{json, Value};
 
@@ -150,48 +149,12 @@ async fn kubernetes_metadata_reaches_clickhouse_and_ip_reuse_is_attributed_by_ti
         ],
     );
 
-    let mut kafka = flowlens_runtime::kafka::KafkaConfig {
-        brokers: vec![broker.broker()],
-        partitions: 2,
-        ..Default::default()
-    };
-    kafka.topics.raw_flows = unique("raw");
-    kafka.topics.interfaces = unique("ifaces");
-    kafka.topics.enriched_flows = unique("enriched");
-    kafka.topics.dead_letter = unique("dlq");
-
-    let mut sink = flowlens_sink::Config {
-        kafka: kafka.clone(),
-        ..Default::default()
-    };
-    sink.clickhouse.url = clickhouse.url();
-    sink.batch.max_age_ms = 500;
-    sink.sink.group_id = unique("sink");
-    let mut enricher = flowlens_enricher::config::Config {
-        kafka: kafka.clone(),
-        ..Default::default()
-    };
-    enricher.enricher.group_id = unique("enricher");
-    enricher.kubernetes.source = flowlens_enricher::config::Source::Snapshot;
-    enricher.kubernetes.snapshot_path = snapshot.display().to_string();
-    enricher.kubernetes.snapshot_poll_ms = 200;
-    let enriched_topic = kafka.topics.enriched_flows.clone();
-    let mut collector = flowlens_collector::Config {
-        kafka,
-        ..Default::default()
-    };
-    collector.collector.host = host.clone();
-    collector.collector.netns = pair.ns_a.clone();
-    collector.collector.interfaces = vec![pair.if_a.clone()];
-    collector.collector.scan_interval_ms = 500;
-
-    let stop_pipeline = Shutdown::new();
-    let stop_collector = Shutdown::new();
-    let sink_task = tokio::spawn(flowlens_sink::run(sink, stop_pipeline.clone()));
-    let enricher_task = tokio::spawn(flowlens_enricher::run(enricher, stop_pipeline.clone()));
-    let collector_task = tokio::spawn(flowlens_collector::run(collector, stop_collector.clone()));
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!collector_task.is_finished(), "collector stopped early");
+    let mut pipeline = Pipeline::new(&broker.broker(), &clickhouse.url(), &pair, &host);
+    pipeline.enricher.kubernetes.source = flowlens_enricher::config::Source::Snapshot;
+    pipeline.enricher.kubernetes.snapshot_path = snapshot.display().to_string();
+    pipeline.enricher.kubernetes.snapshot_poll_ms = 200;
+    let enriched_topic = pipeline.collector.kafka.topics.enriched_flows.clone();
+    let mut pipeline = pipeline.start().await;
 
     // Round 1: A talks to `web`.
     let p = pair.clone();
@@ -223,11 +186,7 @@ async fn kubernetes_metadata_reaches_clickhouse_and_ip_reuse_is_attributed_by_ti
     let sent2 = tokio::task::spawn_blocking(move || send_known_traffic(&p))
         .await
         .unwrap();
-    stop_collector.trigger();
-    collector_task
-        .await
-        .unwrap()
-        .expect("collector exits cleanly");
+    pipeline.stop_collector().await;
 
     let want_packets: u64 = [&sent1, &sent2]
         .into_iter()
@@ -386,12 +345,7 @@ async fn kubernetes_metadata_reaches_clickhouse_and_ip_reuse_is_attributed_by_ti
         }
     }
 
-    stop_pipeline.trigger();
-    enricher_task
-        .await
-        .unwrap()
-        .expect("enricher exits cleanly");
-    sink_task.await.unwrap().expect("sink exits cleanly");
+    pipeline.stop().await;
 }
 
 #[derive(Debug)]

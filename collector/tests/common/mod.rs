@@ -334,3 +334,102 @@ pub fn totals(flows: &[RawFlow]) -> BTreeMap<FlowId, Totals> {
     }
     out
 }
+
+/// The three stages wired together: one set of unique topics on `broker`, the sink writing to
+/// `clickhouse_url` (flushing every 500 ms), the collector on the pair's A side as `host`
+/// (500 ms scans). Tests adjust the configs before [`Pipeline::start`].
+pub struct Pipeline {
+    pub sink: flowlens_sink::Config,
+    pub enricher: flowlens_enricher::config::Config,
+    pub collector: Config,
+}
+
+/// A started [`Pipeline`]: the collector stops on its own, then the enricher and the sink.
+pub struct RunningPipeline {
+    stop_pipeline: Shutdown,
+    stop_collector: Shutdown,
+    sink: tokio::task::JoinHandle<anyhow::Result<()>>,
+    enricher: tokio::task::JoinHandle<anyhow::Result<()>>,
+    collector: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Pipeline {
+    pub fn new(broker: &str, clickhouse_url: &str, pair: &NetnsPair, host: &str) -> Self {
+        let mut kafka = flowlens_runtime::kafka::KafkaConfig {
+            brokers: vec![broker.to_string()],
+            partitions: 2,
+            ..Default::default()
+        };
+        kafka.topics.raw_flows = unique("raw");
+        kafka.topics.interfaces = unique("ifaces");
+        kafka.topics.enriched_flows = unique("enriched");
+        kafka.topics.dead_letter = unique("dlq");
+        let mut sink = flowlens_sink::Config {
+            kafka: kafka.clone(),
+            ..Default::default()
+        };
+        sink.clickhouse.url = clickhouse_url.to_string();
+        sink.batch.max_age_ms = 500;
+        sink.sink.group_id = unique("sink");
+        let mut enricher = flowlens_enricher::config::Config {
+            kafka: kafka.clone(),
+            ..Default::default()
+        };
+        enricher.enricher.group_id = unique("enricher");
+        let mut collector = Config {
+            kafka,
+            ..Default::default()
+        };
+        collector.collector.host = host.to_string();
+        collector.collector.netns = pair.ns_a.clone();
+        collector.collector.interfaces = vec![pair.if_a.clone()];
+        collector.collector.scan_interval_ms = 500;
+        Self {
+            sink,
+            enricher,
+            collector,
+        }
+    }
+
+    /// Starts the three stages in-process and gives them time to join their groups and attach.
+    pub async fn start(self) -> RunningPipeline {
+        let stop_pipeline = Shutdown::new();
+        let stop_collector = Shutdown::new();
+        let sink = tokio::spawn(flowlens_sink::run(self.sink, stop_pipeline.clone()));
+        let enricher = tokio::spawn(flowlens_enricher::run(self.enricher, stop_pipeline.clone()));
+        let collector = tokio::spawn(flowlens_collector::run(
+            self.collector,
+            stop_collector.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!collector.is_finished(), "collector stopped early");
+        RunningPipeline {
+            stop_pipeline,
+            stop_collector,
+            sink,
+            enricher,
+            collector: Some(collector),
+        }
+    }
+}
+
+impl RunningPipeline {
+    /// Stops the collector: it drains the kernel table once more and flushes before returning.
+    pub async fn stop_collector(&mut self) {
+        self.stop_collector.trigger();
+        if let Some(c) = self.collector.take() {
+            c.await.unwrap().expect("collector exits cleanly");
+        }
+    }
+
+    /// Stops every stage and checks each exited cleanly.
+    pub async fn stop(mut self) {
+        self.stop_collector().await;
+        self.stop_pipeline.trigger();
+        self.enricher
+            .await
+            .unwrap()
+            .expect("enricher exits cleanly");
+        self.sink.await.unwrap().expect("sink exits cleanly");
+    }
+}

@@ -137,29 +137,18 @@ pub struct Chdb {
 
 impl Chdb {
     pub fn start() -> Self {
+        Self::start_with_args(&[])
+    }
+
+    /// Like [`Chdb::start`], but every request must authenticate as `user` / `password`.
+    pub fn start_with_auth(user: &str, password: &str) -> Self {
+        Self::start_with_args(&["--user", user, "--password", password])
+    }
+
+    fn start_with_args(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let log = dir.path().join("chdb.log");
-        let script = repo_root().join("scripts/stack/chdb_http.py");
-        let mut guard = ChildGuard::spawn(
-            "chdb_http.py",
-            Command::new(VENV_PYTHON)
-                .arg("-u")
-                .arg(&script)
-                .arg("--data-dir")
-                .arg(dir.path().join("data"))
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()]),
-            &log,
-        );
-        wait_port(port, &mut guard, &log, Duration::from_secs(30));
-        let start = Instant::now();
-        while http(port, "GET", "/ping", "").1 != "Ok.\n" {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "chdb front not ready"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let guard = spawn_front(dir.path(), port, args, "chdb.log");
         Self {
             port,
             dir,
@@ -611,62 +600,32 @@ impl Chdb {
 
     /// Starts the front again on the same port and data directory (after [`Chdb::stop`]).
     pub fn start_again(&mut self) {
-        let log_again = self.dir.path().join("chdb.again.log");
-        let script = repo_root().join("scripts/stack/chdb_http.py");
-        let mut guard = ChildGuard::spawn(
-            "chdb_http.py",
-            Command::new(VENV_PYTHON)
-                .arg("-u")
-                .arg(&script)
-                .arg("--data-dir")
-                .arg(self.dir.path().join("data"))
-                .args(["--host", "127.0.0.1", "--port", &self.port.to_string()]),
-            &log_again,
-        );
-        wait_port(self.port, &mut guard, &log_again, Duration::from_secs(30));
-        let start = Instant::now();
-        while http(self.port, "GET", "/ping", "").1 != "Ok.\n" {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "chdb front not ready"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self._guard = guard;
+        self._guard = spawn_front(self.dir.path(), self.port, &[], "chdb.again.log");
     }
 }
 
-impl Chdb {
-    /// Like [`Chdb::start`], but every request must authenticate as `user` / `password`.
-    pub fn start_with_auth(user: &str, password: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let log = dir.path().join("chdb.log");
-        let script = repo_root().join("scripts/stack/chdb_http.py");
-        let mut guard = ChildGuard::spawn(
-            "chdb_http.py",
-            Command::new(VENV_PYTHON)
-                .arg("-u")
-                .arg(&script)
-                .arg("--data-dir")
-                .arg(dir.path().join("data"))
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--user", user, "--password", password]),
-            &log,
+/// Starts scripts/stack/chdb_http.py on `port` with its data under `dir` and waits for /ping.
+fn spawn_front(dir: &Path, port: u16, args: &[&str], log_name: &str) -> ChildGuard {
+    let log = dir.join(log_name);
+    let mut guard = ChildGuard::spawn(
+        "chdb_http.py",
+        Command::new(VENV_PYTHON)
+            .arg("-u")
+            .arg(repo_root().join("scripts/stack/chdb_http.py"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(args),
+        &log,
+    );
+    wait_port(port, &mut guard, &log, Duration::from_secs(30));
+    let start = Instant::now();
+    while http(port, "GET", "/ping", "").1 != "Ok.\n" {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "chdb front not ready"
         );
-        wait_port(port, &mut guard, &log, Duration::from_secs(30));
-        let start = Instant::now();
-        while http(port, "GET", "/ping", "").1 != "Ok.\n" {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "chdb front not ready"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            port,
-            dir,
-            _guard: guard,
-        }
+        std::thread::sleep(Duration::from_millis(50));
     }
+    guard
 }

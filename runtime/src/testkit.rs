@@ -629,3 +629,31 @@ fn spawn_front(dir: &Path, port: u16, args: &[&str], log_name: &str) -> ChildGua
     }
     guard
 }
+
+/// One record for [`send_tracking_ends`]: partition, key, payload.
+pub type Outgoing = (i32, String, Vec<u8>);
+
+/// Sends `records` concurrently (queued in order, so each partition keeps their order) and
+/// raises `ends` to the end offset (last delivered offset + 1) of every partition written,
+/// taken from the delivery reports: tansu's watermarks are not record counts.
+pub async fn send_tracking_ends(
+    producer: &FutureProducer,
+    topic: &str,
+    records: Vec<Outgoing>,
+    ends: &mut std::collections::BTreeMap<i32, i64>,
+) {
+    let sends = records.iter().map(|(partition, key, payload)| {
+        producer.send(
+            FutureRecord::<str, [u8]>::to(topic)
+                .key(key)
+                .payload(payload)
+                .partition(*partition),
+            Duration::from_secs(30),
+        )
+    });
+    for delivered in futures::future::join_all(sends).await {
+        let d = delivered.unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
+        let end = ends.entry(d.partition).or_insert(0);
+        *end = (*end).max(d.offset + 1);
+    }
+}

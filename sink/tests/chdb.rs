@@ -8,14 +8,16 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::testkit::{require, unique, Chdb, Tansu, TANSU, VENV_PYTHON};
+use flowlens_runtime::testkit::{
+    require, send_tracking_ends, unique, Chdb, Outgoing, Tansu, TANSU, VENV_PYTHON,
+};
 use flowlens_runtime::Shutdown;
 use flowlens_sink::config::{BatchConfig, ClickHouseConfig, SinkConfig};
 use flowlens_sink::row::sample_flow_at;
 use flowlens_sink::Config;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 2;
@@ -78,47 +80,24 @@ async fn produce(config: &Config, n: u32, garbage: bool, base: i64) -> Ends {
         .await
         .unwrap();
     let producer: FutureProducer = config.kafka.producer_config().create().unwrap();
-    let topic = &config.kafka.topics.enriched_flows;
-    let mut sends = Vec::new();
+    let mut records: Vec<Outgoing> = (0..n)
+        .map(|i| {
+            let mut buf = Vec::new();
+            flowlens_schemas::encode(&sample_flow_at(i, base), &mut buf).unwrap();
+            ((i % PARTITIONS as u32) as i32, i.to_string(), buf)
+        })
+        .collect();
+    if garbage {
+        records.insert(n as usize / 2 + 1, (1, "garbage".into(), GARBAGE.to_vec()));
+    }
     let mut ends = Ends::new();
-    for i in 0..n {
-        let mut buf = Vec::new();
-        flowlens_schemas::encode(&sample_flow_at(i, base), &mut buf).unwrap();
-        let key = i.to_string();
-        let p = producer.clone();
-        let t = topic.clone();
-        sends.push(async move {
-            p.send(
-                FutureRecord::to(&t)
-                    .key(&key)
-                    .payload(&buf)
-                    .partition((i % PARTITIONS as u32) as i32),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)
-        });
-        if i == n / 2 && garbage {
-            let delivered = producer
-                .send(
-                    FutureRecord::<str, [u8]>::to(topic)
-                        .key("garbage")
-                        .payload(GARBAGE)
-                        .partition(1),
-                    Duration::from_secs(10),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .unwrap();
-            let end = ends.entry(delivered.partition).or_insert(0);
-            *end = (*end).max(delivered.offset + 1);
-        }
-    }
-    for r in futures::future::join_all(sends).await {
-        let delivered = r.unwrap();
-        let end = ends.entry(delivered.partition).or_insert(0);
-        *end = (*end).max(delivered.offset + 1);
-    }
+    send_tracking_ends(
+        &producer,
+        &config.kafka.topics.enriched_flows,
+        records,
+        &mut ends,
+    )
+    .await;
     assert_eq!(ends.len(), PARTITIONS as usize);
     ends
 }

@@ -27,11 +27,12 @@ use std::time::{Duration, Instant};
 
 use flowlens_runtime::kafka::KafkaConfig;
 use flowlens_runtime::testkit::{
-    committed, header, read_topic, require, unique, Chdb, ChildGuard, Tansu, TANSU, VENV_PYTHON,
+    committed, header, read_topic, require, send_tracking_ends, unique, Chdb, ChildGuard, Outgoing,
+    Tansu, TANSU, VENV_PYTHON,
 };
 use flowlens_runtime::Shutdown;
 use flowlens_sink::row::sample_flow_at;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 
 const POISON: &[u8] = b"\xC3\x01poison: not an avro record";
 
@@ -151,45 +152,20 @@ async fn produce(setup: &Setup, from: u32, to: u32, poison: bool, base: i64, end
         .set("linger.ms", "5")
         .create()
         .unwrap();
-    let mut sends = Vec::new();
-    for i in from..to {
-        let mut buf = Vec::new();
-        flowlens_schemas::encode(&sample_flow_at(i, base), &mut buf).unwrap();
-        let p = producer.clone();
-        let topic = setup.topic.clone();
-        let partition = (i % setup.partitions as u32) as i32;
-        sends.push(async move {
-            p.send(
-                FutureRecord::to(&topic)
-                    .key(&i.to_string())
-                    .payload(&buf)
-                    .partition(partition),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| e)
-        });
-        if poison && i == from + (to - from) / 2 {
-            let d = producer
-                .send(
-                    FutureRecord::<str, [u8]>::to(&setup.topic)
-                        .key("poison")
-                        .payload(POISON)
-                        .partition(0),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .unwrap();
-            let end = ends.entry(d.partition).or_insert(0);
-            *end = (*end).max(d.offset + 1);
-        }
+    let mut records: Vec<Outgoing> = (from..to)
+        .map(|i| {
+            let mut buf = Vec::new();
+            flowlens_schemas::encode(&sample_flow_at(i, base), &mut buf).unwrap();
+            ((i % setup.partitions as u32) as i32, i.to_string(), buf)
+        })
+        .collect();
+    if poison {
+        records.insert(
+            ((to - from) / 2) as usize + 1,
+            (0, "poison".into(), POISON.to_vec()),
+        );
     }
-    for r in futures::future::join_all(sends).await {
-        let d = r.unwrap();
-        let end = ends.entry(d.partition).or_insert(0);
-        *end = (*end).max(d.offset + 1);
-    }
+    send_tracking_ends(&producer, &setup.topic, records, ends).await;
 }
 
 fn client(url: &str) -> clickhouse::Client {

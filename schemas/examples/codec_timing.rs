@@ -3,30 +3,13 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use flowlens_schemas::{decode, encode, ip_to_v6, Direction, EnrichedFlow, RawFlow};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use flowlens_schemas::{decode, encode, EnrichedFlow};
 
 fn main() {
-    let raw = RawFlow {
-        host: "node-a.example".into(),
-        ifindex: 7,
-        direction: Direction::Egress,
-        time_flow_start_ns: 1_700_000_000_000_000_000,
-        time_flow_end_ns: 1_700_000_000_900_000_000,
-        time_exported_ns: 1_700_000_001_000_000_000,
-        etype: 0x0800,
-        vlan_id: 0,
-        proto: 6,
-        src_addr: ip_to_v6("10.244.1.17".parse().unwrap()),
-        dst_addr: ip_to_v6("10.96.0.10".parse().unwrap()),
-        src_port: 43_512,
-        dst_port: 443,
-        icmp_type: 0,
-        icmp_code: 0,
-        tcp_flags: 0x1b,
-        packets: 12,
-        bytes: 18_168,
-        sampling_rate: 1,
-    };
+    let raw = common::raw_v4();
     let mut enriched = EnrichedFlow::from_raw(raw.clone());
     enriched.if_name = "veth3f2a9c1".into();
     enriched.src_pod = Some("web-7d9f-abcde".into());

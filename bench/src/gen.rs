@@ -266,6 +266,7 @@ impl Generator {
             packets,
             bytes: packets * mean_size,
             sampling_rate: 1,
+            ..Default::default()
         }
     }
 }

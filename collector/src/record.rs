@@ -79,6 +79,7 @@ pub fn raw_flow(
         packets: stats.packets as i64,
         bytes: stats.bytes as i64,
         sampling_rate: sampling.max(1) as i32,
+        ..RawFlow::default()
     }
 }
 

@@ -185,6 +185,7 @@ fn flows(n: usize, now: i64) -> Vec<RawFlow> {
                 packets: 10,
                 bytes: 6_000,
                 sampling_rate: 1,
+                ..Default::default()
             }
         })
         .collect()

@@ -301,6 +301,7 @@ mod tests {
             packets: 3,
             bytes: 1500,
             sampling_rate: 1,
+            ..Default::default()
         }
     }
 

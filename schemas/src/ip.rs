@@ -38,6 +38,28 @@ pub(crate) mod fixed16 {
     }
 }
 
+/// `#[serde(with = "...")]` module for `Option<Ipv6Addr>` as the Avro union `["null", IPv6Address]`.
+pub(crate) mod fixed16_opt {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::net::Ipv6Addr;
+
+    #[derive(Serialize, Deserialize)]
+    struct Fixed(#[serde(with = "super::fixed16")] Ipv6Addr);
+
+    pub fn serialize<S: Serializer>(
+        addr: &Option<Ipv6Addr>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        addr.map(Fixed).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Ipv6Addr>, D::Error> {
+        Ok(Option::<Fixed>::deserialize(deserializer)?.map(|f| f.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

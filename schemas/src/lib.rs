@@ -6,7 +6,8 @@
 //! #     time_flow_start_ns: 1, time_flow_end_ns: 2, time_exported_ns: 3, etype: 0x0800, vlan_id: 0,
 //! #     proto: 6, src_addr: ip_to_v6("10.0.0.1".parse().unwrap()),
 //! #     dst_addr: ip_to_v6("10.0.0.2".parse().unwrap()), src_port: 1234, dst_port: 80,
-//! #     icmp_type: 0, icmp_code: 0, tcp_flags: 0x12, packets: 1, bytes: 74, sampling_rate: 1 };
+//! #     icmp_type: 0, icmp_code: 0, tcp_flags: 0x12, packets: 1, bytes: 74, sampling_rate: 1,
+//! #     ..Default::default() };
 //! let mut buf = Vec::new();
 //! encode(&flow, &mut buf)?;
 //! assert_eq!(&buf[..2], &[0xC3, 0x01]);
@@ -27,7 +28,7 @@ pub use codec::{
 };
 pub use error::SchemaError;
 pub use ip::{ip_to_v6, v6_to_ip};
-pub use records::{Direction, EnrichedFlow, Interface, RawFlow};
+pub use records::{Direction, EnrichedFlow, Interface, Process, RawFlow};
 pub use schema::{
     AvroRecord, RecordKind, ENRICHED_FLOW_AVSC, ENRICHED_FLOW_V1_AVSC, INTERFACE_AVSC,
     RAW_FLOW_AVSC,

@@ -9,13 +9,14 @@ use std::net::{IpAddr, Ipv6Addr};
 use apache_avro::Schema;
 use serde::{Deserialize, Serialize};
 
-use crate::ip::{fixed16, v6_to_ip};
+use crate::ip::{fixed16, fixed16_opt, v6_to_ip};
 use crate::schema::{AvroRecord, RecordKind};
 
 /// Traffic direction relative to the interface (Avro enum `io.flowlens.Direction`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Direction {
     /// Packets received by the interface.
+    #[default]
     #[serde(rename = "INGRESS")]
     Ingress,
     /// Packets sent by the interface.
@@ -23,7 +24,8 @@ pub enum Direction {
     Egress,
 }
 
-/// One flow per collector scan interval (`io.flowlens.RawFlow`); see `avro/raw_flow.avsc` for field docs.
+/// One conversation per interface and collector scan interval (`io.flowlens.RawFlow`); see
+/// `avro/raw_flow.avsc` for field docs. `src_*` is side A (the initiator), `dst_*` side B.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RawFlow {
     pub host: String,
@@ -48,6 +50,78 @@ pub struct RawFlow {
     pub packets: i64,
     pub bytes: i64,
     pub sampling_rate: i32,
+    // Version 2: all with defaults (readers of version 1 records get 0 / "" / None / false).
+    pub reverse_packets: i64,
+    pub reverse_bytes: i64,
+    pub reverse_tcp_flags: i32,
+    /// "", "fin", "rst", "idle" or "shutdown".
+    pub end_reason: String,
+    pub rtt_ns: i64,
+    pub retransmits: i64,
+    pub drops: i64,
+    pub drop_bytes: i64,
+    pub drop_reason: String,
+    pub src_process: Option<Process>,
+    pub dst_process: Option<Process>,
+    /// "", "vxlan", "geneve" or "gre".
+    pub tunnel: String,
+    pub tunnel_id: i64,
+    #[serde(with = "fixed16_opt")]
+    pub outer_src_addr: Option<Ipv6Addr>,
+    #[serde(with = "fixed16_opt")]
+    pub outer_dst_addr: Option<Ipv6Addr>,
+    pub duplicate: bool,
+}
+
+/// A local process owning one end's socket (`io.flowlens.Process`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: i32,
+    pub comm: String,
+    pub cgroup_id: i64,
+}
+
+impl Default for RawFlow {
+    /// Every field zero, empty, `None` or false; addresses `::`; direction ingress.
+    fn default() -> Self {
+        RawFlow {
+            host: String::new(),
+            ifindex: 0,
+            direction: Direction::Ingress,
+            time_flow_start_ns: 0,
+            time_flow_end_ns: 0,
+            time_exported_ns: 0,
+            etype: 0,
+            vlan_id: 0,
+            proto: 0,
+            src_addr: Ipv6Addr::UNSPECIFIED,
+            dst_addr: Ipv6Addr::UNSPECIFIED,
+            src_port: 0,
+            dst_port: 0,
+            icmp_type: 0,
+            icmp_code: 0,
+            tcp_flags: 0,
+            packets: 0,
+            bytes: 0,
+            sampling_rate: 1,
+            reverse_packets: 0,
+            reverse_bytes: 0,
+            reverse_tcp_flags: 0,
+            end_reason: String::new(),
+            rtt_ns: 0,
+            retransmits: 0,
+            drops: 0,
+            drop_bytes: 0,
+            drop_reason: String::new(),
+            src_process: None,
+            dst_process: None,
+            tunnel: String::new(),
+            tunnel_id: 0,
+            outer_src_addr: None,
+            outer_dst_addr: None,
+            duplicate: false,
+        }
+    }
 }
 
 impl RawFlow {
@@ -155,6 +229,7 @@ impl EnrichedFlow {
             packets,
             bytes,
             sampling_rate,
+            ..
         } = raw;
         EnrichedFlow {
             host,

@@ -20,6 +20,10 @@ pub const ENRICHED_FLOW_AVSC: &str = include_str!("../avro/enriched_flow.avsc");
 /// roles, locality and the interface pod). Messages written with it still decode.
 pub const ENRICHED_FLOW_V1_AVSC: &str = include_str!("../avro/history/enriched_flow.v1.avsc");
 
+/// Text of `avro/history/raw_flow.v1.avsc`: version 1 of `RawFlow` (one direction per record,
+/// before reverse counters, TCP/drop/process/tunnel fields and `duplicate`).
+pub const RAW_FLOW_V1_AVSC: &str = include_str!("../avro/history/raw_flow.v1.avsc");
+
 /// A flowlens record type, bound to its embedded writer schema.
 pub trait AvroRecord: Sized {
     /// The parsed writer schema (parsed once per process).
@@ -88,7 +92,8 @@ impl RecordKind {
     pub fn history(self) -> &'static [&'static str] {
         match self {
             RecordKind::EnrichedFlow => &[ENRICHED_FLOW_V1_AVSC],
-            RecordKind::RawFlow | RecordKind::Interface => &[],
+            RecordKind::RawFlow => &[RAW_FLOW_V1_AVSC],
+            RecordKind::Interface => &[],
         }
     }
 

@@ -501,6 +501,7 @@ pub fn sample_flow_at(i: u32, base_ns: i64) -> EnrichedFlow {
         packets: i64::from(i) + 1,
         bytes: (i64::from(i) + 1) * 100,
         sampling_rate: 1,
+        ..Default::default()
     });
     f.if_name = "eth0".into();
     f.if_mac = "02:42:ac:11:00:02".into();

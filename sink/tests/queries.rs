@@ -107,6 +107,7 @@ fn flow(
         packets,
         bytes,
         sampling_rate: 1,
+        ..Default::default()
     });
     f.if_name = if_name.into();
     f.if_kind = "veth".into();

@@ -59,6 +59,7 @@ pub fn flow(host: &str, ifindex: i32, n: i64) -> RawFlow {
         packets: n + 1,
         bytes: 100 * (n + 1),
         sampling_rate: 1,
+        ..Default::default()
     }
 }
 

@@ -24,6 +24,7 @@ pub fn raw_v4() -> RawFlow {
         packets: 12,
         bytes: 1_514 * 12,
         sampling_rate: 1,
+        ..Default::default()
     }
 }
 
@@ -48,6 +49,7 @@ pub fn raw_v6() -> RawFlow {
         packets: i64::MAX,
         bytes: 0,
         sampling_rate: 1000,
+        ..Default::default()
     }
 }
 

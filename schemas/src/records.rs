@@ -151,7 +151,9 @@ pub struct Interface {
     pub time_observed_ns: i64,
 }
 
-/// A `RawFlow` flattened together with interface and Kubernetes metadata (`io.flowlens.EnrichedFlow`).
+/// A `RawFlow` flattened together with interface and Kubernetes metadata (`io.flowlens.EnrichedFlow`):
+/// the RawFlow fields of version 1, the join results, then (version 3) the fields RawFlow
+/// version 2 appended; see `avro/enriched_flow.avsc`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrichedFlow {
     pub host: String,
@@ -204,10 +206,33 @@ pub struct EnrichedFlow {
     /// Pod owning the interface (`if_*`), and its namespace.
     pub if_pod: Option<String>,
     pub if_namespace: Option<String>,
+    // Version 3: the fields RawFlow version 2 added, same names, types and defaults (readers of
+    // older records get 0 / "" / None / false).
+    pub reverse_packets: i64,
+    pub reverse_bytes: i64,
+    pub reverse_tcp_flags: i32,
+    /// "", "fin", "rst", "idle" or "shutdown".
+    pub end_reason: String,
+    pub rtt_ns: i64,
+    pub retransmits: i64,
+    pub drops: i64,
+    pub drop_bytes: i64,
+    pub drop_reason: String,
+    pub src_process: Option<Process>,
+    pub dst_process: Option<Process>,
+    /// "", "vxlan", "geneve" or "gre".
+    pub tunnel: String,
+    pub tunnel_id: i64,
+    #[serde(with = "fixed16_opt")]
+    pub outer_src_addr: Option<Ipv6Addr>,
+    #[serde(with = "fixed16_opt")]
+    pub outer_dst_addr: Option<Ipv6Addr>,
+    pub duplicate: bool,
 }
 
 impl EnrichedFlow {
-    /// Copies every raw field; interface fields empty, Kubernetes fields `None`.
+    /// Copies every raw field (the destructuring names each one: a field added to `RawFlow`
+    /// does not compile here until it is carried); interface fields empty, Kubernetes fields `None`.
     pub fn from_raw(raw: RawFlow) -> Self {
         let RawFlow {
             host,
@@ -229,7 +254,22 @@ impl EnrichedFlow {
             packets,
             bytes,
             sampling_rate,
-            ..
+            reverse_packets,
+            reverse_bytes,
+            reverse_tcp_flags,
+            end_reason,
+            rtt_ns,
+            retransmits,
+            drops,
+            drop_bytes,
+            drop_reason,
+            src_process,
+            dst_process,
+            tunnel,
+            tunnel_id,
+            outer_src_addr,
+            outer_dst_addr,
+            duplicate,
         } = raw;
         EnrichedFlow {
             host,
@@ -274,6 +314,22 @@ impl EnrichedFlow {
             locality: None,
             if_pod: None,
             if_namespace: None,
+            reverse_packets,
+            reverse_bytes,
+            reverse_tcp_flags,
+            end_reason,
+            rtt_ns,
+            retransmits,
+            drops,
+            drop_bytes,
+            drop_reason,
+            src_process,
+            dst_process,
+            tunnel,
+            tunnel_id,
+            outer_src_addr,
+            outer_dst_addr,
+            duplicate,
         }
     }
 

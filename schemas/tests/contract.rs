@@ -41,14 +41,16 @@ fn parse_hex(s: &str) -> [u8; 8] {
 /// that is a schema version change, so update them deliberately. fastavro is not installed on
 /// the development machine any more; the EnrichedFlow version 2 value was derived with a
 /// stand-alone Python implementation of the spec's Parsing Canonical Form and CRC-64-AVRO
-/// (which reproduces every fastavro value above, the version 1 one and the `"null"` vector).
+/// (which reproduces every fastavro value above, the version 1 one and the `"null"` vector);
+/// the same implementation gave the RawFlow version 2 and EnrichedFlow version 3 values and
+/// reproduces every historic fingerprint in `avro/history/`.
 const EXPECTED: [(RecordKind, &str, &str); 3] = [
     (RecordKind::RawFlow, "raw_flow.avsc", "ac958de73512cd5c"),
     (RecordKind::Interface, "interface.avsc", "58cd1b5bd0c37706"),
     (
         RecordKind::EnrichedFlow,
         "enriched_flow.avsc",
-        "0150e744fe486736",
+        "f4f3d2708b134f11",
     ),
 ];
 
@@ -124,22 +126,73 @@ fn field_order_matches_schema() {
     );
 }
 
+/// EnrichedFlow carries every RawFlow field flattened: same name, type (named types included),
+/// default and doc, in RawFlow's relative order (the fields of RawFlow version 1 first, then
+/// the join results, then the fields RawFlow version 2 appended). Every other field is a join
+/// result that defaults to null.
 #[test]
-fn enriched_starts_with_every_raw_field_same_type() {
+fn enriched_carries_every_raw_field_same_type_in_order() {
     let raw = Schema::parse_str(&avsc_from_disk("raw_flow.avsc")).unwrap();
     let enriched = Schema::parse_str(&avsc_from_disk("enriched_flow.avsc")).unwrap();
     let (Schema::Record(raw), Schema::Record(enriched)) = (raw, enriched) else {
         panic!("records expected")
     };
-    for (r, e) in raw.fields.iter().zip(&enriched.fields) {
-        assert_eq!(r.name, e.name);
+    let mut last = None;
+    for r in &raw.fields {
+        let Some(&i) = enriched.lookup.get(&r.name) else {
+            panic!("EnrichedFlow has no field {}", r.name)
+        };
+        let e = &enriched.fields[i];
         assert_eq!(r.schema, e.schema, "{}", r.name);
         assert_eq!(r.doc, e.doc, "{}", r.name);
+        assert_eq!(r.default, e.default, "{}", r.name);
+        assert!(last < Some(i), "{} is out of RawFlow's order", r.name);
+        last = Some(i);
     }
-    for f in &enriched.fields[raw.fields.len()..] {
-        if f.name.starts_with("src_") || f.name.starts_with("dst_") {
+    // The first fields are RawFlow version 1's, at the same positions (what version 1 and 2
+    // readers of EnrichedFlow rely on).
+    let v1 = Schema::parse_str(flowlens_schemas::RAW_FLOW_V1_AVSC).unwrap();
+    let Schema::Record(v1) = v1 else { panic!() };
+    for (r, e) in v1.fields.iter().zip(&enriched.fields) {
+        assert_eq!(r.name, e.name);
+    }
+    const INTERFACE_STRINGS: [&str; 4] = ["if_name", "if_mac", "if_kind", "if_netns"];
+    for f in &enriched.fields {
+        if !raw.lookup.contains_key(&f.name) && !INTERFACE_STRINGS.contains(&f.name.as_str()) {
             assert_eq!(f.default, Some(serde_json::Value::Null), "{}", f.name);
         }
+    }
+}
+
+/// The named types the two records share are defined alike (the generic readers resolve them
+/// by full name).
+#[test]
+fn shared_named_types_are_identical() {
+    let raw: serde_json::Value = serde_json::from_str(&avsc_from_disk("raw_flow.avsc")).unwrap();
+    let enriched: serde_json::Value =
+        serde_json::from_str(&avsc_from_disk("enriched_flow.avsc")).unwrap();
+    fn named(v: &serde_json::Value, out: &mut HashMap<String, serde_json::Value>) {
+        match v {
+            serde_json::Value::Object(o) => {
+                if let (Some(name), Some(t)) = (o.get("name"), o.get("type")) {
+                    if ["record", "enum", "fixed"].contains(&t.as_str().unwrap_or("")) {
+                        out.insert(name.as_str().unwrap().to_string(), v.clone());
+                    }
+                }
+                o.values().for_each(|v| named(v, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| named(v, out)),
+            _ => {}
+        }
+    }
+    let (mut r, mut e) = (HashMap::new(), HashMap::new());
+    named(&raw["fields"], &mut r);
+    named(&enriched["fields"], &mut e);
+    let mut names: Vec<&str> = r.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["Direction", "IPv6Address", "Process"]);
+    for (name, def) in &r {
+        assert_eq!(Some(def), e.get(name), "{name}");
     }
 }
 
@@ -207,6 +260,7 @@ where
 fn round_trips() {
     round_trip(common::raw_v4());
     round_trip(common::raw_v6());
+    round_trip(common::raw_conversation());
     round_trip(common::interface());
     round_trip(common::enriched_full());
     round_trip(common::enriched_bare());
@@ -320,6 +374,49 @@ fn generic_avro_reader_reads_crate_output() {
         en["dst_service"],
         Value::Union(1, Box::new(Value::String(String::new())))
     );
+    // The RawFlow version 2 fields EnrichedFlow version 3 carries.
+    assert_eq!(en["reverse_bytes"], Value::Long(66 * 9));
+    assert_eq!(en["reverse_tcp_flags"], Value::Int(0x13));
+    assert_eq!(en["end_reason"], Value::String("fin".into()));
+    assert_eq!(en["drop_reason"], Value::String("NETFILTER_DROP".into()));
+    assert_eq!(
+        en["src_process"],
+        Value::Union(
+            1,
+            Box::new(Value::Record(vec![
+                ("pid".into(), Value::Int(4_242)),
+                ("comm".into(), Value::String("curl".into())),
+                ("cgroup_id".into(), Value::Long(9_876_543_210)),
+            ]))
+        )
+    );
+    assert_eq!(
+        en["outer_dst_addr"],
+        Value::Union(
+            1,
+            Box::new(Value::Fixed(
+                16,
+                "2001:db8::ff"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets()
+                    .to_vec()
+            ))
+        )
+    );
+    assert_eq!(en["duplicate"], Value::Boolean(true));
+    let bare_msg = {
+        let mut m = Vec::new();
+        encode(&common::enriched_bare(), &mut m).unwrap();
+        m
+    };
+    let bare = record_fields(en_reader.read_value(&mut bare_msg.as_slice()).unwrap());
+    assert_eq!(bare["dst_process"], Value::Union(0, Box::new(Value::Null)));
+    assert_eq!(
+        bare["outer_src_addr"],
+        Value::Union(0, Box::new(Value::Null))
+    );
+    assert_eq!(bare["duplicate"], Value::Boolean(false));
 }
 
 /// apache-avro's own validated, Value-based single-object writer produces the same bytes.
@@ -337,6 +434,7 @@ fn generic_avro_writer_produces_identical_bytes() {
     }
     check(&common::raw_v4(), "raw_flow.avsc");
     check(&common::raw_v6(), "raw_flow.avsc");
+    check(&common::raw_conversation(), "raw_flow.avsc");
     check(&common::interface(), "interface.avsc");
     check(&common::enriched_full(), "enriched_flow.avsc");
     check(&common::enriched_bare(), "enriched_flow.avsc");

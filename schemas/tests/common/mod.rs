@@ -1,7 +1,7 @@
 //! Sample records shared by the integration tests.
 #![allow(dead_code)]
 
-use flowlens_schemas::{ip_to_v6, Direction, EnrichedFlow, Interface, RawFlow};
+use flowlens_schemas::{ip_to_v6, Direction, EnrichedFlow, Interface, Process, RawFlow};
 
 pub fn raw_v4() -> RawFlow {
     RawFlow {
@@ -25,6 +25,38 @@ pub fn raw_v4() -> RawFlow {
         bytes: 1_514 * 12,
         sampling_rate: 1,
         ..Default::default()
+    }
+}
+
+/// `raw_v4` as one conversation with every field RawFlow version 2 added set (processes and
+/// outer addresses included): its version 1 projection is exactly `raw_v4()`.
+pub fn raw_conversation() -> RawFlow {
+    RawFlow {
+        reverse_packets: 9,
+        reverse_bytes: 66 * 9,
+        reverse_tcp_flags: 0x12 | 0x10 | 0x01,
+        end_reason: "fin".into(),
+        rtt_ns: 1_250_000,
+        retransmits: 2,
+        drops: 1,
+        drop_bytes: 1_514,
+        drop_reason: "NETFILTER_DROP".into(),
+        src_process: Some(Process {
+            pid: 4_242,
+            comm: "curl".into(),
+            cgroup_id: 9_876_543_210,
+        }),
+        dst_process: Some(Process {
+            pid: i32::MAX,
+            comm: "cörédns".into(),
+            cgroup_id: i64::MIN,
+        }),
+        tunnel: "vxlan".into(),
+        tunnel_id: 4_096,
+        outer_src_addr: Some(ip_to_v6("192.168.10.1".parse().unwrap())),
+        outer_dst_addr: Some("2001:db8::ff".parse().unwrap()),
+        duplicate: true,
+        ..raw_v4()
     }
 }
 
@@ -68,8 +100,14 @@ pub fn interface() -> Interface {
     }
 }
 
+/// Every field set (the raw part is `raw_conversation()`), some nullable ones null or empty.
 pub fn enriched_full() -> EnrichedFlow {
-    let mut e = EnrichedFlow::from_raw(raw_v4());
+    enriched(raw_conversation())
+}
+
+/// `raw` with the join results of `enriched_full()`.
+pub fn enriched(raw: RawFlow) -> EnrichedFlow {
+    let mut e = EnrichedFlow::from_raw(raw);
     e.if_name = "veth3f2a9c1".into();
     e.if_mac = "aa:bb:cc:dd:ee:ff".into();
     e.if_kind = "veth".into();

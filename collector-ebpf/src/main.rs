@@ -1,7 +1,9 @@
 //! flowlens kernel programs: TC/TCX classifiers on ingress and egress that parse each packet
 //! (Ethernet with 802.1Q/QinQ, IPv4, IPv6 with extension headers, TCP, UDP, SCTP, ICMP/ICMPv6,
-//! fragments) and add it to the per-CPU flow table. They never drop or change a packet: every
-//! path returns TC_ACT_UNSPEC (TCX "next"), and packets that cannot be parsed are only counted.
+//! fragments, VXLAN/Geneve/GRE inner flows) and add it to the per-CPU flow table; a new flow
+//! is marked as the conversation's initiator when its reverse direction has no entry yet. They
+//! never drop or change a packet: every path returns TC_ACT_UNSPEC (TCX "next"), and packets
+//! that cannot be parsed are only counted.
 #![no_std]
 #![no_main]
 
@@ -15,9 +17,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use flowlens_common::{
-    FlowKey, FlowStats, FragmentKey, FragmentPorts, COUNTER_COUNT, COUNTER_FILTERED,
+    FlowKey, FlowStats, FragmentKey, FragmentPorts, TunnelOuter, COUNTER_COUNT, COUNTER_FILTERED,
     COUNTER_SAMPLED_OUT, COUNTER_TABLE_FULL, DIRECTION_EGRESS, DIRECTION_INGRESS, FILTER_CIDR,
-    FILTER_PORT, FILTER_PROTOCOL,
+    FILTER_PORT, FILTER_PROTOCOL, FLOW_INITIATOR,
 };
 
 /// The flow table. Its size is set by the collector at load time (`table_size`).
@@ -31,6 +33,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT,
 /// Ports of in-flight fragmented datagrams, keyed by (addresses, id, protocol).
 #[map]
 static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts> = LruHashMap::with_max_entries(8192, 0);
+
+/// Outer addresses of tunnel flows, keyed by the inner flow (written when the flow appears).
+#[map]
+static TUNNELS: LruHashMap<FlowKey, TunnelOuter> = LruHashMap::with_max_entries(16384, 0);
 
 /// 1:N sampling (set at load; 0 or 1 = every packet).
 #[unsafe(no_mangle)]
@@ -86,6 +92,16 @@ fn account(ctx: &TcContext, direction: u8) {
         packet.tcp_flags,
         now,
     );
+    if !packet.tunnel {
+        return;
+    }
+    if let Some(inner) = parse::inner() {
+        let overhead = packet.packets * inner.inner_start as u64;
+        let bytes = packet.bytes.saturating_sub(overhead);
+        if record(&inner.key, packet.packets, bytes, inner.tcp_flags, now) {
+            let _ = TUNNELS.insert(&inner.key, &inner.outer, 0);
+        }
+    }
 }
 
 /// The in-kernel filters: every configured kind must match (addresses, ports, protocol).
@@ -121,28 +137,41 @@ pub(crate) fn count(counter: u32) {
     }
 }
 
+/// Adds a packet to its flow; returns true when this created the flow's entry.
 #[inline(always)]
-fn record(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u16, now: u64) {
+fn record(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u16, now: u64) -> bool {
     if let Some(stats) = FLOWS.get_ptr_mut(key) {
         add(stats, packets, bytes, tcp_flags, now);
-        return;
+        return false;
     }
+    new_flow(key, packets, bytes, tcp_flags, now)
+}
+
+/// The first packet of a flow (off the per-packet fast path): marks the side that spoke first.
+#[inline(never)]
+fn new_flow(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u16, now: u64) -> bool {
+    let answered = match key.reverse() {
+        Some(r) => unsafe { FLOWS.get(&r) }.is_some(),
+        None => false,
+    };
     let fresh = FlowStats {
         packets,
         bytes,
         first_seen_ns: now,
         last_seen_ns: now,
         tcp_flags,
-        _pad: [0; 6],
+        flags: if answered { 0 } else { FLOW_INITIATOR },
+        _pad: [0; 5],
     };
     // BPF_NOEXIST: if another CPU created the entry meanwhile, add to our slot of it instead.
     if FLOWS.insert(key, &fresh, 1).is_ok() {
-        return;
+        return true;
     }
     match FLOWS.get_ptr_mut(key) {
         Some(stats) => add(stats, packets, bytes, tcp_flags, now),
         None => count(COUNTER_TABLE_FULL),
     }
+    false
 }
 
 #[inline(always)]

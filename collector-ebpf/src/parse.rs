@@ -1,5 +1,6 @@
 //! Packet parsing for the flow key: link layer (VLAN tags), network layer (IPv4, IPv6 and its
-//! extension headers, fragments) and transport ports/flags, plus GSO-aware packet/byte counts.
+//! extension headers, fragments), transport ports/flags and the inner flow of VXLAN, Geneve and
+//! GRE packets, plus GSO-aware packet/byte counts.
 //! The first `HEADERS` bytes are copied once with `bpf_skb_load_bytes` (one helper call per
 //! packet; works for non-linear GSO skbs too) and parsed from the stack.
 
@@ -8,8 +9,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use flowlens_common::{
-    FlowKey, FragmentKey, FragmentPorts, COUNTER_FRAGMENT_UNMATCHED, COUNTER_MALFORMED,
-    COUNTER_NON_IP,
+    FlowKey, FragmentKey, FragmentPorts, TunnelOuter, COUNTER_FRAGMENT_UNMATCHED,
+    COUNTER_MALFORMED, COUNTER_NON_IP, TUNNEL_GENEVE, TUNNEL_GRE, TUNNEL_VXLAN,
 };
 
 use crate::{count, fragment_ports, remember_fragment};
@@ -19,12 +20,21 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
+/// Transparent Ethernet bridging: the tunnel carries Ethernet frames.
+const ETH_P_TEB: u16 = 0x6558;
+
+const VXLAN_PORT: u16 = 4789;
+const GENEVE_PORT: u16 = 6081;
+const GRE_CSUM: u16 = 0x8000;
+const GRE_KEY: u16 = 0x2000;
+const GRE_SEQ: u16 = 0x1000;
 
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_GRE: u8 = 47;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_ICMPV6: u8 = 58;
@@ -41,6 +51,8 @@ pub struct Packet {
     pub packets: u64,
     pub bytes: u64,
     pub tcp_flags: u16,
+    /// This is a tunnel packet: the flow inside is in this CPU's [`INNER`] slot.
+    pub tunnel: bool,
 }
 
 /// Where the transport header starts and whether it is present in this packet.
@@ -58,13 +70,18 @@ struct Transport {
 /// headers + the transport header fit; deeper headers count as malformed.
 const HEADERS: usize = 192;
 
+/// Unused room after the copied headers. Every read is checked against the copied length, but
+/// the compiler may merge those checks so that the verifier only sees "offset < HEADERS" plus a
+/// constant field offset; the slack keeps such reads inside the buffer.
+const SLACK: usize = 64;
+
 /// Per-CPU scratch space for the copied headers (the BPF stack is only 512 bytes).
 #[map]
-static HEADER_SCRATCH: PerCpuArray<[u8; HEADERS]> = PerCpuArray::with_max_entries(1, 0);
+static HEADER_SCRATCH: PerCpuArray<[u8; HEADERS + SLACK]> = PerCpuArray::with_max_entries(1, 0);
 
 /// The packet's first bytes, copied to this CPU's scratch buffer.
 struct Headers {
-    buf: &'static [u8; HEADERS],
+    buf: &'static [u8; HEADERS + SLACK],
     len: usize,
 }
 
@@ -130,10 +147,19 @@ impl Headers {
     }
 }
 
+/// Per-CPU slot for the packet being parsed (keeps the keys off the 512-byte stack).
+#[map]
+static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+
+/// Parses the packet into this CPU's [`PACKET`] slot; `None` when it is not recorded (the
+/// reason is counted).
 #[inline(always)]
-pub fn parse(ctx: &TcContext, direction: u8) -> Option<Packet> {
+pub fn parse(ctx: &TcContext, direction: u8) -> Option<&'static Packet> {
     let skb = unsafe { &*ctx.skb.skb };
-    let mut key = FlowKey {
+    // SAFETY: per-CPU slot; a program runs to completion on its CPU before the next.
+    let packet = unsafe { &mut *PACKET.get_ptr_mut(0)? };
+    let key = &mut packet.key;
+    *key = FlowKey {
         ifindex: skb.ifindex,
         direction,
         ..FlowKey::default()
@@ -148,26 +174,13 @@ pub fn parse(ctx: &TcContext, direction: u8) -> Option<Packet> {
         return None;
     };
     let h = &h;
-    let mut l3 = ETH_HLEN;
-    let Some(mut etype) = h.be16(12) else {
+    let Some((etype, l3)) = ethernet(h, 0, key) else {
         count(COUNTER_MALFORMED);
         return None;
     };
-    // 802.1Q and QinQ: at most two in-band tags; the innermost VLAN id wins.
-    for _ in 0..2 {
-        if etype != ETH_P_8021Q && etype != ETH_P_8021AD {
-            break;
-        }
-        let tci = h.be16(l3)?;
-        key.vlan_id = tci & 0x0fff;
-        etype = h.be16(l3 + 2)?;
-        l3 += 4;
-    }
-    key.etype = etype;
-
     let transport = match etype {
-        ETH_P_IP => parse_ipv4(h, l3, &mut key),
-        ETH_P_IPV6 => parse_ipv6(h, l3, &mut key),
+        ETH_P_IP => parse_ipv4(h, l3, key),
+        ETH_P_IPV6 => parse_ipv6(h, l3, key),
         _ => {
             count(COUNTER_NON_IP);
             return None;
@@ -179,17 +192,9 @@ pub fn parse(ctx: &TcContext, direction: u8) -> Option<Packet> {
     };
     key.proto = t.proto;
 
-    let mut tcp_flags = 0u16;
-    let mut l4_header_len = 0usize;
-    let frag_key = FragmentKey {
-        src_addr: key.src_addr,
-        dst_addr: key.dst_addr,
-        id: t.fragment_id,
-        proto: t.proto,
-        _pad: [0; 3],
-    };
+    let mut l4 = L4::default();
     if t.later_fragment {
-        match fragment_ports(&frag_key) {
+        match fragment_ports(&fragment_key(key, &t)) {
             Some(p) => {
                 key.src_port = p.src_port;
                 key.dst_port = p.dst_port;
@@ -197,30 +202,10 @@ pub fn parse(ctx: &TcContext, direction: u8) -> Option<Packet> {
             None => count(COUNTER_FRAGMENT_UNMATCHED),
         }
     } else {
-        match t.proto {
-            IPPROTO_TCP => {
-                key.src_port = h.be16(t.offset).unwrap_or(0);
-                key.dst_port = h.be16(t.offset + 2).unwrap_or(0);
-                // Data offset (4 bits), reserved, NS; then CWR..FIN.
-                if let Some(word) = h.be16(t.offset + 12) {
-                    tcp_flags = word & 0x01ff;
-                    l4_header_len = ((word >> 12) as usize) * 4;
-                }
-            }
-            IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP => {
-                key.src_port = h.be16(t.offset).unwrap_or(0);
-                key.dst_port = h.be16(t.offset + 2).unwrap_or(0);
-                l4_header_len = 8;
-            }
-            IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-                key.icmp_type = h.u8(t.offset).unwrap_or(0);
-                key.icmp_code = h.u8(t.offset + 1).unwrap_or(0);
-            }
-            _ => {}
-        }
+        l4 = transport_header(h, &t, key);
         if t.first_fragment {
             remember_fragment(
-                &frag_key,
+                &fragment_key(key, &t),
                 &FragmentPorts {
                     src_port: key.src_port,
                     dst_port: key.dst_port,
@@ -229,21 +214,204 @@ pub fn parse(ctx: &TcContext, direction: u8) -> Option<Packet> {
         }
     }
 
-    // A GSO super-packet leaves the host as `gso_segs` frames, each repeating the headers.
+    // A tunnel packet also yields the flow it carries (only whole datagrams are decapsulated).
+    let mut headers_end = t.offset + l4.header_len;
+    let mut tunneled = false;
+    if !t.later_fragment && !t.first_fragment {
+        if let Some(end) = tunnel(h, &t, key) {
+            headers_end = end;
+            tunneled = true;
+        }
+    }
+
+    // A GSO super-packet leaves the host as `gso_segs` frames, each repeating the headers
+    // (for a tunnel packet: outer and inner headers).
     let len = skb.len as u64;
     let segs = skb.gso_segs as u64;
-    let (packets, bytes) = if segs > 1 && l4_header_len > 0 {
-        let headers = (t.offset + l4_header_len) as u64;
-        (segs, len + (segs - 1) * headers)
+    (packet.packets, packet.bytes) = if segs > 1 && l4.header_len > 0 {
+        (segs, len + (segs - 1) * headers_end as u64)
     } else {
         (1, len)
     };
-    Some(Packet {
-        key,
-        packets,
-        bytes,
-        tcp_flags,
-    })
+    packet.tcp_flags = l4.tcp_flags;
+    packet.tunnel = tunneled;
+    Some(packet)
+}
+
+/// Key of the fragment map for the datagram `t` of flow `key`.
+#[inline(always)]
+fn fragment_key(key: &FlowKey, t: &Transport) -> FragmentKey {
+    FragmentKey {
+        src_addr: key.src_addr,
+        dst_addr: key.dst_addr,
+        id: t.fragment_id,
+        proto: t.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Ethernet header at `off` with up to two VLAN tags (802.1Q, QinQ; the innermost id wins):
+/// the L3 ethertype and where the L3 header starts.
+#[inline(always)]
+fn ethernet(h: &Headers, off: usize, key: &mut FlowKey) -> Option<(u16, usize)> {
+    let mut l3 = off + ETH_HLEN;
+    let mut etype = h.be16(off + 12)?;
+    for _ in 0..2 {
+        if etype != ETH_P_8021Q && etype != ETH_P_8021AD {
+            break;
+        }
+        let tci = h.be16(l3)?;
+        key.vlan_id = tci & 0x0fff;
+        etype = h.be16(l3 + 2)?;
+        l3 += 4;
+    }
+    key.etype = etype;
+    Some((etype, l3))
+}
+
+/// What the transport header contributes: TCP flags and its length (0 when unknown, which
+/// disables the GSO header arithmetic).
+#[derive(Default, Clone, Copy)]
+struct L4 {
+    tcp_flags: u16,
+    header_len: usize,
+}
+
+/// Ports (or ICMP type/code) and TCP flags of a packet whose transport header is present.
+#[inline(always)]
+fn transport_header(h: &Headers, t: &Transport, key: &mut FlowKey) -> L4 {
+    let mut l4 = L4::default();
+    match t.proto {
+        IPPROTO_TCP => {
+            key.src_port = h.be16(t.offset).unwrap_or(0);
+            key.dst_port = h.be16(t.offset + 2).unwrap_or(0);
+            // Data offset (4 bits), reserved, NS; then CWR..FIN.
+            if let Some(word) = h.be16(t.offset + 12) {
+                l4.tcp_flags = word & 0x01ff;
+                l4.header_len = ((word >> 12) as usize) * 4;
+            }
+        }
+        IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP => {
+            key.src_port = h.be16(t.offset).unwrap_or(0);
+            key.dst_port = h.be16(t.offset + 2).unwrap_or(0);
+            l4.header_len = 8;
+        }
+        IPPROTO_GRE => {
+            // The GRE base header; a tunnel's options are accounted by `tunnel`.
+            l4.header_len = 4;
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            key.icmp_type = h.u8(t.offset).unwrap_or(0);
+            key.icmp_code = h.u8(t.offset + 1).unwrap_or(0);
+        }
+        _ => {}
+    }
+    l4
+}
+
+/// The inner flow of a VXLAN, Geneve or GRE packet.
+pub struct Inner {
+    pub key: FlowKey,
+    pub outer: TunnelOuter,
+    pub tcp_flags: u16,
+    /// Offset of the inner frame (Ethernet, or IP for L3 GRE/Geneve): the encapsulation
+    /// overhead per packet.
+    pub inner_start: u16,
+}
+
+/// Per-CPU slot for the inner flow of the packet being parsed (keeps it off the 512-byte stack).
+#[map]
+static INNER: PerCpuArray<Inner> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's inner flow, valid after `parse` returned a packet with `tunnel` set.
+#[inline(always)]
+pub fn inner() -> Option<&'static Inner> {
+    // SAFETY: per-CPU slot, written and read by the same program run.
+    unsafe { INNER.get_ptr(0).map(|p| &*p) }
+}
+
+/// Decapsulates `t` (the outer transport) if it is a tunnel this parser knows: the inner flow
+/// goes to this CPU's [`INNER`] slot; returns the end of the inner transport header (the
+/// headers every GSO segment repeats).
+#[inline(always)]
+fn tunnel(h: &Headers, t: &Transport, outer: &FlowKey) -> Option<usize> {
+    // SAFETY: per-CPU slot; a program runs to completion on its CPU before the next.
+    let slot = unsafe { &mut *INNER.get_ptr_mut(0)? };
+    let key = &mut slot.key;
+    *key = FlowKey {
+        ifindex: outer.ifindex,
+        direction: outer.direction,
+        ..FlowKey::default()
+    };
+    let (start, ethernet_inner, proto_type) = match (outer.proto, outer.dst_port) {
+        (IPPROTO_UDP, VXLAN_PORT) => {
+            let vxlan = t.offset + 8;
+            // I flag: the VNI is valid.
+            if h.u8(vxlan)? & 0x08 == 0 {
+                return None;
+            }
+            key.tunnel = TUNNEL_VXLAN;
+            key.tunnel_id = h.be32(vxlan + 4)? >> 8;
+            (vxlan + 8, true, 0)
+        }
+        (IPPROTO_UDP, GENEVE_PORT) => {
+            let geneve = t.offset + 8;
+            let ver_opt = h.u8(geneve)?;
+            if ver_opt >> 6 != 0 {
+                return None;
+            }
+            let proto_type = h.be16(geneve + 2)?;
+            key.tunnel = TUNNEL_GENEVE;
+            key.tunnel_id = h.be32(geneve + 4)? >> 8;
+            let start = geneve + 8 + ((ver_opt & 0x3f) as usize) * 4;
+            (start, proto_type == ETH_P_TEB, proto_type)
+        }
+        (IPPROTO_GRE, _) => {
+            let flags = h.be16(t.offset)?;
+            // Version 0 only, no routing (RFC 2784/2890).
+            if flags & 0x4007 != 0 {
+                return None;
+            }
+            let proto_type = h.be16(t.offset + 2)?;
+            let mut off = t.offset + 4;
+            if flags & GRE_CSUM != 0 {
+                off += 4;
+            }
+            key.tunnel = TUNNEL_GRE;
+            if flags & GRE_KEY != 0 {
+                key.tunnel_id = h.be32(off)?;
+                off += 4;
+            }
+            if flags & GRE_SEQ != 0 {
+                off += 4;
+            }
+            (off, proto_type == ETH_P_TEB, proto_type)
+        }
+        _ => return None,
+    };
+    let (etype, l3) = if ethernet_inner {
+        ethernet(h, start, key)?
+    } else {
+        key.etype = proto_type;
+        (proto_type, start)
+    };
+    let it = match etype {
+        ETH_P_IP => parse_ipv4(h, l3, key)?,
+        ETH_P_IPV6 => parse_ipv6(h, l3, key)?,
+        _ => return None,
+    };
+    key.proto = it.proto;
+    let mut l4 = L4::default();
+    if !it.later_fragment {
+        l4 = transport_header(h, &it, key);
+    }
+    slot.tcp_flags = l4.tcp_flags;
+    slot.outer = TunnelOuter {
+        src_addr: outer.src_addr,
+        dst_addr: outer.dst_addr,
+    };
+    slot.inner_start = start as u16;
+    Some(it.offset + l4.header_len)
 }
 
 #[inline(always)]

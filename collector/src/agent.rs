@@ -7,21 +7,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use flowlens_common::{
-    FlowKey, FlowStats, COUNTER_FILTERED, COUNTER_FRAGMENT_UNMATCHED, COUNTER_MALFORMED,
-    COUNTER_NON_IP, COUNTER_SAMPLED_OUT, COUNTER_TABLE_FULL,
+    TunnelOuter, COUNTER_FILTERED, COUNTER_FRAGMENT_UNMATCHED, COUNTER_MALFORMED, COUNTER_NON_IP,
+    COUNTER_SAMPLED_OUT, COUNTER_TABLE_FULL, TUNNEL_NONE,
 };
 use flowlens_runtime::Shutdown;
 use flowlens_schemas::Interface;
 use rdkafka::producer::FutureProducer;
 
 use crate::config::Config;
+use crate::conversation::duplicates;
 use crate::drain::Drainer;
 use crate::interfaces::{self, InterfaceInfo};
 use crate::netns;
 use crate::probe::Probe;
 use crate::publish::Publisher;
 use crate::record::{raw_flow, Clock};
-use crate::table::FlowTable;
+use crate::table::{Exported, FlowTable, Timeouts};
 
 /// Runs the collector until `shutdown` fires.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
@@ -89,7 +90,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     let mut exporter = Exporter {
-        table: FlowTable::new(Drainer::new(c.drain_batch, cpus), c.idle_timeout_ms),
+        table: FlowTable::new(
+            Drainer::new(c.drain_batch, cpus),
+            Timeouts {
+                idle_ns: c.idle_timeout_ms * 1_000_000,
+                closed_ns: c.closed_timeout_ms * 1_000_000,
+                bidirectional: c.bidirectional,
+            },
+        ),
         cost: (Duration::ZERO, 0),
         exported: (0, 0),
         entries: Vec::new(),
@@ -210,6 +218,21 @@ fn reconcile(
     })
 }
 
+/// The outer addresses of an inner flow's A->B packets (from the B->A entry, swapped, when A
+/// sent nothing in this interval).
+fn tunnel_outer(probe: &Probe, e: &Exported) -> Option<TunnelOuter> {
+    let c = &e.conversation;
+    let key = c.key();
+    if let Some(o) = probe.tunnel_outer(&key) {
+        return Some(o);
+    }
+    let reverse = c.b_to_a.map(|(k, _)| k).or_else(|| key.reverse())?;
+    probe.tunnel_outer(&reverse).map(|o| TunnelOuter {
+        src_addr: o.dst_addr,
+        dst_addr: o.src_addr,
+    })
+}
+
 /// An interval scan keeps live flows in the kernel; the final one empties the table.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Scan {
@@ -224,7 +247,7 @@ struct Exporter {
     cost: (Duration, u64),
     /// Packets and bytes exported since start.
     exported: (u64, u64),
-    entries: Vec<(FlowKey, FlowStats)>,
+    entries: Vec<Exported>,
     host: String,
     sampling: u32,
 }
@@ -257,10 +280,19 @@ impl Exporter {
             }
         };
         let read = started.elapsed();
+        let conversations: Vec<_> = self.entries.iter().map(|e| e.conversation).collect();
+        let duplicates = duplicates(&conversations);
         let flows: Vec<_> = self
             .entries
             .iter()
-            .map(|(k, s)| raw_flow(&self.host, k, s, clock, self.sampling))
+            .zip(duplicates)
+            .map(|(e, duplicate)| {
+                let key = e.conversation.key();
+                let outer = (key.tunnel != TUNNEL_NONE)
+                    .then(|| tunnel_outer(probe, e))
+                    .flatten();
+                raw_flow(&self.host, e, duplicate, outer, clock, self.sampling)
+            })
             .collect();
         let delivery = publisher.publish_flows(&flows).await?;
 
@@ -268,10 +300,15 @@ impl Exporter {
         metrics::gauge!("flowlens_collector_table_entries").set(occupancy as f64);
         metrics::counter!("flowlens_collector_flows_evicted_total").increment(evicted as u64);
         metrics::counter!("flowlens_collector_flows_exported_total").increment(flows.len() as u64);
-        let (packets, bytes) = self
-            .entries
+        let (packets, bytes) = flows
             .iter()
-            .fold((0, 0), |(p, b), (_, s)| (p + s.packets, b + s.bytes));
+            .filter(|f| !f.duplicate)
+            .fold((0, 0), |(p, b), f| {
+                (
+                    p + (f.packets + f.reverse_packets) as u64,
+                    b + (f.bytes + f.reverse_bytes) as u64,
+                )
+            });
         self.exported.0 += packets;
         self.exported.1 += bytes;
         metrics::counter!("flowlens_collector_packets_total").increment(packets);

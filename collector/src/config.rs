@@ -33,6 +33,14 @@ pub struct CollectorConfig {
     /// A flow whose last packet is older than this leaves the kernel table (after a last export);
     /// live flows stay and are exported every scan.
     pub idle_timeout_ms: u64,
+    /// A TCP conversation that ended (RST, or FIN in both directions) leaves the table once it
+    /// has been quiet this long, so its last record carries the end reason without waiting for
+    /// the idle timeout.
+    pub closed_timeout_ms: u64,
+    /// Join the two directions of a conversation into one record (A->B counters plus reverse_*
+    /// for B->A). false: one record per direction, reverse_* always 0 (what RawFlow v1
+    /// consumers expect).
+    pub bidirectional: bool,
     /// Maximum number of flows the kernel table holds (live flows plus those not yet idle).
     pub table_size: u32,
     /// Flows read per batched map syscall.
@@ -53,6 +61,8 @@ impl Default for CollectorConfig {
             netns: String::new(),
             scan_interval_ms: 5_000,
             idle_timeout_ms: 15_000,
+            closed_timeout_ms: 1_000,
+            bidirectional: true,
             table_size: 262_144,
             drain_batch: 8_192,
             interface_refresh_ms: 10_000,
@@ -76,6 +86,12 @@ impl Validate for Config {
             c.idle_timeout_ms,
             100,
             3_600_000,
+        )?;
+        flowlens_runtime::config::check_range(
+            "collector.closed_timeout_ms",
+            c.closed_timeout_ms,
+            0,
+            c.idle_timeout_ms,
         )?;
         flowlens_runtime::config::check_range(
             "collector.table_size",

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod conversation;
 pub mod drain;
 pub mod filter;
 pub mod interfaces;

@@ -11,8 +11,8 @@ use aya::programs::tc::{SchedClassifierLinkId, TcAttachType};
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use flowlens_common::{
-    COUNTERS_MAP, COUNTER_COUNT, EGRESS_PROGRAM, FILTERS_GLOBAL, FLOWS_MAP, INGRESS_PROGRAM,
-    SAMPLING_GLOBAL,
+    FlowKey, TunnelOuter, COUNTERS_MAP, COUNTER_COUNT, EGRESS_PROGRAM, FILTERS_GLOBAL, FLOWS_MAP,
+    INGRESS_PROGRAM, SAMPLING_GLOBAL, TUNNELS_MAP,
 };
 
 use crate::filter::Filters;
@@ -25,6 +25,8 @@ pub struct Probe {
     ebpf: Ebpf,
     flows: MapData,
     counters: PerCpuArray<MapData, u64>,
+    /// Outer addresses of tunnel flows (inner key -> outer).
+    tunnels: aya::maps::HashMap<MapData, FlowKey, TunnelOuter>,
     /// Attached interfaces by name, with the ingress and egress links.
     attached: BTreeMap<String, Vec<(&'static str, SchedClassifierLinkId)>>,
 }
@@ -58,10 +60,15 @@ impl Probe {
             .take_map(COUNTERS_MAP)
             .with_context(|| format!("map {COUNTERS_MAP} missing"))?
             .try_into()?;
+        let tunnels = ebpf
+            .take_map(TUNNELS_MAP)
+            .with_context(|| format!("map {TUNNELS_MAP} missing"))?
+            .try_into()?;
         Ok(Self {
             ebpf,
             flows,
             counters,
+            tunnels,
             attached: BTreeMap::new(),
         })
     }
@@ -131,6 +138,11 @@ impl Probe {
 
     pub fn flows_fd(&self) -> BorrowedFd<'_> {
         self.flows.fd().as_fd()
+    }
+
+    /// The outer addresses of the tunnel packets carrying the inner flow `key`, if known.
+    pub fn tunnel_outer(&self, key: &FlowKey) -> Option<TunnelOuter> {
+        self.tunnels.get(key, 0).ok()
     }
 
     /// Kernel counters summed over CPUs, indexed by `flowlens_common::COUNTER_*`.

@@ -1,10 +1,12 @@
-//! Turning a drained kernel entry (`FlowKey`, merged `FlowStats`) into an Avro `RawFlow`, with
-//! kernel monotonic timestamps converted to unix time.
+//! Turning an exported conversation (both directions' kernel entries, merged over CPUs) into an
+//! Avro `RawFlow`, with kernel monotonic timestamps converted to unix time.
 
 use std::net::Ipv6Addr;
 
-use flowlens_common::{FlowKey, FlowStats, DIRECTION_INGRESS};
+use flowlens_common::{TunnelOuter, DIRECTION_INGRESS, TUNNEL_GENEVE, TUNNEL_GRE, TUNNEL_VXLAN};
 use flowlens_schemas::{Direction, RawFlow};
+
+use crate::table::Exported;
 
 /// Converts CLOCK_MONOTONIC (what `bpf_ktime_get_ns` returns) to unix time, sampled at one instant.
 #[derive(Debug, Clone, Copy)]
@@ -47,14 +49,21 @@ fn read_clock(clock: libc::clockid_t) -> i64 {
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
-/// Builds the Avro record for one flow counted under 1:`sampling` sampling.
+/// Builds the Avro record for one conversation counted under 1:`sampling` sampling. `outer`
+/// holds the outer addresses of the A->B tunnel packets for an inner flow.
 pub fn raw_flow(
     host: &str,
-    key: &FlowKey,
-    stats: &FlowStats,
+    exported: &Exported,
+    duplicate: bool,
+    outer: Option<TunnelOuter>,
     clock: Clock,
     sampling: u32,
 ) -> RawFlow {
+    let c = &exported.conversation;
+    let key = c.key();
+    let (ab, ba) = (c.a_to_b.map(|(_, s)| s), c.b_to_a.map(|(_, s)| s));
+    let ab = ab.unwrap_or_default();
+    let ba = ba.unwrap_or_default();
     RawFlow {
         host: host.to_string(),
         ifindex: key.ifindex as i32,
@@ -63,8 +72,8 @@ pub fn raw_flow(
         } else {
             Direction::Egress
         },
-        time_flow_start_ns: clock.to_unix_ns(stats.first_seen_ns),
-        time_flow_end_ns: clock.to_unix_ns(stats.last_seen_ns),
+        time_flow_start_ns: clock.to_unix_ns(c.first_seen_ns()),
+        time_flow_end_ns: clock.to_unix_ns(c.last_seen_ns()),
         time_exported_ns: clock.unix_now_ns(),
         etype: key.etype.into(),
         vlan_id: key.vlan_id.into(),
@@ -75,10 +84,25 @@ pub fn raw_flow(
         dst_port: key.dst_port.into(),
         icmp_type: key.icmp_type.into(),
         icmp_code: key.icmp_code.into(),
-        tcp_flags: stats.tcp_flags.into(),
-        packets: stats.packets as i64,
-        bytes: stats.bytes as i64,
+        tcp_flags: ab.tcp_flags.into(),
+        packets: ab.packets as i64,
+        bytes: ab.bytes as i64,
         sampling_rate: sampling.max(1) as i32,
+        reverse_packets: ba.packets as i64,
+        reverse_bytes: ba.bytes as i64,
+        reverse_tcp_flags: ba.tcp_flags.into(),
+        end_reason: exported.ending.as_str().into(),
+        tunnel: match key.tunnel {
+            TUNNEL_VXLAN => "vxlan",
+            TUNNEL_GENEVE => "geneve",
+            TUNNEL_GRE => "gre",
+            _ => "",
+        }
+        .into(),
+        tunnel_id: key.tunnel_id.into(),
+        outer_src_addr: outer.map(|o| Ipv6Addr::from(o.src_addr)),
+        outer_dst_addr: outer.map(|o| Ipv6Addr::from(o.dst_addr)),
+        duplicate,
         ..RawFlow::default()
     }
 }
@@ -88,7 +112,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn converts_key_and_times() {
+    fn converts_conversation_and_times() {
+        use crate::conversation::{Conversation, Ending};
+        use flowlens_common::{FlowKey, FlowStats};
         let key = FlowKey {
             src_addr: std::net::Ipv4Addr::new(10, 0, 0, 1)
                 .to_ipv6_mapped()
@@ -100,24 +126,41 @@ mod tests {
             etype: 0x0800,
             proto: 17,
             direction: 1,
+            tunnel: TUNNEL_VXLAN,
+            tunnel_id: 42,
             ..Default::default()
         };
-        let stats = FlowStats {
-            packets: 3,
-            bytes: 300,
-            first_seen_ns: 1_000,
-            last_seen_ns: 2_000,
+        let stats = |packets, first, last| FlowStats {
+            packets,
+            bytes: packets * 100,
+            first_seen_ns: first,
+            last_seen_ns: last,
             ..Default::default()
+        };
+        let exported = Exported {
+            conversation: Conversation {
+                a_to_b: Some((key, stats(3, 1_000, 2_000))),
+                b_to_a: Some((key.reverse().unwrap(), stats(2, 1_500, 2_500))),
+            },
+            ending: Ending::Idle,
         };
         let clock = Clock {
             realtime_ns: 10_000,
             offset_ns: 5_000,
         };
-        let r = raw_flow("h", &key, &stats, clock, 1);
+        let outer = TunnelOuter {
+            src_addr: [1; 16],
+            dst_addr: [2; 16],
+        };
+        let r = raw_flow("h", &exported, true, Some(outer), clock, 1);
         assert_eq!(r.direction, Direction::Egress);
         assert_eq!(r.src_ip().to_string(), "10.0.0.1");
-        assert_eq!((r.time_flow_start_ns, r.time_flow_end_ns), (6_000, 7_000));
+        assert_eq!((r.time_flow_start_ns, r.time_flow_end_ns), (6_000, 7_500));
         assert_eq!((r.packets, r.bytes, r.dst_port, r.ifindex), (3, 300, 53, 7));
+        assert_eq!((r.reverse_packets, r.reverse_bytes), (2, 200));
+        assert_eq!((r.end_reason.as_str(), r.duplicate), ("idle", true));
+        assert_eq!((r.tunnel.as_str(), r.tunnel_id), ("vxlan", 42));
+        assert_eq!(r.outer_dst_addr, Some(Ipv6Addr::from([2; 16])));
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Flow table management: every scan exports what each flow added since the last export
+//! Flow table management: every scan exports what each conversation added since the last export
 //! (active timeout = the scan interval) while live flows stay in the kernel table, so the
-//! per-packet path never pays a re-insert; flows idle longer than the idle timeout are taken out
-//! atomically (lookup-and-delete of that key) with their last counts. At shutdown the whole
+//! per-packet path never pays a re-insert; conversations idle longer than the idle timeout, or
+//! TCP-closed (RST, FIN both ways) and quiet for the closed timeout, are taken out atomically
+//! (lookup-and-delete of each direction's key) with their last counts. At shutdown the whole
 //! table is drained.
 
 use std::collections::HashMap;
@@ -10,6 +11,7 @@ use std::os::fd::BorrowedFd;
 
 use flowlens_common::{FlowKey, FlowStats};
 
+use crate::conversation::{pair, Conversation, Ending};
 use crate::drain::Drainer;
 
 /// What one scan found.
@@ -17,36 +19,54 @@ use crate::drain::Drainer;
 pub struct ScanStats {
     /// Entries in the kernel table when it was read.
     pub entries: usize,
-    /// Idle flows removed from the kernel table.
+    /// Entries removed from the kernel table (idle or closed conversations).
     pub evicted: usize,
     pub syscalls: usize,
+}
+
+/// One conversation's part of a scan: what each direction added since its previous export
+/// (`None` for a direction with nothing new), and whether this is its last record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exported {
+    pub conversation: Conversation,
+    pub ending: Ending,
+}
+
+/// Table timing: idle flows leave after `idle_ns`, closed TCP conversations after `closed_ns`
+/// of quiet; `bidirectional` joins the two directions of a conversation.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub idle_ns: u64,
+    pub closed_ns: u64,
+    pub bidirectional: bool,
 }
 
 /// The user-space side of the kernel table: what was already exported for each live flow.
 pub struct FlowTable {
     drainer: Drainer,
-    idle_ns: u64,
+    timeouts: Timeouts,
     exported: HashMap<FlowKey, FlowStats>,
     read: Vec<(FlowKey, FlowStats)>,
 }
 
 impl FlowTable {
-    pub fn new(drainer: Drainer, idle_timeout_ms: u64) -> Self {
+    pub fn new(drainer: Drainer, timeouts: Timeouts) -> Self {
         Self {
             drainer,
-            idle_ns: idle_timeout_ms * 1_000_000,
+            timeouts,
             exported: HashMap::new(),
             read: Vec::new(),
         }
     }
 
-    /// Reads the table; appends to `out` each flow's counts since its previous export, and evicts
-    /// flows whose last packet is older than the idle timeout at `now_ns` (monotonic clock).
+    /// Reads the table; appends to `out` each conversation's counts since its previous export,
+    /// and evicts conversations that ended (idle, or TCP closed and quiet) at `now_ns`
+    /// (monotonic clock), both directions at once.
     pub fn scan(
         &mut self,
         map: BorrowedFd<'_>,
         now_ns: u64,
-        out: &mut Vec<(FlowKey, FlowStats)>,
+        out: &mut Vec<Exported>,
     ) -> io::Result<ScanStats> {
         self.read.clear();
         let mut stats = ScanStats {
@@ -54,40 +74,77 @@ impl FlowTable {
             entries: self.read.len(),
             ..ScanStats::default()
         };
+        let t = self.timeouts;
         let mut seen = HashMap::with_capacity(self.read.len());
-        for i in 0..self.read.len() {
-            let (key, mut current) = self.read[i];
-            let idle = current.last_seen_ns.saturating_add(self.idle_ns) < now_ns;
-            if idle {
-                stats.syscalls += 1;
-                match self.drainer.take(map, &key)? {
-                    Some(last) => current = last,
-                    None => continue,
+        for mut conversation in pair(&self.read, t.bidirectional) {
+            let ending = conversation.ending(now_ns, t.idle_ns, t.closed_ns);
+            if ending == Ending::Open && conversation.tcp_end().is_some() {
+                // Closing: hold the last counts back (at most the closed timeout) so they
+                // leave with the end reason in one record.
+                for key in conversation.keys() {
+                    if let Some(before) = self.exported.get(&key) {
+                        seen.insert(key, *before);
+                    }
                 }
-                stats.evicted += 1;
+                continue;
             }
-            if let Some(delta) = since(self.exported.get(&key), &current) {
-                out.push((key, delta));
+            if ending != Ending::Open {
+                for side in [&mut conversation.a_to_b, &mut conversation.b_to_a] {
+                    let Some((key, current)) = side else { continue };
+                    stats.syscalls += 1;
+                    match self.drainer.take(map, key)? {
+                        Some(last) => *current = last,
+                        None => *side = None,
+                    }
+                    stats.evicted += 1;
+                }
             }
-            if !idle {
-                seen.insert(key, current);
+            let mut delta = conversation;
+            for side in [&mut delta.a_to_b, &mut delta.b_to_a] {
+                let Some((key, current)) = side else { continue };
+                let before = self.exported.get(key);
+                if ending == Ending::Open {
+                    seen.insert(*key, *current);
+                }
+                match since(before, current) {
+                    Some(d) => *current = d,
+                    None => *side = None,
+                }
+            }
+            if delta.a_to_b.is_some() || delta.b_to_a.is_some() {
+                out.push(Exported {
+                    conversation: delta,
+                    ending,
+                });
             }
         }
         self.exported = seen;
         Ok(stats)
     }
 
-    /// Empties the kernel table and appends every flow's counts since its previous export.
-    pub fn drain(
-        &mut self,
-        map: BorrowedFd<'_>,
-        out: &mut Vec<(FlowKey, FlowStats)>,
-    ) -> io::Result<usize> {
+    /// Empties the kernel table and appends every conversation's counts since its previous
+    /// export, all ending with `Ending::Shutdown` (or FIN/RST when the TCP end was seen).
+    pub fn drain(&mut self, map: BorrowedFd<'_>, out: &mut Vec<Exported>) -> io::Result<usize> {
         self.read.clear();
         let calls = self.drainer.read_all(map, true, &mut self.read)?;
-        for (key, current) in &self.read {
-            if let Some(delta) = since(self.exported.get(key), current) {
-                out.push((*key, delta));
+        for conversation in pair(&self.read, self.timeouts.bidirectional) {
+            let ending = match conversation.ending(u64::MAX, u64::MAX - 1, 0) {
+                Ending::Open | Ending::Idle => Ending::Shutdown,
+                end => end,
+            };
+            let mut delta = conversation;
+            for side in [&mut delta.a_to_b, &mut delta.b_to_a] {
+                let Some((key, current)) = side else { continue };
+                match since(self.exported.get(key), current) {
+                    Some(d) => *current = d,
+                    None => *side = None,
+                }
+            }
+            if delta.a_to_b.is_some() || delta.b_to_a.is_some() {
+                out.push(Exported {
+                    conversation: delta,
+                    ending,
+                });
             }
         }
         self.exported.clear();
@@ -111,7 +168,8 @@ fn since(before: Option<&FlowStats>, current: &FlowStats) -> Option<FlowStats> {
         first_seen_ns: b.last_seen_ns,
         last_seen_ns: current.last_seen_ns,
         tcp_flags: current.tcp_flags,
-        _pad: [0; 6],
+        flags: current.flags,
+        _pad: [0; 5],
     })
 }
 
@@ -126,7 +184,8 @@ mod tests {
             first_seen_ns: first,
             last_seen_ns: last,
             tcp_flags: 0x10,
-            _pad: [0; 6],
+            flags: 0,
+            _pad: [0; 5],
         }
     }
 

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{between_pair, expected_flows, flow_id, run_collector, send_known_traffic, totals};
+use common::{between_pair, expected_flows, run_collector, send_known_traffic, totals, PINGS};
 use flowlens_runtime::testkit::in_netns;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,16 +61,46 @@ async fn exact_counts_for_udp_tcp_icmp_on_veth() {
         expected_flows(pair, sent)
     );
 
-    let mut flags: BTreeMap<_, u16> = BTreeMap::new();
-    for f in &ours {
-        *flags.entry(flow_id(f)).or_default() |= f.tcp_flags as u16;
-    }
+    // One conversation per flow: A is the side that spoke first, its flags per direction.
     let a = std::net::IpAddr::V4(pair.ip_a);
-    let b = std::net::IpAddr::V4(pair.ip_b);
-    let out = flags[&(true, 6, a, sent.tcp_port, b, 5002, 0)];
-    let back = flags[&(false, 6, b, 5002, a, sent.tcp_port, 0)];
+    let tcp: Vec<_> = ours
+        .iter()
+        .filter(|f| {
+            f.proto == 6
+                && (f.src_port as u16 == sent.tcp_port || f.dst_port as u16 == sent.tcp_port)
+        })
+        .collect();
+    assert!(!tcp.is_empty());
+    let (mut out, mut back) = (0u16, 0u16);
+    for f in &tcp {
+        assert_eq!(
+            (f.src_ip(), f.src_port as u16, f.dst_port),
+            (a, sent.tcp_port, 5002),
+            "{f:?}"
+        );
+        assert_eq!(f.direction, flowlens_schemas::Direction::Egress);
+        out |= f.tcp_flags as u16;
+        back |= f.reverse_tcp_flags as u16;
+    }
     assert_eq!(out & 0x1ff, sent.tcp_flags_out, "TCP flags A->B {out:#x}");
     assert_eq!(back & 0x1ff, sent.tcp_flags_in, "TCP flags B->A {back:#x}");
+    // Only the last record of the connection carries its end: FIN both ways.
+    let (last, earlier) = tcp.split_last().unwrap();
+    assert_eq!(last.end_reason, "fin", "{last:?}");
+    assert!(
+        earlier.iter().all(|f| f.end_reason.is_empty()),
+        "{earlier:?}"
+    );
+    let pings: Vec<_> = ours.iter().filter(|f| f.proto == 1).collect();
+    assert!(
+        pings.iter().all(|f| f.src_ip() == a && f.icmp_type == 8),
+        "{pings:?}"
+    );
+    assert_eq!(
+        pings.iter().map(|f| f.reverse_packets).sum::<i64>(),
+        PINGS as i64
+    );
+    assert!(ours.iter().all(|f| !f.duplicate && f.tunnel.is_empty()));
 }
 
 /// Live flows are exported every scan (deltas) and idle ones leave the table with their last

@@ -3,6 +3,7 @@
 //! padding so both sides agree byte for byte; keys are always fully zero-initialised.
 #![no_std]
 
+
 /// Name of the kernel flow table (a per-CPU hash map `FlowKey -> FlowStats`).
 pub const FLOWS_MAP: &str = "FLOWS";
 /// Name of the per-CPU counter array (indexed by the `COUNTER_*` constants).
@@ -46,9 +47,26 @@ pub const FILTER_PROTOCOLS_MAP: &str = "FILTER_PROTOCOLS";
 pub const DIRECTION_INGRESS: u8 = 0;
 pub const DIRECTION_EGRESS: u8 = 1;
 
-/// Flow table key: one entry per (interface, direction, VLAN, addresses, protocol, ports).
-/// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`). For ICMP/ICMPv6 the ports are 0 and
-/// type/code are set. 48 bytes, no implicit padding.
+/// `FlowKey::tunnel` of a plain flow.
+pub const TUNNEL_NONE: u8 = 0;
+/// Inner flow of a VXLAN packet (UDP port 4789); `tunnel_id` is the VNI.
+pub const TUNNEL_VXLAN: u8 = 1;
+/// Inner flow of a Geneve packet (UDP port 6081); `tunnel_id` is the VNI.
+pub const TUNNEL_GENEVE: u8 = 2;
+/// Inner flow of a GRE packet (IP protocol 47); `tunnel_id` is the GRE key (0 without key).
+pub const TUNNEL_GRE: u8 = 3;
+
+/// Name of the LRU map inner flow key -> [`TunnelOuter`] (the outer addresses of a tunnel flow).
+pub const TUNNELS_MAP: &str = "TUNNELS";
+
+/// `FlowStats::flags`: this direction's entry was created while the opposite direction of the
+/// conversation had no entry on the same interface, i.e. this side spoke first (side A).
+pub const FLOW_INITIATOR: u8 = 1;
+
+/// Flow table key: one entry per (interface, direction, VLAN, addresses, protocol, ports,
+/// tunnel). IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`). For ICMP/ICMPv6 the ports
+/// are 0 and type/code are set. Inner flows of a tunnel carry its kind and id; their outer
+/// addresses are in [`TUNNELS_MAP`]. 56 bytes, no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -63,6 +81,42 @@ pub struct FlowKey {
     pub direction: u8,
     pub icmp_type: u8,
     pub icmp_code: u8,
+    /// VNI or GRE key of the tunnel an inner flow travelled in, 0 for a plain flow.
+    pub tunnel_id: u32,
+    /// `TUNNEL_*`.
+    pub tunnel: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// The key the opposite direction of the same conversation has on the same interface:
+    /// addresses and ports swapped, direction flipped, ICMP echo request <-> reply. `None` for
+    /// ICMP messages without an answer type.
+    pub fn reverse(&self) -> Option<FlowKey> {
+        let mut r = *self;
+        r.src_addr = self.dst_addr;
+        r.dst_addr = self.src_addr;
+        r.src_port = self.dst_port;
+        r.dst_port = self.src_port;
+        r.direction = self.direction ^ 1;
+        match (self.proto, self.icmp_type) {
+            (1, 8) => r.icmp_type = 0,
+            (1, 0) => r.icmp_type = 8,
+            (58, 128) => r.icmp_type = 129,
+            (58, 129) => r.icmp_type = 128,
+            (1, _) | (58, _) => return None,
+            _ => {}
+        }
+        Some(r)
+    }
+}
+
+/// Outer addresses of the tunnel packets that carried an inner flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelOuter {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
 }
 
 /// Per-CPU flow counters. User space sums packets/bytes, takes min first / max last seen and ORs
@@ -75,7 +129,9 @@ pub struct FlowStats {
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     pub tcp_flags: u16,
-    pub _pad: [u8; 6],
+    /// `FLOW_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 5],
 }
 
 impl FlowStats {
@@ -93,6 +149,7 @@ impl FlowStats {
         self.packets += other.packets;
         self.bytes += other.bytes;
         self.tcp_flags |= other.tcp_flags;
+        self.flags |= other.flags;
     }
 }
 
@@ -121,6 +178,7 @@ mod user {
     // SAFETY: plain-old-data #[repr(C)] types without implicit padding.
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::TunnelOuter {}
 }
 
 #[cfg(test)]
@@ -129,7 +187,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<FlowKey>(), 48);
+        assert_eq!(core::mem::size_of::<FlowKey>(), 56);
         assert_eq!(core::mem::size_of::<FlowStats>(), 40);
         assert_eq!(core::mem::size_of::<FragmentKey>(), 40);
     }
@@ -143,7 +201,8 @@ mod tests {
             first_seen_ns: 50,
             last_seen_ns: 70,
             tcp_flags: 0x02,
-            _pad: [0; 6],
+            flags: FLOW_INITIATOR,
+            _pad: [0; 5],
         };
         let c = FlowStats {
             packets: 1,
@@ -151,7 +210,8 @@ mod tests {
             first_seen_ns: 40,
             last_seen_ns: 60,
             tcp_flags: 0x10,
-            _pad: [0; 6],
+            flags: 0,
+            _pad: [0; 5],
         };
         a.merge(&b);
         a.merge(&FlowStats::default());
@@ -161,5 +221,38 @@ mod tests {
             (a.first_seen_ns, a.last_seen_ns, a.tcp_flags),
             (40, 70, 0x12)
         );
+        assert_eq!(a.flags, FLOW_INITIATOR);
+    }
+
+    #[test]
+    fn reverse_swaps_ends_and_echo_types() {
+        let k = FlowKey {
+            src_addr: [1; 16],
+            dst_addr: [2; 16],
+            src_port: 1000,
+            dst_port: 80,
+            proto: 6,
+            direction: DIRECTION_EGRESS,
+            ..Default::default()
+        };
+        let r = k.reverse().unwrap();
+        assert_eq!((r.src_addr, r.dst_addr), ([2; 16], [1; 16]));
+        assert_eq!(
+            (r.src_port, r.dst_port, r.direction),
+            (80, 1000, DIRECTION_INGRESS)
+        );
+        assert_eq!(r.reverse(), Some(k));
+        let ping = FlowKey {
+            proto: 1,
+            icmp_type: 8,
+            ..k
+        };
+        assert_eq!(ping.reverse().unwrap().icmp_type, 0);
+        let unreachable = FlowKey {
+            proto: 1,
+            icmp_type: 3,
+            ..k
+        };
+        assert_eq!(unreachable.reverse(), None);
     }
 }

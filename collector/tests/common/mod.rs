@@ -201,7 +201,7 @@ fn repeated(packets: u64, frame: u64) -> Totals {
     }
 }
 
-fn tcp_info(stream: &TcpStream) -> libc::tcp_info {
+pub fn tcp_info(stream: &TcpStream) -> libc::tcp_info {
     // SAFETY: tcp_info is plain data; getsockopt fills at most `len` bytes.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -324,13 +324,40 @@ pub fn flow_id(f: &RawFlow) -> FlowId {
     )
 }
 
-/// Packets and bytes per flow, summed over every record of it.
+/// The B->A identity of a conversation record: ends swapped, the other direction on the
+/// interface, the answer's ICMP type.
+pub fn reverse_id(f: &RawFlow) -> FlowId {
+    let icmp = match (f.proto, f.icmp_type) {
+        (1, 8) => 0,
+        (58, 128) => 129,
+        (_, t) => t as u8,
+    };
+    (
+        f.direction != Direction::Egress,
+        f.proto as u8,
+        f.dst_ip(),
+        f.dst_port as u16,
+        f.src_ip(),
+        f.src_port as u16,
+        icmp,
+    )
+}
+
+/// Packets and bytes per direction of each flow, summed over every record that is not a
+/// duplicate: each conversation record splits into its A->B part and its B->A (reverse_*) part.
 pub fn totals(flows: &[RawFlow]) -> BTreeMap<FlowId, Totals> {
     let mut out: BTreeMap<FlowId, Totals> = BTreeMap::new();
-    for f in flows {
-        let t = out.entry(flow_id(f)).or_default();
-        t.packets += f.packets as u64;
-        t.bytes += f.bytes as u64;
+    for f in flows.iter().filter(|f| !f.duplicate) {
+        for (id, packets, bytes) in [
+            (flow_id(f), f.packets, f.bytes),
+            (reverse_id(f), f.reverse_packets, f.reverse_bytes),
+        ] {
+            if packets > 0 {
+                let t = out.entry(id).or_default();
+                t.packets += packets as u64;
+                t.bytes += bytes as u64;
+            }
+        }
     }
     out
 }

@@ -1,0 +1,389 @@
+//! Conversations: the two directions of a flow on one interface joined into one record (side A,
+//! the initiator, and side B), why a conversation ended, and which conversations repeat packets
+//! already counted elsewhere on the host (another interface, or the outer flow of a tunnel).
+//!
+//! Which end is A: the direction whose kernel entry was created while the opposite direction
+//! had none on that interface (`FLOW_INITIATOR`, set by the kernel on a flow's first packet).
+//! When both or neither carry the mark (both created at once on two CPUs, or one side evicted
+//! and re-created), the direction seen first is A; on a tie, the end with the higher port
+//! (the ephemeral one) is A. The rule is decided on the kernel's cumulative entries, so it is
+//! the same in every interval of a conversation.
+
+use std::collections::HashMap;
+
+use flowlens_common::{FlowKey, FlowStats, FLOW_INITIATOR, TUNNEL_NONE};
+
+/// TCP flags (low byte of `FlowStats::tcp_flags`).
+pub const TCP_FIN: u16 = 0x01;
+pub const TCP_RST: u16 = 0x04;
+
+/// Why a conversation's record is its last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ending {
+    /// Still live: an interval export.
+    #[default]
+    Open,
+    /// TCP FIN in both directions (or one, then silence).
+    Fin,
+    /// TCP RST.
+    Rst,
+    /// No packet for the idle timeout.
+    Idle,
+    /// The collector stopped and drained the table.
+    Shutdown,
+}
+
+impl Ending {
+    /// The RawFlow `end_reason` text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::Open => "",
+            Ending::Fin => "fin",
+            Ending::Rst => "rst",
+            Ending::Idle => "idle",
+            Ending::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One conversation on one interface: the A->B entry and the B->A entry (at least one is set).
+/// `a_to_b` keys are oriented A->B, `b_to_a` keys B->A, as in the kernel table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conversation {
+    pub a_to_b: Option<(FlowKey, FlowStats)>,
+    pub b_to_a: Option<(FlowKey, FlowStats)>,
+}
+
+impl Conversation {
+    /// The conversation's key oriented A->B.
+    pub fn key(&self) -> FlowKey {
+        match (&self.a_to_b, &self.b_to_a) {
+            (Some((k, _)), _) => *k,
+            (None, Some((k, _))) => k.reverse().unwrap_or_else(|| swapped(k)),
+            (None, None) => FlowKey::default(),
+        }
+    }
+
+    /// Both directions' keys as they are in the kernel table.
+    pub fn keys(&self) -> impl Iterator<Item = FlowKey> + '_ {
+        self.a_to_b
+            .iter()
+            .chain(self.b_to_a.iter())
+            .map(|(k, _)| *k)
+    }
+
+    fn stats(&self) -> impl Iterator<Item = &FlowStats> {
+        self.a_to_b.iter().chain(self.b_to_a.iter()).map(|(_, s)| s)
+    }
+
+    /// First packet (either direction).
+    pub fn first_seen_ns(&self) -> u64 {
+        self.stats().map(|s| s.first_seen_ns).min().unwrap_or(0)
+    }
+
+    /// Last packet (either direction).
+    pub fn last_seen_ns(&self) -> u64 {
+        self.stats().map(|s| s.last_seen_ns).max().unwrap_or(0)
+    }
+
+    /// The TCP end seen so far, if any: RST in either direction, or FIN in both (a one-sided
+    /// FIN counts once the conversation went quiet, see [`Conversation::ending`]).
+    pub fn tcp_end(&self) -> Option<Ending> {
+        let flags = |d: &Option<(FlowKey, FlowStats)>| d.map_or(0, |(_, s)| s.tcp_flags);
+        let (ab, ba) = (flags(&self.a_to_b), flags(&self.b_to_a));
+        if (ab | ba) & TCP_RST != 0 {
+            Some(Ending::Rst)
+        } else if (ab | ba) & TCP_FIN != 0 {
+            Some(Ending::Fin)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the conversation (cumulative kernel counters) ends at `now_ns`: TCP closed (RST,
+    /// or FIN in both directions) and quiet for `closed_ns`, or quiet for `idle_ns` (then the
+    /// reason is FIN/RST if one was seen, else idle).
+    pub fn ending(&self, now_ns: u64, idle_ns: u64, closed_ns: u64) -> Ending {
+        let quiet = now_ns.saturating_sub(self.last_seen_ns());
+        let fin_both = [&self.a_to_b, &self.b_to_a]
+            .iter()
+            .all(|d| d.is_some_and(|(_, s)| s.tcp_flags & TCP_FIN != 0));
+        match self.tcp_end() {
+            Some(Ending::Rst) if quiet > closed_ns => Ending::Rst,
+            Some(Ending::Fin) if fin_both && quiet > closed_ns => Ending::Fin,
+            end if quiet > idle_ns => end.unwrap_or(Ending::Idle),
+            _ => Ending::Open,
+        }
+    }
+}
+
+/// The key with ends swapped and direction flipped, for keys without a protocol-level reverse
+/// (ICMP errors): used only to orient a lone B->A entry, which cannot happen for them.
+fn swapped(k: &FlowKey) -> FlowKey {
+    FlowKey {
+        src_addr: k.dst_addr,
+        dst_addr: k.src_addr,
+        src_port: k.dst_port,
+        dst_port: k.src_port,
+        direction: k.direction ^ 1,
+        ..*k
+    }
+}
+
+/// Joins the entries of one table read into conversations (see the module doc for the rule
+/// deciding A). With `bidirectional` false every entry is its own conversation, oriented as
+/// seen.
+pub fn pair(entries: &[(FlowKey, FlowStats)], bidirectional: bool) -> Vec<Conversation> {
+    if !bidirectional {
+        return entries
+            .iter()
+            .map(|e| Conversation {
+                a_to_b: Some(*e),
+                b_to_a: None,
+            })
+            .collect();
+    }
+    let index: HashMap<FlowKey, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (*k, i))
+        .collect();
+    let mut taken = vec![false; entries.len()];
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        if taken[i] {
+            continue;
+        }
+        taken[i] = true;
+        let partner = entry
+            .0
+            .reverse()
+            .and_then(|r| index.get(&r).copied())
+            .filter(|&j| !taken[j]);
+        let conversation = match partner {
+            Some(j) => {
+                taken[j] = true;
+                let other = entries[j];
+                if is_a(entry, Some(&other)) {
+                    Conversation {
+                        a_to_b: Some(*entry),
+                        b_to_a: Some(other),
+                    }
+                } else {
+                    Conversation {
+                        a_to_b: Some(other),
+                        b_to_a: Some(*entry),
+                    }
+                }
+            }
+            None if is_a(entry, None) => Conversation {
+                a_to_b: Some(*entry),
+                b_to_a: None,
+            },
+            None => Conversation {
+                a_to_b: None,
+                b_to_a: Some(*entry),
+            },
+        };
+        out.push(conversation);
+    }
+    out
+}
+
+/// Whether `x` is the A->B direction (see the module doc).
+fn is_a(x: &(FlowKey, FlowStats), other: Option<&(FlowKey, FlowStats)>) -> bool {
+    let x_initiated = x.1.flags & FLOW_INITIATOR != 0;
+    let Some(y) = other else {
+        // A lone entry created as an answer is B->A; without a reverse type it can only be A.
+        return x_initiated || x.0.reverse().is_none();
+    };
+    let y_initiated = y.1.flags & FLOW_INITIATOR != 0;
+    if x_initiated != y_initiated {
+        return x_initiated;
+    }
+    if x.1.first_seen_ns != y.1.first_seen_ns {
+        return x.1.first_seen_ns < y.1.first_seen_ns;
+    }
+    if x.0.src_port != y.0.src_port {
+        return x.0.src_port > y.0.src_port;
+    }
+    x.0.src_addr <= y.0.src_addr
+}
+
+/// Marks which records of one scan only repeat packets counted by another record of the host:
+/// every inner (tunnel) conversation, and all but one of the conversations with the same ends
+/// on several interfaces (the one kept is the first seen, then the lowest interface index).
+/// Returns one flag per conversation.
+pub fn duplicates(conversations: &[Conversation]) -> Vec<bool> {
+    let mut flags = vec![false; conversations.len()];
+    let mut first: HashMap<Ends, usize> = HashMap::new();
+    for (i, c) in conversations.iter().enumerate() {
+        let key = c.key();
+        if key.tunnel != TUNNEL_NONE {
+            flags[i] = true;
+            continue;
+        }
+        match first.entry(Ends::of(&key)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i);
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let kept = *o.get();
+                if precedes(c, &conversations[kept]) {
+                    flags[kept] = true;
+                    o.insert(i);
+                } else {
+                    flags[i] = true;
+                }
+            }
+        }
+    }
+    flags
+}
+
+fn precedes(c: &Conversation, other: &Conversation) -> bool {
+    (c.first_seen_ns(), c.key().ifindex) < (other.first_seen_ns(), other.key().ifindex)
+}
+
+/// A conversation's identity regardless of interface, direction, VLAN and orientation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Ends {
+    low: ([u8; 16], u16),
+    high: ([u8; 16], u16),
+    proto: u8,
+    icmp: (u8, u8),
+}
+
+impl Ends {
+    fn of(k: &FlowKey) -> Self {
+        let a = (k.src_addr, k.src_port);
+        let b = (k.dst_addr, k.dst_port);
+        let (low, high) = if a <= b { (a, b) } else { (b, a) };
+        // Echo request and reply are one conversation: keep the request's type.
+        let icmp_type = match (k.proto, k.icmp_type) {
+            (1, 0) => 8,
+            (58, 129) => 128,
+            (_, t) => t,
+        };
+        Ends {
+            low,
+            high,
+            proto: k.proto,
+            icmp: (icmp_type, k.icmp_code),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowlens_common::{DIRECTION_EGRESS, DIRECTION_INGRESS, TUNNEL_VXLAN};
+
+    fn key(src: u8, sport: u16, dst: u8, dport: u16, direction: u8) -> FlowKey {
+        FlowKey {
+            src_addr: [src; 16],
+            dst_addr: [dst; 16],
+            src_port: sport,
+            dst_port: dport,
+            proto: 6,
+            direction,
+            ifindex: 2,
+            ..Default::default()
+        }
+    }
+
+    fn stats(first: u64, last: u64, flags: u8, tcp: u16) -> FlowStats {
+        FlowStats {
+            packets: 1,
+            bytes: 60,
+            first_seen_ns: first,
+            last_seen_ns: last,
+            tcp_flags: tcp,
+            flags,
+            _pad: [0; 5],
+        }
+    }
+
+    #[test]
+    fn initiator_mark_decides_a_even_when_answer_listed_first() {
+        let client = (
+            key(1, 40000, 2, 80, DIRECTION_EGRESS),
+            stats(10, 20, FLOW_INITIATOR, 0x12),
+        );
+        let server = (
+            key(2, 80, 1, 40000, DIRECTION_INGRESS),
+            stats(5, 30, 0, 0x12),
+        );
+        let c = pair(&[server, client], true);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].a_to_b, Some(client));
+        assert_eq!(c[0].b_to_a, Some(server));
+        assert_eq!(c[0].key(), client.0);
+        assert_eq!((c[0].first_seen_ns(), c[0].last_seen_ns()), (5, 30));
+    }
+
+    #[test]
+    fn lone_answer_is_b_to_a_and_ties_go_to_first_seen_then_high_port() {
+        let answer = (
+            key(2, 80, 1, 40000, DIRECTION_INGRESS),
+            stats(5, 30, 0, 0x10),
+        );
+        let c = pair(&[answer], true);
+        assert_eq!((c[0].a_to_b, c[0].b_to_a), (None, Some(answer)));
+        assert_eq!(c[0].key(), key(1, 40000, 2, 80, DIRECTION_EGRESS));
+
+        let x = (key(1, 40000, 2, 80, DIRECTION_EGRESS), stats(7, 9, 0, 0));
+        let y = (key(2, 80, 1, 40000, DIRECTION_INGRESS), stats(7, 9, 0, 0));
+        assert_eq!(pair(&[y, x], true)[0].a_to_b, Some(x));
+        let earlier_y = (y.0, stats(6, 9, 0, 0));
+        assert_eq!(pair(&[x, earlier_y], true)[0].a_to_b, Some(earlier_y));
+        assert_eq!(pair(&[x, y], false).len(), 2);
+    }
+
+    #[test]
+    fn endings() {
+        let open = |tcp_a: u16, tcp_b: u16| Conversation {
+            a_to_b: Some((key(1, 4, 2, 80, 1), stats(0, 100, 1, tcp_a))),
+            b_to_a: Some((key(2, 80, 1, 4, 0), stats(0, 100, 0, tcp_b))),
+        };
+        let (idle, closed) = (1000, 10);
+        assert_eq!(open(0x10, 0x10).ending(105, idle, closed), Ending::Open);
+        assert_eq!(open(0x10, 0x10).ending(1101, idle, closed), Ending::Idle);
+        assert_eq!(open(0x11, 0x11).ending(105, idle, closed), Ending::Open);
+        assert_eq!(open(0x11, 0x11).ending(111, idle, closed), Ending::Fin);
+        assert_eq!(open(0x11, 0x10).ending(111, idle, closed), Ending::Open);
+        assert_eq!(open(0x11, 0x10).ending(1101, idle, closed), Ending::Fin);
+        assert_eq!(open(0x14, 0x10).ending(111, idle, closed), Ending::Rst);
+    }
+
+    #[test]
+    fn same_packets_on_two_interfaces_and_tunnels_are_duplicates() {
+        let on = |ifindex: u32, first: u64| Conversation {
+            a_to_b: Some((
+                FlowKey {
+                    ifindex,
+                    ..key(1, 4, 2, 80, 0)
+                },
+                stats(first, 100, 1, 0),
+            )),
+            b_to_a: None,
+        };
+        let tunnel = Conversation {
+            a_to_b: Some((
+                FlowKey {
+                    tunnel: TUNNEL_VXLAN,
+                    tunnel_id: 42,
+                    ..key(1, 4, 2, 80, 0)
+                },
+                stats(1, 100, 1, 0),
+            )),
+            b_to_a: None,
+        };
+        let other = Conversation {
+            a_to_b: Some((key(3, 4, 2, 80, 0), stats(1, 100, 1, 0))),
+            b_to_a: None,
+        };
+        let flags = duplicates(&[on(7, 20), on(3, 10), tunnel, on(5, 10), other]);
+        assert_eq!(flags, vec![true, false, true, true, false]);
+    }
+}

@@ -100,15 +100,7 @@ impl<'a> Joined<'a> {
                 let dst_in = dst.is_none() && in_cidrs(&raw.dst_addr);
                 (
                     classify::locality(src, dst, src_in, dst_in),
-                    classify::roles(
-                        raw.proto,
-                        raw.tcp_flags,
-                        raw.icmp_type,
-                        raw.src_port,
-                        raw.dst_port,
-                        src,
-                        dst,
-                    ),
+                    classify::roles(raw, src, dst),
                 )
             }
             None => (None, (None, None)),
@@ -215,6 +207,25 @@ impl<'a> Joined<'a> {
         avro::optional(out, self.locality);
         avro::optional(out, self.if_pod.and_then(|p| p.pod.as_deref()));
         avro::optional(out, self.if_pod.and_then(|p| p.namespace.as_deref()));
+        // Version 3: the fields RawFlow version 2 appended, in its order.
+        avro::long(out, r.reverse_packets);
+        avro::long(out, r.reverse_bytes);
+        avro::long(out, r.reverse_tcp_flags.into());
+        avro::string(out, &r.end_reason);
+        avro::long(out, r.rtt_ns);
+        avro::long(out, r.retransmits);
+        avro::long(out, r.drops);
+        avro::long(out, r.drop_bytes);
+        avro::string(out, &r.drop_reason);
+        for p in [&r.src_process, &r.dst_process] {
+            avro::process(out, p.as_ref());
+        }
+        avro::string(out, &r.tunnel);
+        avro::long(out, r.tunnel_id);
+        for a in [r.outer_src_addr, r.outer_dst_addr] {
+            avro::address(out, a);
+        }
+        out.push(r.duplicate.into());
     }
 }
 
@@ -245,6 +256,32 @@ mod avro {
             Some(s) => {
                 long(out, 1);
                 string(out, s);
+            }
+        }
+    }
+
+    /// `["null", Process]`: branch index, then pid, comm, cgroup_id.
+    #[inline]
+    pub fn process(out: &mut Vec<u8>, p: Option<&flowlens_schemas::Process>) {
+        match p {
+            None => long(out, 0),
+            Some(p) => {
+                long(out, 1);
+                long(out, p.pid.into());
+                string(out, &p.comm);
+                long(out, p.cgroup_id);
+            }
+        }
+    }
+
+    /// `["null", IPv6Address]`: branch index, then the 16 bytes.
+    #[inline]
+    pub fn address(out: &mut Vec<u8>, a: Option<std::net::Ipv6Addr>) {
+        match a {
+            None => long(out, 0),
+            Some(a) => {
+                long(out, 1);
+                out.extend_from_slice(&a.octets());
             }
         }
     }
@@ -362,9 +399,71 @@ mod tests {
         assert_eq!(cache.len(), 0);
     }
 
+    /// Sets every field RawFlow version 2 added, differently for each `i` (0..6): processes
+    /// and outer addresses present or absent, IPv4-mapped or IPv6, Unicode, extreme values.
+    fn fill_conversation(r: &mut RawFlow, i: usize) {
+        use flowlens_schemas::Process;
+        let process = |pid: i32, comm: &str, cgroup_id: i64| {
+            Some(Process {
+                pid,
+                comm: comm.into(),
+                cgroup_id,
+            })
+        };
+        r.reverse_packets = [0, 1, 127, 128, i64::MAX, 9][i];
+        r.reverse_bytes = [0, 64, 1 << 40, -1, i64::MIN, 1_514][i];
+        r.reverse_tcp_flags = [0, 0x12, 0x10, 0x04, 0xff, i32::MIN][i];
+        r.end_reason = ["", "fin", "rst", "idle", "shutdown", "ünknown"][i].into();
+        r.rtt_ns = [0, 1, 250_000, i64::MAX, -1, 1 << 33][i];
+        r.retransmits = [0, 1, 2, 300, i64::MAX, 7][i];
+        r.drops = [0, 3, 0, 1, 64, i64::MAX][i];
+        r.drop_bytes = [0, 4_542, 0, 66, 1 << 20, i64::MIN][i];
+        r.drop_reason = ["", "NETFILTER_DROP", "", "TCP_CSUM", "NO_SOCKET", "é"][i].into();
+        r.src_process = [
+            None,
+            process(1, "curl", 1),
+            process(i32::MAX, "", i64::MIN),
+            None,
+            process(4242, "pg-wörker", 9_876_543_210),
+            process(-1, "x", -1),
+        ][i]
+            .clone();
+        r.dst_process = [
+            None,
+            None,
+            process(7, "postgres", 12),
+            process(0, "nginx: worker", 0),
+            process(i32::MIN, "ŝ", i64::MAX),
+            None,
+        ][i]
+            .clone();
+        r.tunnel = ["", "vxlan", "geneve", "gre", "", "vxlan"][i].into();
+        r.tunnel_id = [0, 4_096, 16_777_215, u32::MAX.into(), -1, i64::MAX][i];
+        let v4 = |s: &str| Some(ip_to_v6(s.parse().unwrap()));
+        let v6 = |s: &str| Some(s.parse().unwrap());
+        r.outer_src_addr = [
+            None,
+            v4("192.168.1.1"),
+            v6("2001:db8::1"),
+            None,
+            v6("::"),
+            v4("10.0.0.9"),
+        ][i];
+        r.outer_dst_addr = [
+            None,
+            v4("192.168.1.2"),
+            None,
+            v6("fd00::1"),
+            v6("::"),
+            v4("10.0.0.10"),
+        ][i];
+        r.duplicate = i % 2 == 1;
+    }
+
     /// The pipeline's direct encoder writes exactly what the schemas crate writes for the
     /// enriched flow `enrich` builds, over every combination of known/unknown interface and
-    /// ends, IPv4/IPv6, extreme values, Unicode; and the message decodes back to it.
+    /// ends, IPv4/IPv6, extreme values, Unicode, with and without every field RawFlow version 2
+    /// added; and the message decodes back to it.
     #[test]
     fn direct_encoding_matches_the_schema_encoder() {
         use crate::kubernetes::model::Object;
@@ -437,16 +536,20 @@ mod tests {
                     } else {
                         "node-1".into()
                     };
-                    for k in [
-                        None,
-                        Some(Kubernetes {
-                            store: &store,
-                            cluster_cidrs: &cidrs,
-                        }),
-                    ] {
+                    let plain = r.clone();
+                    let mut conversation = r.clone();
+                    fill_conversation(&mut conversation, ai);
+                    let kubernetes = Kubernetes {
+                        store: &store,
+                        cluster_cidrs: &cidrs,
+                    };
+                    let cases = [&plain, &conversation]
+                        .map(|r| [(r, None), (r, Some(kubernetes))])
+                        .concat();
+                    for (r, k) in cases {
                         let (flow, _) = enrich(r.clone(), &cache, k);
                         let mut ours = Vec::new();
-                        Joined::new(&r, &cache, k).encode(&mut ours);
+                        Joined::new(r, &cache, k).encode(&mut ours);
                         let mut theirs = Vec::new();
                         flowlens_schemas::encode(&flow, &mut theirs).unwrap();
                         assert_eq!(ours, theirs, "{flow:?}");
@@ -457,7 +560,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(n, 6 * 6 * 3 * 2);
+        assert_eq!(n, 6 * 6 * 3 * 2 * 2);
         // Spot checks that the Kubernetes side was exercised.
         let mut r = raw("node-1", 7);
         r.src_addr = ip_to_v6("10.0.0.1".parse().unwrap());

@@ -3,6 +3,8 @@
 
 use std::net::Ipv6Addr;
 
+use flowlens_schemas::RawFlow;
+
 use super::store::{Peer, PeerKind};
 
 pub const NODE: &str = "node";
@@ -78,34 +80,45 @@ pub fn locality(
 const SYN: i32 = 0x02;
 const ACK: i32 = 0x10;
 
-/// Roles of (source, destination), or `None` each when undecided. In order: a TCP record whose
-/// only handshake flag is SYN (the opening packet: the sender is the client); ICMP echo
-/// request/reply; a port the other end is known to serve (container or service port); a
-/// well-known port (< 1024) against a non-well-known one; a registered port against an
-/// ephemeral one (>= 32768). TCP flags are OR-ed over the record's packets, so a record that
-/// holds the SYN and the ACKs that follow cannot tell the client by flags alone; ports decide.
+/// A SYN without any ACK among the flags OR-ed over one side's packets: that side only tried
+/// to open a connection.
+fn syn_only(flags: i32) -> bool {
+    flags & SYN != 0 && flags & ACK == 0
+}
+
+/// Roles of (source, destination), or `None` each when undecided. `flow.src_*` is side A, the
+/// end the collector saw speak first (RawFlow version 2; a version 1 record is one direction
+/// and reads as a conversation B never answered). In order:
+/// - TCP: a side whose flags are a SYN without ACK opened the connection (A first); both sides
+///   sent a SYN (the handshake is in the record: SYN, then SYN-ACK) — A, the first to speak,
+///   is the client. A SYN with an ACK on one side only (e.g. a SYN-ACK whose SYN went by
+///   another path) decides nothing: the ports do.
+/// - ICMP echo request/reply (the type of the A→B packets).
+/// - A port the other end is known to serve (container or service port); a well-known port
+///   (< 1024) against a non-well-known one; a registered port against an ephemeral one
+///   (>= 32768).
+/// - Last, a conversation both ends spoke in (B answered): A, the one that spoke first.
 pub fn roles(
-    proto: i32,
-    tcp_flags: i32,
-    icmp_type: i32,
-    src_port: i32,
-    dst_port: i32,
+    flow: &RawFlow,
     src: Option<&Peer>,
     dst: Option<&Peer>,
 ) -> (Option<&'static str>, Option<&'static str>) {
     const CLIENT_SERVER: (Option<&str>, Option<&str>) = (Some(CLIENT), Some(SERVER));
     const SERVER_CLIENT: (Option<&str>, Option<&str>) = (Some(SERVER), Some(CLIENT));
-    match proto {
-        6 if tcp_flags & SYN != 0 && tcp_flags & ACK == 0 => return CLIENT_SERVER,
+    let (a, b) = (flow.tcp_flags, flow.reverse_tcp_flags);
+    match flow.proto {
+        6 if syn_only(a) => return CLIENT_SERVER,
+        6 if syn_only(b) => return SERVER_CLIENT,
+        6 if a & SYN != 0 && b & SYN != 0 => return CLIENT_SERVER,
         1 => {
-            return match icmp_type {
+            return match flow.icmp_type {
                 8 => CLIENT_SERVER,
                 0 => SERVER_CLIENT,
                 _ => (None, None),
             }
         }
         58 => {
-            return match icmp_type {
+            return match flow.icmp_type {
                 128 => CLIENT_SERVER,
                 129 => SERVER_CLIENT,
                 _ => (None, None),
@@ -114,13 +127,20 @@ pub fn roles(
         6 | 17 | 132 => {}
         _ => return (None, None),
     }
+    let answered = flow.reverse_packets > 0;
+    let by_initiator = if answered {
+        CLIENT_SERVER
+    } else {
+        (None, None)
+    };
+    let (src_port, dst_port) = (flow.src_port, flow.dst_port);
     let (Ok(sp), Ok(dp)) = (u16::try_from(src_port), u16::try_from(dst_port)) else {
-        return (None, None);
+        return by_initiator;
     };
     if sp == 0 || dp == 0 {
-        return (None, None);
+        return by_initiator;
     }
-    let p = proto as u8;
+    let p = flow.proto as u8;
     let serves = |peer: Option<&Peer>, port: u16| {
         peer.is_some_and(|peer| {
             peer.server_ports.contains(&(p, port))
@@ -141,7 +161,7 @@ pub fn roles(
     match (sp >= 32768, dp >= 32768) {
         (true, false) => CLIENT_SERVER,
         (false, true) => SERVER_CLIENT,
-        _ => (None, None),
+        _ => by_initiator,
     }
 }
 
@@ -176,6 +196,42 @@ mod tests {
         svc.kind = PeerKind::Service;
         svc.node = None;
         assert_eq!(locality(Some(&a), Some(&svc), false, false), Some(CLUSTER));
+    }
+
+    /// A record with these A->B signals (B silent, like a version 1 record).
+    fn flow(proto: i32, tcp_flags: i32, icmp_type: i32, src_port: i32, dst_port: i32) -> RawFlow {
+        RawFlow {
+            proto,
+            tcp_flags,
+            icmp_type,
+            src_port,
+            dst_port,
+            packets: 1,
+            ..Default::default()
+        }
+    }
+
+    /// The same with B's answer: its packets and flags.
+    fn answered(mut f: RawFlow, reverse_tcp_flags: i32) -> RawFlow {
+        f.reverse_packets = 1;
+        f.reverse_tcp_flags = reverse_tcp_flags;
+        f
+    }
+
+    fn roles(
+        proto: i32,
+        tcp_flags: i32,
+        icmp_type: i32,
+        src_port: i32,
+        dst_port: i32,
+        src: Option<&Peer>,
+        dst: Option<&Peer>,
+    ) -> (Option<&'static str>, Option<&'static str>) {
+        super::roles(
+            &flow(proto, tcp_flags, icmp_type, src_port, dst_port),
+            src,
+            dst,
+        )
     }
 
     #[test]
@@ -216,6 +272,34 @@ mod tests {
             (Some(SERVER), Some(CLIENT))
         );
         assert_eq!(roles(47, 0, 0, 0, 0, None, None), (None, None));
+    }
+
+    /// Conversations (RawFlow version 2): B's flags and B's answer count too.
+    #[test]
+    fn roles_of_conversations() {
+        let cs = (Some(CLIENT), Some(SERVER));
+        let sc = (Some(SERVER), Some(CLIENT));
+        // The whole handshake in one record: A's SYN + ACKs, B's SYN-ACK + ACKs. The ports
+        // alone would say the opposite (A on a well-known port).
+        let hs = answered(flow(6, 0x02 | 0x10 | 0x08, 0, 80, 40000), 0x12 | 0x08);
+        assert_eq!(super::roles(&hs, None, None), cs);
+        // B only sent a bare SYN (A's SYN-ACK answered it).
+        let f = answered(flow(6, 0x12, 0, 8080, 50000), 0x02);
+        assert_eq!(super::roles(&f, None, None), sc);
+        // A SYN-ACK seen with no SYN (asymmetric path): the ports decide.
+        let f = answered(flow(6, 0x12 | 0x10, 0, 443, 50000), 0x10);
+        assert_eq!(super::roles(&f, None, None), sc);
+        // No handshake, no port clue: the side that spoke first, if B answered.
+        let f = flow(17, 0, 0, 5000, 6000);
+        assert_eq!(super::roles(&f, None, None), (None, None));
+        assert_eq!(super::roles(&answered(f, 0), None, None), cs);
+        assert_eq!(
+            super::roles(&answered(flow(132, 0, 0, 0, 0), 0), None, None),
+            cs
+        );
+        // Ports still outrank the initiator.
+        let f = answered(flow(17, 0, 0, 53, 40000), 0);
+        assert_eq!(super::roles(&f, None, None), sc);
     }
 
     #[test]

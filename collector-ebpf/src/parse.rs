@@ -113,37 +113,35 @@ impl Headers {
         Some(Headers { buf, len })
     }
 
+    /// The `N` bytes at `off`, if the packet has them: one length check per field, not per
+    /// byte (the buffer's slack keeps the read in bounds for the verifier).
     #[inline(always)]
-    fn u8(&self, off: usize) -> Option<u8> {
-        if off >= self.len {
+    fn field<const N: usize>(&self, off: usize) -> Option<&[u8; N]> {
+        if off > HEADERS - N || off + N > self.len {
             return None;
         }
-        self.buf.get(off).copied()
+        // SAFETY: off + N <= HEADERS, inside the HEADERS + SLACK buffer.
+        Some(unsafe { &*(self.buf.as_ptr().add(off) as *const [u8; N]) })
+    }
+
+    #[inline(always)]
+    fn u8(&self, off: usize) -> Option<u8> {
+        self.field::<1>(off).map(|b| b[0])
     }
 
     #[inline(always)]
     fn be16(&self, off: usize) -> Option<u16> {
-        Some(u16::from_be_bytes([self.u8(off)?, self.u8(off + 1)?]))
+        self.field::<2>(off).map(|b| u16::from_be_bytes(*b))
     }
 
     #[inline(always)]
     fn be32(&self, off: usize) -> Option<u32> {
-        Some(u32::from_be_bytes([
-            self.u8(off)?,
-            self.u8(off + 1)?,
-            self.u8(off + 2)?,
-            self.u8(off + 3)?,
-        ]))
+        self.field::<4>(off).map(|b| u32::from_be_bytes(*b))
     }
 
     #[inline(always)]
     fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
-        if off + N > self.len || off + N > HEADERS {
-            return None;
-        }
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.buf.get(off..off + N)?);
-        Some(out)
+        self.field::<N>(off).copied()
     }
 }
 

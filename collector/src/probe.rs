@@ -136,6 +136,16 @@ impl Probe {
         total
     }
 
+    /// The file descriptor of a loaded program (for BPF_PROG_TEST_RUN in benchmarks).
+    pub fn program_fd(&self, name: &str) -> anyhow::Result<BorrowedFd<'_>> {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("program {name}"))?
+            .try_into()?;
+        Ok(program.fd()?.as_fd())
+    }
+
     pub fn flows_fd(&self) -> BorrowedFd<'_> {
         self.flows.fd().as_fd()
     }

@@ -68,12 +68,22 @@ async fn packets_become_clickhouse_rows() {
     pipeline.stop().await;
 }
 
-/// Per-flow totals from the `flows` table (one flow may span several rows: one per scan).
+/// Per-direction totals from the `flows` table (one conversation may span several rows: one
+/// per scan; each row's A->B part and its B->A `reverse_*` part are split back apart).
 fn query_flows(clickhouse: &Chdb, filter: &str) -> BTreeMap<FlowId, Totals> {
     let sql = format!(
-        "SELECT direction = 'egress', proto, IPv6NumToString(src_addr), src_port, \
-         IPv6NumToString(dst_addr), dst_port, icmp_type, sum(packets), sum(bytes) \
-         FROM flows WHERE {filter} GROUP BY ALL FORMAT TSV"
+        "SELECT e, proto, s, sp, d, dp, t, sum(p), sum(b) FROM ( \
+           SELECT direction = 'egress' AS e, proto, IPv6NumToString(src_addr) AS s, \
+                  src_port AS sp, IPv6NumToString(dst_addr) AS d, dst_port AS dp, \
+                  icmp_type AS t, packets AS p, bytes AS b \
+           FROM flows WHERE {filter} AND duplicate = 0 AND packets > 0 \
+           UNION ALL \
+           SELECT direction != 'egress', proto, IPv6NumToString(dst_addr), dst_port, \
+                  IPv6NumToString(src_addr), src_port, \
+                  multiIf(proto = 1 AND icmp_type = 8, 0, proto = 58 AND icmp_type = 128, 129, icmp_type), \
+                  reverse_packets, reverse_bytes \
+           FROM flows WHERE {filter} AND duplicate = 0 AND reverse_packets > 0 \
+         ) GROUP BY ALL FORMAT TSV"
     );
     let (status, text) = http(clickhouse.port, "POST", "/", &sql);
     assert_eq!(status, 200, "{text}");

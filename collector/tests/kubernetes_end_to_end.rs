@@ -371,7 +371,7 @@ struct Row {
 fn query_rows(clickhouse: &Chdb, host: &str) -> Vec<Row> {
     let sql = format!(
         "SELECT toUnixTimestamp64Nano(time_flow_start), proto, IPv6NumToString(src_addr), \
-         IPv6NumToString(dst_addr), packets, \
+         IPv6NumToString(dst_addr), packets + reverse_packets, \
          src_pod, src_namespace, src_workload, src_workload_kind, src_service, \
          dst_pod, dst_namespace, dst_workload, dst_workload_kind, dst_service, \
          dst_port, icmp_type, src_pod_uid, dst_pod_uid, src_role, dst_role, locality, if_pod, \

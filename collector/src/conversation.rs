@@ -13,6 +13,15 @@ use std::collections::HashMap;
 
 use flowlens_common::{FlowKey, FlowStats, FLOW_INITIATOR, TUNNEL_NONE};
 
+/// A hash map with a fast non-cryptographic hasher (keys are kernel flow keys, not attacker
+/// controlled input to a long-lived map; the table is rebuilt every scan).
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// An empty [`FastMap`] with room for `n` entries.
+pub fn fast_map<K, V>(n: usize) -> FastMap<K, V> {
+    HashMap::with_capacity_and_hasher(n, foldhash::fast::RandomState::default())
+}
+
 /// TCP flags (low byte of `FlowStats::tcp_flags`).
 pub const TCP_FIN: u16 = 0x01;
 pub const TCP_RST: u16 = 0x04;
@@ -143,11 +152,8 @@ pub fn pair(entries: &[(FlowKey, FlowStats)], bidirectional: bool) -> Vec<Conver
             })
             .collect();
     }
-    let index: HashMap<FlowKey, usize> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, (k, _))| (*k, i))
-        .collect();
+    let mut index: FastMap<FlowKey, usize> = fast_map(entries.len());
+    index.extend(entries.iter().enumerate().map(|(i, (k, _))| (*k, i)));
     let mut taken = vec![false; entries.len()];
     let mut out = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
@@ -216,7 +222,7 @@ fn is_a(x: &(FlowKey, FlowStats), other: Option<&(FlowKey, FlowStats)>) -> bool 
 /// Returns one flag per conversation.
 pub fn duplicates(conversations: &[Conversation]) -> Vec<bool> {
     let mut flags = vec![false; conversations.len()];
-    let mut first: HashMap<Ends, usize> = HashMap::new();
+    let mut first: FastMap<Ends, usize> = fast_map(conversations.len());
     for (i, c) in conversations.iter().enumerate() {
         let key = c.key();
         if key.tunnel != TUNNEL_NONE {

@@ -5,13 +5,12 @@
 //! (lookup-and-delete of each direction's key) with their last counts. At shutdown the whole
 //! table is drained.
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::BorrowedFd;
 
 use flowlens_common::{FlowKey, FlowStats};
 
-use crate::conversation::{pair, Conversation, Ending};
+use crate::conversation::{fast_map, pair, Conversation, Ending, FastMap};
 use crate::drain::Drainer;
 
 /// What one scan found.
@@ -45,7 +44,7 @@ pub struct Timeouts {
 pub struct FlowTable {
     drainer: Drainer,
     timeouts: Timeouts,
-    exported: HashMap<FlowKey, FlowStats>,
+    exported: FastMap<FlowKey, FlowStats>,
     read: Vec<(FlowKey, FlowStats)>,
 }
 
@@ -54,7 +53,7 @@ impl FlowTable {
         Self {
             drainer,
             timeouts,
-            exported: HashMap::new(),
+            exported: fast_map(0),
             read: Vec::new(),
         }
     }
@@ -75,7 +74,7 @@ impl FlowTable {
             ..ScanStats::default()
         };
         let t = self.timeouts;
-        let mut seen = HashMap::with_capacity(self.read.len());
+        let mut seen = fast_map(self.read.len());
         for mut conversation in pair(&self.read, t.bidirectional) {
             let ending = conversation.ending(now_ns, t.idle_ns, t.closed_ns);
             if ending == Ending::Open && conversation.tcp_end().is_some() {

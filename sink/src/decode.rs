@@ -1,22 +1,24 @@
-//! Kafka record → RowBinary row, with a fast path for the current `EnrichedFlow` schema.
+//! Kafka record → RowBinary row, with a fast path for every known `EnrichedFlow` schema version.
 //!
 //! The generic path (`flowlens_schemas::decode`, then `FlowRow::try_from`) goes through
 //! apache-avro's `Value` tree: ~5 µs per record on this machine, 85 % of the sink's CPU before
-//! this module existed (bench/results/sink.md). Records written with the *current* schema (by
-//! fingerprint) are read here straight from the Avro binary datum into a `RowRef` (strings
-//! borrowed from the payload) and written as RowBinary into the batch buffer: no allocation per
-//! record. The reading follows a plan derived once from that schema (field order and types;
-//! fields without a column are read and dropped), so a new schema version keeps the fast path
-//! without code changes here. Anything the fast path does not accept exactly — another schema
-//! version, a malformed or truncated datum, trailing bytes, invalid UTF-8, an int out of range,
-//! a value that does not fit its column — is handed to the generic path, which decides (and
-//! words the error for the dead-letter header). `fast_path_matches_generic_decoder` checks that
-//! both paths give the same row and the same bytes.
+//! this module existed (bench/results/sink.md). Records written with the current schema or an
+//! earlier version the schemas crate keeps (by fingerprint: v1, v2, v3) are read here straight
+//! from the Avro binary datum into a `RowRef` (strings borrowed from the payload) and written as
+//! RowBinary into the batch buffer: no allocation per record. The reading follows a plan
+//! derived once from each writer schema (field order and types; fields without a column are
+//! read and dropped; columns an older version does not have keep their zero value, which is
+//! checked to be the current schema's default), so a new schema version keeps the fast path
+//! without code changes here. Anything the fast path does not accept exactly — an unknown
+//! fingerprint, a malformed or truncated datum, trailing bytes, invalid UTF-8, an int out of
+//! range, a value that does not fit its column — is handed to the generic path, which decides
+//! (and words the error for the dead-letter header). `fast_path_matches_generic_decoder` checks
+//! that both paths give the same row and the same bytes, for every version.
 
 use std::net::Ipv6Addr;
 use std::sync::OnceLock;
 
-use flowlens_schemas::{AvroRecord, EnrichedFlow, HEADER_LEN, MAGIC};
+use flowlens_schemas::{AvroRecord, EnrichedFlow, RecordKind, HEADER_LEN, MAGIC};
 
 use crate::row::{DirectionColumn, FlowRow, RowRef};
 
@@ -63,11 +65,6 @@ fn generic(payload: &[u8]) -> Result<FlowRow, Rejection> {
     }
 }
 
-fn current_fingerprint() -> &'static [u8; 8] {
-    static FP: OnceLock<[u8; 8]> = OnceLock::new();
-    FP.get_or_init(<EnrichedFlow as AvroRecord>::fingerprint)
-}
-
 /// How one field of the writer schema is encoded.
 #[derive(Debug, Clone, PartialEq)]
 enum Kind {
@@ -83,6 +80,8 @@ enum Kind {
     Enum(Vec<String>),
     Fixed(usize),
     Union(Vec<Kind>),
+    /// Record with its fields' kinds.
+    Record(Vec<Kind>),
 }
 
 /// Where a field goes in the `FlowRow`.
@@ -115,6 +114,22 @@ enum Target {
     K8s(usize),
     /// Index into `V2_FIELDS`.
     V2(usize),
+    ReversePackets,
+    ReverseBytes,
+    ReverseTcpFlags,
+    EndReason,
+    RttNs,
+    Retransmits,
+    Drops,
+    DropBytes,
+    DropReason,
+    /// `["null", Process]`: 0 src_process, 1 dst_process.
+    Process(usize),
+    Tunnel,
+    TunnelId,
+    /// `["null", IPv6Address]`: 0 outer_src_addr, 1 outer_dst_addr.
+    OuterAddr(usize),
+    Duplicate,
     /// A field the table has no column for: read and dropped.
     Skip,
 }
@@ -145,132 +160,174 @@ const V2_FIELDS: [&str; 7] = [
     "if_namespace",
 ];
 
-/// The decoding plan for the current writer schema, derived from the schema itself (so a new
-/// schema version with added fields keeps the fast path), or `None` if the schema has a field
-/// the plan cannot handle or a known field with an unexpected type: then every record takes
-/// the generic path.
-fn plan() -> Option<&'static [(Kind, Target)]> {
-    static PLAN: OnceLock<Option<Vec<(Kind, Target)>>> = OnceLock::new();
-    PLAN.get_or_init(|| build_plan(<EnrichedFlow as AvroRecord>::schema()))
-        .as_deref()
+type Plan = Vec<(Kind, Target)>;
+
+/// The decoding plan for the writer schema with this fingerprint (any known EnrichedFlow
+/// version), or `None`: an unknown fingerprint, or a schema the plans cannot handle (then
+/// those records take the generic path).
+fn plan(fingerprint: &[u8]) -> Option<&'static [(Kind, Target)]> {
+    static PLANS: OnceLock<Vec<([u8; 8], Option<Plan>)>> = OnceLock::new();
+    PLANS
+        .get_or_init(|| {
+            let current = <EnrichedFlow as AvroRecord>::schema();
+            RecordKind::known_writers()
+                .filter(|w| w.0 == RecordKind::EnrichedFlow)
+                .map(|(_, _, fp, writer)| (fp, build_plan(writer, current)))
+                .collect()
+        })
+        .iter()
+        .find(|(fp, _)| fp[..] == *fingerprint)
+        .and_then(|(_, plan)| plan.as_deref())
 }
 
-fn build_plan(schema: &flowlens_schemas::apache_avro::Schema) -> Option<Vec<(Kind, Target)>> {
+/// The kind of a (writer) schema, named types resolved in document order.
+fn kind(
+    s: &flowlens_schemas::apache_avro::Schema,
+    named: &mut Vec<(String, Kind)>,
+) -> Option<Kind> {
     use flowlens_schemas::apache_avro::Schema;
-    let Schema::Record(record) = schema else {
-        return None;
-    };
-    let mut named: Vec<(String, Kind)> = Vec::new();
-    fn kind(s: &Schema, named: &mut Vec<(String, Kind)>) -> Option<Kind> {
-        Some(match s {
-            Schema::Null => Kind::Null,
-            Schema::Boolean => Kind::Bool,
-            Schema::Int => Kind::Int,
-            Schema::Long => Kind::Long,
-            Schema::Float => Kind::Float,
-            Schema::Double => Kind::Double,
-            Schema::Bytes => Kind::Bytes,
-            Schema::String => Kind::Str,
-            Schema::Enum(e) => {
-                let k = Kind::Enum(e.symbols.clone());
-                named.push((e.name.fullname(None), k.clone()));
-                k
-            }
-            Schema::Fixed(f) => {
-                let k = Kind::Fixed(f.size);
-                named.push((f.name.fullname(None), k.clone()));
-                k
-            }
-            Schema::Union(u) => Kind::Union(
-                u.variants()
+    Some(match s {
+        Schema::Null => Kind::Null,
+        Schema::Boolean => Kind::Bool,
+        Schema::Int => Kind::Int,
+        Schema::Long => Kind::Long,
+        Schema::Float => Kind::Float,
+        Schema::Double => Kind::Double,
+        Schema::Bytes => Kind::Bytes,
+        Schema::String => Kind::Str,
+        Schema::Enum(e) => {
+            let k = Kind::Enum(e.symbols.clone());
+            named.push((e.name.fullname(None), k.clone()));
+            k
+        }
+        Schema::Fixed(f) => {
+            let k = Kind::Fixed(f.size);
+            named.push((f.name.fullname(None), k.clone()));
+            k
+        }
+        Schema::Union(u) => Kind::Union(
+            u.variants()
+                .iter()
+                .map(|v| kind(v, named))
+                .collect::<Option<Vec<_>>>()?,
+        ),
+        Schema::Record(r) => {
+            let k = Kind::Record(
+                r.fields
                     .iter()
-                    .map(|v| kind(v, named))
+                    .map(|f| kind(&f.schema, named))
                     .collect::<Option<Vec<_>>>()?,
-            ),
-            Schema::Ref { name } => {
-                let full = name.fullname(None);
-                named.iter().find(|(n, _)| *n == full)?.1.clone()
-            }
-            _ => return None,
-        })
-    }
-    let opt_str = Kind::Union(vec![Kind::Null, Kind::Str]);
-    let mut plan = Vec::new();
-    for field in &record.fields {
-        let k = kind(&field.schema, &mut named)?;
-        let (target, want) = match field.name.as_str() {
-            "host" => (Target::Host, Kind::Str),
-            "ifindex" => (Target::Ifindex, Kind::Int),
-            "direction" => (
-                Target::Direction,
-                Kind::Enum(vec!["INGRESS".into(), "EGRESS".into()]),
-            ),
-            "time_flow_start_ns" => (Target::TimeStart, Kind::Long),
-            "time_flow_end_ns" => (Target::TimeEnd, Kind::Long),
-            "time_exported_ns" => (Target::TimeExported, Kind::Long),
-            "etype" => (Target::Etype, Kind::Int),
-            "vlan_id" => (Target::VlanId, Kind::Int),
-            "proto" => (Target::Proto, Kind::Int),
-            "src_addr" => (Target::SrcAddr, Kind::Fixed(16)),
-            "dst_addr" => (Target::DstAddr, Kind::Fixed(16)),
-            "src_port" => (Target::SrcPort, Kind::Int),
-            "dst_port" => (Target::DstPort, Kind::Int),
-            "icmp_type" => (Target::IcmpType, Kind::Int),
-            "icmp_code" => (Target::IcmpCode, Kind::Int),
-            "tcp_flags" => (Target::TcpFlags, Kind::Int),
-            "packets" => (Target::Packets, Kind::Long),
-            "bytes" => (Target::Bytes, Kind::Long),
-            "sampling_rate" => (Target::SamplingRate, Kind::Int),
-            "if_name" => (Target::IfName, Kind::Str),
-            "if_mac" => (Target::IfMac, Kind::Str),
-            "if_kind" => (Target::IfKind, Kind::Str),
-            "if_netns" => (Target::IfNetns, Kind::Str),
-            name => match (
+            );
+            named.push((r.name.fullname(None), k.clone()));
+            k
+        }
+        Schema::Ref { name } => {
+            let full = name.fullname(None);
+            named.iter().find(|(n, _)| *n == full)?.1.clone()
+        }
+        _ => return None,
+    })
+}
+
+/// The column a field feeds and the kind it must have.
+fn target(name: &str) -> (Target, Option<Kind>) {
+    let opt = |k: Kind| Some(Kind::Union(vec![Kind::Null, k]));
+    let (target, kind) = match name {
+        "host" => (Target::Host, Kind::Str),
+        "ifindex" => (Target::Ifindex, Kind::Int),
+        "direction" => (
+            Target::Direction,
+            Kind::Enum(vec!["INGRESS".into(), "EGRESS".into()]),
+        ),
+        "time_flow_start_ns" => (Target::TimeStart, Kind::Long),
+        "time_flow_end_ns" => (Target::TimeEnd, Kind::Long),
+        "time_exported_ns" => (Target::TimeExported, Kind::Long),
+        "etype" => (Target::Etype, Kind::Int),
+        "vlan_id" => (Target::VlanId, Kind::Int),
+        "proto" => (Target::Proto, Kind::Int),
+        "src_addr" => (Target::SrcAddr, Kind::Fixed(16)),
+        "dst_addr" => (Target::DstAddr, Kind::Fixed(16)),
+        "src_port" => (Target::SrcPort, Kind::Int),
+        "dst_port" => (Target::DstPort, Kind::Int),
+        "icmp_type" => (Target::IcmpType, Kind::Int),
+        "icmp_code" => (Target::IcmpCode, Kind::Int),
+        "tcp_flags" => (Target::TcpFlags, Kind::Int),
+        "packets" => (Target::Packets, Kind::Long),
+        "bytes" => (Target::Bytes, Kind::Long),
+        "sampling_rate" => (Target::SamplingRate, Kind::Int),
+        "if_name" => (Target::IfName, Kind::Str),
+        "if_mac" => (Target::IfMac, Kind::Str),
+        "if_kind" => (Target::IfKind, Kind::Str),
+        "if_netns" => (Target::IfNetns, Kind::Str),
+        "reverse_packets" => (Target::ReversePackets, Kind::Long),
+        "reverse_bytes" => (Target::ReverseBytes, Kind::Long),
+        "reverse_tcp_flags" => (Target::ReverseTcpFlags, Kind::Int),
+        "end_reason" => (Target::EndReason, Kind::Str),
+        "rtt_ns" => (Target::RttNs, Kind::Long),
+        "retransmits" => (Target::Retransmits, Kind::Long),
+        "drops" => (Target::Drops, Kind::Long),
+        "drop_bytes" => (Target::DropBytes, Kind::Long),
+        "drop_reason" => (Target::DropReason, Kind::Str),
+        "src_process" | "dst_process" => {
+            let process = Kind::Record(vec![Kind::Int, Kind::Str, Kind::Long]);
+            let i = usize::from(name == "dst_process");
+            return (Target::Process(i), opt(process));
+        }
+        "tunnel" => (Target::Tunnel, Kind::Str),
+        "tunnel_id" => (Target::TunnelId, Kind::Long),
+        "outer_src_addr" | "outer_dst_addr" => {
+            let i = usize::from(name == "outer_dst_addr");
+            return (Target::OuterAddr(i), opt(Kind::Fixed(16)));
+        }
+        "duplicate" => (Target::Duplicate, Kind::Bool),
+        name => {
+            return match (
                 K8S_FIELDS.iter().position(|f| *f == name),
                 V2_FIELDS.iter().position(|f| *f == name),
             ) {
-                (Some(i), _) => (Target::K8s(i), opt_str.clone()),
-                (None, Some(i)) => (Target::V2(i), opt_str.clone()),
-                (None, None) => (Target::Skip, k.clone()),
-            },
-        };
-        if k != want {
+                (Some(i), _) => (Target::K8s(i), opt(Kind::Str)),
+                (None, Some(i)) => (Target::V2(i), opt(Kind::Str)),
+                (None, None) => (Target::Skip, None),
+            };
+        }
+    };
+    (target, Some(kind))
+}
+
+/// The plan for reading `writer`'s datums, or `None` if it has a field the plan cannot handle
+/// or a known field with an unexpected type. Every column of the current schema (`current`)
+/// must be fed by the writer, or else take its zero value ("", 0, false, null) — which must
+/// be that field's default in the current schema (what schema resolution would give).
+fn build_plan(
+    writer: &flowlens_schemas::apache_avro::Schema,
+    current: &flowlens_schemas::apache_avro::Schema,
+) -> Option<Plan> {
+    use flowlens_schemas::apache_avro::Schema;
+    let (Schema::Record(record), Schema::Record(current)) = (writer, current) else {
+        return None;
+    };
+    let mut named: Vec<(String, Kind)> = Vec::new();
+    let mut plan = Vec::new();
+    for field in &record.fields {
+        let k = kind(&field.schema, &mut named)?;
+        let (target, want) = target(&field.name);
+        if want.is_some_and(|want| want != k) {
             return None;
         }
         plan.push((k, target));
     }
-    // Every column must be fed by the schema.
-    let has = |t: Target| plan.iter().any(|(_, x)| *x == t);
-    let all = [
-        Target::Host,
-        Target::Ifindex,
-        Target::Direction,
-        Target::TimeStart,
-        Target::TimeEnd,
-        Target::TimeExported,
-        Target::Etype,
-        Target::VlanId,
-        Target::Proto,
-        Target::SrcAddr,
-        Target::DstAddr,
-        Target::SrcPort,
-        Target::DstPort,
-        Target::IcmpType,
-        Target::IcmpCode,
-        Target::TcpFlags,
-        Target::Packets,
-        Target::Bytes,
-        Target::SamplingRate,
-        Target::IfName,
-        Target::IfMac,
-        Target::IfKind,
-        Target::IfNetns,
-    ];
-    if !all.into_iter().all(has)
-        || !(0..K8S_FIELDS.len()).all(|i| has(Target::K8s(i)))
-        || !(0..V2_FIELDS.len()).all(|i| has(Target::V2(i)))
-    {
-        return None;
+    for field in &current.fields {
+        let (target, _) = target(&field.name);
+        let fed = target == Target::Skip || plan.iter().any(|(_, t)| *t == target);
+        let zero_default = field.default.as_ref().is_some_and(|d| {
+            d.is_null()
+                || d.as_bool() == Some(false)
+                || d.as_i64() == Some(0)
+                || d.as_str() == Some("")
+        });
+        if !fed && !zero_default {
+            return None;
+        }
     }
     Some(plan)
 }
@@ -354,8 +411,34 @@ impl<'a> Reader<'a> {
                 let i = usize::try_from(self.long()?).ok()?;
                 self.skip(variants.get(i)?)?;
             }
+            Kind::Record(fields) => {
+                for f in fields {
+                    self.skip(f)?;
+                }
+            }
         }
         Some(())
+    }
+
+    fn bool(&mut self) -> Option<bool> {
+        match self.bytes(1)?[0] {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+
+    fn addr(&mut self) -> Option<Ipv6Addr> {
+        Some(<[u8; 16]>::try_from(self.bytes(16)?).ok()?.into())
+    }
+
+    /// A union index of `["null", T]`: false for null, true for T.
+    fn present(&mut self) -> Option<bool> {
+        match self.long()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
     }
 
     /// `["null", "string"]`: null becomes "" (unknown), as in `FlowRow::try_from`.
@@ -369,13 +452,10 @@ impl<'a> Reader<'a> {
 }
 
 fn fast(payload: &[u8]) -> Option<RowRef<'_>> {
-    if payload.len() < HEADER_LEN
-        || payload[..2] != MAGIC
-        || payload[2..HEADER_LEN] != current_fingerprint()[..]
-    {
+    if payload.len() < HEADER_LEN || payload[..2] != MAGIC {
         return None;
     }
-    let plan = plan()?;
+    let plan = plan(&payload[2..HEADER_LEN])?;
     let mut r = Reader {
         buf: &payload[HEADER_LEN..],
     };
@@ -408,6 +488,21 @@ fn fast(payload: &[u8]) -> Option<RowRef<'_>> {
         kafka_partition: 0,
         kafka_offset: 0,
         v2: [""; 7],
+        reverse_packets: 0,
+        reverse_bytes: 0,
+        reverse_tcp_flags: 0,
+        end_reason: "",
+        rtt_ns: 0,
+        retransmits: 0,
+        drops: 0,
+        drop_bytes: 0,
+        drop_reason: "",
+        processes: [(0, "", 0); 2],
+        tunnel: "",
+        tunnel_id: 0,
+        outer_src_addr: Ipv6Addr::UNSPECIFIED,
+        outer_dst_addr: Ipv6Addr::UNSPECIFIED,
+        duplicate: false,
     };
     for (kind, target) in plan {
         match target {
@@ -426,8 +521,8 @@ fn fast(payload: &[u8]) -> Option<RowRef<'_>> {
             Target::Etype => row.etype = u16::try_from(r.int()?).ok()?,
             Target::VlanId => row.vlan_id = u16::try_from(r.int()?).ok()?,
             Target::Proto => row.proto = u8::try_from(r.int()?).ok()?,
-            Target::SrcAddr => row.src_addr = <[u8; 16]>::try_from(r.bytes(16)?).ok()?.into(),
-            Target::DstAddr => row.dst_addr = <[u8; 16]>::try_from(r.bytes(16)?).ok()?.into(),
+            Target::SrcAddr => row.src_addr = r.addr()?,
+            Target::DstAddr => row.dst_addr = r.addr()?,
             Target::SrcPort => row.src_port = u16::try_from(r.int()?).ok()?,
             Target::DstPort => row.dst_port = u16::try_from(r.int()?).ok()?,
             Target::IcmpType => row.icmp_type = u8::try_from(r.int()?).ok()?,
@@ -442,6 +537,37 @@ fn fast(payload: &[u8]) -> Option<RowRef<'_>> {
             Target::IfNetns => row.if_netns = r.str()?,
             Target::K8s(i) => row.k8s[*i] = r.opt_str()?,
             Target::V2(i) => row.v2[*i] = r.opt_str()?,
+            Target::ReversePackets => row.reverse_packets = u64::try_from(r.long()?).ok()?,
+            Target::ReverseBytes => row.reverse_bytes = u64::try_from(r.long()?).ok()?,
+            Target::ReverseTcpFlags => row.reverse_tcp_flags = u16::try_from(r.int()?).ok()?,
+            Target::EndReason => row.end_reason = r.str()?,
+            Target::RttNs => row.rtt_ns = u64::try_from(r.long()?).ok()?,
+            Target::Retransmits => row.retransmits = u32::try_from(r.long()?).ok()?,
+            Target::Drops => row.drops = u32::try_from(r.long()?).ok()?,
+            Target::DropBytes => row.drop_bytes = u64::try_from(r.long()?).ok()?,
+            Target::DropReason => row.drop_reason = r.str()?,
+            Target::Process(i) => {
+                if r.present()? {
+                    row.processes[*i] = (
+                        u32::try_from(r.int()?).ok()?,
+                        r.str()?,
+                        u64::try_from(r.long()?).ok()?,
+                    );
+                }
+            }
+            Target::Tunnel => row.tunnel = r.str()?,
+            Target::TunnelId => row.tunnel_id = u32::try_from(r.long()?).ok()?,
+            Target::OuterAddr(0) => {
+                if r.present()? {
+                    row.outer_src_addr = r.addr()?;
+                }
+            }
+            Target::OuterAddr(_) => {
+                if r.present()? {
+                    row.outer_dst_addr = r.addr()?;
+                }
+            }
+            Target::Duplicate => row.duplicate = r.bool()?,
             Target::Skip => r.skip(kind)?,
         }
     }
@@ -453,6 +579,7 @@ fn fast(payload: &[u8]) -> Option<RowRef<'_>> {
 mod tests {
     use super::*;
     use crate::row::sample_flow;
+    use flowlens_schemas::{ENRICHED_FLOW_V1_AVSC, ENRICHED_FLOW_V2_AVSC};
 
     fn encoded(f: &EnrichedFlow) -> Vec<u8> {
         let mut buf = Vec::new();
@@ -460,8 +587,31 @@ mod tests {
         buf
     }
 
-    #[test]
-    fn fast_path_matches_generic_decoder() {
+    /// A message exactly as a producer of an older version wrote it: `f`'s fields that version
+    /// has, written with its schema (apache-avro's generic single-object writer).
+    fn old_message(f: &EnrichedFlow, avsc: &str) -> Vec<u8> {
+        use flowlens_schemas::apache_avro::{types::Value, GenericSingleObjectWriter, Schema};
+        let old = Schema::parse_str(avsc).unwrap();
+        let Schema::Record(record) = &old else {
+            panic!("not a record");
+        };
+        let Value::Record(fields) = flowlens_schemas::apache_avro::to_value(f).unwrap() else {
+            panic!("not a record");
+        };
+        let fields = fields
+            .into_iter()
+            .filter(|(name, _)| record.lookup.contains_key(name))
+            .collect();
+        let value = Value::Record(fields).resolve(&old).unwrap();
+        let mut w = GenericSingleObjectWriter::new_with_capacity(&old, 256).unwrap();
+        let mut out = Vec::new();
+        w.write_value(value, &mut out).unwrap();
+        out
+    }
+
+    /// Records that exercise every column: sample flows, Unicode and extremes, conversations
+    /// with reverse traffic, duplicates, both processes, no process, IPv6 outer addresses.
+    fn variants() -> Vec<EnrichedFlow> {
         let mut variants = Vec::new();
         for i in [0u32, 1, 7, 127, 128, 300, 65_535, 1 << 20, u32::MAX] {
             variants.push(sample_flow(i));
@@ -479,53 +629,106 @@ mod tests {
         f.locality = Some("cluster".into());
         f.if_namespace = Some("ñs".into());
         f.if_pod = None;
+        f.src_process = None;
         variants.push(f);
-        assert!(plan().is_some(), "no fast plan for the current schema");
-        for f in &variants {
-            let buf = encoded(f);
-            let fast = fast(&buf)
-                .unwrap_or_else(|| panic!("fast path declined {f:?}: {:?}", generic(&buf)));
-            assert_eq!(Ok(fast.to_row()), generic(&buf), "{f:?}");
-            // The bytes written are those of the generic row.
-            let mut want = generic(&buf).unwrap();
-            want.kafka_topic = "topic".into();
-            want.kafka_partition = 3;
-            want.kafka_offset = 77;
-            let mut a = Vec::new();
-            want.write_row_binary(&mut a);
-            let mut b = vec![9u8];
-            write_row(&buf, "topic", 3, 77, &mut b).unwrap();
-            assert_eq!(&b[1..], &a[..]);
-        }
+        let mut f = sample_flow(14);
+        f.reverse_packets = i64::MAX;
+        f.reverse_bytes = 1 << 40;
+        f.reverse_tcp_flags = 0xff;
+        f.end_reason = "shutdown".into();
+        f.rtt_ns = i64::MAX;
+        f.retransmits = u32::MAX.into();
+        f.drops = 128;
+        f.drop_reason = "SKB_ÜNKNOWN".into();
+        f.dst_process = Some(flowlens_schemas::Process {
+            pid: i32::MAX,
+            comm: "pöstgres".into(),
+            cgroup_id: i64::MAX,
+        });
+        f.tunnel = "geneve".into();
+        f.tunnel_id = u32::MAX.into();
+        f.outer_src_addr = Some("2001:db8::1".parse().unwrap());
+        f.outer_dst_addr = None;
+        f.duplicate = true;
+        variants.push(f);
+        variants
     }
 
-    /// A message exactly as a version 1 producer wrote it: `f` without the version 2 fields,
-    /// written with the v1 schema (apache-avro's generic single-object writer).
-    fn v1_message(f: &EnrichedFlow) -> Vec<u8> {
-        use flowlens_schemas::apache_avro::{types::Value, GenericSingleObjectWriter, Schema};
-        let v1 = Schema::parse_str(flowlens_schemas::ENRICHED_FLOW_V1_AVSC).unwrap();
-        let Value::Record(fields) = flowlens_schemas::apache_avro::to_value(f).unwrap() else {
-            panic!("not a record");
-        };
-        let fields = fields
-            .into_iter()
-            .filter(|(name, _)| !V2_FIELDS.contains(&name.as_str()))
-            .collect();
-        let value = Value::Record(fields).resolve(&v1).unwrap();
-        let mut w = GenericSingleObjectWriter::new_with_capacity(&v1, 256).unwrap();
-        let mut out = Vec::new();
-        w.write_value(value, &mut out).unwrap();
-        out
+    /// Both paths give the same row and the same bytes.
+    fn check_fast_matches_generic(buf: &[u8], what: &str) {
+        let fast =
+            fast(buf).unwrap_or_else(|| panic!("fast path declined {what}: {:?}", generic(buf)));
+        assert_eq!(Ok(fast.to_row()), generic(buf), "{what}");
+        let mut want = generic(buf).unwrap();
+        want.kafka_topic = "topic".into();
+        want.kafka_partition = 3;
+        want.kafka_offset = 77;
+        let mut a = Vec::new();
+        want.write_row_binary(&mut a);
+        let mut b = vec![9u8];
+        write_row(buf, "topic", 3, 77, &mut b).unwrap();
+        assert_eq!(&b[1..], &a[..], "{what}");
     }
 
     #[test]
-    fn version_1_records_get_empty_version_2_columns() {
-        let f = sample_flow(5);
-        let buf = v1_message(&f);
-        // Another fingerprint: the generic path reads it (schema resolution, nulls).
-        assert!(fast(&buf).is_none());
-        let row = flow_row(&buf).unwrap();
-        let mut want = FlowRow::try_from(f).unwrap();
+    fn fast_path_matches_generic_decoder() {
+        for f in &variants() {
+            check_fast_matches_generic(&encoded(f), &format!("v3 {f:?}"));
+            for (v, avsc) in [(1, ENRICHED_FLOW_V1_AVSC), (2, ENRICHED_FLOW_V2_AVSC)] {
+                check_fast_matches_generic(&old_message(f, avsc), &format!("v{v} {f:?}"));
+            }
+        }
+    }
+
+    /// The current schema's plan reads every field into a column (none skipped, none missing).
+    #[test]
+    fn current_plan_feeds_every_column() {
+        let current = plan(&<EnrichedFlow as AvroRecord>::fingerprint()).expect("a plan for v3");
+        assert_eq!(current.len(), 58);
+        assert!(current.iter().all(|(_, t)| *t != Target::Skip));
+        for (i, (_, a)) in current.iter().enumerate() {
+            assert!(current[..i].iter().all(|(_, b)| b != a), "{a:?} twice");
+        }
+        for (v, avsc) in [(1, ENRICHED_FLOW_V1_AVSC), (2, ENRICHED_FLOW_V2_AVSC)] {
+            let fp = flowlens_schemas::apache_avro::Schema::parse_str(avsc)
+                .unwrap()
+                .fingerprint::<flowlens_schemas::apache_avro::rabin::Rabin>()
+                .bytes;
+            assert!(plan(&fp).is_some(), "no fast plan for v{v}");
+        }
+    }
+
+    #[test]
+    fn older_records_get_empty_newer_columns() {
+        let f = variants().pop().unwrap();
+        let full = FlowRow::try_from(f.clone()).unwrap();
+        // Version 2: the version 3 columns are zero, "" and `::`.
+        let row = flow_row(&old_message(&f, ENRICHED_FLOW_V2_AVSC)).unwrap();
+        let mut want = FlowRow::try_from(EnrichedFlow {
+            reverse_packets: 0,
+            reverse_bytes: 0,
+            reverse_tcp_flags: 0,
+            end_reason: String::new(),
+            rtt_ns: 0,
+            retransmits: 0,
+            drops: 0,
+            drop_bytes: 0,
+            drop_reason: String::new(),
+            src_process: None,
+            dst_process: None,
+            tunnel: String::new(),
+            tunnel_id: 0,
+            outer_src_addr: None,
+            outer_dst_addr: None,
+            duplicate: false,
+            ..f
+        })
+        .unwrap();
+        assert_eq!(row, want);
+        assert_ne!(row, full);
+        // Version 1: the version 2 columns too.
+        let row = flow_row(&old_message(&sample_flow(5), ENRICHED_FLOW_V1_AVSC)).unwrap();
+        want = FlowRow::try_from(sample_flow(5)).unwrap();
         assert_eq!(want.locality, "external");
         for c in [
             &mut want.src_pod_uid,
@@ -535,12 +738,25 @@ mod tests {
             &mut want.locality,
             &mut want.if_pod,
             &mut want.if_namespace,
+            &mut want.end_reason,
+            &mut want.drop_reason,
+            &mut want.src_comm,
+            &mut want.tunnel,
         ] {
             c.clear();
         }
+        (want.rtt_ns, want.retransmits, want.drops, want.drop_bytes) = (0, 0, 0, 0);
+        (want.src_pid, want.src_cgroup_id) = (0, 0);
         assert_eq!(row, want);
         let mut out = Vec::new();
-        write_row(&buf, "t", 1, 2, &mut out).unwrap();
+        write_row(
+            &old_message(&sample_flow(5), ENRICHED_FLOW_V1_AVSC),
+            "t",
+            1,
+            2,
+            &mut out,
+        )
+        .unwrap();
         want.kafka_topic = "t".into();
         want.kafka_partition = 1;
         want.kafka_offset = 2;
@@ -565,6 +781,29 @@ mod tests {
         let mut f = sample_flow(1);
         f.bytes = -1;
         assert!(fast(&encoded(&f)).is_none());
+        for (field, set) in [
+            (
+                "reverse_packets",
+                (|f| f.reverse_packets = -1) as fn(&mut EnrichedFlow),
+            ),
+            ("drops", |f| f.drops = 1 << 32),
+            ("tunnel_id", |f| f.tunnel_id = 1 << 32),
+            ("src_process", |f| {
+                f.src_process = Some(flowlens_schemas::Process {
+                    pid: -7,
+                    comm: "x".into(),
+                    cgroup_id: 1,
+                })
+            }),
+        ] {
+            let mut f = sample_flow(1);
+            set(&mut f);
+            let buf = encoded(&f);
+            assert!(fast(&buf).is_none(), "{field}");
+            let e = flow_row(&buf).unwrap_err();
+            assert_eq!(e.0, "range");
+            assert!(e.1.contains(field), "{e:?}");
+        }
         // Truncated, trailing bytes, garbage, another fingerprint.
         let good = encoded(&sample_flow(9));
         let mut out = vec![1u8, 2];

@@ -1,12 +1,14 @@
 //! `FlowRow`: one `flows` table row in column order, built from an `EnrichedFlow` with range checks.
 //!
 //! RowBinary mapping: DateTime64(9) is `i64` nanoseconds, IPv6 is `Ipv6Addr` (16 bytes, network
-//! order), `Enum8('ingress'=0,'egress'=1)` is an `i8` (serde_repr), unknown Kubernetes metadata is "".
+//! order), `Enum8('ingress'=0,'egress'=1)` is an `i8` (serde_repr), Bool is one byte 0/1, unknown
+//! Kubernetes metadata is "". A null process is pid 0, comm "", cgroup 0; a null outer address
+//! is `::`.
 
 use std::net::Ipv6Addr;
 
 use clickhouse::Row;
-use flowlens_schemas::{Direction, EnrichedFlow};
+use flowlens_schemas::{Direction, EnrichedFlow, Process};
 use serde::Serialize;
 use serde_repr::Serialize_repr;
 
@@ -27,8 +29,10 @@ impl From<Direction> for DirectionColumn {
     }
 }
 
-/// A row of the `flows` table (sql/migrations/0001_flows.sql), fields in table column order.
-/// `time_inserted` is left to its `DEFAULT now64(3)`.
+/// A row of the `flows` table (sql/migrations/0001_flows.sql and later), fields in the order the
+/// sink names the columns in its INSERT: the table's order up to `dst_service`, then the
+/// columns of 0002 (kafka_*), 0003 and 0004 in `COLUMN_TYPES` order (0002's retransmits/drops
+/// among 0004's). `time_inserted` is left to its `DEFAULT now64(3)`.
 #[derive(Debug, Clone, PartialEq, Eq, Row, Serialize)]
 pub struct FlowRow {
     pub time_flow_start: i64,
@@ -80,6 +84,28 @@ pub struct FlowRow {
     pub locality: String,
     pub if_pod: String,
     pub if_namespace: String,
+    /// EnrichedFlow version 3 (migration 0004; retransmits and drops are 0002's columns).
+    pub reverse_packets: u64,
+    pub reverse_bytes: u64,
+    pub reverse_tcp_flags: u16,
+    pub end_reason: String,
+    pub rtt_ns: u64,
+    pub retransmits: u32,
+    pub drops: u32,
+    pub drop_bytes: u64,
+    pub drop_reason: String,
+    pub src_pid: u32,
+    pub src_comm: String,
+    pub src_cgroup_id: u64,
+    pub dst_pid: u32,
+    pub dst_comm: String,
+    pub dst_cgroup_id: u64,
+    pub tunnel: String,
+    pub tunnel_id: u32,
+    /// `::` when there is no outer packet (`tunnel` = "").
+    pub outer_src_addr: Ipv6Addr,
+    pub outer_dst_addr: Ipv6Addr,
+    pub duplicate: bool,
 }
 
 /// A decoded record whose values do not fit the table's column types.
@@ -104,13 +130,25 @@ fn fit<T: TryFrom<i64>>(
 }
 
 /// Fixed RowBinary size of a row: everything except the strings' bytes and length prefixes.
-const FIXED_LEN: usize =
-    3 * 8 + 4 + 1 + 2 + 2 + 1 + 16 + 16 + 2 + 2 + 1 + 1 + 2 + 8 + 8 + 4 + 2 + 8;
+const FIXED_LEN: usize = 3 * 8 + 4 + 1 + 2 + 2 + 1 + 16 + 16 + 2 + 2 + 1 + 1 + 2 + 8 + 8 + 4 + 2 + 8
+    // version 3: reverse packets/bytes/flags, rtt, retransmits, drops, drop_bytes, the two
+    // processes' pid and cgroup, tunnel_id, outer addresses, duplicate
+    + 8 + 8 + 2 + 8 + 4 + 4 + 8 + 2 * (4 + 8) + 4 + 16 + 16 + 1;
 
 impl TryFrom<EnrichedFlow> for FlowRow {
     type Error = RowError;
 
     fn try_from(f: EnrichedFlow) -> Result<Self, RowError> {
+        let process = |p: Option<Process>, pid: &'static str| -> Result<_, RowError> {
+            let p = p.unwrap_or_default();
+            Ok((
+                fit(pid, p.pid.into(), "UInt32")?,
+                p.comm,
+                fit(pid, p.cgroup_id, "UInt64")?,
+            ))
+        };
+        let (src_pid, src_comm, src_cgroup_id) = process(f.src_process, "src_process")?;
+        let (dst_pid, dst_comm, dst_cgroup_id) = process(f.dst_process, "dst_process")?;
         Ok(FlowRow {
             time_flow_start: f.time_flow_start_ns,
             time_flow_end: f.time_flow_end_ns,
@@ -157,6 +195,26 @@ impl TryFrom<EnrichedFlow> for FlowRow {
             locality: f.locality.unwrap_or_default(),
             if_pod: f.if_pod.unwrap_or_default(),
             if_namespace: f.if_namespace.unwrap_or_default(),
+            reverse_packets: fit("reverse_packets", f.reverse_packets, "UInt64")?,
+            reverse_bytes: fit("reverse_bytes", f.reverse_bytes, "UInt64")?,
+            reverse_tcp_flags: fit("reverse_tcp_flags", f.reverse_tcp_flags.into(), "UInt16")?,
+            end_reason: f.end_reason,
+            rtt_ns: fit("rtt_ns", f.rtt_ns, "UInt64")?,
+            retransmits: fit("retransmits", f.retransmits, "UInt32")?,
+            drops: fit("drops", f.drops, "UInt32")?,
+            drop_bytes: fit("drop_bytes", f.drop_bytes, "UInt64")?,
+            drop_reason: f.drop_reason,
+            src_pid,
+            src_comm,
+            src_cgroup_id,
+            dst_pid,
+            dst_comm,
+            dst_cgroup_id,
+            tunnel: f.tunnel,
+            tunnel_id: fit("tunnel_id", f.tunnel_id, "UInt32")?,
+            outer_src_addr: f.outer_src_addr.unwrap_or(Ipv6Addr::UNSPECIFIED),
+            outer_dst_addr: f.outer_dst_addr.unwrap_or(Ipv6Addr::UNSPECIFIED),
+            duplicate: f.duplicate,
         })
     }
 }
@@ -190,6 +248,11 @@ impl FlowRow {
             &self.locality,
             &self.if_pod,
             &self.if_namespace,
+            &self.end_reason,
+            &self.drop_reason,
+            &self.src_comm,
+            &self.dst_comm,
+            &self.tunnel,
         ];
         FIXED_LEN
             + strings
@@ -201,7 +264,7 @@ impl FlowRow {
 
 /// Table column types `FlowRow` writes, in column order: (name, accepted types). Strings go to
 /// `String` or `LowCardinality(String)` alike (same RowBinary encoding).
-pub const COLUMN_TYPES: [(&str, &[&str]); 45] = {
+pub const COLUMN_TYPES: [(&str, &[&str]); 65] = {
     const S: &[&str] = &["String", "LowCardinality(String)"];
     const NS: &[&str] = &["DateTime64(9)", "DateTime64(9, 'UTC')"];
     [
@@ -250,6 +313,26 @@ pub const COLUMN_TYPES: [(&str, &[&str]); 45] = {
         ("locality", S),
         ("if_pod", S),
         ("if_namespace", S),
+        ("reverse_packets", &["UInt64"]),
+        ("reverse_bytes", &["UInt64"]),
+        ("reverse_tcp_flags", &["UInt16"]),
+        ("end_reason", S),
+        ("rtt_ns", &["UInt64"]),
+        ("retransmits", &["UInt32"]),
+        ("drops", &["UInt32"]),
+        ("drop_bytes", &["UInt64"]),
+        ("drop_reason", S),
+        ("src_pid", &["UInt32"]),
+        ("src_comm", S),
+        ("src_cgroup_id", &["UInt64"]),
+        ("dst_pid", &["UInt32"]),
+        ("dst_comm", S),
+        ("dst_cgroup_id", &["UInt64"]),
+        ("tunnel", S),
+        ("tunnel_id", &["UInt32"]),
+        ("outer_src_addr", &["IPv6"]),
+        ("outer_dst_addr", &["IPv6"]),
+        ("duplicate", &["Bool", "UInt8"]),
     ]
 };
 
@@ -288,6 +371,23 @@ pub struct RowRef<'a> {
     /// src_pod_uid, dst_pod_uid, src_role, dst_role, locality, if_pod, if_namespace
     /// (EnrichedFlow version 2, migration 0003).
     pub v2: [&'a str; 7],
+    /// EnrichedFlow version 3 (migration 0004), as in `FlowRow`.
+    pub reverse_packets: u64,
+    pub reverse_bytes: u64,
+    pub reverse_tcp_flags: u16,
+    pub end_reason: &'a str,
+    pub rtt_ns: u64,
+    pub retransmits: u32,
+    pub drops: u32,
+    pub drop_bytes: u64,
+    pub drop_reason: &'a str,
+    /// src_process then dst_process: (pid, comm, cgroup_id), zeros and "" for null.
+    pub processes: [(u32, &'a str, u64); 2],
+    pub tunnel: &'a str,
+    pub tunnel_id: u32,
+    pub outer_src_addr: Ipv6Addr,
+    pub outer_dst_addr: Ipv6Addr,
+    pub duplicate: bool,
 }
 
 impl RowRef<'_> {
@@ -335,6 +435,25 @@ impl RowRef<'_> {
         for s in self.v2 {
             string(out, s);
         }
+        out.extend_from_slice(&self.reverse_packets.to_le_bytes());
+        out.extend_from_slice(&self.reverse_bytes.to_le_bytes());
+        out.extend_from_slice(&self.reverse_tcp_flags.to_le_bytes());
+        string(out, self.end_reason);
+        out.extend_from_slice(&self.rtt_ns.to_le_bytes());
+        out.extend_from_slice(&self.retransmits.to_le_bytes());
+        out.extend_from_slice(&self.drops.to_le_bytes());
+        out.extend_from_slice(&self.drop_bytes.to_le_bytes());
+        string(out, self.drop_reason);
+        for (pid, comm, cgroup_id) in self.processes {
+            out.extend_from_slice(&pid.to_le_bytes());
+            string(out, comm);
+            out.extend_from_slice(&cgroup_id.to_le_bytes());
+        }
+        string(out, self.tunnel);
+        out.extend_from_slice(&self.tunnel_id.to_le_bytes());
+        out.extend_from_slice(&self.outer_src_addr.octets());
+        out.extend_from_slice(&self.outer_dst_addr.octets());
+        out.push(self.duplicate.into());
     }
 
     /// The owned row.
@@ -387,6 +506,26 @@ impl RowRef<'_> {
             locality: v(4),
             if_pod: v(5),
             if_namespace: v(6),
+            reverse_packets: self.reverse_packets,
+            reverse_bytes: self.reverse_bytes,
+            reverse_tcp_flags: self.reverse_tcp_flags,
+            end_reason: self.end_reason.to_owned(),
+            rtt_ns: self.rtt_ns,
+            retransmits: self.retransmits,
+            drops: self.drops,
+            drop_bytes: self.drop_bytes,
+            drop_reason: self.drop_reason.to_owned(),
+            src_pid: self.processes[0].0,
+            src_comm: self.processes[0].1.to_owned(),
+            src_cgroup_id: self.processes[0].2,
+            dst_pid: self.processes[1].0,
+            dst_comm: self.processes[1].1.to_owned(),
+            dst_cgroup_id: self.processes[1].2,
+            tunnel: self.tunnel.to_owned(),
+            tunnel_id: self.tunnel_id,
+            outer_src_addr: self.outer_src_addr,
+            outer_dst_addr: self.outer_dst_addr,
+            duplicate: self.duplicate,
         }
     }
 }
@@ -444,6 +583,24 @@ impl FlowRow {
                 &self.if_pod,
                 &self.if_namespace,
             ],
+            reverse_packets: self.reverse_packets,
+            reverse_bytes: self.reverse_bytes,
+            reverse_tcp_flags: self.reverse_tcp_flags,
+            end_reason: &self.end_reason,
+            rtt_ns: self.rtt_ns,
+            retransmits: self.retransmits,
+            drops: self.drops,
+            drop_bytes: self.drop_bytes,
+            drop_reason: &self.drop_reason,
+            processes: [
+                (self.src_pid, &self.src_comm, self.src_cgroup_id),
+                (self.dst_pid, &self.dst_comm, self.dst_cgroup_id),
+            ],
+            tunnel: &self.tunnel,
+            tunnel_id: self.tunnel_id,
+            outer_src_addr: self.outer_src_addr,
+            outer_dst_addr: self.outer_dst_addr,
+            duplicate: self.duplicate,
         }
     }
 
@@ -467,7 +624,9 @@ fn varint_len(mut n: usize) -> usize {
 pub const SAMPLE_BASE_NS: i64 = 1_700_000_000_123_456_789;
 
 /// Test and benchmark helper: a plausible flow with every field set, starting at
-/// `SAMPLE_BASE_NS + i µs`.
+/// `SAMPLE_BASE_NS + i µs`. B never answers and no record is a duplicate (reverse counters 0,
+/// `duplicate` false), so that every rollup sums to the `flows` totals; the other version 3
+/// fields are set (processes, tunnel and outer addresses on some records).
 #[doc(hidden)]
 pub fn sample_flow(i: u32) -> EnrichedFlow {
     sample_flow_at(i, SAMPLE_BASE_NS)
@@ -516,6 +675,23 @@ pub fn sample_flow_at(i: u32, base_ns: i64) -> EnrichedFlow {
     f.locality = Some("external".into());
     f.if_pod = Some(format!("web-{i}"));
     f.if_namespace = Some("shop".into());
+    f.end_reason = if i % 10 == 9 { "fin" } else { "" }.into();
+    f.rtt_ns = 100_000 + i64::from(i % 1000) * 10;
+    f.retransmits = i64::from(i % 3);
+    f.drops = i64::from(i % 5 == 0);
+    f.drop_bytes = f.drops * 1_500;
+    f.drop_reason = if f.drops > 0 { "NETFILTER_DROP" } else { "" }.into();
+    f.src_process = Some(flowlens_schemas::Process {
+        pid: 1_000 + (i % 30_000) as i32,
+        comm: "curl".into(),
+        cgroup_id: 5_000 + i64::from(i),
+    });
+    if i % 7 == 0 {
+        f.tunnel = "vxlan".into();
+        f.tunnel_id = 42;
+        f.outer_src_addr = Some(ip_to_v6(std::net::Ipv4Addr::new(192, 168, 0, 1).into()));
+        f.outer_dst_addr = Some(ip_to_v6(std::net::Ipv4Addr::new(192, 168, 0, 2).into()));
+    }
     f
 }
 
@@ -551,6 +727,42 @@ mod tests {
         assert_eq!(row.dst_pod, "");
         assert_eq!(row.src_workload_kind, "");
         assert_eq!(row.dst_pod_uid, "");
+        // Version 3: a null process is zeros, a null outer address `::`.
+        assert_eq!((row.retransmits, row.drops, row.rtt_ns), (1, 0, 100_070));
+        assert_eq!(
+            (row.src_pid, row.src_comm.as_str(), row.src_cgroup_id),
+            (1_007, "curl", 5_007)
+        );
+        assert_eq!(
+            (row.dst_pid, row.dst_comm.as_str(), row.dst_cgroup_id),
+            (0, "", 0)
+        );
+        assert_eq!((row.tunnel.as_str(), row.tunnel_id), ("vxlan", 42));
+        assert_eq!(
+            row.outer_dst_addr,
+            "::ffff:192.168.0.2".parse::<Ipv6Addr>().unwrap()
+        );
+        let row = FlowRow::try_from(sample_flow(8)).unwrap();
+        assert_eq!(row.outer_src_addr, Ipv6Addr::UNSPECIFIED);
+        assert_eq!(row.tunnel, "");
+        assert!(!row.duplicate);
+        let mut f = sample_flow(1);
+        f.reverse_packets = 4;
+        f.reverse_bytes = 256;
+        f.reverse_tcp_flags = 0x12;
+        f.duplicate = true;
+        f.end_reason = "rst".into();
+        let row = FlowRow::try_from(f).unwrap();
+        assert_eq!(
+            (
+                row.reverse_packets,
+                row.reverse_bytes,
+                row.reverse_tcp_flags
+            ),
+            (4, 256, 0x12)
+        );
+        assert!(row.duplicate);
+        assert_eq!(row.end_reason, "rst");
     }
 
     #[test]
@@ -562,6 +774,24 @@ mod tests {
         let mut f = sample_flow(1);
         f.bytes = -1;
         assert_eq!(FlowRow::try_from(f).unwrap_err().field, "bytes");
+        for (field, set) in [
+            (
+                "reverse_bytes",
+                (|f| f.reverse_bytes = -1) as fn(&mut EnrichedFlow),
+            ),
+            ("retransmits", |f| f.retransmits = 1 << 32),
+            ("tunnel_id", |f| f.tunnel_id = -1),
+            ("dst_process", |f| {
+                f.dst_process = Some(flowlens_schemas::Process {
+                    pid: -1,
+                    ..Default::default()
+                })
+            }),
+        ] {
+            let mut f = sample_flow(1);
+            set(&mut f);
+            assert_eq!(FlowRow::try_from(f).unwrap_err().field, field);
+        }
         let mut f = sample_flow(1);
         f.ifindex = -3;
         assert!(FlowRow::try_from(f)
@@ -580,7 +810,7 @@ mod tests {
     fn columns_are_in_table_order() {
         use clickhouse::Row as _;
         let cols = FlowRow::COLUMN_NAMES;
-        assert_eq!(cols.len(), 45);
+        assert_eq!(cols.len(), 65);
         assert_eq!(
             &cols[..4],
             &["time_flow_start", "time_flow_end", "time_exported", "host"]
@@ -593,7 +823,7 @@ mod tests {
         );
         // Migration 0003 appends the version 2 columns after kafka_offset.
         assert_eq!(
-            &cols[38..],
+            &cols[38..45],
             &[
                 "src_pod_uid",
                 "dst_pod_uid",
@@ -604,6 +834,9 @@ mod tests {
                 "if_namespace"
             ]
         );
+        // Then the version 3 columns (0004, with 0002's retransmits and drops).
+        assert_eq!(cols[45], "reverse_packets");
+        assert_eq!(cols[64], "duplicate");
     }
 
     #[test]
@@ -622,8 +855,8 @@ mod tests {
         assert_eq!(out.len(), row.encoded_len());
         assert_eq!(row.as_ref().to_row(), row);
         assert_eq!(&out[..8], &row.time_flow_start.to_le_bytes());
-        // The last column is if_namespace ("shop").
-        assert_eq!(&out[out.len() - 5..], b"\x04shop");
+        // The last columns are outer_dst_addr (`::`: 300 is no tunnel record) and duplicate.
+        assert_eq!(&out[out.len() - 17..], &[0u8; 17]);
     }
 
     #[test]
@@ -642,9 +875,11 @@ mod tests {
             + "server".len()
             + "external".len()
             + "web-7".len()
-            + "shop".len();
-        assert_eq!(row.encoded_len(), FIXED_LEN + 25 + strings);
-        assert_eq!(FIXED_LEN, 104);
+            + "shop".len()
+            + "curl".len()
+            + "vxlan".len();
+        assert_eq!(row.encoded_len(), FIXED_LEN + 30 + strings);
+        assert_eq!(FIXED_LEN, 207);
         assert_eq!(varint_len(127), 1);
         assert_eq!(varint_len(128), 2);
     }

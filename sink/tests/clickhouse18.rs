@@ -73,7 +73,10 @@ async fn flow_rows_are_accepted_by_clickhouse_18() {
          if_kind, if_netns, direction, etype, vlan_id, proto, hex(src_addr), hex(dst_addr), \
          src_port, dst_port, icmp_type, icmp_code, tcp_flags, packets, bytes, sampling_rate, \
          src_pod, src_namespace, src_workload, dst_pod, dst_service, kafka_topic, \
-         src_pod_uid, dst_pod_uid, src_role, dst_role, locality, if_pod, if_namespace \
+         src_pod_uid, dst_pod_uid, src_role, dst_role, locality, if_pod, if_namespace, \
+         reverse_packets, reverse_bytes, reverse_tcp_flags, end_reason, rtt_ns, retransmits, \
+         drops, drop_bytes, drop_reason, src_pid, src_comm, src_cgroup_id, dst_pid, dst_comm, \
+         dst_cgroup_id, tunnel, tunnel_id, hex(outer_src_addr), hex(outer_dst_addr), duplicate \
          FROM flows WHERE src_pod = 'web-777' FORMAT TSV",
     );
     let expected = [
@@ -113,10 +116,49 @@ async fn flow_rows_are_accepted_by_clickhouse_18() {
         "external",
         "web-777",
         "shop",
+        // EnrichedFlow v3 (777 = 7 * 111: a tunnel record; 777 % 5 != 0: no drop).
+        "0",
+        "0",
+        "0",
+        "",
+        "107770",
+        "0",
+        "0",
+        "0",
+        "",
+        "1777",
+        "curl",
+        "5777",
+        "0",
+        "",
+        "0",
+        "vxlan",
+        "42",
+        "00000000000000000000FFFFC0A80001",
+        "00000000000000000000FFFFC0A80002",
+        "0",
     ];
     assert_eq!(
         row.trim_end_matches('\n').split('\t').collect::<Vec<_>>(),
         expected
+    );
+    // Sums over the version 3 columns of every row (what sample_flow sets).
+    let sums = query_tsv(
+        server.http_port,
+        "SELECT sum(retransmits), sum(drops), sum(drop_bytes), countIf(tunnel = 'vxlan'), \
+         countIf(end_reason = 'fin'), sum(src_pid > 0), sum(duplicate) FROM flows FORMAT TSV",
+    );
+    let m = |k: u64| (0..n).filter(|i| i % k == 0).count();
+    let retransmits: u64 = (0..n).map(|i| i % 3).sum();
+    assert_eq!(
+        sums.trim(),
+        format!(
+            "{retransmits}\t{}\t{}\t{}\t{}\t{n}\t0",
+            m(5),
+            1_500 * m(5),
+            m(7),
+            (0..n).filter(|i| i % 10 == 9).count()
+        )
     );
     // Ingress rows too (Enum8 value 0).
     assert_eq!(

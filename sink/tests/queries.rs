@@ -2,6 +2,9 @@
 //! through Kafka (tansu) and the real sink into ClickHouse (26.9 engine behind the chdb
 //! front), migrations and materialized views included; then each query file is sent as is,
 //! with its parameters, and its TSV result compared exactly with what the records imply.
+//! The records are conversations (EnrichedFlow v3): most have reverse traffic, two are
+//! duplicates (the same packets on a pod's veth, a tunnel's outer record) that totals must
+//! not count, some carry RTT, retransmits, drops, processes and a tunnel.
 //!
 //! Needs /opt/flowlens-venv; `FLOWLENS_SKIP_CHDB=1` skips.
 
@@ -71,6 +74,15 @@ const EXTERNAL: End = End {
     kind: "",
     service: "",
     node: "",
+};
+/// The nodes' own addresses (the VXLAN outer flow).
+const NODE1: End = End {
+    ip: "192.168.0.1",
+    ..EXTERNAL
+};
+const NODE2: End = End {
+    ip: "192.168.0.2",
+    ..EXTERNAL
 };
 
 #[allow(clippy::too_many_arguments)]
@@ -152,24 +164,129 @@ fn flow(
     f
 }
 
-/// The records: (src, dst, proto, port, bytes, packets, flags, interface, direction).
+/// B's answer: its bytes, packets and TCP flags.
+fn answered(mut f: EnrichedFlow, bytes: i64, packets: i64, tcp_flags: i32) -> EnrichedFlow {
+    f.reverse_bytes = bytes;
+    f.reverse_packets = packets;
+    f.reverse_tcp_flags = tcp_flags;
+    f
+}
+
+/// The records (src = A, the initiator; bytes/packets A->B, then B's answer):
+///
+/// | # | A -> B | proto/port | A->B | B->A | flags A / B | interface, direction | extra |
+/// |---|---|---|---|---|---|---|---|
+/// | 1 | web-1 -> api-1 | tcp/8080 | 1000 B, 10 p | 4000, 8 | SYN ACK PSH / SYN ACK PSH | eth0 egress | RTT 2 ms, 1 retransmit, curl |
+/// | 2 | web-1 -> api-1 | tcp/8080 | 3000, 20 | 500, 5 | ACK PSH / ACK | eth0 egress | RTT 4 ms, fin |
+/// | 3 | web-2 -> api-1 | tcp/8080 | 2000, 5 | - | SYN / - | eth0 egress | unanswered |
+/// | 4 | api-1 -> pg-0 | tcp/5432 | 5000, 40 | 20000, 30 | SYN ACK PSH both | eth1 egress | RTT 1 ms, 3 retransmits, 2 drops (NETFILTER_DROP, 3000 B), in VXLAN 7, postgres |
+/// | 5 | external -> web-1 | tcp/443 | 700, 7 | 300, 3 | ACK / RST ACK | eth0 ingress | 1 drop (TCP_INVALID_SEQUENCE, 60 B), rst |
+/// | 6 | web-2 -> pg-0 | udp/5432 | 300, 3 | 900, 3 | - | eth1 egress | |
+/// | 7 | #1 again on web-1's veth | | | | | vethweb1 ingress | duplicate |
+/// | 8 | node 1 -> node 2 | udp/4789 | 5500, 40 | 22000, 30 | - | eth1 egress | duplicate (#4's outer flow) |
 fn records(end_ns: i64) -> Vec<EnrichedFlow> {
+    use flowlens_schemas::Process;
     use Direction::{Egress, Ingress};
     const SYN: i32 = 0x02;
+    const ACK: i32 = 0x10;
     const PSH_ACK: i32 = 0x18;
+    const HANDSHAKE_DATA: i32 = SYN | PSH_ACK;
     const RST_ACK: i32 = 0x14;
-    vec![
-        flow(WEB1, API1, 6, 8080, 1000, 10, SYN, "eth0", Egress, end_ns),
+    let ip = |s: &str| Some(ip_to_v6(s.parse::<IpAddr>().unwrap()));
+
+    let mut r1 = answered(
+        flow(
+            WEB1,
+            API1,
+            6,
+            8080,
+            1000,
+            10,
+            HANDSHAKE_DATA,
+            "eth0",
+            Egress,
+            end_ns,
+        ),
+        4000,
+        8,
+        HANDSHAKE_DATA,
+    );
+    r1.rtt_ns = 2_000_000;
+    r1.retransmits = 1;
+    r1.src_process = Some(Process {
+        pid: 4242,
+        comm: "curl".into(),
+        cgroup_id: 777,
+    });
+    let mut r2 = answered(
         flow(
             WEB1, API1, 6, 8080, 3000, 20, PSH_ACK, "eth0", Egress, end_ns,
         ),
-        flow(WEB2, API1, 6, 8080, 2000, 5, SYN, "eth0", Egress, end_ns),
-        flow(API1, PG0, 6, 5432, 5000, 40, SYN, "eth1", Egress, end_ns),
+        500,
+        5,
+        ACK,
+    );
+    r2.rtt_ns = 4_000_000;
+    r2.end_reason = "fin".into();
+    let r3 = flow(WEB2, API1, 6, 8080, 2000, 5, SYN, "eth0", Egress, end_ns);
+    let mut r4 = answered(
         flow(
-            EXTERNAL, WEB1, 6, 443, 700, 7, RST_ACK, "eth0", Ingress, end_ns,
+            API1,
+            PG0,
+            6,
+            5432,
+            5000,
+            40,
+            HANDSHAKE_DATA,
+            "eth1",
+            Egress,
+            end_ns,
         ),
+        20_000,
+        30,
+        HANDSHAKE_DATA,
+    );
+    r4.rtt_ns = 1_000_000;
+    r4.retransmits = 3;
+    r4.drops = 2;
+    r4.drop_bytes = 3000;
+    r4.drop_reason = "NETFILTER_DROP".into();
+    r4.tunnel = "vxlan".into();
+    r4.tunnel_id = 7;
+    (r4.outer_src_addr, r4.outer_dst_addr) = (ip(NODE1.ip), ip(NODE2.ip));
+    r4.dst_process = Some(Process {
+        pid: 99,
+        comm: "postgres".into(),
+        cgroup_id: 555,
+    });
+    let mut r5 = answered(
+        flow(EXTERNAL, WEB1, 6, 443, 700, 7, ACK, "eth0", Ingress, end_ns),
+        300,
+        3,
+        RST_ACK,
+    );
+    r5.drops = 1;
+    r5.drop_bytes = 60;
+    r5.drop_reason = "TCP_INVALID_SEQUENCE".into();
+    r5.end_reason = "rst".into();
+    let r6 = answered(
         flow(WEB2, PG0, 17, 5432, 300, 3, 0, "eth1", Egress, end_ns),
-    ]
+        900,
+        3,
+        0,
+    );
+    let mut r7 = r1.clone();
+    r7.if_name = "vethweb1".into();
+    r7.direction = Ingress;
+    r7.duplicate = true;
+    let mut r8 = answered(
+        flow(NODE1, NODE2, 17, 4789, 5500, 40, 0, "eth1", Egress, end_ns),
+        22_000,
+        30,
+        0,
+    );
+    r8.duplicate = true;
+    vec![r1, r2, r3, r4, r5, r6, r7, r8]
 }
 
 fn run_query(chdb: &Chdb, file: &str, params: &str) -> String {
@@ -184,8 +301,8 @@ fn run_query(chdb: &Chdb, file: &str, params: &str) -> String {
     body
 }
 
-fn tsv(rows: &[&str]) -> String {
-    rows.iter().map(|r| format!("{r}\n")).collect()
+fn tsv<S: AsRef<str>>(rows: &[S]) -> String {
+    rows.iter().map(|r| format!("{}\n", r.as_ref())).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,50 +385,66 @@ async fn queries_on_pipeline_data() {
     sink.await.unwrap().unwrap();
     let p = "param_minutes=60&param_limit=20";
 
+    // Both directions, duplicates (#7, #8) left out.
     assert_eq!(
         run_query(&chdb, "top_talkers.sql", p),
         tsv(&[
-            "10.1.0.21\t10.2.0.5\t5000\t40\t1\t[6]\tapi-1\tpg-0",
-            "10.1.0.11\t10.1.0.21\t4000\t30\t2\t[6]\tweb-1\tapi-1",
+            "10.1.0.21\t10.2.0.5\t25000\t70\t1\t[6]\tapi-1\tpg-0",
+            "10.1.0.11\t10.1.0.21\t8500\t43\t2\t[6]\tweb-1\tapi-1",
             "10.1.0.12\t10.1.0.21\t2000\t5\t1\t[6]\tweb-2\tapi-1",
-            "203.0.113.9\t10.1.0.11\t700\t7\t1\t[6]\t\tweb-1",
-            "10.1.0.12\t10.2.0.5\t300\t3\t1\t[17]\tweb-2\tpg-0",
+            "10.1.0.12\t10.2.0.5\t1200\t6\t1\t[17]\tweb-2\tpg-0",
+            "203.0.113.9\t10.1.0.11\t1000\t10\t1\t[6]\t\tweb-1",
         ])
     );
-    // 60 minutes: bytes * 8 / 3600 s.
+    // Per interface and direction: A->B under the record's direction, B->A under the other;
+    // duplicates included and shown. 60 minutes: bytes * 8 / 3600 s.
+    let per_interface = [
+        "node-a\teth0\tingress\t5200\t20\t1\t0",
+        "node-a\teth0\tegress\t6300\t38\t3\t0",
+        "node-a\teth1\tingress\t42900\t63\t0\t22000",
+        "node-a\teth1\tegress\t10800\t83\t3\t5500",
+        "node-a\tvethweb1\tingress\t1000\t10\t1\t1000",
+        "node-a\tvethweb1\tegress\t4000\t8\t0\t4000",
+    ];
+    let rates = ["11.6", "14", "95.3", "24", "2.2", "8.9"];
     assert_eq!(
         run_query(&chdb, "traffic_per_interface.sql", p),
-        tsv(&[
-            "node-a\teth0\tingress\t700\t7\t1\t1.6",
-            "node-a\teth0\tegress\t6000\t35\t3\t13.3",
-            "node-a\teth1\tegress\t5300\t43\t2\t11.8",
-        ])
+        tsv(&per_interface
+            .iter()
+            .zip(rates)
+            .map(|(row, rate)| format!("{row}\t{rate}"))
+            .collect::<Vec<_>>())
     );
     assert_eq!(
         run_query(&chdb, "pod_traffic_matrix.sql", p),
         tsv(&[
-            "shop/api-1\tdb/pg-0\t5000\t40\t1",
-            "shop/web-1\tshop/api-1\t4000\t30\t2",
+            "shop/api-1\tdb/pg-0\t25000\t70\t1",
+            "shop/web-1\tshop/api-1\t8500\t43\t2",
             "shop/web-2\tshop/api-1\t2000\t5\t1",
-            "(unknown)\tshop/web-1\t700\t7\t1",
-            "shop/web-2\tdb/pg-0\t300\t3\t1",
+            "shop/web-2\tdb/pg-0\t1200\t6\t1",
+            "(unknown)\tshop/web-1\t1000\t10\t1",
         ])
     );
     assert_eq!(
         run_query(&chdb, "service_traffic_matrix.sql", p),
         tsv(&[
-            "shop/web\tshop/api\t6000\t35\t3",
-            "shop/api\tdb/pg\t5000\t40\t1",
-            "(external)\tshop/web\t700\t7\t1",
-            "shop/web\tdb/pg\t300\t3\t1",
+            "shop/api\tdb/pg\t25000\t70\t1",
+            "shop/web\tshop/api\t10500\t48\t3",
+            "shop/web\tdb/pg\t1200\t6\t1",
+            "(external)\tshop/web\t1000\t10\t1",
         ])
     );
-    // retransmits/drops are 0 until the collector reports them: the reset is the hot spot.
+    // Retransmits and drops (#1, #4, #5); the reset came from B (#5).
     assert_eq!(
         run_query(&chdb, "hot_spots.sql", p),
-        tsv(&["node-a\teth0\t203.0.113.9\tshop/web\t0\t0\t1\t7\t0"])
+        tsv(&[
+            "node-a\teth1\tshop/api\tdb/pg\t3\t2\t0\t70\t0.0714",
+            "node-a\teth0\t203.0.113.9\tshop/web\t0\t1\t1\t10\t0.1",
+            "node-a\teth0\tshop/web\tshop/api\t1\t0\t0\t48\t0.0208",
+        ])
     );
-    // SYN without ACK: web-1 and web-2 -> api (2), api-1 -> pg (1); 60 minutes.
+    // Connections opened by A: #1 and #4 (the handshake in the record), #3 (a bare SYN); the
+    // duplicate #7 of #1 is not counted again. 60 minutes.
     assert_eq!(
         run_query(&chdb, "new_connections_per_service.sql", p),
         tsv(&["shop/api\t2\t0.033\t2", "db/pg\t1\t0.017\t1"])
@@ -319,24 +452,41 @@ async fn queries_on_pipeline_data() {
     assert_eq!(
         run_query(&chdb, "traffic_by_locality.sql", p),
         tsv(&[
-            "cluster\tcross-namespace\t5000\t40\t1",
+            "cluster\tcross-namespace\t25000\t70\t1",
             "cluster\tsame-namespace\t2000\t5\t1",
-            "external\tunknown\t700\t7\t1",
-            "node\tcross-namespace\t300\t3\t1",
-            "node\tsame-namespace\t4000\t30\t2",
+            "external\tunknown\t1000\t10\t1",
+            "node\tcross-namespace\t1200\t6\t1",
+            "node\tsame-namespace\t8500\t43\t2",
         ])
     );
-    // The version 2 columns (migration 0003) in `flows` and the locality of both k8s rollups.
-    let (status, body) = http(
-        chdb.port,
-        "POST",
-        "/?default_format=TSV",
-        "SELECT locality, src_role, dst_role, src_pod_uid, dst_pod_uid, if_pod, if_namespace, \
-         sum(bytes) FROM flows GROUP BY ALL ORDER BY ALL",
-    );
-    assert_eq!(status, 200, "{body}");
+    // RTT percentiles (exact: the value at position level * n of the sorted RTTs), retransmit
+    // ratio over both directions' packets, drop reasons, resets, per server (side B).
     assert_eq!(
-        body,
+        run_query(&chdb, "tcp_health.sql", p),
+        tsv(&[
+            "db/pg\t1\t1\t1\t1\t1\t3\t0.0429\t2\t['NETFILTER_DROP']\t0",
+            "shop/api\t3\t2\t4\t4\t4\t1\t0.0208\t0\t[]\t0",
+            "shop/web\t1\t0\t0\t0\t0\t0\t0\t1\t['TCP_INVALID_SEQUENCE']\t1",
+        ])
+    );
+    assert_eq!(
+        run_query(&chdb, "drops_by_reason.sql", p),
+        tsv(&[
+            "node-a\tNETFILTER_DROP\tdb/pg\t2\t3000\t1",
+            "node-a\tTCP_INVALID_SEQUENCE\tshop/web\t1\t60\t1",
+        ])
+    );
+    let select = |sql: &str| {
+        let (status, body) = http(chdb.port, "POST", "/?default_format=TSV", sql);
+        assert_eq!(status, 200, "{sql}: {body}");
+        body
+    };
+    // The version 2 columns (migration 0003) in `flows` and the locality of both k8s rollups.
+    assert_eq!(
+        select(
+            "SELECT locality, src_role, dst_role, src_pod_uid, dst_pod_uid, if_pod, if_namespace, \
+             sum(bytes) FROM flows WHERE NOT duplicate GROUP BY ALL ORDER BY ALL"
+        ),
         tsv(&[
             "cluster\tclient\tserver\tuid-api-1\tuid-pg-0\tapi-1\tshop\t5000",
             "cluster\tclient\tserver\tuid-web-2\tuid-api-1\tweb-2\tshop\t2000",
@@ -346,48 +496,98 @@ async fn queries_on_pipeline_data() {
         ])
     );
     for rollup in ["flows_k8s_1m", "flows_k8s_1h"] {
-        let (status, body) = http(
-            chdb.port,
-            "POST",
-            "/?default_format=TSV",
-            &format!(
-                "SELECT locality, sum(bytes) FROM {rollup} GROUP BY locality ORDER BY locality"
-            ),
-        );
-        assert_eq!(status, 200, "{body}");
         assert_eq!(
-            body,
-            tsv(&["cluster\t7000", "external\t700", "node\t4300"]),
+            select(&format!(
+                "SELECT locality, sum(bytes), sum(reverse_bytes), sum(rtt_ns_sum), \
+                 sum(rtt_samples), sum(drop_bytes) FROM {rollup} GROUP BY locality ORDER BY locality"
+            )),
+            tsv(&[
+                "cluster\t27000\t20000\t1000000\t1\t3000",
+                "external\t1000\t300\t0\t0\t60",
+                "node\t9700\t5400\t6000000\t2\t0",
+            ]),
             "{rollup}"
         );
     }
+    // The version 3 columns (migration 0004), row by row.
+    assert_eq!(
+        select(
+            "SELECT if_name, bytes, direction, duplicate, reverse_packets, reverse_bytes, \
+             reverse_tcp_flags, end_reason, rtt_ns, retransmits, drops, drop_bytes, drop_reason, \
+             src_pid, src_comm, src_cgroup_id, dst_pid, dst_comm, dst_cgroup_id, tunnel, tunnel_id, \
+             IPv6NumToString(outer_src_addr), IPv6NumToString(outer_dst_addr), tcp_start \
+             FROM flows ORDER BY if_name, bytes"
+        ),
+        tsv(&[
+            "eth0\t700\tingress\tfalse\t3\t300\t20\trst\t0\t0\t1\t60\tTCP_INVALID_SEQUENCE\t0\t\t0\t0\t\t0\t\t0\t::\t::\tfalse",
+            "eth0\t1000\tegress\tfalse\t8\t4000\t26\t\t2000000\t1\t0\t0\t\t4242\tcurl\t777\t0\t\t0\t\t0\t::\t::\ttrue",
+            "eth0\t2000\tegress\tfalse\t0\t0\t0\t\t0\t0\t0\t0\t\t0\t\t0\t0\t\t0\t\t0\t::\t::\ttrue",
+            "eth0\t3000\tegress\tfalse\t5\t500\t16\tfin\t4000000\t0\t0\t0\t\t0\t\t0\t0\t\t0\t\t0\t::\t::\tfalse",
+            "eth1\t300\tegress\tfalse\t3\t900\t0\t\t0\t0\t0\t0\t\t0\t\t0\t0\t\t0\t\t0\t::\t::\tfalse",
+            "eth1\t5000\tegress\tfalse\t30\t20000\t26\t\t1000000\t3\t2\t3000\tNETFILTER_DROP\t0\t\t0\t99\tpostgres\t555\tvxlan\t7\t::ffff:192.168.0.1\t::ffff:192.168.0.2\ttrue",
+            "eth1\t5500\tegress\ttrue\t30\t22000\t0\t\t0\t0\t0\t0\t\t0\t\t0\t0\t\t0\t\t0\t::\t::\tfalse",
+            "vethweb1\t1000\tingress\ttrue\t8\t4000\t26\t\t2000000\t1\t0\t0\t\t4242\tcurl\t777\t0\t\t0\t\t0\t::\t::\ttrue",
+        ])
+    );
+    // The per-port rollup: per direction like the interface one, duplicates skipped.
+    assert_eq!(
+        select(
+            "SELECT proto, port, direction, sum(bytes), sum(packets), sum(flows) \
+             FROM flows_port_1m GROUP BY ALL ORDER BY ALL"
+        ),
+        tsv(&[
+            "6\t443\tingress\t700\t7\t1",
+            "6\t443\tegress\t300\t3\t0",
+            "6\t5432\tingress\t20000\t30\t0",
+            "6\t5432\tegress\t5000\t40\t1",
+            "6\t8080\tingress\t4500\t13\t0",
+            "6\t8080\tegress\t6000\t35\t3",
+            "17\t5432\tingress\t900\t3\t0",
+            "17\t5432\tegress\t300\t3\t1",
+        ])
+    );
     assert_eq!(
         run_query(&chdb, "topology_edges.sql", p),
         tsv(&[
-            "shop/web\tDeployment\tshop/api\tDeployment\t6000\t35\t3\t[6]\t[8080]",
-            "shop/api\tDeployment\tdb/pg\tStatefulSet\t5000\t40\t1\t[6]\t[5432]",
-            "203.0.113.9\tIP\tshop/web\tDeployment\t700\t7\t1\t[6]\t[443]",
-            "shop/web\tDeployment\tdb/pg\tStatefulSet\t300\t3\t1\t[17]\t[5432]",
+            "shop/api\tDeployment\tdb/pg\tStatefulSet\t25000\t70\t1\t[6]\t[5432]",
+            "shop/web\tDeployment\tshop/api\tDeployment\t10500\t48\t3\t[6]\t[8080]",
+            "shop/web\tDeployment\tdb/pg\tStatefulSet\t1200\t6\t1\t[17]\t[5432]",
+            "203.0.113.9\tIP\tshop/web\tDeployment\t1000\t10\t1\t[6]\t[443]",
         ])
     );
     let hour = (end_ns / 1_000_000_000) / 3600 * 3600;
-    let hour = http(
-        chdb.port,
-        "POST",
-        "/",
-        &format!("SELECT toString(toDateTime({hour}))"),
-    )
-    .1;
+    let hour = select(&format!("SELECT toString(toDateTime({hour}))"));
     let hour = hour.trim();
     assert_eq!(
         run_query(&chdb, "traffic_per_interface_hourly.sql", "param_hours=3"),
-        tsv(&[
-            &format!("{hour}\tnode-a\teth0\tingress\t700\t7\t1"),
-            &format!("{hour}\tnode-a\teth0\tegress\t6000\t35\t3"),
-            &format!("{hour}\tnode-a\teth1\tegress\t5300\t43\t2"),
-        ])
+        tsv(&per_interface
+            .iter()
+            .map(|row| format!("{hour}\t{row}"))
+            .collect::<Vec<_>>())
     );
+    // Every query file is checked above.
+    let mut files: Vec<String> = std::fs::read_dir(repo_root().join("sql/queries"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files, CHECKED);
 }
+
+/// The query files `queries_on_pipeline_data` checks.
+const CHECKED: [&str; 11] = [
+    "drops_by_reason.sql",
+    "hot_spots.sql",
+    "new_connections_per_service.sql",
+    "pod_traffic_matrix.sql",
+    "service_traffic_matrix.sql",
+    "tcp_health.sql",
+    "top_talkers.sql",
+    "topology_edges.sql",
+    "traffic_by_locality.sql",
+    "traffic_per_interface.sql",
+    "traffic_per_interface_hourly.sql",
+];
 
 /// sql/security/users.sql (values substituted as `envsubst` would) is valid ClickHouse 26.9
 /// SQL, statement by statement. chdb has no access-control storage, so the grants cannot be

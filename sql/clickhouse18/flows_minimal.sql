@@ -1,10 +1,12 @@
 -- The flows table for Debian's clickhouse-server 18.16 (scripts/stack/clickhouse18.sh), with
 -- types whose RowBinary encoding is byte-identical to sql/migrations/0001_flows.sql plus the
--- columns of 0002 (kafka_*) and 0003 (EnrichedFlow v2) the sink writes, in FlowRow order, so
--- the sink's exact RowBinary rows can be inserted into a genuine (old) server:
+-- columns of 0002 (kafka_*, retransmits, drops), 0003 (EnrichedFlow v2) and 0004 (EnrichedFlow
+-- v3) the sink writes, in FlowRow order, so the sink's exact RowBinary rows can be inserted
+-- into a genuine (old) server:
 --   DateTime64(9) -> Int64 (ns since epoch)      DateTime64(3) -> Int64 (ms since epoch)
 --   IPv6 -> FixedString(16) (network order)       LowCardinality(String) -> String
---   Enum8 kept. No TTL, CODEC or COMMENT (18.16 has none of them).
+--   Bool -> UInt8 (one byte 0/1)                  Enum8 kept.
+-- No TTL, CODEC, COMMENT or ALIAS column (tcp_start; 18.16 has none of the first three).
 -- The crate must use `.with_validation(false)` (18.16 has no RowBinaryWithNamesAndTypes).
 -- Test use only: not a migration, never applied by the sink.
 CREATE TABLE IF NOT EXISTS flows
@@ -54,7 +56,27 @@ CREATE TABLE IF NOT EXISTS flows
     dst_role          String,
     locality          String,
     if_pod            String,
-    if_namespace      String
+    if_namespace      String,
+    reverse_packets   UInt64,
+    reverse_bytes     UInt64,
+    reverse_tcp_flags UInt16,
+    end_reason        String,
+    rtt_ns            UInt64,
+    retransmits       UInt32,
+    drops             UInt32,
+    drop_bytes        UInt64,
+    drop_reason       String,
+    src_pid           UInt32,
+    src_comm          String,
+    src_cgroup_id     UInt64,
+    dst_pid           UInt32,
+    dst_comm          String,
+    dst_cgroup_id     UInt64,
+    tunnel            String,
+    tunnel_id         UInt32,
+    outer_src_addr    FixedString(16),
+    outer_dst_addr    FixedString(16),
+    duplicate         UInt8
 )
 ENGINE = MergeTree
 PARTITION BY toDate(toDateTime(intDiv(time_flow_end, 1000000000)))

@@ -1,8 +1,9 @@
 -- Retransmit and drop hot spots over the last {minutes:UInt32} minutes (raw flows): per host,
 -- interface and source/destination workload (else pod, else address), the retransmitted
--- segments, kernel drops and TCP resets (flow records with RST), worst first.
--- retransmits/drops are 0 until the collector reports them (migration 0002 adds the columns);
--- resets come from tcp_flags today. Parameters: minutes (UInt32), limit (UInt32).
+-- segments, kernel drops and TCP resets (conversation records with RST from either side),
+-- worst first, with a loss ratio over the packets of both directions. Rows with
+-- duplicate = 1 are left out. Rows from before EnrichedFlow v3 have no retransmits/drops.
+-- Parameters: minutes (UInt32), limit (UInt32).
 SELECT
     host,
     if_name,
@@ -14,11 +15,11 @@ SELECT
             replaceRegexpOne(IPv6NumToString(dst_addr), '^::ffff:(\\d+\\.\\d+\\.\\d+\\.\\d+)$', '\\1')) AS dst,
     sum(retransmits) AS retransmits,
     sum(drops) AS drops,
-    countIf(bitAnd(tcp_flags, 4) != 0) AS resets,
-    sum(packets) AS packets,
+    countIf(bitAnd(bitOr(tcp_flags, reverse_tcp_flags), 4) != 0) AS resets,
+    sum(packets + reverse_packets) AS packets,
     round((retransmits + drops) / packets, 4) AS loss_ratio
 FROM flows
-WHERE time_flow_end >= now64(9) - toIntervalMinute({minutes:UInt32})
+WHERE time_flow_end >= now64(9) - toIntervalMinute({minutes:UInt32}) AND NOT duplicate
 GROUP BY host, if_name, src, dst
 HAVING retransmits + drops + resets > 0
 ORDER BY retransmits + drops DESC, resets DESC, host, if_name, src, dst

@@ -1,7 +1,9 @@
 -- New connections per destination service over the last {minutes:UInt32} minutes
--- (flows_k8s_1m): flow records with SYN set and ACK not set, i.e. connection attempts, and
--- how many distinct client pods made them. A SYN seen on two interfaces (e.g. both ends of a
--- veth on one node) counts twice. Parameters: minutes (UInt32), limit (UInt32).
+-- (flows_k8s_1m): records where side A opened a TCP connection (flows.tcp_start: A's SYN
+-- without ACK, or a SYN from both sides, i.e. the handshake in the record), and how many
+-- distinct client pods made them. A SYN seen on two interfaces counts once: the second
+-- interface's record is marked duplicate and not rolled up (migration 0004; before it, such a
+-- SYN counted twice). Parameters: minutes (UInt32), limit (UInt32).
 SELECT
     concat(dst_namespace, '/', dst_service) AS service,
     sum(new_connections) AS new_connections,

@@ -1,6 +1,8 @@
 -- Pod-to-pod traffic matrix over the last {minutes:UInt32} minutes, from the per-minute
--- Kubernetes rollup (flows_k8s_1m). A side without a known pod is '(unknown)'.
--- Parameters: minutes (UInt32), limit (UInt32).
+-- Kubernetes rollup (flows_k8s_1m). src is the initiator (side A), dst side B; bytes and
+-- packets count both directions of the conversations (the rollup's reverse_* columns hold the
+-- B->A share), duplicate records are not in the rollup (migration 0004). A side without a
+-- known pod is '(unknown)'. Parameters: minutes (UInt32), limit (UInt32).
 SELECT
     if(src_pod = '', '(unknown)', concat(src_namespace, '/', src_pod)) AS src,
     if(dst_pod = '', '(unknown)', concat(dst_namespace, '/', dst_pod)) AS dst,

@@ -1,6 +1,7 @@
 -- Service-to-service traffic matrix over the last {minutes:UInt32} minutes (flows_k8s_1m).
 -- Each side is namespace/service, else namespace/workload (clients rarely have a service),
--- else '(external)'. Parameters: minutes (UInt32), limit (UInt32).
+-- else '(external)'; src is the initiator, bytes and packets count both directions, duplicate
+-- records are not counted (migration 0004). Parameters: minutes (UInt32), limit (UInt32).
 SELECT
     multiIf(src_service != '', concat(src_namespace, '/', src_service),
             src_workload != '', concat(src_namespace, '/', src_workload), '(external)') AS src,

@@ -1,7 +1,9 @@
 -- Who talks to whom: an edge list for topology graphs over the last {minutes:UInt32} minutes
--- (raw flows). A node is namespace/workload, else namespace/pod, else the IP address; its kind
--- is the workload kind, 'Pod' or 'IP'. Edges carry bytes, packets, flow records, protocols and
--- destination ports (up to 10 each, sorted). Parameters: minutes (UInt32), limit (UInt32).
+-- (raw flows). An edge goes from the initiator (side A, src) to side B (dst). A node is
+-- namespace/workload, else namespace/pod, else the IP address; its kind is the workload kind,
+-- 'Pod' or 'IP'. Edges carry bytes and packets of both directions, flow records, protocols
+-- and destination ports (up to 10 each, sorted). Rows with duplicate = 1 are left out.
+-- Parameters: minutes (UInt32), limit (UInt32).
 SELECT
     multiIf(src_workload != '', concat(src_namespace, '/', src_workload),
             src_pod != '', concat(src_namespace, '/', src_pod),
@@ -11,13 +13,13 @@ SELECT
             dst_pod != '', concat(dst_namespace, '/', dst_pod),
             replaceRegexpOne(IPv6NumToString(dst_addr), '^::ffff:(\\d+\\.\\d+\\.\\d+\\.\\d+)$', '\\1')) AS target,
     multiIf(dst_workload != '', toString(dst_workload_kind), dst_pod != '', 'Pod', 'IP') AS target_kind,
-    sum(bytes) AS bytes,
-    sum(packets) AS packets,
+    sum(bytes + reverse_bytes) AS bytes,
+    sum(packets + reverse_packets) AS packets,
     count() AS flows,
     arraySort(groupUniqArray(10)(proto)) AS protos,
     arraySort(groupUniqArray(10)(dst_port)) AS dst_ports
 FROM flows
-WHERE time_flow_end >= now64(9) - toIntervalMinute({minutes:UInt32})
+WHERE time_flow_end >= now64(9) - toIntervalMinute({minutes:UInt32}) AND NOT duplicate
 GROUP BY source, source_kind, target, target_kind
 ORDER BY bytes DESC, source, target
 LIMIT {limit:UInt32}

@@ -2,7 +2,8 @@
 -- locality of each flow ('node': both ends on the same node, 'cluster': both in the cluster on
 -- different or unknown nodes or through a ClusterIP, 'external': one end outside the cluster;
 -- '(unknown)' for flows without it: no Kubernetes metadata, neither end known, or rolled up
--- before migration 0003), and same/cross namespace ('unknown' when a side has none).
+-- before migration 0003), and same/cross namespace ('unknown' when a side has none). Bytes
+-- and packets count both directions, duplicate records are not counted (migration 0004).
 -- Parameter: minutes (UInt32).
 SELECT
     if(locality = '', '(unknown)', locality) AS locality,

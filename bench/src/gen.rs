@@ -1,7 +1,10 @@
 //! Synthetic raw flows with realistic shapes: Zipf-distributed hosts, destination services and
 //! pods, heavy-tailed (Pareto) flow sizes, an IPv4/IPv6 mix; every record carries a unique
 //! sequence number in `time_flow_start_ns` (= run base + sequence) so that losses and
-//! duplicates can be counted exactly in ClickHouse.
+//! duplicates can be counted exactly in ClickHouse. Records are conversations (RawFlow v2):
+//! the initiator's packets, the answer (reverse_*: ACK-sized against data, data against ACKs,
+//! DNS-like UDP replies, echo replies; some SYNs and UDP packets unanswered), and for TCP
+//! occasional RTT samples, retransmits and end reasons.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -238,7 +241,37 @@ impl Generator {
         let duration = rng
             .random_range(0..5_000_000_000i64)
             .min(packets * 1_000_000);
-        RawFlow {
+        // A's flags and B's answer to them: handshake with data, data, ACKs, FIN, a bare SYN
+        // nobody answered, a reset.
+        let (tcp_flags, reverse_tcp_flags) = if proto == 6 {
+            [
+                (0x10, 0x18),
+                (0x18, 0x10),
+                (0x1a, 0x1a),
+                (0x19, 0x19),
+                (0x02, 0x00),
+                (0x14, 0x10),
+            ][rng.random_range(0..6)]
+        } else {
+            (0, 0)
+        };
+        let answered = match proto {
+            6 => reverse_tcp_flags != 0,
+            17 => rng.random::<f64>() < 0.9,
+            _ => true,
+        };
+        // The answer: data-sized against ACK-sized requests and the other way round (one ACK
+        // per one or two segments), similar sizes for UDP and ICMP.
+        let (reverse_packets, reverse_size) = if !answered {
+            (0, 0)
+        } else if proto != 6 {
+            (packets, mean_size)
+        } else if mean_size == 66 {
+            ((packets * rng.random_range(8..=12) / 10).max(1), 1448)
+        } else {
+            ((packets * rng.random_range(5..=10) / 10).max(1), 66)
+        };
+        let mut flow = RawFlow {
             host: self.host_names[h].clone(),
             ifindex: 1 + self.ifaces.sample(rng) as i32,
             direction: if rng.random::<bool>() {
@@ -258,16 +291,35 @@ impl Generator {
             dst_port,
             icmp_type,
             icmp_code: 0,
-            tcp_flags: if proto == 6 {
-                [0x10, 0x18, 0x12, 0x11, 0x02, 0x04][rng.random_range(0..6)]
-            } else {
-                0
-            },
+            tcp_flags,
             packets,
             bytes: packets * mean_size,
             sampling_rate: 1,
+            reverse_packets,
+            reverse_bytes: reverse_packets * reverse_size,
+            reverse_tcp_flags,
             ..Default::default()
+        };
+        if proto == 6 && answered {
+            // A local socket's smoothed RTT on a third of the records: 50 µs .. 50 ms,
+            // log-uniform; a retransmit now and then, more on big flows.
+            if rng.random::<f64>() < 0.33 {
+                flow.rtt_ns = (50_000.0 * 1000f64.powf(rng.random::<f64>())) as i64;
+            }
+            if rng.random::<f64>() < 0.02 {
+                flow.retransmits = 1 + packets / 1000 + rng.random_range(0..3);
+            }
+            let both = tcp_flags | reverse_tcp_flags;
+            flow.end_reason = if both & 0x04 != 0 {
+                "rst"
+            } else if both & 0x01 != 0 {
+                "fin"
+            } else {
+                ""
+            }
+            .into();
         }
+        flow
     }
 }
 
@@ -344,6 +396,30 @@ mod tests {
             assert!(r.packets >= 1 && r.bytes >= r.packets * 66);
             assert!((1..=4).contains(&r.ifindex));
             assert_eq!(r.src_ip().is_ipv6(), r.etype == 0x86DD);
+            assert!(r.reverse_bytes >= r.reverse_packets * 66);
+            assert_eq!(r.reverse_packets == 0, r.reverse_bytes == 0);
+            if r.proto != 6 {
+                assert_eq!((r.rtt_ns, r.retransmits, r.reverse_tcp_flags), (0, 0, 0));
+            }
+            assert!(!r.duplicate);
         }
+        // Conversations: most are answered (all but the bare SYNs and 10 % of UDP), about a
+        // third of the answered TCP ones carry an RTT, a few retransmit.
+        let share =
+            |f: &dyn Fn(&RawFlow) -> bool| recs.iter().filter(|r| f(r)).count() as f64 / n as f64;
+        let answered = share(&|r| r.reverse_packets > 0);
+        assert!(answered > 0.8 && answered < 0.9, "answered {answered}");
+        assert!(share(&|r| r.tcp_flags == 0x02 && r.reverse_packets > 0) == 0.0);
+        let rtt = share(&|r| r.rtt_ns > 0) / share(&|r| r.proto == 6 && r.reverse_packets > 0);
+        assert!((rtt - 0.33).abs() < 0.02, "rtt share {rtt}");
+        assert!(recs
+            .iter()
+            .all(|r| r.rtt_ns == 0 || (50_000..=50_000_000).contains(&r.rtt_ns)));
+        let retransmitting = share(&|r| r.retransmits > 0);
+        assert!(
+            retransmitting > 0.005 && retransmitting < 0.03,
+            "{retransmitting}"
+        );
+        assert!(share(&|r| r.end_reason == "fin") > 0.05);
     }
 }

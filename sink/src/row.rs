@@ -678,7 +678,7 @@ pub fn sample_flow_at(i: u32, base_ns: i64) -> EnrichedFlow {
     f.end_reason = if i % 10 == 9 { "fin" } else { "" }.into();
     f.rtt_ns = 100_000 + i64::from(i % 1000) * 10;
     f.retransmits = i64::from(i % 3);
-    f.drops = i64::from(i % 5 == 0);
+    f.drops = i64::from(i.is_multiple_of(5));
     f.drop_bytes = f.drops * 1_500;
     f.drop_reason = if f.drops > 0 { "NETFILTER_DROP" } else { "" }.into();
     f.src_process = Some(flowlens_schemas::Process {
@@ -686,7 +686,7 @@ pub fn sample_flow_at(i: u32, base_ns: i64) -> EnrichedFlow {
         comm: "curl".into(),
         cgroup_id: 5_000 + i64::from(i),
     });
-    if i % 7 == 0 {
+    if i.is_multiple_of(7) {
         f.tunnel = "vxlan".into();
         f.tunnel_id = 42;
         f.outer_src_addr = Some(ip_to_v6(std::net::Ipv4Addr::new(192, 168, 0, 1).into()));

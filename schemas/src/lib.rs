@@ -16,6 +16,7 @@
 //! # Ok::<(), flowlens_schemas::SchemaError>(())
 //! ```
 
+pub mod binary;
 mod codec;
 mod error;
 mod ip;

@@ -18,6 +18,7 @@
 use std::net::Ipv6Addr;
 use std::sync::OnceLock;
 
+use flowlens_schemas::binary::{kind, Kind, Reader};
 use flowlens_schemas::{AvroRecord, EnrichedFlow, RecordKind, HEADER_LEN, MAGIC};
 
 use crate::row::{DirectionColumn, FlowRow, RowRef};
@@ -63,25 +64,6 @@ fn generic(payload: &[u8]) -> Result<FlowRow, Rejection> {
         Ok(flow) => FlowRow::try_from(flow)
             .map_err(|e| ("range", format!("EnrichedFlow does not fit the table: {e}"))),
     }
-}
-
-/// How one field of the writer schema is encoded.
-#[derive(Debug, Clone, PartialEq)]
-enum Kind {
-    Null,
-    Bool,
-    Int,
-    Long,
-    Float,
-    Double,
-    Bytes,
-    Str,
-    /// Enum with its symbols.
-    Enum(Vec<String>),
-    Fixed(usize),
-    Union(Vec<Kind>),
-    /// Record with its fields' kinds.
-    Record(Vec<Kind>),
 }
 
 /// Where a field goes in the `FlowRow`.
@@ -178,55 +160,6 @@ fn plan(fingerprint: &[u8]) -> Option<&'static [(Kind, Target)]> {
         .iter()
         .find(|(fp, _)| fp[..] == *fingerprint)
         .and_then(|(_, plan)| plan.as_deref())
-}
-
-/// The kind of a (writer) schema, named types resolved in document order.
-fn kind(
-    s: &flowlens_schemas::apache_avro::Schema,
-    named: &mut Vec<(String, Kind)>,
-) -> Option<Kind> {
-    use flowlens_schemas::apache_avro::Schema;
-    Some(match s {
-        Schema::Null => Kind::Null,
-        Schema::Boolean => Kind::Bool,
-        Schema::Int => Kind::Int,
-        Schema::Long => Kind::Long,
-        Schema::Float => Kind::Float,
-        Schema::Double => Kind::Double,
-        Schema::Bytes => Kind::Bytes,
-        Schema::String => Kind::Str,
-        Schema::Enum(e) => {
-            let k = Kind::Enum(e.symbols.clone());
-            named.push((e.name.fullname(None), k.clone()));
-            k
-        }
-        Schema::Fixed(f) => {
-            let k = Kind::Fixed(f.size);
-            named.push((f.name.fullname(None), k.clone()));
-            k
-        }
-        Schema::Union(u) => Kind::Union(
-            u.variants()
-                .iter()
-                .map(|v| kind(v, named))
-                .collect::<Option<Vec<_>>>()?,
-        ),
-        Schema::Record(r) => {
-            let k = Kind::Record(
-                r.fields
-                    .iter()
-                    .map(|f| kind(&f.schema, named))
-                    .collect::<Option<Vec<_>>>()?,
-            );
-            named.push((r.name.fullname(None), k.clone()));
-            k
-        }
-        Schema::Ref { name } => {
-            let full = name.fullname(None);
-            named.iter().find(|(n, _)| *n == full)?.1.clone()
-        }
-        _ => return None,
-    })
 }
 
 /// The column a field feeds and the kind it must have.
@@ -332,133 +265,12 @@ fn build_plan(
     Some(plan)
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn long(&mut self) -> Option<i64> {
-        let mut value: u64 = 0;
-        for (i, &b) in self.buf.iter().enumerate().take(10) {
-            if i == 9 && b > 1 {
-                return None; // more than 64 bits
-            }
-            value |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                self.buf = &self.buf[i + 1..];
-                return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
-            }
-        }
-        None
-    }
-
-    fn int(&mut self) -> Option<i32> {
-        i32::try_from(self.long()?).ok()
-    }
-
-    fn bytes(&mut self, len: usize) -> Option<&'a [u8]> {
-        if self.buf.len() < len {
-            return None;
-        }
-        let (head, rest) = self.buf.split_at(len);
-        self.buf = rest;
-        Some(head)
-    }
-
-    fn str(&mut self) -> Option<&'a str> {
-        let len = usize::try_from(self.long()?).ok()?;
-        std::str::from_utf8(self.bytes(len)?).ok()
-    }
-
-    /// Reads and drops one value of `kind`.
-    fn skip(&mut self, kind: &Kind) -> Option<()> {
-        match kind {
-            Kind::Null => {}
-            Kind::Bool => {
-                if *self.bytes(1)?.first()? > 1 {
-                    return None;
-                }
-            }
-            Kind::Int => {
-                self.int()?;
-            }
-            Kind::Long => {
-                self.long()?;
-            }
-            Kind::Float => {
-                self.bytes(4)?;
-            }
-            Kind::Double => {
-                self.bytes(8)?;
-            }
-            Kind::Bytes => {
-                let len = usize::try_from(self.long()?).ok()?;
-                self.bytes(len)?;
-            }
-            Kind::Str => {
-                self.str()?;
-            }
-            Kind::Enum(symbols) => {
-                let i = usize::try_from(self.long()?).ok()?;
-                if i >= symbols.len() {
-                    return None;
-                }
-            }
-            Kind::Fixed(n) => {
-                self.bytes(*n)?;
-            }
-            Kind::Union(variants) => {
-                let i = usize::try_from(self.long()?).ok()?;
-                self.skip(variants.get(i)?)?;
-            }
-            Kind::Record(fields) => {
-                for f in fields {
-                    self.skip(f)?;
-                }
-            }
-        }
-        Some(())
-    }
-
-    fn bool(&mut self) -> Option<bool> {
-        match self.bytes(1)?[0] {
-            0 => Some(false),
-            1 => Some(true),
-            _ => None,
-        }
-    }
-
-    fn addr(&mut self) -> Option<Ipv6Addr> {
-        Some(<[u8; 16]>::try_from(self.bytes(16)?).ok()?.into())
-    }
-
-    /// A union index of `["null", T]`: false for null, true for T.
-    fn present(&mut self) -> Option<bool> {
-        match self.long()? {
-            0 => Some(false),
-            1 => Some(true),
-            _ => None,
-        }
-    }
-
-    /// `["null", "string"]`: null becomes "" (unknown), as in `FlowRow::try_from`.
-    fn opt_str(&mut self) -> Option<&'a str> {
-        match self.long()? {
-            0 => Some(""),
-            1 => self.str(),
-            _ => None,
-        }
-    }
-}
-
 fn fast(payload: &[u8]) -> Option<RowRef<'_>> {
     if payload.len() < HEADER_LEN || payload[..2] != MAGIC {
         return None;
     }
     let plan = plan(&payload[2..HEADER_LEN])?;
-    let mut r = Reader {
-        buf: &payload[HEADER_LEN..],
-    };
+    let mut r = Reader::new(&payload[HEADER_LEN..]);
     let mut row = RowRef {
         time_flow_start: 0,
         time_flow_end: 0,
@@ -572,7 +384,7 @@ fn fast(payload: &[u8]) -> Option<RowRef<'_>> {
         }
     }
     // One message is exactly one datum.
-    r.buf.is_empty().then_some(row)
+    r.rest().is_empty().then_some(row)
 }
 
 #[cfg(test)]

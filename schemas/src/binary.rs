@@ -1,0 +1,205 @@
+//! Avro binary primitives for hand-written decoders of the contract's records (the sink's
+//! EnrichedFlow → RowBinary path, the enricher's RawFlow path): the kind of each field as a
+//! writer schema says, and a reader over a datum that declines (`None`) rather than guesses, so
+//! that a caller can fall back to apache-avro for anything it does not accept exactly.
+
+use std::net::Ipv6Addr;
+
+/// How one field of the writer schema is encoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    Null,
+    Bool,
+    Int,
+    Long,
+    Float,
+    Double,
+    Bytes,
+    Str,
+    /// Enum with its symbols.
+    Enum(Vec<String>),
+    Fixed(usize),
+    Union(Vec<Kind>),
+    /// Record with its fields' kinds.
+    Record(Vec<Kind>),
+}
+
+/// The kind of a (writer) schema; `named` collects the named types defined so far, so that a
+/// reference resolves to the definition met earlier in document order.
+pub fn kind(s: &apache_avro::Schema, named: &mut Vec<(String, Kind)>) -> Option<Kind> {
+    use apache_avro::Schema;
+    Some(match s {
+        Schema::Null => Kind::Null,
+        Schema::Boolean => Kind::Bool,
+        Schema::Int => Kind::Int,
+        Schema::Long => Kind::Long,
+        Schema::Float => Kind::Float,
+        Schema::Double => Kind::Double,
+        Schema::Bytes => Kind::Bytes,
+        Schema::String => Kind::Str,
+        Schema::Enum(e) => {
+            let k = Kind::Enum(e.symbols.clone());
+            named.push((e.name.fullname(None), k.clone()));
+            k
+        }
+        Schema::Fixed(f) => {
+            let k = Kind::Fixed(f.size);
+            named.push((f.name.fullname(None), k.clone()));
+            k
+        }
+        Schema::Union(u) => Kind::Union(
+            u.variants()
+                .iter()
+                .map(|v| kind(v, named))
+                .collect::<Option<Vec<_>>>()?,
+        ),
+        Schema::Record(r) => {
+            let k = Kind::Record(
+                r.fields
+                    .iter()
+                    .map(|f| kind(&f.schema, named))
+                    .collect::<Option<Vec<_>>>()?,
+            );
+            named.push((r.name.fullname(None), k.clone()));
+            k
+        }
+        Schema::Ref { name } => {
+            let full = name.fullname(None);
+            named.iter().find(|(n, _)| *n == full)?.1.clone()
+        }
+        _ => return None,
+    })
+}
+
+/// Reads an Avro binary datum front to back; every method returns `None` on anything that is
+/// not exactly valid (truncation, a varint over 64 bits, an int out of range, invalid UTF-8, an
+/// out-of-range enum or union index, a boolean byte other than 0 or 1).
+pub struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf }
+    }
+
+    /// What is left unread.
+    pub fn rest(&self) -> &'a [u8] {
+        self.buf
+    }
+
+    /// `int` or `long`: zig-zag varint.
+    pub fn long(&mut self) -> Option<i64> {
+        let mut value: u64 = 0;
+        for (i, &b) in self.buf.iter().enumerate().take(10) {
+            if i == 9 && b > 1 {
+                return None; // more than 64 bits
+            }
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                self.buf = &self.buf[i + 1..];
+                return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
+            }
+        }
+        None
+    }
+
+    pub fn int(&mut self) -> Option<i32> {
+        i32::try_from(self.long()?).ok()
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Option<&'a [u8]> {
+        if self.buf.len() < len {
+            return None;
+        }
+        let (head, rest) = self.buf.split_at(len);
+        self.buf = rest;
+        Some(head)
+    }
+
+    pub fn str(&mut self) -> Option<&'a str> {
+        let len = usize::try_from(self.long()?).ok()?;
+        std::str::from_utf8(self.bytes(len)?).ok()
+    }
+
+    /// Reads and drops one value of `kind`.
+    pub fn skip(&mut self, kind: &Kind) -> Option<()> {
+        match kind {
+            Kind::Null => {}
+            Kind::Bool => {
+                if *self.bytes(1)?.first()? > 1 {
+                    return None;
+                }
+            }
+            Kind::Int => {
+                self.int()?;
+            }
+            Kind::Long => {
+                self.long()?;
+            }
+            Kind::Float => {
+                self.bytes(4)?;
+            }
+            Kind::Double => {
+                self.bytes(8)?;
+            }
+            Kind::Bytes => {
+                let len = usize::try_from(self.long()?).ok()?;
+                self.bytes(len)?;
+            }
+            Kind::Str => {
+                self.str()?;
+            }
+            Kind::Enum(symbols) => {
+                let i = usize::try_from(self.long()?).ok()?;
+                if i >= symbols.len() {
+                    return None;
+                }
+            }
+            Kind::Fixed(n) => {
+                self.bytes(*n)?;
+            }
+            Kind::Union(variants) => {
+                let i = usize::try_from(self.long()?).ok()?;
+                self.skip(variants.get(i)?)?;
+            }
+            Kind::Record(fields) => {
+                for f in fields {
+                    self.skip(f)?;
+                }
+            }
+        }
+        Some(())
+    }
+
+    pub fn bool(&mut self) -> Option<bool> {
+        match self.bytes(1)?[0] {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+
+    /// `fixed IPv6Address(16)`.
+    pub fn addr(&mut self) -> Option<Ipv6Addr> {
+        Some(<[u8; 16]>::try_from(self.bytes(16)?).ok()?.into())
+    }
+
+    /// A union index of `["null", T]`: false for null, true for T.
+    pub fn present(&mut self) -> Option<bool> {
+        match self.long()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+
+    /// `["null", "string"]` with null read as "".
+    pub fn opt_str(&mut self) -> Option<&'a str> {
+        match self.long()? {
+            0 => Some(""),
+            1 => self.str(),
+            _ => None,
+        }
+    }
+}

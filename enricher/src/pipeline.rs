@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use flowlens_runtime::{DeadLetter, Shutdown};
-use flowlens_schemas::RawFlow;
 use futures::future::{self, BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -192,7 +191,7 @@ impl Pipeline {
         let (partition, offset) = (message.partition(), message.offset());
         metrics::counter!("flowlens_enricher_records_in_total").increment(1);
 
-        let raw = match flowlens_schemas::decode::<RawFlow>(message.payload().unwrap_or_default()) {
+        let raw = match crate::decode::raw_flow(message.payload().unwrap_or_default()) {
             Ok(raw) => raw,
             Err(e) => {
                 metrics::counter!("flowlens_enricher_records_invalid_total").increment(1);

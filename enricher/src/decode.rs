@@ -1,0 +1,367 @@
+//! RawFlow decoding for the pipeline: a hand-written reader for the known writer versions, with
+//! `flowlens_schemas::decode` (apache-avro) as the fallback and the judge.
+//!
+//! apache-avro builds a `Value` tree and then deserializes it: ~5 µs per RawFlow on this
+//! machine, most of the enricher's CPU per record (bench/results/enricher.md). This reader
+//! goes straight from the datum to a `RawFlow` (one allocation, the host name, plus any
+//! non-empty v2 string). It knows RawFlow version 1 (19 fields) and version 2 (35 fields) and
+//! takes a writer whose field names and kinds are exactly the current schema's first 19 or 35
+//! (checked once per writer fingerprint); fields a version lacks keep `RawFlow::default()`,
+//! which are the schema defaults (checked too). Anything it does not accept exactly — an
+//! unknown fingerprint, truncation, trailing bytes, invalid UTF-8, an int or enum index out of
+//! range — goes to apache-avro, which decodes or words the error for the dead-letter header.
+//! `fast_path_matches_apache_avro` checks both give the same record on random records of both
+//! versions and that the fast path declines whatever apache-avro rejects.
+
+use std::sync::OnceLock;
+
+use flowlens_schemas::binary::{kind, Kind, Reader};
+use flowlens_schemas::{Direction, Process, RawFlow, RecordKind, SchemaError, HEADER_LEN, MAGIC};
+
+/// Fields of RawFlow version 1; version 2 has `V2_FIELDS`.
+const V1_FIELDS: usize = 19;
+const V2_FIELDS: usize = 35;
+
+/// Decodes one Kafka payload holding a RawFlow of any known version.
+pub fn raw_flow(payload: &[u8]) -> Result<RawFlow, SchemaError> {
+    match fast(payload) {
+        Some(flow) => Ok(flow),
+        None => flowlens_schemas::decode::<RawFlow>(payload),
+    }
+}
+
+/// How many fields the writer with this fingerprint has, if the fast path reads it.
+fn fields_of(fingerprint: &[u8]) -> Option<usize> {
+    static WRITERS: OnceLock<Vec<([u8; 8], Option<usize>)>> = OnceLock::new();
+    WRITERS
+        .get_or_init(|| {
+            let current = field_kinds(RecordKind::RawFlow.schema());
+            RecordKind::known_writers()
+                .filter(|w| w.0 == RecordKind::RawFlow)
+                .map(|(_, _, fp, schema)| (fp, readable(&field_kinds(schema), &current)))
+                .collect()
+        })
+        .iter()
+        .find(|(fp, _)| fp[..] == *fingerprint)
+        .and_then(|(_, n)| *n)
+}
+
+/// (name, kind, default) of each field of a record schema; empty if it is not one the kinds
+/// describe.
+fn field_kinds(
+    schema: &flowlens_schemas::apache_avro::Schema,
+) -> Vec<(String, Kind, Option<serde_json::Value>)> {
+    let flowlens_schemas::apache_avro::Schema::Record(r) = schema else {
+        return Vec::new();
+    };
+    let mut named = Vec::new();
+    let mut out = Vec::new();
+    for f in &r.fields {
+        let Some(k) = kind(&f.schema, &mut named) else {
+            return Vec::new();
+        };
+        out.push((f.name.clone(), k, f.default.clone()));
+    }
+    out
+}
+
+/// The writer's field count if the fast path can read it: the current schema has the layout
+/// `fast` reads (35 fields whose defaults past the 19th are zero values), and the writer's
+/// fields are its first 19 or 35, same names and kinds.
+fn readable(
+    writer: &[(String, Kind, Option<serde_json::Value>)],
+    current: &[(String, Kind, Option<serde_json::Value>)],
+) -> Option<usize> {
+    let zero = |d: &Option<serde_json::Value>| {
+        d.as_ref().is_some_and(|d| {
+            d.is_null()
+                || d.as_bool() == Some(false)
+                || d.as_i64() == Some(0)
+                || d.as_str() == Some("")
+        })
+    };
+    let layout_known =
+        current.len() == V2_FIELDS && current[V1_FIELDS..].iter().all(|f| zero(&f.2));
+    let prefix = writer.len() <= current.len()
+        && writer
+            .iter()
+            .zip(current)
+            .all(|(w, c)| w.0 == c.0 && w.1 == c.1);
+    (layout_known && prefix && [V1_FIELDS, V2_FIELDS].contains(&writer.len()))
+        .then_some(writer.len())
+}
+
+fn process(r: &mut Reader<'_>) -> Option<Option<Process>> {
+    Some(if r.present()? {
+        Some(Process {
+            pid: r.int()?,
+            comm: r.str()?.to_owned(),
+            cgroup_id: r.long()?,
+        })
+    } else {
+        None
+    })
+}
+
+fn address(r: &mut Reader<'_>) -> Option<Option<std::net::Ipv6Addr>> {
+    Some(if r.present()? { Some(r.addr()?) } else { None })
+}
+
+/// The fast path: `None` for anything it does not read exactly (see the module docs).
+fn fast(payload: &[u8]) -> Option<RawFlow> {
+    if payload.len() < HEADER_LEN || payload[..2] != MAGIC {
+        return None;
+    }
+    let fields = fields_of(&payload[2..HEADER_LEN])?;
+    let mut r = Reader::new(&payload[HEADER_LEN..]);
+    // Field by field in schema order (struct expressions evaluate in source order).
+    let mut flow = RawFlow {
+        host: r.str()?.to_owned(),
+        ifindex: r.int()?,
+        direction: match r.long()? {
+            0 => Direction::Ingress,
+            1 => Direction::Egress,
+            _ => return None,
+        },
+        time_flow_start_ns: r.long()?,
+        time_flow_end_ns: r.long()?,
+        time_exported_ns: r.long()?,
+        etype: r.int()?,
+        vlan_id: r.int()?,
+        proto: r.int()?,
+        src_addr: r.addr()?,
+        dst_addr: r.addr()?,
+        src_port: r.int()?,
+        dst_port: r.int()?,
+        icmp_type: r.int()?,
+        icmp_code: r.int()?,
+        tcp_flags: r.int()?,
+        packets: r.long()?,
+        bytes: r.long()?,
+        sampling_rate: r.int()?,
+        ..RawFlow::default()
+    };
+    if fields == V2_FIELDS {
+        flow.reverse_packets = r.long()?;
+        flow.reverse_bytes = r.long()?;
+        flow.reverse_tcp_flags = r.int()?;
+        flow.end_reason = r.str()?.to_owned();
+        flow.rtt_ns = r.long()?;
+        flow.retransmits = r.long()?;
+        flow.drops = r.long()?;
+        flow.drop_bytes = r.long()?;
+        flow.drop_reason = r.str()?.to_owned();
+        flow.src_process = process(&mut r)?;
+        flow.dst_process = process(&mut r)?;
+        flow.tunnel = r.str()?.to_owned();
+        flow.tunnel_id = r.long()?;
+        flow.outer_src_addr = address(&mut r)?;
+        flow.outer_dst_addr = address(&mut r)?;
+        flow.duplicate = r.bool()?;
+    }
+    // One message is exactly one datum.
+    r.rest().is_empty().then_some(flow)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowlens_schemas::apache_avro::{types::Value, GenericSingleObjectWriter, Schema};
+    use flowlens_schemas::{ip_to_v6, RAW_FLOW_V1_AVSC};
+
+    /// xorshift64*: reproducible random records without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        /// Small, boundary or any value, equally often.
+        fn long(&mut self) -> i64 {
+            match self.next() % 3 {
+                0 => (self.next() % 300) as i64 - 150,
+                1 => [0, 1, -1, 63, 64, 127, 128, i64::MAX, i64::MIN][(self.next() % 9) as usize],
+                _ => self.next() as i64,
+            }
+        }
+
+        fn coin(&mut self) -> bool {
+            self.next() >> 63 == 0
+        }
+
+        fn int(&mut self) -> i32 {
+            self.long() as i32
+        }
+
+        fn string(&mut self) -> String {
+            let words = [
+                "",
+                "node-1",
+                "ünï",
+                "fin",
+                "NETFILTER_DROP",
+                "vxlan",
+                "x".repeat(200).leak(),
+            ];
+            words[(self.next() % words.len() as u64) as usize].to_owned()
+        }
+
+        fn addr(&mut self) -> std::net::Ipv6Addr {
+            if self.coin() {
+                ip_to_v6(std::net::Ipv4Addr::from(self.next() as u32).into())
+            } else {
+                std::net::Ipv6Addr::from(u128::from(self.next()) << 64 | u128::from(self.next()))
+            }
+        }
+
+        fn maybe<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Option<T> {
+            self.coin().then(|| f(self))
+        }
+
+        fn raw(&mut self) -> RawFlow {
+            RawFlow {
+                host: self.string(),
+                ifindex: self.int(),
+                direction: if self.coin() {
+                    Direction::Ingress
+                } else {
+                    Direction::Egress
+                },
+                time_flow_start_ns: self.long(),
+                time_flow_end_ns: self.long(),
+                time_exported_ns: self.long(),
+                etype: self.int(),
+                vlan_id: self.int(),
+                proto: self.int(),
+                src_addr: self.addr(),
+                dst_addr: self.addr(),
+                src_port: self.int(),
+                dst_port: self.int(),
+                icmp_type: self.int(),
+                icmp_code: self.int(),
+                tcp_flags: self.int(),
+                packets: self.long(),
+                bytes: self.long(),
+                sampling_rate: self.int(),
+                reverse_packets: self.long(),
+                reverse_bytes: self.long(),
+                reverse_tcp_flags: self.int(),
+                end_reason: self.string(),
+                rtt_ns: self.long(),
+                retransmits: self.long(),
+                drops: self.long(),
+                drop_bytes: self.long(),
+                drop_reason: self.string(),
+                src_process: self.maybe(|r| Process {
+                    pid: r.int(),
+                    comm: r.string(),
+                    cgroup_id: r.long(),
+                }),
+                dst_process: self.maybe(|r| Process {
+                    pid: r.int(),
+                    comm: r.string(),
+                    cgroup_id: r.long(),
+                }),
+                tunnel: self.string(),
+                tunnel_id: self.long(),
+                outer_src_addr: self.maybe(Rng::addr),
+                outer_dst_addr: self.maybe(Rng::addr),
+                duplicate: self.coin(),
+            }
+        }
+    }
+
+    /// `f` as a version 1 producer wrote it (apache-avro's generic writer, v1 schema: the
+    /// fields version 1 has).
+    fn v1(f: &RawFlow) -> Vec<u8> {
+        let v1 = Schema::parse_str(RAW_FLOW_V1_AVSC).unwrap();
+        let Schema::Record(record) = &v1 else {
+            panic!("not a record")
+        };
+        let Value::Record(fields) = flowlens_schemas::apache_avro::to_value(f).unwrap() else {
+            panic!("not a record")
+        };
+        let fields = fields
+            .into_iter()
+            .filter(|(n, _)| record.lookup.contains_key(n))
+            .collect();
+        let mut w = GenericSingleObjectWriter::new_with_capacity(&v1, 128).unwrap();
+        let mut out = Vec::new();
+        w.write_value(Value::Record(fields).resolve(&v1).unwrap(), &mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn fast_path_matches_apache_avro() {
+        assert_eq!(
+            fields_of(&RecordKind::RawFlow.fingerprint()),
+            Some(V2_FIELDS)
+        );
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for i in 0..3_000 {
+            let f = rng.raw();
+            let mut v2 = Vec::new();
+            flowlens_schemas::encode(&f, &mut v2).unwrap();
+            let v1 = v1(&f);
+            assert_eq!(fields_of(&v1[2..HEADER_LEN]), Some(V1_FIELDS));
+            for (msg, version) in [(&v2, 2), (&v1, 1)] {
+                // apache-avro is the judge (schemas/tests/evolution.rs checks what it makes of
+                // a version 1 record: the v2 fields at their defaults).
+                let generic: RawFlow = flowlens_schemas::decode(msg).unwrap();
+                if version == 2 {
+                    assert_eq!(generic, f, "record {i}");
+                } else {
+                    assert_eq!(
+                        (generic.host.as_str(), generic.bytes),
+                        (f.host.as_str(), f.bytes)
+                    );
+                    assert_eq!((generic.reverse_bytes, &generic.src_process), (0, &None));
+                }
+                assert_eq!(fast(msg).as_ref(), Some(&generic), "record {i} v{version}");
+                assert_eq!(raw_flow(msg).unwrap(), generic);
+                // Cut anywhere, or with a byte more: both decline.
+                let cut = (rng.next() as usize) % msg.len();
+                assert!(fast(&msg[..cut]).is_none(), "record {i} cut at {cut}");
+                assert!(raw_flow(&msg[..cut]).is_err());
+                let mut long = msg.clone();
+                long.push(0);
+                assert!(fast(&long).is_none());
+                assert!(raw_flow(&long).is_err());
+            }
+        }
+    }
+
+    /// Corrupted messages: whatever apache-avro rejects, the fast path declines too; whatever
+    /// the fast path accepts, apache-avro reads the same.
+    #[test]
+    fn corrupt_input_is_never_accepted_differently() {
+        let mut rng = Rng(7);
+        for _ in 0..3_000 {
+            let mut msg = Vec::new();
+            flowlens_schemas::encode(&rng.raw(), &mut msg).unwrap();
+            let at = HEADER_LEN + (rng.next() as usize) % (msg.len() - HEADER_LEN);
+            msg[at] = rng.next() as u8;
+            let generic = flowlens_schemas::decode::<RawFlow>(&msg);
+            match fast(&msg) {
+                Some(f) => assert_eq!(generic.as_ref().ok(), Some(&f)),
+                None => assert_eq!(raw_flow(&msg).ok(), generic.ok()),
+            }
+        }
+        // Another record type, an unknown fingerprint, garbage: the fallback's errors.
+        let mut other = Vec::new();
+        flowlens_schemas::encode(&rng.raw(), &mut other).unwrap();
+        other[5] ^= 0xff;
+        assert!(fast(&other).is_none());
+        assert!(matches!(
+            raw_flow(&other),
+            Err(SchemaError::UnknownFingerprint { .. })
+        ));
+        assert!(raw_flow(b"\xC3\x01garbage").is_err());
+        assert!(raw_flow(b"").is_err());
+    }
+}

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod config;
 pub mod conversation;
 pub mod drain;
+pub mod encode;
 pub mod filter;
 pub mod interfaces;
 pub mod netns;

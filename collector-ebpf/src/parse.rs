@@ -79,49 +79,69 @@ const SLACK: usize = 64;
 #[map]
 static HEADER_SCRATCH: PerCpuArray<[u8; HEADERS + SLACK]> = PerCpuArray::with_max_entries(1, 0);
 
-/// The packet's first bytes, copied to this CPU's scratch buffer.
+/// The packet's first bytes: read in place when the skb's linear part holds them (direct packet
+/// access, the common case), else copied to this CPU's scratch buffer (non-linear skbs).
 struct Headers {
-    buf: &'static [u8; HEADERS + SLACK],
-    len: usize,
+    /// Address of byte 0 (packet data or the scratch buffer).
+    base: usize,
+    /// One past the last readable byte (`data_end`, or scratch + copied length).
+    end: usize,
 }
 
 impl Headers {
     #[inline(always)]
     fn load(ctx: &TcContext, packet_len: usize) -> Option<Self> {
-        let len = if packet_len < HEADERS {
+        let want = if packet_len < HEADERS {
             packet_len
         } else {
             HEADERS
         };
-        if len < ETH_HLEN {
+        if want < ETH_HLEN {
             return None;
+        }
+        let (data, data_end) = (ctx.data(), ctx.data_end());
+        if data + want <= data_end {
+            return Some(Headers {
+                base: data,
+                end: data_end,
+            });
         }
         // SAFETY: per-CPU slot; a program runs to completion on its CPU before the next.
         let buf = unsafe { &mut *HEADER_SCRATCH.get_ptr_mut(0)? };
-        // The raw helper, so the verifier sees `len` within [ETH_HLEN, HEADERS].
+        // The raw helper, so the verifier sees `want` within [ETH_HLEN, HEADERS].
         let rc = unsafe {
             bpf_skb_load_bytes(
                 ctx.skb.skb as *const c_void,
                 0,
                 buf.as_mut_ptr() as *mut c_void,
-                len as u32,
+                want as u32,
             )
         };
         if rc != 0 {
             return None;
         }
-        Some(Headers { buf, len })
+        let base = buf.as_ptr() as usize;
+        Some(Headers {
+            base,
+            end: base + want,
+        })
     }
 
     /// The `N` bytes at `off`, if the packet has them: one length check per field, not per
     /// byte (the buffer's slack keeps the read in bounds for the verifier).
     #[inline(always)]
     fn field<const N: usize>(&self, off: usize) -> Option<&[u8; N]> {
-        if off > HEADERS - N || off + N > self.len {
+        // The constant bound keeps the offset small for the verifier (and, for the scratch
+        // buffer, inside it with its slack); the second check is the packet's own length.
+        if off > HEADERS - N {
             return None;
         }
-        // SAFETY: off + N <= HEADERS, inside the HEADERS + SLACK buffer.
-        Some(unsafe { &*(self.buf.as_ptr().add(off) as *const [u8; N]) })
+        let at = self.base + off;
+        if at + N > self.end {
+            return None;
+        }
+        // SAFETY: [at, at + N) lies within the packet's linear data or the scratch buffer.
+        Some(unsafe { &*(at as *const [u8; N]) })
     }
 
     #[inline(always)]

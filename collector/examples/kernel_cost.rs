@@ -30,6 +30,8 @@ struct TestRunAttr {
     flags: u32,
     cpu: u32,
     batch_size: u32,
+    /// Explicit, so it is zero: the kernel rejects (EINVAL) non-zero bytes past the last field.
+    _pad: u32,
 }
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
@@ -74,7 +76,12 @@ fn run(prog: BorrowedFd<'_>, data: &[u8], repeat: u32) -> u32 {
             std::mem::size_of::<TestRunAttr>(),
         )
     };
-    assert_eq!(rc, 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "BPF_PROG_TEST_RUN: {}",
+        std::io::Error::last_os_error()
+    );
     attr.duration
 }
 
@@ -108,9 +115,18 @@ fn empty_program() -> std::os::fd::OwnedFd {
     };
     // SAFETY: attr and the instruction buffer outlive the call.
     let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, 5, &attr as *const LoadAttr, std::mem::size_of::<LoadAttr>())
+        libc::syscall(
+            libc::SYS_bpf,
+            5,
+            &attr as *const LoadAttr,
+            std::mem::size_of::<LoadAttr>(),
+        )
     };
-    assert!(fd >= 0, "BPF_PROG_LOAD: {}", std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "BPF_PROG_LOAD: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: a fresh fd we own.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
 }
@@ -122,8 +138,14 @@ fn main() -> anyhow::Result<()> {
         let f = frame(0);
         println!(
             "baseline (empty program): {} ns/run (min of 20 x5k), {} ns (1 run per call)",
-            (0..20).map(|_| run(empty.as_fd(), &f, 5_000)).min().unwrap(),
-            (0..1000).map(|_| u64::from(run(empty.as_fd(), &f, 1))).sum::<u64>() / 1000
+            (0..20)
+                .map(|_| run(empty.as_fd(), &f, 5_000))
+                .min()
+                .unwrap(),
+            (0..1000)
+                .map(|_| u64::from(run(empty.as_fd(), &f, 1)))
+                .sum::<u64>()
+                / 1000
         );
     }
     let flows: Vec<u32> = std::env::args()
@@ -162,7 +184,12 @@ fn main() -> anyhow::Result<()> {
         let same: u64 = frames
             .iter()
             .take(16)
-            .map(|f| (0..20).map(|_| u64::from(run(prog, f, 5_000))).min().unwrap())
+            .map(|f| {
+                (0..20)
+                    .map(|_| u64::from(run(prog, f, 5_000)))
+                    .min()
+                    .unwrap()
+            })
             .sum::<u64>()
             * u64::from(n)
             / u64::from(n.min(16));

@@ -12,7 +12,6 @@ use flowlens_common::{
 };
 use flowlens_runtime::Shutdown;
 use flowlens_schemas::Interface;
-use rdkafka::producer::FutureProducer;
 
 use crate::config::Config;
 use crate::conversation::duplicates;
@@ -20,7 +19,7 @@ use crate::drain::Drainer;
 use crate::interfaces::{self, InterfaceInfo};
 use crate::netns;
 use crate::probe::Probe;
-use crate::publish::Publisher;
+use crate::publish::{Delivery, Publisher};
 use crate::record::{raw_flow, Clock};
 use crate::table::{Exported, FlowTable, Timeouts};
 
@@ -38,12 +37,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         created = config.kafka.ensure_topics(&wanted) => created.context("creating topics")?,
         _ = shutdown.cancelled() => return Ok(()),
     }
-    let producer: FutureProducer = config
-        .kafka
-        .producer_config()
-        .create()
-        .context("creating the Kafka producer")?;
-    let publisher = Publisher::new(producer, &topics.raw_flows, &topics.interfaces);
+    let publisher = Publisher::from_config(
+        &config.kafka.producer_config(),
+        &topics.raw_flows,
+        &topics.interfaces,
+    )
+    .context("creating the Kafka producer")?
+    .with_max_in_flight(c.max_in_flight as usize);
 
     let mut probe = Probe::load(c.table_size, c.sampling, &c.filter.parse()?)?;
     let mut attached = BTreeMap::new();
@@ -282,33 +282,36 @@ impl Exporter {
         let read = started.elapsed();
         let conversations: Vec<_> = self.entries.iter().map(|e| e.conversation).collect();
         let duplicates = duplicates(&conversations);
-        let flows: Vec<_> = self
-            .entries
-            .iter()
-            .zip(duplicates)
-            .map(|(e, duplicate)| {
+        // Records are made a chunk at a time (the publisher's in-flight window): a scan never
+        // holds every RawFlow at once.
+        let (mut records, mut packets, mut bytes) = (0u64, 0u64, 0u64);
+        let mut delivery = Delivery::default();
+        let chunk = publisher.max_in_flight().max(1);
+        let mut flows = Vec::with_capacity(chunk.min(self.entries.len()));
+        for (entries, duplicates) in self.entries.chunks(chunk).zip(duplicates.chunks(chunk)) {
+            flows.clear();
+            for (e, &duplicate) in entries.iter().zip(duplicates) {
                 let key = e.conversation.key();
                 let outer = (key.tunnel != TUNNEL_NONE)
                     .then(|| tunnel_outer(probe, e))
                     .flatten();
-                raw_flow(&self.host, e, duplicate, outer, clock, self.sampling)
-            })
-            .collect();
-        let delivery = publisher.publish_flows(&flows).await?;
+                let f = raw_flow(&self.host, e, duplicate, outer, clock, self.sampling);
+                if !f.duplicate {
+                    packets += (f.packets + f.reverse_packets) as u64;
+                    bytes += (f.bytes + f.reverse_bytes) as u64;
+                }
+                flows.push(f);
+            }
+            records += flows.len() as u64;
+            let d = publisher.publish_flows(&flows).await?;
+            delivery.delivered += d.delivered;
+            delivery.failed += d.failed;
+        }
 
         metrics::histogram!("flowlens_collector_drain_seconds").record(read.as_secs_f64());
         metrics::gauge!("flowlens_collector_table_entries").set(occupancy as f64);
         metrics::counter!("flowlens_collector_flows_evicted_total").increment(evicted as u64);
-        metrics::counter!("flowlens_collector_flows_exported_total").increment(flows.len() as u64);
-        let (packets, bytes) = flows
-            .iter()
-            .filter(|f| !f.duplicate)
-            .fold((0, 0), |(p, b), f| {
-                (
-                    p + (f.packets + f.reverse_packets) as u64,
-                    b + (f.bytes + f.reverse_bytes) as u64,
-                )
-            });
+        metrics::counter!("flowlens_collector_flows_exported_total").increment(records);
         self.exported.0 += packets;
         self.exported.1 += bytes;
         metrics::counter!("flowlens_collector_packets_total").increment(packets);
@@ -332,7 +335,7 @@ impl Exporter {
                 .absolute(counters[idx as usize]);
         }
         tracing::debug!(
-            flows = flows.len(),
+            flows = records,
             table_entries = occupancy,
             evicted,
             syscalls = calls,

@@ -45,6 +45,9 @@ pub struct CollectorConfig {
     pub table_size: u32,
     /// Flows read per batched map syscall.
     pub drain_batch: u32,
+    /// Flow records queued in the Kafka producer and not yet acknowledged, at most: bounds the
+    /// collector's memory at any number of flows.
+    pub max_in_flight: u32,
     /// How often interface metadata is re-read (changes are published), in milliseconds.
     pub interface_refresh_ms: u64,
     /// 1:N packet sampling in the kernel (1 = every packet); records carry the rate.
@@ -65,6 +68,7 @@ impl Default for CollectorConfig {
             bidirectional: true,
             table_size: 262_144,
             drain_batch: 8_192,
+            max_in_flight: 50_000,
             interface_refresh_ms: 10_000,
             sampling: 1,
             filter: FilterConfig::default(),
@@ -104,6 +108,12 @@ impl Validate for Config {
             c.drain_batch.into(),
             16,
             1 << 20,
+        )?;
+        flowlens_runtime::config::check_range(
+            "collector.max_in_flight",
+            c.max_in_flight.into(),
+            1,
+            10_000_000,
         )?;
         flowlens_runtime::config::check_range(
             "collector.interface_refresh_ms",

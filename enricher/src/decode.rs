@@ -15,7 +15,7 @@
 
 use std::sync::OnceLock;
 
-use flowlens_schemas::binary::{kind, Kind, Reader};
+use flowlens_schemas::binary::{kind, zero_default, Kind, Reader};
 use flowlens_schemas::{Direction, Process, RawFlow, RecordKind, SchemaError, HEADER_LEN, MAGIC};
 
 /// Fields of RawFlow version 1; version 2 has `V2_FIELDS`.
@@ -46,11 +46,9 @@ fn fields_of(fingerprint: &[u8]) -> Option<usize> {
         .and_then(|(_, n)| *n)
 }
 
-/// (name, kind, default) of each field of a record schema; empty if it is not one the kinds
-/// describe.
-fn field_kinds(
-    schema: &flowlens_schemas::apache_avro::Schema,
-) -> Vec<(String, Kind, Option<serde_json::Value>)> {
+/// (name, kind, whether the default is a zero value) of each field of a record schema; empty
+/// if it is not one the kinds describe.
+fn field_kinds(schema: &flowlens_schemas::apache_avro::Schema) -> Vec<(String, Kind, bool)> {
     let flowlens_schemas::apache_avro::Schema::Record(r) = schema else {
         return Vec::new();
     };
@@ -60,7 +58,7 @@ fn field_kinds(
         let Some(k) = kind(&f.schema, &mut named) else {
             return Vec::new();
         };
-        out.push((f.name.clone(), k, f.default.clone()));
+        out.push((f.name.clone(), k, zero_default(f)));
     }
     out
 }
@@ -68,20 +66,8 @@ fn field_kinds(
 /// The writer's field count if the fast path can read it: the current schema has the layout
 /// `fast` reads (35 fields whose defaults past the 19th are zero values), and the writer's
 /// fields are its first 19 or 35, same names and kinds.
-fn readable(
-    writer: &[(String, Kind, Option<serde_json::Value>)],
-    current: &[(String, Kind, Option<serde_json::Value>)],
-) -> Option<usize> {
-    let zero = |d: &Option<serde_json::Value>| {
-        d.as_ref().is_some_and(|d| {
-            d.is_null()
-                || d.as_bool() == Some(false)
-                || d.as_i64() == Some(0)
-                || d.as_str() == Some("")
-        })
-    };
-    let layout_known =
-        current.len() == V2_FIELDS && current[V1_FIELDS..].iter().all(|f| zero(&f.2));
+fn readable(writer: &[(String, Kind, bool)], current: &[(String, Kind, bool)]) -> Option<usize> {
+    let layout_known = current.len() == V2_FIELDS && current[V1_FIELDS..].iter().all(|f| f.2);
     let prefix = writer.len() <= current.len()
         && writer
             .iter()

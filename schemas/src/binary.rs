@@ -71,6 +71,14 @@ pub fn kind(s: &apache_avro::Schema, named: &mut Vec<(String, Kind)>) -> Option<
     })
 }
 
+/// Whether the field's default is the zero value a hand-written decoder leaves in a field the
+/// writer did not have: null, false, 0 or "".
+pub fn zero_default(field: &apache_avro::schema::RecordField) -> bool {
+    field.default.as_ref().is_some_and(|d| {
+        d.is_null() || d.as_bool() == Some(false) || d.as_i64() == Some(0) || d.as_str() == Some("")
+    })
+}
+
 /// Reads an Avro binary datum front to back; every method returns `None` on anything that is
 /// not exactly valid (truncation, a varint over 64 bits, an int out of range, invalid UTF-8, an
 /// out-of-range enum or union index, a boolean byte other than 0 or 1).

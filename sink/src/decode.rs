@@ -18,7 +18,7 @@
 use std::net::Ipv6Addr;
 use std::sync::OnceLock;
 
-use flowlens_schemas::binary::{kind, Kind, Reader};
+use flowlens_schemas::binary::{kind, zero_default, Kind, Reader};
 use flowlens_schemas::{AvroRecord, EnrichedFlow, RecordKind, HEADER_LEN, MAGIC};
 
 use crate::row::{DirectionColumn, FlowRow, RowRef};
@@ -252,13 +252,7 @@ fn build_plan(
     for field in &current.fields {
         let (target, _) = target(&field.name);
         let fed = target == Target::Skip || plan.iter().any(|(_, t)| *t == target);
-        let zero_default = field.default.as_ref().is_some_and(|d| {
-            d.is_null()
-                || d.as_bool() == Some(false)
-                || d.as_i64() == Some(0)
-                || d.as_str() == Some("")
-        });
-        if !fed && !zero_default {
+        if !fed && !zero_default(field) {
             return None;
         }
     }

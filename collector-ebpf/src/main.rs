@@ -8,6 +8,7 @@
 #![no_main]
 
 mod parse;
+mod sockets;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,

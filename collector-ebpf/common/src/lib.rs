@@ -3,6 +3,7 @@
 //! padding so both sides agree byte for byte; keys are always fully zero-initialised.
 #![no_std]
 
+pub mod sockets;
 
 /// Name of the kernel flow table (a per-CPU hash map `FlowKey -> FlowStats`).
 pub const FLOWS_MAP: &str = "FLOWS";
@@ -178,6 +179,12 @@ mod user {
     // SAFETY: plain-old-data #[repr(C)] types without implicit padding.
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::sockets::SockKey {}
+    unsafe impl aya::Pod for super::sockets::TcpConnStats {}
+    unsafe impl aya::Pod for super::sockets::DropKey {}
+    unsafe impl aya::Pod for super::sockets::DropStats {}
+    unsafe impl aya::Pod for super::sockets::SockOwner {}
+    unsafe impl aya::Pod for super::sockets::SockOffsets {}
     unsafe impl aya::Pod for super::TunnelOuter {}
 }
 

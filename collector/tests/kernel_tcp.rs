@@ -128,8 +128,8 @@ fn scan_take(stats: &mut SocketStats, proto: u8, a: &Endpoint, b: &Endpoint) -> 
         .unwrap_or_else(|| panic!("no extras for {proto} {a:?} {b:?}"))
 }
 
-/// UDP to a port that nftables drops in B's input: every datagram is counted once, with its IP
-/// length and the reason NETFILTER_DROP; a later scan only has what was dropped since; a
+/// UDP (IPv4, then IPv6) to a port that nftables drops in B's input: every datagram is counted
+/// once, with its IP length and the reason NETFILTER_DROP; a later scan only has what was dropped since; a
 /// conversation nobody claims comes back from `unclaimed` in the packets' orientation.
 #[test]
 fn udp_drops_with_reason_and_exact_bytes() {
@@ -185,6 +185,22 @@ fn udp_drops_with_reason_and_exact_bytes() {
         (10, 10 * (20 + 8 + 300), "NETFILTER_DROP")
     );
     assert_eq!(stats.take(17, &a, &b), None, "unclaimed removed it");
+
+    // IPv6: the addresses and the 40-byte header from the packet itself.
+    let tx6 = in_netns(&pair.ns_a, || UdpSocket::bind((pair.ip6_a, 0)).unwrap());
+    for _ in 0..20 {
+        tx6.send_to(&[6u8; 100], (pair.ip6_b, 7777)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (a6, b6) = (
+        ep(pair.ip6_a, tx6.local_addr().unwrap().port()),
+        ep(pair.ip6_b, 7777),
+    );
+    let v6 = scan_take(&mut stats, 17, &a6, &b6);
+    assert_eq!(
+        (v6.drops, v6.drop_bytes, v6.drop_reason.as_str()),
+        (20, 20 * (40 + 8 + 100), "NETFILTER_DROP")
+    );
 }
 
 /// A 8 MB transfer through an nftables rule dropping every 33rd data packet in B's input: the

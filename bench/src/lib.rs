@@ -3,7 +3,8 @@
 //!
 //! Modules: [`gen`] (record shapes), [`produce`] (rate-limited producer with delivery
 //! accounting), [`probe`] (/proc, Prometheus and ClickHouse readings), [`run`] (the phases),
-//! [`report`] (markdown, JSON, PNG plots), [`capacity`] (partitions/instances/shards for N nodes).
+//! [`report`] (markdown, JSON, PNG plots), [`capacity`] (partitions/instances/shards for N nodes),
+//! [`server18`] (clickhouse-server 18.16 as the run's ClickHouse).
 
 pub mod capacity;
 pub mod gen;
@@ -11,3 +12,4 @@ pub mod probe;
 pub mod produce;
 pub mod report;
 pub mod run;
+pub mod server18;

@@ -23,8 +23,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Starts tansu and the chdb ClickHouse front, runs the broker baseline, the pipeline at
-    /// saturation and at a sustained rate, and writes <out>/<name>.md, .json and PNG plots.
+    /// Starts tansu and a ClickHouse (the chdb front, or clickhouse-server 18.16), runs the
+    /// broker baseline, the pipeline at saturation and at a sustained rate, and writes
+    /// <out>/<name>.md, .json and PNG plots.
     Run(RunArgs),
     /// Partitions, enricher/sink instances and ClickHouse shards for N nodes × F flows/s, from
     /// the costs measured by a run.
@@ -32,6 +33,15 @@ enum Cmd {
     /// (internal) runs one stage from FLOWLENS_<STAGE>__* variables, like its own binary.
     #[command(hide = true)]
     Stage { name: String },
+    /// (internal) HTTP relay to clickhouse-server 18.16 that drops the INSERT settings it does
+    /// not know (see bench/src/server18.rs).
+    #[command(hide = true)]
+    SettingsFilter {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        upstream: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,6 +80,12 @@ struct RunArgs {
     /// the end.
     #[arg(long)]
     brokers: Option<String>,
+    /// The local ClickHouse engine: `chdb` (ClickHouse 26.9 engine behind the Python HTTP
+    /// front, the project's migrations with their rollups) or `server18` (Debian's native
+    /// clickhouse-server 18.16, the byte-compatible table of sql/clickhouse18/flows_minimal.sql,
+    /// no rollups). The report's default name gets a `-server18` suffix for the latter.
+    #[arg(long, value_enum, default_value_t = run::Engine::Chdb)]
+    clickhouse: run::Engine,
     /// An existing ClickHouse (http://host:port) instead of the local chdb front; the sink
     /// creates the `flows` table there if missing. Rows of the run stay (host bench_<pid>_...).
     #[arg(long)]
@@ -126,6 +142,11 @@ fn main() -> ExitCode {
         Cmd::Run(args) => bench(args),
         Cmd::Capacity(args) => plan(args),
         Cmd::Stage { name } => stage(&name),
+        Cmd::SettingsFilter { listen, upstream } => flowlens_bench::server18::serve_filter(
+            &listen,
+            &upstream,
+            flowlens_bench::server18::UNKNOWN_TO_18,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -186,12 +207,13 @@ fn bench(a: RunArgs) -> anyhow::Result<()> {
             user: a.clickhouse_user.clone(),
             password: a.clickhouse_password.clone(),
         }),
+        engine: a.clickhouse,
     };
     let name = a.name.unwrap_or_else(|| {
-        if a.quick {
-            "quick".into()
-        } else {
-            "full".into()
+        let base = if a.quick { "quick" } else { "full" };
+        match a.clickhouse {
+            run::Engine::Chdb => base.to_string(),
+            run::Engine::Server18 => format!("{base}-server18"),
         }
     });
     let r = run::run(&opts)?;

@@ -107,7 +107,11 @@ pub fn markdown(r: &Report, name: &str) -> String {
         r.sink_batch_age_ms
             .map_or("default (2000)".to_string(), |a| a.to_string())
     );
-    let _ = writeln!(o, "- reproduce: `{}`\n", r.command);
+    let _ = writeln!(o, "- reproduce: `{}`", r.command);
+    for note in &r.notes {
+        let _ = writeln!(o, "- {note}");
+    }
+    o.push('\n');
 
     let l = &r.losses;
     let verdict = if l.missing == 0 && l.delivery_failures == 0 {
@@ -198,16 +202,33 @@ pub fn markdown(r: &Report, name: &str) -> String {
     let _ = writeln!(
         o,
         "\n## Where a record's CPU goes outside Kafka and ClickHouse\n\n\
-         Single thread, in the load generator's process, over {} generated records:\n\n\
-         | step | µs per record |\n|---|---:|\n\
-         | enricher: `flowlens_schemas::decode::<RawFlow>` | {:.2} |\n\
-         | enricher: `flowlens_schemas::encode(&EnrichedFlow)` | {:.2} |\n\
-         | generic path: `flowlens_schemas::decode::<EnrichedFlow>` | {:.2} |\n\
-         | generic path: `FlowRow::try_from(EnrichedFlow)` | {:.2} |\n\
-         | sink: payload → `FlowRow` as the sink does it (`flowlens_sink::decode::flow_row`) | {:.2} |\n\n\
-         Compare with the stages' measured CPU per record above (CPU s per 1M records = µs per \
-         record): the rest is the Kafka clients, the join, batching, LZ4 and HTTP.",
-        c.records, c.decode_raw_us, c.encode_enriched_us, c.decode_enriched_us, c.to_row_us, c.sink_flow_row_us
+         Single thread, in the load generator's process before the services start, over {} \
+         generated records (µs per record; the stages' CPU per record above is the same unit):\n\n\
+         | stage | step | path | µs per record |\n|---|---|---|---:|\n\
+         | load generator | RawFlow → Avro (`flowlens_schemas::encode`) | generic (the collector has its own encoder) | {:.2} |\n\
+         | enricher | Avro → RawFlow (`decode::raw_flow`) | **as it runs** | {:.2} |\n\
+         | enricher | interface join + EnrichedFlow written straight to Avro (`join::Joined::new(..).encode`) | **as it runs** | {:.2} |\n\
+         | sink | Avro → RowBinary row (`decode::write_row`) | **as it runs** | {:.2} |\n\
+         | sink | Avro → `FlowRow` (`decode::flow_row`) | fast decoder, owned row | {:.2} |\n\
+         | enricher | Avro → RawFlow (`flowlens_schemas::decode`) | generic, replaced | {:.2} |\n\
+         | enricher | EnrichedFlow → Avro (`flowlens_schemas::encode`) | generic, replaced | {:.2} |\n\
+         | sink | Avro → EnrichedFlow (`flowlens_schemas::decode`) | generic, replaced | {:.2} |\n\
+         | sink | `FlowRow::try_from(EnrichedFlow)` | generic, replaced | {:.2} |\n\n\
+         The stages' paths add up to {:.2} µs (enricher) and {:.2} µs (sink) per record; the rest \
+         of their measured CPU is the Kafka clients (fetch, decompress, produce, compress, \
+         acknowledgements, offsets), batching, LZ4 and HTTP.",
+        c.records,
+        c.encode_raw_us,
+        c.enricher_decode_raw_us,
+        c.enricher_join_encode_us,
+        c.sink_write_row_us,
+        c.sink_flow_row_us,
+        c.decode_raw_us,
+        c.encode_enriched_us,
+        c.decode_enriched_us,
+        c.to_row_us,
+        c.enricher_decode_raw_us + c.enricher_join_encode_us,
+        c.sink_write_row_us,
     );
     let _ = writeln!(o, "\n![throughput]({name}-throughput.png)\n");
     let _ = writeln!(o, "![consumer lag]({name}-lag.png)\n");
@@ -219,6 +240,9 @@ pub fn markdown(r: &Report, name: &str) -> String {
          Pareto packet counts; 30 % IPv6) produced with the collector's producer settings; each \
          carries its sequence number in `time_flow_start` (run base + n ns), so the loss check \
          counts distinct ids in ClickHouse, exactly.\n\
+         - The ClickHouse engine is named above (`--clickhouse chdb|server18`); the loss check \
+         and the latency run on it with its own types (DateTime64 on chdb, Int64 ns/ms in the \
+         18.16 table).\n\
          - The enricher and the sink each run in their own process (`flowlens-bench stage ...`, \
          calling `flowlens_enricher::run` / `flowlens_sink::run` with their default settings); \
          CPU seconds and RSS come from /proc for every process; records/s per stage from the \

@@ -30,6 +30,51 @@ use serde::Serialize;
 use crate::gen::{Generator, Shape};
 use crate::probe::{self, metric_sum, proc_stat, ClickHouse};
 use crate::produce::{self, now_ns, Deliveries};
+use crate::server18::{self, FilterProcess, Server18};
+
+/// Which ClickHouse engine the sink writes to, started on this machine for the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Engine {
+    /// The ClickHouse 26.9 engine (PyPI chdb-core) behind scripts/stack/chdb_http.py: the
+    /// project's schema (sql/migrations, rollups fed by materialized views). With
+    /// `--clickhouse-url`: that (modern) server instead.
+    #[default]
+    Chdb,
+    /// Debian's genuine clickhouse-server 18.16 (native): the byte-compatible `flows` table of
+    /// sql/clickhouse18/flows_minimal.sql, no rollups (see `server18`).
+    Server18,
+}
+
+impl Engine {
+    /// SQL for "the `time_flow_start` value of id `ns`" (DateTime64(9) on modern servers,
+    /// Int64 nanoseconds in the 18.16 table).
+    fn id(self, ns: i64) -> String {
+        match self {
+            Engine::Chdb => format!("fromUnixTimestamp64Nano(toInt64({ns}))"),
+            Engine::Server18 => format!("toInt64({ns})"),
+        }
+    }
+
+    /// SQL for `time_exported` in nanoseconds.
+    fn exported_ns(self) -> &'static str {
+        match self {
+            Engine::Chdb => "toUnixTimestamp64Nano(time_exported)",
+            Engine::Server18 => "time_exported",
+        }
+    }
+
+    /// SQL for the latency of a row in ms: row written (server clock) − record exported (load
+    /// generator, same clock). 18.16's `time_inserted` is `now()` in whole seconds (no now64
+    /// there): its midpoint is taken, so each value is ± 500 ms.
+    fn latency_ms(self) -> &'static str {
+        match self {
+            Engine::Chdb => {
+                "(toUnixTimestamp64Milli(time_inserted) - intDiv(toUnixTimestamp64Nano(time_exported), 1000000))"
+            }
+            Engine::Server18 => "(time_inserted + 500 - intDiv(time_exported, 1000000))",
+        }
+    }
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -58,6 +103,8 @@ pub struct Options {
     pub brokers: Option<String>,
     /// An existing ClickHouse instead of the local chdb front.
     pub clickhouse: Option<ClickHouseTarget>,
+    /// The local ClickHouse engine to start (when `clickhouse` is `None`).
+    pub engine: Engine,
 }
 
 /// A ClickHouse server reached over HTTP.
@@ -134,38 +181,78 @@ pub struct Losses {
 }
 
 /// Single-thread CPU cost of the per-record work outside Kafka and ClickHouse, measured in this
-/// process on the run's own records: what the enricher and the sink spend before any I/O.
+/// process on the run's own records: what the load generator, the enricher and the sink spend
+/// before any I/O, both on the paths the stages run now (hand-written decoders and encoders)
+/// and on the generic `flowlens_schemas` codec they replaced.
 #[derive(Debug, Clone, Serialize)]
 pub struct CodecCosts {
     pub records: u64,
-    /// Mean encoded sizes (single-object encoding), raw and enriched (interface fields set).
+    /// Mean encoded sizes (single-object encoding), raw and enriched (as the enricher writes
+    /// them: interface fields joined).
     pub raw_bytes_avg: f64,
     pub enriched_bytes_avg: f64,
-    /// Avro decode of a RawFlow (enricher input).
+    /// Generic Avro encode of a RawFlow: the load generator's path (the collector has its own
+    /// hand-written encoder, not measured here).
+    pub encode_raw_us: f64,
+    /// Generic Avro decode of a RawFlow (the enricher's path before its fast decoder).
     pub decode_raw_us: f64,
-    /// Avro encode of an EnrichedFlow (enricher output).
+    /// The enricher's RawFlow decoder (`flowlens_enricher::decode::raw_flow`).
+    pub enricher_decode_raw_us: f64,
+    /// The enricher's join with the interface cache and its direct encode of the EnrichedFlow
+    /// (`join::Joined::new(..).encode`, no Kubernetes metadata: as the bench runs it).
+    pub enricher_join_encode_us: f64,
+    /// Generic Avro encode of an EnrichedFlow (the enricher's path before the direct encoder).
     pub encode_enriched_us: f64,
-    /// Avro decode of an EnrichedFlow (sink input).
+    /// Generic Avro decode of an EnrichedFlow.
     pub decode_enriched_us: f64,
-    /// EnrichedFlow -> FlowRow (the sink's row conversion with range checks).
+    /// EnrichedFlow -> FlowRow (the generic row conversion with range checks).
     pub to_row_us: f64,
-    /// Payload -> FlowRow the way the sink does it (`flowlens_sink::decode::flow_row`).
+    /// Payload -> FlowRow through the sink's decoder (`flowlens_sink::decode::flow_row`).
     pub sink_flow_row_us: f64,
+    /// Payload -> RowBinary bytes, the sink's path (`flowlens_sink::decode::write_row`).
+    pub sink_write_row_us: f64,
 }
 
 /// Times the codec steps over `n` generated records.
 pub fn codec_costs(generator: &mut Generator, n: u64) -> anyhow::Result<CodecCosts> {
+    use flowlens_enricher::interfaces::InterfaceCache;
+    use flowlens_enricher::join::Joined;
     use flowlens_schemas::{decode, encode, EnrichedFlow, RawFlow};
-    let raws: Vec<Vec<u8>> = (0..n)
-        .map(|i| {
-            let mut buf = Vec::new();
-            encode(&generator.record(i, now_ns()), &mut buf).map(|_| buf)
-        })
-        .collect::<Result<_, _>>()?;
+    let now = now_ns();
+    let records: Vec<RawFlow> = (0..n).map(|i| generator.record(i, now)).collect();
     let per = |start: Instant| start.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let t = Instant::now();
+    let mut raws = Vec::with_capacity(records.len());
+    for r in &records {
+        let mut buf = Vec::with_capacity(128);
+        encode(r, &mut buf)?;
+        raws.push(buf);
+    }
+    let encode_raw_us = per(t);
+    drop(records);
     let t = Instant::now();
     let decoded: Vec<RawFlow> = raws.iter().map(|b| decode(b)).collect::<Result<_, _>>()?;
     let decode_raw_us = per(t);
+    let t = Instant::now();
+    let fast: Vec<RawFlow> = raws
+        .iter()
+        .map(|b| flowlens_enricher::decode::raw_flow(b))
+        .collect::<Result<_, _>>()?;
+    let enricher_decode_raw_us = per(t);
+    anyhow::ensure!(fast == decoded, "the enricher's decoder disagrees");
+    let mut cache = InterfaceCache::default();
+    for iface in generator.interfaces(now) {
+        cache.upsert(iface);
+    }
+    let t = Instant::now();
+    let mut bufs = Vec::with_capacity(fast.len());
+    for raw in &fast {
+        let mut buf = Vec::with_capacity(320);
+        Joined::new(raw, &cache, None).encode(&mut buf);
+        bufs.push(buf);
+    }
+    let enricher_join_encode_us = per(t);
+    drop(fast);
     let enriched: Vec<EnrichedFlow> = decoded
         .into_iter()
         .map(|r| {
@@ -176,13 +263,15 @@ pub fn codec_costs(generator: &mut Generator, n: u64) -> anyhow::Result<CodecCos
         })
         .collect();
     let t = Instant::now();
-    let mut bufs = Vec::with_capacity(enriched.len());
+    let mut generic = Vec::with_capacity(enriched.len());
     for e in &enriched {
         let mut buf = Vec::with_capacity(256);
         encode(e, &mut buf)?;
-        bufs.push(buf);
+        generic.push(buf);
     }
     let encode_enriched_us = per(t);
+    drop(generic);
+    // From here on, the enricher's own output.
     let t = Instant::now();
     let back: Vec<EnrichedFlow> = bufs.iter().map(|b| decode(b)).collect::<Result<_, _>>()?;
     let decode_enriched_us = per(t);
@@ -198,27 +287,44 @@ pub fn codec_costs(generator: &mut Generator, n: u64) -> anyhow::Result<CodecCos
         .filter(|b| flowlens_sink::decode::flow_row(b).is_ok())
         .count();
     let sink_flow_row_us = per(t);
-    anyhow::ensure!(
-        fast_rows == n as usize,
-        "the sink refused {} records",
-        n as usize - fast_rows
-    );
+    let mut out = Vec::with_capacity(1 << 20);
+    let t = Instant::now();
+    let mut written = 0usize;
+    for (i, b) in bufs.iter().enumerate() {
+        if out.len() > (1 << 20) - 1024 {
+            out.clear(); // a batch's buffer, reused
+        }
+        written +=
+            flowlens_sink::decode::write_row(b, "flowlens.flows.enriched", 0, i as i64, &mut out)
+                .is_ok() as usize;
+    }
+    let sink_write_row_us = per(t);
+    for (what, got) in [
+        ("row conversion", rows),
+        ("the sink's decoder", fast_rows),
+        ("the sink's RowBinary path", written),
+    ] {
+        anyhow::ensure!(
+            got == n as usize,
+            "{what} refused {} records",
+            n as usize - got
+        );
+    }
     let raw_bytes_avg = raws.iter().map(Vec::len).sum::<usize>() as f64 / n as f64;
     let enriched_bytes_avg = bufs.iter().map(Vec::len).sum::<usize>() as f64 / n as f64;
-    anyhow::ensure!(
-        rows == n as usize,
-        "row conversion refused {} records",
-        n as usize - rows
-    );
     Ok(CodecCosts {
         records: n,
         raw_bytes_avg,
         enriched_bytes_avg,
+        encode_raw_us,
         decode_raw_us,
+        enricher_decode_raw_us,
+        enricher_join_encode_us,
         encode_enriched_us,
         decode_enriched_us,
         to_row_us,
         sink_flow_row_us,
+        sink_write_row_us,
     })
 }
 
@@ -238,6 +344,10 @@ pub struct Report {
     pub quick: bool,
     /// Which broker and ClickHouse the run used.
     pub services: String,
+    /// `chdb` or `server18`.
+    pub engine: String,
+    /// Caveats specific to this run's services, printed under the header of the report.
+    pub notes: Vec<String>,
     pub started_utc: String,
     /// /proc/loadavg (1, 5, 15 min) before the services started and after the run: other work
     /// on the machine shows here.
@@ -541,9 +651,16 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         testkit::TANSU
     );
     anyhow::ensure!(
-        opts.clickhouse.is_some() || Path::new(testkit::VENV_PYTHON).exists(),
+        opts.clickhouse.is_some()
+            || opts.engine != Engine::Chdb
+            || Path::new(testkit::VENV_PYTHON).exists(),
         "{} is missing: run scripts/setup.sh (or give --clickhouse-url)",
         testkit::VENV_PYTHON
+    );
+    anyhow::ensure!(
+        opts.engine == Engine::Chdb || opts.clickhouse.is_none(),
+        "--clickhouse server18 starts a local clickhouse-server 18.16; --clickhouse-url is for \
+         an existing (modern) ClickHouse"
     );
     let multi = MultiProgress::with_draw_target(if opts.progress {
         ProgressDrawTarget::stderr()
@@ -572,24 +689,36 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         );
         Tansu::start()
     });
-    let chdb = opts.clickhouse.is_none().then(|| {
+    let chdb = (opts.clickhouse.is_none() && opts.engine == Engine::Chdb).then(|| {
         say(&multi, "starting the chdb ClickHouse front".into());
         Chdb::start()
     });
+    let ch18 = match opts.engine {
+        Engine::Server18 => {
+            say(
+                &multi,
+                "starting Debian's clickhouse-server 18.16 (scripts/stack/clickhouse18.sh)".into(),
+            );
+            Some(Server18::start()?)
+        }
+        Engine::Chdb => None,
+    };
     let brokers = match (&opts.brokers, &tansu) {
         (Some(b), _) => b.clone(),
         (None, Some(t)) => t.broker(),
         (None, None) => unreachable!("tansu started when no brokers are given"),
     };
-    let target = match (&opts.clickhouse, &chdb) {
-        (Some(c), _) => c.clone(),
-        (None, Some(c)) => ClickHouseTarget {
-            url: c.url(),
-            database: "default".into(),
-            user: String::new(),
-            password: String::new(),
-        },
-        (None, None) => unreachable!("chdb started when no ClickHouse is given"),
+    let local = |url: String| ClickHouseTarget {
+        url,
+        database: "default".into(),
+        user: String::new(),
+        password: String::new(),
+    };
+    let target = match (&opts.clickhouse, &chdb, &ch18) {
+        (Some(c), _, _) => c.clone(),
+        (None, Some(c), _) => local(c.url()),
+        (None, None, Some(s)) => local(s.url()),
+        (None, None, None) => unreachable!("a local ClickHouse started when none is given"),
     };
     let services = format!(
         "broker: {}; ClickHouse: {}",
@@ -600,6 +729,11 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         },
         if chdb.is_some() {
             "the chdb 26.9 engine behind scripts/stack/chdb_http.py on this machine".to_string()
+        } else if ch18.is_some() {
+            "Debian's clickhouse-server 18.16 (native server) on this machine, table \
+             sql/clickhouse18/flows_minimal.sql (no rollups), the sink's INSERTs through the \
+             bench's settings filter"
+                .to_string()
         } else {
             format!("{} (database {})", target.url, target.database)
         }
@@ -610,6 +744,42 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         &target.user,
         &target.password,
     )?;
+    let mut notes = Vec::new();
+    // 18.16: the minimal table, migrations recorded, and the filter in front for the sink.
+    let filter = match &ch18 {
+        Some(server) => {
+            server18::prepare(&clickhouse)?;
+            notes.push(
+                "ClickHouse is Debian's clickhouse-server 18.16 with the byte-compatible `flows` \
+                 table of sql/clickhouse18/flows_minimal.sql: no rollup tables or materialized \
+                 views (the chdb runs feed four rollups per row), the sink with \
+                 `sink.migrate_on_start = false` and `clickhouse.validation = false`."
+                    .to_string(),
+            );
+            notes.push(format!(
+                "18.16 refuses the settings {:?} the sink sends with every INSERT: the sink \
+                 writes through `flowlens-bench settings-filter`, a relay in a process of its \
+                 own that drops them; its CPU is the row \"settings filter\", not counted as \
+                 ClickHouse's.",
+                server18::UNKNOWN_TO_18
+            ));
+            notes.push(
+                "Latency: 18.16's `time_inserted` is `now()` in whole seconds (no now64): each \
+                 row's latency is taken at the midpoint of its second, ± 500 ms."
+                    .to_string(),
+            );
+            Some(FilterProcess::spawn(
+                &format!("127.0.0.1:{}", server.http_port),
+                work.path(),
+            )?)
+        }
+        None => None,
+    };
+    let engine = if opts.clickhouse.is_some() {
+        Engine::Chdb
+    } else {
+        opts.engine
+    };
 
     let run_id = testkit::unique("bench");
     let mut kafka = KafkaConfig {
@@ -694,7 +864,14 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut enricher = StageProcess::spawn("enricher", env, work.path())?;
     let mut env = common(&sink_group);
     env.push(("SINK__GROUP_ID".into(), sink_group.clone()));
-    env.push(("CLICKHOUSE__URL".into(), target.url.clone()));
+    match &filter {
+        Some(f) => {
+            env.push(("CLICKHOUSE__URL".into(), f.url()));
+            env.push(("CLICKHOUSE__VALIDATION".into(), "false".into()));
+            env.push(("SINK__MIGRATE_ON_START".into(), "false".into()));
+        }
+        None => env.push(("CLICKHOUSE__URL".into(), target.url.clone())),
+    }
     env.push(("CLICKHOUSE__DATABASE".into(), target.database.clone()));
     if !target.user.is_empty() {
         env.push(("CLICKHOUSE__USER".into(), target.user.clone()));
@@ -713,11 +890,22 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     );
     pids.push(("enricher".into(), enricher.child.id()));
     pids.push(("sink".into(), sink.child.id()));
-    pids.extend(
-        probe::child_pids("python")
-            .into_iter()
-            .map(|p| ("ClickHouse (chdb front)".to_string(), p)),
-    );
+    if chdb.is_some() {
+        pids.extend(
+            probe::child_pids("python")
+                .into_iter()
+                .map(|p| ("ClickHouse (chdb front)".to_string(), p)),
+        );
+    }
+    if let Some(server) = &ch18 {
+        let pid = server
+            .pid()
+            .context("clickhouse-server 18.16 wrote no pid file")?;
+        pids.push(("ClickHouse (server 18.16)".to_string(), pid));
+    }
+    if let Some(f) = &filter {
+        pids.push(("settings filter (bench, 18.16 only)".to_string(), f.pid()));
+    }
     let names: Vec<String> = pids.iter().map(|(n, _)| n.clone()).collect();
     let col = |name: &str| names.iter().position(|n| n == name);
 
@@ -1048,9 +1236,9 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
 
     // Exact loss count: every id in [base, base + seq) must be there exactly once.
     let id_range = format!(
-        "time_flow_start >= fromUnixTimestamp64Nano(toInt64({base_ns})) \
-         AND time_flow_start < fromUnixTimestamp64Nano(toInt64({})) AND startsWith(host, '{run_id}-')",
-        base_ns + seq as i64
+        "time_flow_start >= {} AND time_flow_start < {} AND startsWith(host, '{run_id}-')",
+        engine.id(base_ns),
+        engine.id(base_ns + seq as i64)
     );
     let counts = clickhouse.numbers(&format!(
         "SELECT count(), uniqExact(time_flow_start) FROM flows WHERE {id_range} FORMAT TSV"
@@ -1068,25 +1256,25 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     };
 
     // Latency: time_inserted (server clock, ms) − time_exported (load generator, same clock).
-    let lat_expr = "(toUnixTimestamp64Milli(time_inserted) - intDiv(toUnixTimestamp64Nano(time_exported), 1000000))";
+    let lat_expr = engine.latency_ms();
+    let exported_ns = engine.exported_ns();
     let phase_latency = |from: u64, to: u64| -> anyhow::Result<Vec<f64>> {
         clickhouse.numbers(&format!(
             "SELECT quantileExact(0.5)({lat_expr}), quantileExact(0.99)({lat_expr}), max({lat_expr}) \
-             FROM flows WHERE time_flow_start >= fromUnixTimestamp64Nano(toInt64({})) \
-             AND time_flow_start < fromUnixTimestamp64Nano(toInt64({})) FORMAT TSV",
-            base_ns + from as i64,
-            base_ns + to as i64
+             FROM flows WHERE time_flow_start >= {} AND time_flow_start < {} FORMAT TSV",
+            engine.id(base_ns + from as i64),
+            engine.id(base_ns + to as i64)
         ))
     };
     let sat_lat = phase_latency(sus_seq - n, sus_seq)?;
     let sus_lat = phase_latency(sus_seq, sus_seq + m)?;
     let series = clickhouse.query(&format!(
-        "SELECT intDiv(toUnixTimestamp64Nano(time_exported) - {sus_exported_from}, 1000000000) AS s, \
+        "SELECT intDiv({exported_ns} - {sus_exported_from}, 1000000000) AS s, \
          quantileExact(0.5)({lat_expr}), quantileExact(0.99)({lat_expr}), max({lat_expr}) \
-         FROM flows WHERE time_flow_start >= fromUnixTimestamp64Nano(toInt64({})) \
-         AND time_flow_start < fromUnixTimestamp64Nano(toInt64({})) GROUP BY s ORDER BY s FORMAT TSV",
-        base_ns + sus_seq as i64,
-        base_ns + (sus_seq + m) as i64
+         FROM flows WHERE time_flow_start >= {} AND time_flow_start < {} \
+         GROUP BY s ORDER BY s FORMAT TSV",
+        engine.id(base_ns + sus_seq as i64),
+        engine.id(base_ns + (sus_seq + m) as i64)
     ))?;
     let latency = series
         .lines()
@@ -1106,6 +1294,12 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         command: opts.command.clone(),
         quick: opts.quick,
         services,
+        engine: match engine {
+            Engine::Chdb if opts.clickhouse.is_some() => "existing server".into(),
+            Engine::Chdb => "chdb".into(),
+            Engine::Server18 => "server18".into(),
+        },
+        notes,
         started_utc: utc_now(),
         load_before,
         load_after: loadavg(),

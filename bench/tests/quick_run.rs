@@ -51,3 +51,51 @@ fn quick_run_writes_a_report_with_zero_losses() {
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{plot}");
     }
 }
+
+/// The same smoke run against Debian's clickhouse-server 18.16 (`--clickhouse server18`): the
+/// minimal table, the settings filter, the loss check and latency on 18.16's types.
+#[test]
+fn quick_run_on_clickhouse_18_has_zero_losses() {
+    if require(TANSU, "TANSU") || require("/usr/sbin/clickhouse-server", "CLICKHOUSE18") {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_flowlens-bench"))
+        .args([
+            "run",
+            "--quick",
+            "--clickhouse",
+            "server18",
+            "--no-progress",
+            "--out",
+        ])
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "flowlens-bench run --quick --clickhouse server18 failed: {status}"
+    );
+    // Default name for this engine.
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("quick-server18.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["engine"].as_str(), Some("server18"));
+    let losses = &json["losses"];
+    let sent = losses["sent"].as_u64().unwrap();
+    assert!(sent >= 5_000, "{losses}");
+    assert_eq!(losses["unique_ids"].as_u64(), Some(sent), "{losses}");
+    assert_eq!(losses["rows"].as_u64(), Some(sent), "{losses}");
+    let names: Vec<&str> = json["sustained"]["costs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"ClickHouse (server 18.16)") && names.contains(&"sink"),
+        "{names:?}"
+    );
+    assert!(json["sustained"]["latency_ms_p50"].as_f64().unwrap() > 0.0);
+}

@@ -1,0 +1,369 @@
+//! The second ClickHouse engine of a run (`--clickhouse server18`): Debian's genuine
+//! clickhouse-server 18.16, a native server, started through scripts/stack/clickhouse18.sh in a
+//! temporary directory on free ports, with the `flows` table of sql/clickhouse18/flows_minimal.sql
+//! (byte-compatible with the sink's RowBinary rows, no rollups).
+//!
+//! Two things the sink needs are absent from 18.16, and the run supplies them without changing
+//! the sink:
+//!
+//! - **migrations**: the sink runs with `sink.migrate_on_start = false` and
+//!   `clickhouse.validation = false` (as sink/tests/clickhouse18.rs configures it); its start-up
+//!   check wants every migration recorded in `schema_migrations`, so [`prepare`] records them
+//!   (the minimal table stands for them: it holds every column they give `flows`).
+//! - **the settings of its INSERTs**: every batch carries `insert_deduplication_token` and
+//!   `deduplicate_blocks_in_dependent_materialized_views`, which 18.16 refuses ("Unknown
+//!   setting", code 115). [`serve_filter`] is a small HTTP relay in a process of its own
+//!   (`flowlens-bench settings-filter`) that removes those two query parameters and forwards
+//!   everything else byte for byte; its CPU is measured and reported as a process of its own,
+//!   not as ClickHouse's. (18.16's non-replicated MergeTree has no insert deduplication
+//!   anyway: the exactly-once read-back after a reassignment still works, retries of a batch
+//!   whose acknowledgement was lost could duplicate rows, which the loss check would show.)
+
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use flowlens_runtime::testkit;
+
+use crate::probe::ClickHouse;
+
+/// Where Debian's package puts the server.
+pub const SERVER: &str = "/usr/sbin/clickhouse-server";
+
+/// Query parameters (settings) the sink sends that 18.16 does not know.
+pub const UNKNOWN_TO_18: &[&str] = &[
+    "insert_deduplication_token",
+    "deduplicate_blocks_in_dependent_materialized_views",
+];
+
+/// clickhouse-server 18.16 in a temporary stack directory; stopped on drop.
+pub struct Server18 {
+    pub http_port: u16,
+    tcp_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Server18 {
+    fn script(&self, action: &str) -> anyhow::Result<std::process::Output> {
+        Command::new("bash")
+            .arg(testkit::repo_root().join("scripts/stack/clickhouse18.sh"))
+            .arg(action)
+            .env("FLOWLENS_STACK_DIR", self.dir.path())
+            .env("FLOWLENS_CH18_HTTP_PORT", self.http_port.to_string())
+            .env("FLOWLENS_CH18_TCP_PORT", self.tcp_port.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .context("running scripts/stack/clickhouse18.sh")
+    }
+
+    pub fn start() -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            Path::new(SERVER).exists(),
+            "{SERVER} is missing: run scripts/setup.sh (Debian's clickhouse-server)"
+        );
+        let me = Self {
+            http_port: testkit::free_port(),
+            tcp_port: testkit::free_port(),
+            dir: tempfile::tempdir()?,
+        };
+        let out = me.script("start")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "clickhouse18.sh start failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(me)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The server's process id (the script's pid file; the server is not our child).
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join("clickhouse18")
+                .join("clickhouse-server.pid"),
+        )
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+    }
+}
+
+impl Drop for Server18 {
+    fn drop(&mut self) {
+        let _ = self.script("stop");
+    }
+}
+
+/// Creates `flows` from sql/clickhouse18/flows_minimal.sql and records every migration the
+/// sink embeds in `schema_migrations`, so the sink starts without migrating.
+pub fn prepare(clickhouse: &ClickHouse) -> anyhow::Result<()> {
+    let path = testkit::repo_root().join("sql/clickhouse18/flows_minimal.sql");
+    let ddl = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    for statement in flowlens_sink::migrate::split_statements(&ddl) {
+        clickhouse.query(&statement)?;
+    }
+    let table = flowlens_sink::migrate::MIGRATIONS_TABLE;
+    clickhouse.query(&format!(
+        "CREATE TABLE IF NOT EXISTS {table} (version UInt32, name String, applied_at DateTime) \
+         ENGINE = MergeTree ORDER BY version"
+    ))?;
+    let values: Vec<String> = flowlens_sink::migrate::embedded()?
+        .iter()
+        .map(|m| format!("({}, '{}', now())", m.version, m.name.replace('\'', "")))
+        .collect();
+    clickhouse.query(&format!(
+        "INSERT INTO {table} (version, name, applied_at) VALUES {}",
+        values.join(", ")
+    ))?;
+    Ok(())
+}
+
+/// The settings filter in a process of its own (this binary's hidden `settings-filter`
+/// subcommand), listening on a free port; killed on drop.
+pub struct FilterProcess {
+    pub port: u16,
+    child: Child,
+    log: PathBuf,
+}
+
+impl FilterProcess {
+    pub fn spawn(upstream: &str, dir: &Path) -> anyhow::Result<Self> {
+        let port = testkit::free_port();
+        let log = dir.join("settings-filter.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(["settings-filter", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--upstream", upstream])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting the settings filter")?;
+        let mut me = Self { port, child, log };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = me.child.try_wait()? {
+                anyhow::bail!(
+                    "settings filter exited ({status}): {}",
+                    std::fs::read_to_string(&me.log).unwrap_or_default()
+                );
+            }
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(10),
+                "settings filter not listening"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(me)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for FilterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Serves the filter forever: each client connection gets its own upstream connection;
+/// requests go up with the `drop` query parameters removed, responses come back untouched.
+pub fn serve_filter(listen: &str, upstream: &str, drop: &[&str]) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    let drop: Vec<String> = drop.iter().map(|s| s.to_string()).collect();
+    for conn in listener.incoming() {
+        let Ok(client) = conn else { continue };
+        let upstream = upstream.to_string();
+        let drop = drop.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = relay(client, &upstream, &drop) {
+                eprintln!("settings filter: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// `GET /?a=1&b=2 HTTP/1.1\r\n` with the parameters named in `drop` removed.
+pub fn filter_request_line(line: &str, drop: &[String]) -> String {
+    let mut parts = line.splitn(3, ' ');
+    let (Some(method), Some(target), Some(rest)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return line.to_string();
+    };
+    let Some((path, query)) = target.split_once('?') else {
+        return line.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            !drop.iter().any(|d| d == name)
+        })
+        .collect();
+    if kept.is_empty() {
+        format!("{method} {path} {rest}")
+    } else {
+        format!("{method} {path}?{} {rest}", kept.join("&"))
+    }
+}
+
+fn read_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<bool> {
+    buf.clear();
+    Ok(reader.read_until(b'\n', buf)? > 0)
+}
+
+fn relay(client: TcpStream, upstream: &str, drop: &[String]) -> io::Result<()> {
+    client.set_nodelay(true)?;
+    let server = TcpStream::connect(upstream)?;
+    server.set_nodelay(true)?;
+    // Responses: copied back as they come (the server closes idle connections: so do we).
+    let mut from_server = server.try_clone()?;
+    let mut to_client = client.try_clone()?;
+    let back = std::thread::spawn(move || {
+        let _ = io::copy(&mut from_server, &mut to_client);
+        let _ = to_client.shutdown(Shutdown::Both);
+    });
+    let mut reader = BufReader::with_capacity(64 * 1024, client);
+    let mut out = BufWriter::with_capacity(64 * 1024, server.try_clone()?);
+    let mut line = Vec::with_capacity(1024);
+    let result = (|| -> io::Result<()> {
+        while read_line(&mut reader, &mut line)? {
+            if line == b"\r\n" {
+                continue; // stray CRLF between requests
+            }
+            let request = String::from_utf8_lossy(&line);
+            out.write_all(filter_request_line(&request, drop).as_bytes())?;
+            // Headers: framing of the body.
+            let mut length = 0u64;
+            let mut chunked = false;
+            loop {
+                if !read_line(&mut reader, &mut line)? {
+                    return Ok(());
+                }
+                out.write_all(&line)?;
+                if line == b"\r\n" || line == b"\n" {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&line).to_ascii_lowercase();
+                if let Some((name, value)) = text.split_once(':') {
+                    match name.trim() {
+                        "content-length" => length = value.trim().parse().unwrap_or(0),
+                        "transfer-encoding" => chunked = value.contains("chunked"),
+                        _ => {}
+                    }
+                }
+            }
+            out.flush()?; // a client may wait for `100 Continue` before its body
+            if chunked {
+                loop {
+                    if !read_line(&mut reader, &mut line)? {
+                        return Ok(());
+                    }
+                    out.write_all(&line)?;
+                    let size = String::from_utf8_lossy(&line);
+                    let size = size.trim().split(';').next().unwrap_or_default();
+                    let size = u64::from_str_radix(size, 16).unwrap_or(0);
+                    if size == 0 {
+                        // Trailers up to the empty line.
+                        while read_line(&mut reader, &mut line)? {
+                            out.write_all(&line)?;
+                            if line == b"\r\n" || line == b"\n" {
+                                break;
+                            }
+                        }
+                        break;
+                    }
+                    // The chunk and its CRLF.
+                    io::copy(&mut (&mut reader).take(size + 2), &mut out)?;
+                }
+            } else if length > 0 {
+                io::copy(&mut (&mut reader).take(length), &mut out)?;
+            }
+            out.flush()?;
+        }
+        Ok(())
+    })();
+    let _ = out.flush();
+    let _ = server.shutdown(Shutdown::Write);
+    let _ = back.join();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_line_loses_only_the_named_settings() {
+        let drop: Vec<String> = UNKNOWN_TO_18.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            filter_request_line(
+                "POST /?database=default&query=INSERT+INTO+t&decompress=1&insert_deduplicate=1\
+                 &insert_deduplication_token=t%2F0%2F1-9\
+                 &deduplicate_blocks_in_dependent_materialized_views=1 HTTP/1.1\r\n",
+                &drop
+            ),
+            "POST /?database=default&query=INSERT+INTO+t&decompress=1&insert_deduplicate=1 \
+             HTTP/1.1\r\n"
+        );
+        assert_eq!(
+            filter_request_line("GET /?insert_deduplication_token=x HTTP/1.1\r\n", &drop),
+            "GET / HTTP/1.1\r\n"
+        );
+        assert_eq!(
+            filter_request_line("GET /ping HTTP/1.1\r\n", &drop),
+            "GET /ping HTTP/1.1\r\n"
+        );
+    }
+
+    /// Through a real socket pair: a chunked request and a Content-Length one on the same
+    /// connection arrive upstream intact, with the query filtered.
+    #[test]
+    fn relays_chunked_and_sized_bodies() {
+        let up = TcpListener::bind("127.0.0.1:0").unwrap();
+        let up_addr = up.local_addr().unwrap().to_string();
+        let front = TcpListener::bind("127.0.0.1:0").unwrap();
+        let front_addr = front.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (c, _) = front.accept().unwrap();
+            let drop = vec!["insert_deduplication_token".to_string()];
+            relay(c, &up_addr, &drop).unwrap();
+        });
+        let mut client = TcpStream::connect(front_addr).unwrap();
+        let sent = "POST /?q=1&insert_deduplication_token=a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+                    5\r\nhello\r\n3;x=y\r\nabc\r\n0\r\n\r\n\
+                    POST /?q=2 HTTP/1.1\r\nContent-Length: 4\r\n\r\nwxyz";
+        client.write_all(sent.as_bytes()).unwrap();
+        let (mut server, _) = up.accept().unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let expected = sent.replace("&insert_deduplication_token=a", "");
+        let mut got = vec![0u8; expected.len()];
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), expected);
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        let mut back = [0u8; 19];
+        client.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"HTTP/1.1 200 OK\r\n\r\n");
+    }
+}

@@ -20,7 +20,9 @@ use crate::interfaces::{self, InterfaceInfo};
 use crate::netns;
 use crate::probe::Probe;
 use crate::publish::{Delivery, Publisher};
-use crate::record::{raw_flow, Clock};
+
+use crate::record::{add_socket_fields, drop_only, raw_flow, Clock};
+use crate::sockets::{SocketOptions, SocketStats};
 use crate::table::{Exported, FlowTable, Timeouts};
 
 /// Runs the collector until `shutdown` fires.
@@ -45,7 +47,25 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     .context("creating the Kafka producer")?
     .with_max_in_flight(c.max_in_flight as usize);
 
-    let mut probe = Probe::load(c.table_size, c.sampling, &c.filter.parse()?)?;
+    let mut probe = Probe::load_with_sockets(
+        c.table_size,
+        c.sampling,
+        &c.filter.parse()?,
+        &SocketOptions {
+            enabled: c.socket_metrics,
+            map_size: c.socket_table_size,
+            drop_map_size: c.drop_table_size,
+            ..SocketOptions::default()
+        },
+    )?;
+    let sockets = if c.socket_metrics {
+        Some(SocketStats::new(
+            &mut probe,
+            Duration::from_millis(c.idle_timeout_ms),
+        )?)
+    } else {
+        None
+    };
     let mut attached = BTreeMap::new();
     let mut known = netns::within(&c.netns, || {
         let all = interfaces::list()?;
@@ -103,6 +123,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         entries: Vec::new(),
         host: host.clone(),
         sampling: c.sampling,
+        sockets,
+        idle_ns: c.idle_timeout_ms * 1_000_000,
     };
     let mut scan = tokio::time::interval(Duration::from_millis(c.scan_interval_ms));
     scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -250,6 +272,10 @@ struct Exporter {
     entries: Vec<Exported>,
     host: String,
     sampling: u32,
+    /// RTT, retransmits, drops and socket owners (None when `socket_metrics` is off).
+    sockets: Option<SocketStats>,
+    /// How long socket extras wait for their conversation's record (the idle timeout).
+    idle_ns: u64,
 }
 
 impl Exporter {
@@ -280,6 +306,11 @@ impl Exporter {
             }
         };
         let read = started.elapsed();
+        if let Some(sockets) = self.sockets.as_mut() {
+            if let Err(e) = sockets.scan() {
+                tracing::warn!(error = %e, "reading the socket tables failed; records of this scan carry no RTT, retransmits, drops or processes");
+            }
+        }
         let conversations: Vec<_> = self.entries.iter().map(|e| e.conversation).collect();
         let duplicates = duplicates(&conversations);
         // Records are made a chunk at a time (the publisher's in-flight window): a scan never
@@ -295,7 +326,13 @@ impl Exporter {
                 let outer = (key.tunnel != TUNNEL_NONE)
                     .then(|| tunnel_outer(probe, e))
                     .flatten();
-                let f = raw_flow(&self.host, e, duplicate, outer, clock, self.sampling);
+                let mut f = raw_flow(&self.host, e, duplicate, outer, clock, self.sampling);
+                if let Some(sockets) = self.sockets.as_mut() {
+                    // Counters go to the record that counts the packets (or, for a tunnel's
+                    // inner flow, to the record of the conversation the sockets belong to).
+                    let claim = !duplicate || key.tunnel != TUNNEL_NONE;
+                    add_socket_fields(&mut f, &key, sockets, claim);
+                }
                 if !f.duplicate {
                     packets += (f.packets + f.reverse_packets) as u64;
                     bytes += (f.bytes + f.reverse_bytes) as u64;
@@ -306,6 +343,27 @@ impl Exporter {
             let d = publisher.publish_flows(&flows).await?;
             delivery.delivered += d.delivered;
             delivery.failed += d.failed;
+        }
+        // Drops of conversations no watched interface saw in this interval.
+        if let Some(sockets) = self.sockets.as_mut() {
+            flows.clear();
+            for (proto, a, b, extras) in sockets.unclaimed_drops(self.idle_ns) {
+                flows.push(drop_only(
+                    &self.host,
+                    proto,
+                    &a,
+                    &b,
+                    extras,
+                    clock,
+                    self.sampling,
+                ));
+            }
+            if !flows.is_empty() {
+                records += flows.len() as u64;
+                let d = publisher.publish_flows(&flows).await?;
+                delivery.delivered += d.delivered;
+                delivery.failed += d.failed;
+            }
         }
 
         metrics::histogram!("flowlens_collector_drain_seconds").record(read.as_secs_f64());

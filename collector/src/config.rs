@@ -54,6 +54,14 @@ pub struct CollectorConfig {
     pub sampling: u32,
     /// In-kernel filters applied before a packet reaches the flow table.
     pub filter: FilterConfig,
+    /// Per-conversation TCP RTT, retransmits, kernel drops with reason and the processes owning
+    /// local sockets (tracepoints off the packet path); features the kernel lacks are disabled
+    /// with a warning.
+    pub socket_metrics: bool,
+    /// Entries of the kernel tables of TCP sockets and of socket owners (LRU).
+    pub socket_table_size: u32,
+    /// Entries of the kernel table of dropped conversations by reason (per-CPU LRU).
+    pub drop_table_size: u32,
 }
 
 impl Default for CollectorConfig {
@@ -72,6 +80,9 @@ impl Default for CollectorConfig {
             interface_refresh_ms: 10_000,
             sampling: 1,
             filter: FilterConfig::default(),
+            socket_metrics: true,
+            socket_table_size: 32_768,
+            drop_table_size: 4_096,
         }
     }
 }
@@ -114,6 +125,18 @@ impl Validate for Config {
             c.max_in_flight.into(),
             1,
             10_000_000,
+        )?;
+        flowlens_runtime::config::check_range(
+            "collector.socket_table_size",
+            c.socket_table_size.into(),
+            64,
+            1 << 24,
+        )?;
+        flowlens_runtime::config::check_range(
+            "collector.drop_table_size",
+            c.drop_table_size.into(),
+            64,
+            1 << 22,
         )?;
         flowlens_runtime::config::check_range(
             "collector.interface_refresh_ms",

@@ -1,11 +1,15 @@
 //! Turning an exported conversation (both directions' kernel entries, merged over CPUs) into an
-//! Avro `RawFlow`, with kernel monotonic timestamps converted to unix time.
+//! Avro `RawFlow`, with kernel monotonic timestamps converted to unix time, plus what the socket
+//! programs saw of it (RTT, retransmits, drops, owning processes).
 
 use std::net::Ipv6Addr;
 
-use flowlens_common::{TunnelOuter, DIRECTION_INGRESS, TUNNEL_GENEVE, TUNNEL_GRE, TUNNEL_VXLAN};
-use flowlens_schemas::{Direction, RawFlow};
+use flowlens_common::{
+    FlowKey, TunnelOuter, DIRECTION_INGRESS, TUNNEL_GENEVE, TUNNEL_GRE, TUNNEL_VXLAN,
+};
+use flowlens_schemas::{Direction, Process, RawFlow};
 
+use crate::sockets::{ConnExtras, Endpoint, ProcessInfo, SocketStats};
 use crate::table::Exported;
 
 /// Converts CLOCK_MONOTONIC (what `bpf_ktime_get_ns` returns) to unix time, sampled at one instant.
@@ -107,6 +111,80 @@ pub fn raw_flow(
     }
 }
 
+/// Fills the socket-derived fields of `flow`: the processes owning A's and B's local sockets,
+/// and, when `claim` is set, the conversation's RTT, retransmits and drops since the previous
+/// scan (taken from `sockets`, so they land on one record only).
+pub fn add_socket_fields(
+    flow: &mut RawFlow,
+    key: &FlowKey,
+    sockets: &mut SocketStats,
+    claim: bool,
+) {
+    let proto = key.proto;
+    let a = Endpoint {
+        addr: key.src_addr,
+        port: key.src_port,
+    };
+    let b = Endpoint {
+        addr: key.dst_addr,
+        port: key.dst_port,
+    };
+    flow.src_process = sockets.process(proto, &a, &b).map(process);
+    flow.dst_process = sockets.process(proto, &b, &a).map(process);
+    if claim {
+        if let Some(x) = sockets.take(proto, &a, &b) {
+            set_extras(flow, x);
+        }
+    }
+}
+
+/// A record for a conversation the kernel dropped packets of while no watched interface saw it
+/// in this interval (e.g. dropped on its way out, before egress): no packets, only the drops.
+pub fn drop_only(
+    host: &str,
+    proto: u8,
+    a: &Endpoint,
+    b: &Endpoint,
+    extras: ConnExtras,
+    clock: Clock,
+    sampling: u32,
+) -> RawFlow {
+    let v4 = Ipv6Addr::from(a.addr).to_ipv4_mapped().is_some();
+    let now = clock.unix_now_ns();
+    let mut flow = RawFlow {
+        host: host.to_string(),
+        time_flow_start_ns: now,
+        time_flow_end_ns: now,
+        time_exported_ns: now,
+        etype: if v4 { 0x0800 } else { 0x86DD },
+        proto: proto.into(),
+        src_addr: Ipv6Addr::from(a.addr),
+        dst_addr: Ipv6Addr::from(b.addr),
+        src_port: a.port.into(),
+        dst_port: b.port.into(),
+        sampling_rate: sampling.max(1) as i32,
+        ..RawFlow::default()
+    };
+    set_extras(&mut flow, extras);
+    flow
+}
+
+fn set_extras(flow: &mut RawFlow, x: ConnExtras) {
+    flow.rtt_ns = x.rtt_ns as i64;
+    flow.retransmits = x.retransmits as i64;
+    flow.drops = x.drops as i64;
+    flow.drop_bytes = x.drop_bytes as i64;
+    flow.drop_reason = x.drop_reason;
+}
+
+fn process(p: ProcessInfo) -> Process {
+    Process {
+        pid: p.pid as i32,
+        comm: p.comm,
+        cgroup_id: p.cgroup_id as i64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,7 +192,7 @@ mod tests {
     #[test]
     fn converts_conversation_and_times() {
         use crate::conversation::{Conversation, Ending};
-        use flowlens_common::{FlowKey, FlowStats};
+        use flowlens_common::FlowStats;
         let key = FlowKey {
             src_addr: std::net::Ipv4Addr::new(10, 0, 0, 1)
                 .to_ipv6_mapped()

@@ -902,6 +902,25 @@ impl SocketStats {
     }
 }
 
+impl SocketStats {
+    /// Like [`SocketStats::unclaimed`] for the conversations with drops (removed: they become
+    /// drop-only records); extras without drops stay pending for a later record of their
+    /// conversation (a closing TCP conversation's last record is held back for a while) unless
+    /// their last sample is older than `keep_ns`.
+    pub fn unclaimed_drops(&mut self, keep_ns: u64) -> Vec<(u8, Endpoint, Endpoint, ConnExtras)> {
+        let now = monotonic_ns();
+        let mut out = Vec::new();
+        self.pending.retain(|(proto, _, _), p| {
+            if p.extras.drops > 0 {
+                out.push((*proto, p.a, p.b, std::mem::take(&mut p.extras)));
+                return false;
+            }
+            p.rtt_at.max(p.drop_at).saturating_add(keep_ns) >= now
+        });
+        out
+    }
+}
+
 /// The orientation-free identity of a conversation.
 fn conversation(proto: u8, a: &Endpoint, b: &Endpoint) -> (u8, Endpoint, Endpoint) {
     if a <= b {

@@ -91,6 +91,29 @@ async fn exact_counts_for_udp_tcp_icmp_on_veth() {
         earlier.iter().all(|f| f.end_reason.is_empty()),
         "{earlier:?}"
     );
+    // What the socket programs add: RTT of the connection, the processes at both ends (this
+    // test process: client and server threads are ours), UDP senders too.
+    let me = std::process::id() as i32;
+    let ours_at = |p: &Option<flowlens_schemas::Process>| {
+        p.as_ref()
+            .is_some_and(|p| p.pid == me && p.cgroup_id > 0 && !p.comm.is_empty())
+    };
+    assert!(
+        tcp.iter().any(|f| f.rtt_ns > 0),
+        "RTT on the TCP records: {tcp:#?}"
+    );
+    assert!(tcp.iter().all(|f| f.rtt_ns < 1_000_000_000), "{tcp:#?}");
+    assert!(
+        tcp.iter()
+            .any(|f| ours_at(&f.src_process) && ours_at(&f.dst_process)),
+        "processes at both ends: {tcp:#?}"
+    );
+    assert_eq!(tcp.iter().map(|f| f.retransmits).sum::<i64>(), 0);
+    let udp: Vec<_> = ours
+        .iter()
+        .filter(|f| f.proto == 17 && f.dst_port == 5000)
+        .collect();
+    assert!(udp.iter().all(|f| ours_at(&f.src_process)), "{udp:#?}");
     let pings: Vec<_> = ours.iter().filter(|f| f.proto == 1).collect();
     assert!(
         pings.iter().all(|f| f.src_ip() == a && f.icmp_type == 8),
@@ -151,4 +174,72 @@ async fn interval_exports_and_idle_evictions_lose_nothing() {
             "{w:?}"
         );
     }
+}
+
+/// Kernel drops reach the records: UDP dropped by nftables in B's input crossed A's veth, so
+/// its record carries the drops; UDP dropped in A's own output never reached the veth, so it
+/// leaves as a drop-only record (no packets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drops_with_reason_reach_the_records() {
+    let nft = |ns: &str, hook: &str, port: u16| {
+        for cmd in [
+            "add table inet fl".to_string(),
+            format!("add chain inet fl {hook} {{ type filter hook {hook} priority 0 ; }}"),
+            format!("add rule inet fl {hook} udp dport {port} drop"),
+        ] {
+            flowlens_runtime::testkit::NetnsPair::exec(ns, &["nft", &cmd]);
+        }
+    };
+    let run = run_collector(
+        "d",
+        |_| {},
+        move |p| {
+            nft(&p.ns_b, "input", 6200);
+            nft(&p.ns_a, "output", 6201);
+            let tx = in_netns(&p.ns_a, || std::net::UdpSocket::bind((p.ip_a, 0)).unwrap());
+            for _ in 0..20 {
+                tx.send_to(&[1u8; 100], (p.ip_b, 6200)).unwrap();
+            }
+            let mut refused = 0;
+            for _ in 0..15 {
+                // A drop in the sender's own output is reported to it (EPERM).
+                if tx.send_to(&[2u8; 60], (p.ip_b, 6201)).is_err() {
+                    refused += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(700));
+            (tx.local_addr().unwrap().port(), refused)
+        },
+    )
+    .await;
+    let (port, refused) = run.sent;
+    assert_eq!(refused, 15);
+    let to = |dport: i32| -> Vec<_> {
+        run.flows
+            .iter()
+            .filter(|f| f.src_port == i32::from(port) && f.dst_port == dport)
+            .cloned()
+            .collect()
+    };
+    let sum = |fs: &[flowlens_schemas::RawFlow]| {
+        fs.iter().fold((0, 0, 0), |(p, d, b), f| {
+            (p + f.packets, d + f.drops, b + f.drop_bytes)
+        })
+    };
+    let input = to(6200);
+    // skb->len at an input drop starts at the IP header: 20 + 8 + 100 bytes.
+    assert_eq!(sum(&input), (20, 20, 20 * 128), "{input:#?}");
+    assert!(
+        input.iter().any(|f| f.drop_reason == "NETFILTER_DROP"),
+        "{input:#?}"
+    );
+    let output = to(6201);
+    assert_eq!(
+        (sum(&output).0, sum(&output).1),
+        (0, 15),
+        "a drop-only record: {output:#?}"
+    );
+    assert!(output
+        .iter()
+        .all(|f| f.drop_reason == "NETFILTER_DROP" && f.ifindex == 0));
 }

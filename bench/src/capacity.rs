@@ -177,9 +177,10 @@ pub fn table(costs: &Costs, p: &Params, nodes: &[u64]) -> String {
         ));
     }
     out.push_str(
-        "\n\\* broker and ClickHouse costs are those of the local stand-ins (tansu, chdb behind a \
-         Python HTTP front); Apache Kafka and a ClickHouse server cost differently — measure them \
-         with the same harness on the real cluster (see CAPACITY.md).\n",
+        "\n\\* broker and ClickHouse costs are those of this machine's local services (tansu; the \
+         chdb engine behind a Python HTTP front, or clickhouse-server 18.16 without rollups); \
+         Apache Kafka and a current ClickHouse cluster cost differently — measure them with the \
+         same harness on the real cluster (see CAPACITY.md).\n",
     );
     out
 }

@@ -52,6 +52,9 @@ struct RunArgs {
     /// Records of the baseline and of the saturation phase [default: 600000, quick: 5000].
     #[arg(long)]
     records: Option<u64>,
+    /// Repetitions of the broker-alone baseline, the best kept [default: 3, quick: 1].
+    #[arg(long)]
+    baseline_repeats: Option<u32>,
     /// Length of the sustained phase in seconds [default: 60, quick: 2].
     #[arg(long)]
     duration: Option<f64>,
@@ -134,6 +137,10 @@ struct CapacityArgs {
     /// Plan ClickHouse shards by rows/s per shard instead of the measured (stand-in) cost.
     #[arg(long)]
     clickhouse_rows_per_shard: Option<f64>,
+    /// Take the ClickHouse cost from this report instead (e.g. a `--clickhouse server18` run:
+    /// a native server rather than the chdb engine behind its Python front).
+    #[arg(long)]
+    clickhouse_from: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -181,6 +188,7 @@ fn bench(a: RunArgs) -> anyhow::Result<()> {
     let opts = run::Options {
         records: a.records.unwrap_or(if a.quick { 5_000 } else { 600_000 }),
         duration_s: a.duration.unwrap_or(if a.quick { 2.0 } else { 60.0 }),
+        baseline_repeats: a.baseline_repeats.unwrap_or(if a.quick { 1 } else { 3 }),
         rate: a.rate,
         partitions: a.partitions,
         warmup: if a.quick { 500 } else { 5_000 },
@@ -248,7 +256,18 @@ fn plan(a: CapacityArgs) -> anyhow::Result<()> {
             a.results.display()
         )
     })?;
-    let costs = Costs::from_report(&serde_json::from_str(&text)?)?;
+    let mut costs = Costs::from_report(&serde_json::from_str(&text)?)?;
+    if let Some(path) = &a.clickhouse_from {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        costs.clickhouse_cpu_s_per_m =
+            Costs::from_report(&serde_json::from_str(&text)?)?.clickhouse_cpu_s_per_m;
+        println!(
+            "ClickHouse cost from {} (the other costs from {}).\n",
+            path.display(),
+            a.results.display()
+        );
+    }
     let params = Params {
         nodes: 0,
         flows_per_node_s: a.flows_per_node,

@@ -36,6 +36,28 @@ pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     })
 }
 
+/// Busy CPU seconds of the whole machine, all cores (/proc/stat: everything but idle and
+/// iowait): with the run's own processes' CPU, tells how much other work took.
+pub fn machine_busy_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user)
+    let busy: f64 = v
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(busy / ticks)
+}
+
 /// Children of this process whose command name starts with `comm` (how the services that
 /// testkit started are found: it does not expose their ids).
 pub fn child_pids(comm: &str) -> Vec<u32> {
@@ -181,6 +203,11 @@ mod tests {
         let text = "# TYPE a counter\na_total 3\na_total{x=\"1\"} 4\nab_total 100\n";
         assert_eq!(metric_sum(text, "a_total"), 7.0);
         assert_eq!(metric_sum(text, "missing"), 0.0);
+    }
+
+    #[test]
+    fn machine_cpu_is_readable() {
+        assert!(machine_busy_s().unwrap() > 0.0);
     }
 
     #[test]

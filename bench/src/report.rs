@@ -123,7 +123,14 @@ pub fn markdown(r: &Report, name: &str) -> String {
     o.push_str("| measure | value |\n|---|---:|\n");
     let _ = writeln!(
         o,
-        "| broker alone, produce + consume concurrently (records/s) | {:.0} |",
+        "| broker alone, produce + consume concurrently (records/s; best of {}: {}) | {:.0} |",
+        r.baseline.repeats.len(),
+        r.baseline
+            .repeats
+            .iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         r.baseline.pass_through_per_s
     );
     let _ = writeln!(
@@ -141,6 +148,30 @@ pub fn markdown(r: &Report, name: &str) -> String {
         "| **pipeline / broker alone** (target ≥ 80 %) | **{:.0} %** |",
         r.ratio_to_broker * 100.0
     );
+    let per_record = |costs: &[StageCost]| costs.iter().map(|c| c.cpu_s_per_million).sum::<f64>();
+    let _ = writeln!(
+        o,
+        "| CPU per record, all processes: broker alone / pipeline at saturation (µs) | {:.2} / {:.2} |",
+        per_record(&r.baseline.costs),
+        per_record(&r.saturation.costs)
+    );
+    let _ = writeln!(
+        o,
+        "| **pipeline / broker alone per CPU second** (the ratio when both get the same cores: its ceiling on shared cores) | **{:.0} %** |",
+        r.ratio_per_cpu * 100.0
+    );
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    for (phase, cpu) in [
+        ("broker alone", &r.baseline.cpu),
+        ("pipeline at saturation", &r.saturation.cpu),
+        ("sustained", &r.sustained.cpu),
+    ] {
+        let _ = writeln!(
+            o,
+            "| cores used in phase \"{phase}\": the run's processes / the whole machine (of {cores}; the difference is other work) | {:.2} / {:.2} |",
+            cpu.run_cores, cpu.machine_cores
+        );
+    }
     for c in &r.saturation.costs {
         if let (Some(rate), "enricher" | "sink") = (c.records_per_s, c.name.as_str()) {
             let _ = writeln!(
@@ -182,7 +213,7 @@ pub fn markdown(r: &Report, name: &str) -> String {
 
     let _ = writeln!(
         o,
-        "## Broker alone ({} records, {:.1} s)\n",
+        "## Broker alone ({} records, {:.1} s; the best repetition)\n",
         r.baseline.records, r.baseline.seconds
     );
     cost_table(&mut o, &r.baseline.costs);
@@ -255,7 +286,10 @@ pub fn markdown(r: &Report, name: &str) -> String {
          A collector adds up to its scan interval before that. The sink's batch age \
          (`batch.max_age_ms`, default 2000) dominates it at moderate rates.\n\
          - The ratio compares the pipeline (two broker hops, decode/join/encode, ClickHouse \
-         inserts) with one broker hop and no processing, in the same run, on the same cores.\n",
+         inserts) with one broker hop and no processing, in the same run, on the same cores. \
+         Its per-CPU form divides the CPU per record (all processes) of the broker-alone phase \
+         by the pipeline's: what the throughput ratio is when both phases get the same cores, \
+         whatever share other work leaves them (the \"cores used\" rows).\n",
     );
     o
 }

@@ -74,17 +74,11 @@ impl FlowTable {
             ..ScanStats::default()
         };
         let t = self.timeouts;
-        let mut seen = fast_map(self.read.len());
         for mut conversation in pair(&self.read, t.bidirectional) {
             let ending = conversation.ending(now_ns, t.idle_ns, t.closed_ns);
             if ending == Ending::Open && conversation.tcp_end().is_some() {
                 // Closing: hold the last counts back (at most the closed timeout) so they
-                // leave with the end reason in one record.
-                for key in conversation.keys() {
-                    if let Some(before) = self.exported.get(&key) {
-                        seen.insert(key, *before);
-                    }
-                }
+                // leave with the end reason in one record; the exported baseline stays.
                 continue;
             }
             if ending != Ending::Open {
@@ -101,11 +95,24 @@ impl FlowTable {
             let mut delta = conversation;
             for side in [&mut delta.a_to_b, &mut delta.b_to_a] {
                 let Some((key, current)) = side else { continue };
-                let before = self.exported.get(key);
-                if ending == Ending::Open {
-                    seen.insert(*key, *current);
-                }
-                match since(before, current) {
+                // One hash lookup per live entry, updated in place: entries leave the kernel
+                // table only through the deletes above, so the map holds no stale keys.
+                let d = if ending == Ending::Open {
+                    match self.exported.get_mut(key) {
+                        Some(before) => {
+                            let d = since(Some(before), current);
+                            *before = *current;
+                            d
+                        }
+                        None => {
+                            self.exported.insert(*key, *current);
+                            Some(*current)
+                        }
+                    }
+                } else {
+                    since(self.exported.remove(key).as_ref(), current)
+                };
+                match d {
                     Some(d) => *current = d,
                     None => *side = None,
                 }
@@ -117,7 +124,6 @@ impl FlowTable {
                 });
             }
         }
-        self.exported = seen;
         Ok(stats)
     }
 

@@ -424,12 +424,28 @@ impl Pipeline {
         let stop_collector = Shutdown::new();
         let sink = tokio::spawn(flowlens_sink::run(self.sink, stop_pipeline.clone()));
         let enricher = tokio::spawn(flowlens_enricher::run(self.enricher, stop_pipeline.clone()));
+        let (brokers, interfaces) = (
+            self.collector.kafka.brokers.join(","),
+            self.collector.kafka.topics.interfaces.clone(),
+        );
         let collector = tokio::spawn(flowlens_collector::run(
             self.collector,
             stop_collector.clone(),
         ));
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The collector publishes its interfaces once its programs are attached (loading and
+        // verifying them can take seconds on a busy machine): traffic may start after that.
+        let published = tokio::task::spawn_blocking(move || {
+            read_topic(&brokers, &interfaces, 2, Duration::from_secs(60))
+        })
+        .await
+        .unwrap();
+        assert!(
+            published.len() >= 2,
+            "the collector published no interfaces"
+        );
         assert!(!collector.is_finished(), "collector stopped early");
+        // The consumer groups of the enricher and the sink have joined meanwhile.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         RunningPipeline {
             stop_pipeline,
             stop_collector,

@@ -238,7 +238,12 @@ impl Publisher {
         let mut buf = Vec::with_capacity(256);
         let result = async {
             for flow in flows {
-                if sent - tally.reports.load(Ordering::Acquire) >= window {
+                let in_flight = sent - tally.reports.load(Ordering::Acquire);
+                if sent % 1024 == 0 {
+                    // Queue depth: records handed to librdkafka and not yet acknowledged.
+                    metrics::gauge!("flowlens_collector_producer_in_flight").set(in_flight as f64);
+                }
+                if in_flight >= window {
                     tally.wait(sent, window - 1).await;
                 }
                 buf.clear();
@@ -252,6 +257,7 @@ impl Publisher {
         .await;
         // Also after an error: what was queued is accounted before returning.
         tally.wait(sent, 0).await;
+        metrics::gauge!("flowlens_collector_producer_in_flight").set(0.0);
         let first_error = tally.first_error.get().map(ToString::to_string);
         (result, tally.delivery(), first_error)
     }

@@ -239,7 +239,7 @@ impl Publisher {
         let result = async {
             for flow in flows {
                 let in_flight = sent - tally.reports.load(Ordering::Acquire);
-                if sent % 1024 == 0 {
+                if sent.is_multiple_of(1024) {
                     // Queue depth: records handed to librdkafka and not yet acknowledged.
                     metrics::gauge!("flowlens_collector_producer_in_flight").set(in_flight as f64);
                 }

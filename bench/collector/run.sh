@@ -23,7 +23,10 @@ STATS_DUR=${STATS_SECONDS:-4}
 # flowlens scan interval (ms): every live flow is exported once per scan (Skydive's kernel scan
 # default is 10 s, netobserv's 5 s); runs last several scans so their cost is in the CPU column.
 SCAN_MS=${SCAN_MS:-10000}
-MODES=${MODES:-"none flowlens pmacctd softflowd nfpcapd"}
+# flowlens: flow accounting only (what the peers do); flowlens+sockets: with the socket
+# programs too (RTT, retransmits, drops with reason, processes). This traffic goes to a port
+# nothing listens on, so every packet is a kernel drop that the drop tracepoint records.
+MODES=${MODES:-"none flowlens flowlens+sockets pmacctd softflowd nfpcapd"}
 OUT=${OUT:-$REPO/bench/results/collector.md}
 WORK=$(mktemp -d /tmp/flowlens-bench.XXXX)
 A=fbA B=fbB
@@ -64,7 +67,7 @@ bpf_cost() { # total run_time_ns run_cnt of flowlens programs
 import json,sys
 t=c=0
 for p in json.load(sys.stdin):
-    if p.get("name","").startswith("flowlens_"):
+    if p.get("name","") in ("flowlens_ingres", "flowlens_egress", "flowlens_ingress"):
         t+=p.get("run_time_ns",0); c+=p.get("run_cnt",0)
 print(t, c)'; }
 metric() { curl -fsS http://127.0.0.1:9191/metrics 2>/dev/null | awk -v m="$1" '$1==m{print $2}'; }
@@ -73,7 +76,9 @@ HZ=$(getconf CLK_TCK)
 start_collector() { # mode flows -> sets CPID
   case $1 in
     none) CPID= ;;
-    flowlens)
+    flowlens|flowlens+sockets)
+      sockets=false; [ "$1" = flowlens+sockets ] && sockets=true
+      FLOWLENS_COLLECTOR__COLLECTOR__SOCKET_METRICS=$sockets \
       FLOWLENS_COLLECTOR__KAFKA__BROKERS=127.0.0.1:$KAFKA_PORT \
       FLOWLENS_COLLECTOR__KAFKA__TOPICS__RAW_FLOWS=bench.raw.$2 \
       FLOWLENS_COLLECTOR__COLLECTOR__NETNS=$B FLOWLENS_COLLECTOR__COLLECTOR__INTERFACES=vB \
@@ -82,7 +87,9 @@ start_collector() { # mode flows -> sets CPID
       FLOWLENS_COLLECTOR__TELEMETRY__METRICS_LISTEN=127.0.0.1:9191 \
       FLOWLENS_COLLECTOR__TELEMETRY__LOG_FORMAT=json \
         "$COLLECTOR" >"$WORK/flowlens.log" 2>&1 &
-      CPID=$! ;;
+      CPID=$!
+      # Traffic starts once the programs are attached (loading can take seconds).
+      for _ in $(seq 1 300); do grep -q '"collector running"' "$WORK/flowlens.log" && break; sleep 0.1; done ;;
     pmacctd)
       rm -f "$WORK/pmacct.csv"
       cat > "$WORK/pmacct.conf" <<CONF
@@ -114,7 +121,7 @@ stop_and_wait() { kill -"$1" "$CPID" 2>/dev/null || true; while running "$CPID";
 
 accounted() { # mode flows -> packets counted by the collector (or "-"); stops the collector
   case $1 in
-    flowlens) stop_and_wait TERM
+    flowlens|flowlens+sockets) stop_and_wait TERM
               grep -o '"packets_exported":[0-9]*' "$WORK/flowlens.log" | tail -n1 | cut -d: -f2 ;;
     pmacctd) stop_and_wait INT
              python3 - "$WORK/pmacct.csv" <<'PY'
@@ -149,7 +156,7 @@ for flows in $FLOWS; do
     rx1=$(rx_packets); si1=$(softirq_jiffies); pj1=$( [ -n "${CPID:-}" ] && proc_jiffies $CPID || echo 0)
     rss=$( [ -n "${CPID:-}" ] && rss_mb $CPID || echo -)
     t0=0 t1=0 c0=0 c1=0 drain=-
-    if [ "$mode" = flowlens ]; then
+    if [ "${mode%+sockets}" = flowlens ]; then
       # Second pass, bpf_stats on, for the kernel's own ns/packet.
       sysctl -q kernel.bpf_stats_enabled=1
       read -r t0 c0 < <(bpf_cost)
@@ -168,7 +175,7 @@ flows, mode, rx, dur, base, got, pj, si, hz, rss, t, c, sent, rx_all, drain = sy
 rx, dur, base, pj, si, hz, t, c, rx_all = int(rx), float(dur), int(base), int(pj), int(si), int(hz), int(t), int(c), int(rx_all)
 # The collector counts both passes; so does rx_all.
 acc = "-" if got in ("-", "") else f"{100.0 * float(got) / rx_all:.1f} %" if rx_all else "-"
-ns = f"{t / c:.0f}" if mode == "flowlens" and c else "-"
+ns = f"{t / c:.0f}" if mode.startswith("flowlens") and c else "-"
 cpu = "-" if mode == "none" else f"{100.0 * pj / hz / dur:.1f} %"
 dr = "-" if drain in ("-", "") else f"{1000.0 * float(drain):.0f}"
 print(f"| {int(flows):,} | {mode} | {rx / dur:,.0f} | {100.0 * rx / base:.0f} % | {acc} | {cpu} | {100.0 * si / hz / dur:.0f} % | {rss} | {dr} | {ns} |")

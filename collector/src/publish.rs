@@ -557,9 +557,12 @@ mod tests {
                 peak
             };
             let (delivery, peak) = tokio::join!(publish, watch);
+            // librdkafka's count (rd_kafka_outq_len) also holds its own protocol requests
+            // waiting for the down broker (metadata, the idempotent producer's PID): a few on
+            // top of the 16 records, never the 3,000 an unbounded publish would queue.
             assert!(
-                (1..=16).contains(&peak),
-                "{name}: {peak} records in flight, window 16"
+                (1..=16 + 4).contains(&peak),
+                "{name}: {peak} records and requests in flight, window 16"
             );
             assert_eq!(
                 delivery.unwrap(),

@@ -311,8 +311,7 @@ impl Exporter {
                 tracing::warn!(error = %e, "reading the socket tables failed; records of this scan carry no RTT, retransmits, drops or processes");
             }
         }
-        let conversations: Vec<_> = self.entries.iter().map(|e| e.conversation).collect();
-        let duplicates = duplicates(&conversations);
+        let duplicates = duplicates(self.entries.iter().map(|e| &e.conversation));
         // Records are made a chunk at a time (the publisher's in-flight window): a scan never
         // holds every RawFlow at once.
         let (mut records, mut packets, mut bytes) = (0u64, 0u64, 0u64);

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 
 use flowlens_common::{FlowKey, FlowStats, FLOW_INITIATOR, TUNNEL_NONE};
 
-/// A hash map with a fast non-cryptographic hasher (keys are kernel flow keys, not attacker
-/// controlled input to a long-lived map; the table is rebuilt every scan).
+/// A hash map with a fast non-cryptographic hasher, randomly seeded per process (keys are
+/// kernel flow keys, which remote peers choose in part).
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// An empty [`FastMap`] with room for `n` entries.
@@ -139,61 +139,29 @@ fn swapped(k: &FlowKey) -> FlowKey {
     }
 }
 
-/// Joins the entries of one table read into conversations (see the module doc for the rule
-/// deciding A). With `bidirectional` false every entry is its own conversation, oriented as
-/// seen.
-pub fn pair(entries: &[(FlowKey, FlowStats)], bidirectional: bool) -> Vec<Conversation> {
-    if !bidirectional {
-        return entries
-            .iter()
-            .map(|e| Conversation {
-                a_to_b: Some(*e),
-                b_to_a: None,
-            })
-            .collect();
-    }
-    let mut index: FastMap<FlowKey, usize> = fast_map(entries.len());
-    index.extend(entries.iter().enumerate().map(|(i, (k, _))| (*k, i)));
-    let mut taken = vec![false; entries.len()];
-    let mut out = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        if taken[i] {
-            continue;
-        }
-        taken[i] = true;
-        let partner = entry
-            .0
-            .reverse()
-            .and_then(|r| index.get(&r).copied())
-            .filter(|&j| !taken[j]);
-        let conversation = match partner {
-            Some(j) => {
-                taken[j] = true;
-                let other = entries[j];
-                if is_a(entry, Some(&other)) {
-                    Conversation {
-                        a_to_b: Some(*entry),
-                        b_to_a: Some(other),
-                    }
-                } else {
-                    Conversation {
-                        a_to_b: Some(other),
-                        b_to_a: Some(*entry),
-                    }
-                }
-            }
-            None if is_a(entry, None) => Conversation {
-                a_to_b: Some(*entry),
+impl Conversation {
+    /// One table read's entry, joined with the entry of the opposite direction if there is one,
+    /// oriented by the rule in the module doc.
+    pub fn join(x: (FlowKey, FlowStats), reverse: Option<(FlowKey, FlowStats)>) -> Self {
+        match reverse {
+            Some(y) if is_a(&x, Some(&y)) => Conversation {
+                a_to_b: Some(x),
+                b_to_a: Some(y),
+            },
+            Some(y) => Conversation {
+                a_to_b: Some(y),
+                b_to_a: Some(x),
+            },
+            None if is_a(&x, None) => Conversation {
+                a_to_b: Some(x),
                 b_to_a: None,
             },
             None => Conversation {
                 a_to_b: None,
-                b_to_a: Some(*entry),
+                b_to_a: Some(x),
             },
-        };
-        out.push(conversation);
+        }
     }
-    out
 }
 
 /// Whether `x` is the A->B direction (see the module doc).
@@ -220,24 +188,26 @@ fn is_a(x: &(FlowKey, FlowStats), other: Option<&(FlowKey, FlowStats)>) -> bool 
 /// every inner (tunnel) conversation, and all but one of the conversations with the same ends
 /// on several interfaces (the one kept is the first seen, then the lowest interface index).
 /// Returns one flag per conversation.
-pub fn duplicates(conversations: &[Conversation]) -> Vec<bool> {
+pub fn duplicates<'a>(conversations: impl ExactSizeIterator<Item = &'a Conversation>) -> Vec<bool> {
     let mut flags = vec![false; conversations.len()];
-    let mut first: FastMap<Ends, usize> = fast_map(conversations.len());
-    for (i, c) in conversations.iter().enumerate() {
+    // Per set of ends: the conversation kept so far, by (first packet, interface index).
+    let mut first: FastMap<Ends, ((u64, u32), usize)> = fast_map(flags.len());
+    for (i, c) in conversations.enumerate() {
         let key = c.key();
         if key.tunnel != TUNNEL_NONE {
             flags[i] = true;
             continue;
         }
+        let rank = (c.first_seen_ns(), key.ifindex);
         match first.entry(Ends::of(&key)) {
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(i);
+                v.insert((rank, i));
             }
             std::collections::hash_map::Entry::Occupied(mut o) => {
-                let kept = *o.get();
-                if precedes(c, &conversations[kept]) {
+                let (kept_rank, kept) = *o.get();
+                if rank < kept_rank {
                     flags[kept] = true;
-                    o.insert(i);
+                    o.insert((rank, i));
                 } else {
                     flags[i] = true;
                 }
@@ -245,10 +215,6 @@ pub fn duplicates(conversations: &[Conversation]) -> Vec<bool> {
         }
     }
     flags
-}
-
-fn precedes(c: &Conversation, other: &Conversation) -> bool {
-    (c.first_seen_ns(), c.key().ifindex) < (other.first_seen_ns(), other.key().ifindex)
 }
 
 /// A conversation's identity regardless of interface, direction, VLAN and orientation.
@@ -281,11 +247,12 @@ impl Ends {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use flowlens_common::{DIRECTION_EGRESS, DIRECTION_INGRESS, TUNNEL_VXLAN};
 
-    fn key(src: u8, sport: u16, dst: u8, dport: u16, direction: u8) -> FlowKey {
+    /// A TCP key on interface 2 between addresses made of one repeated byte.
+    pub(crate) fn key(src: u8, sport: u16, dst: u8, dport: u16, direction: u8) -> FlowKey {
         FlowKey {
             src_addr: [src; 16],
             dst_addr: [dst; 16],
@@ -320,12 +287,11 @@ mod tests {
             key(2, 80, 1, 40000, DIRECTION_INGRESS),
             stats(5, 30, 0, 0x12),
         );
-        let c = pair(&[server, client], true);
-        assert_eq!(c.len(), 1);
-        assert_eq!(c[0].a_to_b, Some(client));
-        assert_eq!(c[0].b_to_a, Some(server));
-        assert_eq!(c[0].key(), client.0);
-        assert_eq!((c[0].first_seen_ns(), c[0].last_seen_ns()), (5, 30));
+        let c = Conversation::join(server, Some(client));
+        assert_eq!(c.a_to_b, Some(client));
+        assert_eq!(c.b_to_a, Some(server));
+        assert_eq!(c.key(), client.0);
+        assert_eq!((c.first_seen_ns(), c.last_seen_ns()), (5, 30));
     }
 
     #[test]
@@ -334,16 +300,18 @@ mod tests {
             key(2, 80, 1, 40000, DIRECTION_INGRESS),
             stats(5, 30, 0, 0x10),
         );
-        let c = pair(&[answer], true);
-        assert_eq!((c[0].a_to_b, c[0].b_to_a), (None, Some(answer)));
-        assert_eq!(c[0].key(), key(1, 40000, 2, 80, DIRECTION_EGRESS));
+        let c = Conversation::join(answer, None);
+        assert_eq!((c.a_to_b, c.b_to_a), (None, Some(answer)));
+        assert_eq!(c.key(), key(1, 40000, 2, 80, DIRECTION_EGRESS));
 
         let x = (key(1, 40000, 2, 80, DIRECTION_EGRESS), stats(7, 9, 0, 0));
         let y = (key(2, 80, 1, 40000, DIRECTION_INGRESS), stats(7, 9, 0, 0));
-        assert_eq!(pair(&[y, x], true)[0].a_to_b, Some(x));
+        assert_eq!(Conversation::join(y, Some(x)).a_to_b, Some(x));
         let earlier_y = (y.0, stats(6, 9, 0, 0));
-        assert_eq!(pair(&[x, earlier_y], true)[0].a_to_b, Some(earlier_y));
-        assert_eq!(pair(&[x, y], false).len(), 2);
+        assert_eq!(
+            Conversation::join(x, Some(earlier_y)).a_to_b,
+            Some(earlier_y)
+        );
     }
 
     #[test]
@@ -389,7 +357,7 @@ mod tests {
             a_to_b: Some((key(3, 4, 2, 80, 0), stats(1, 100, 1, 0))),
             b_to_a: None,
         };
-        let flags = duplicates(&[on(7, 20), on(3, 10), tunnel, on(5, 10), other]);
+        let flags = duplicates([on(7, 20), on(3, 10), tunnel, on(5, 10), other].iter());
         assert_eq!(flags, vec![true, false, true, true, false]);
     }
 }

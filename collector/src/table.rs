@@ -10,7 +10,7 @@ use std::os::fd::BorrowedFd;
 
 use flowlens_common::{FlowKey, FlowStats};
 
-use crate::conversation::{fast_map, pair, Conversation, Ending, FastMap};
+use crate::conversation::{fast_map, Conversation, Ending, FastMap};
 use crate::drain::Drainer;
 
 /// What one scan found.
@@ -40,21 +40,18 @@ pub struct Timeouts {
     pub bidirectional: bool,
 }
 
-/// The user-space side of the kernel table: what was already exported for each live flow.
+/// The user-space side of the kernel table: batched reads through the drainer, and the ledger
+/// of what each live entry already exported.
 pub struct FlowTable {
     drainer: Drainer,
-    timeouts: Timeouts,
-    exported: FastMap<FlowKey, FlowStats>,
-    read: Vec<(FlowKey, FlowStats)>,
+    ledger: Ledger,
 }
 
 impl FlowTable {
     pub fn new(drainer: Drainer, timeouts: Timeouts) -> Self {
         Self {
             drainer,
-            timeouts,
-            exported: fast_map(0),
-            read: Vec::new(),
+            ledger: Ledger::new(timeouts),
         }
     }
 
@@ -67,14 +64,102 @@ impl FlowTable {
         now_ns: u64,
         out: &mut Vec<Exported>,
     ) -> io::Result<ScanStats> {
-        self.read.clear();
-        let mut stats = ScanStats {
-            syscalls: self.drainer.read_all(map, false, &mut self.read)?,
-            entries: self.read.len(),
-            ..ScanStats::default()
-        };
+        self.ledger.read.clear();
+        let syscalls = self.drainer.read_all(map, false, &mut self.ledger.read)?;
+        let entries = self.ledger.read.len();
+        let drainer = &mut self.drainer;
+        let evicted = self
+            .ledger
+            .export_read(now_ns, out, |key| drainer.take(map, key))?;
+        Ok(ScanStats {
+            entries,
+            evicted,
+            syscalls: syscalls + evicted,
+        })
+    }
+
+    /// Empties the kernel table and appends every conversation's counts since its previous
+    /// export, all ending with `Ending::Shutdown` (or FIN/RST when the TCP end was seen).
+    pub fn drain(&mut self, map: BorrowedFd<'_>, out: &mut Vec<Exported>) -> io::Result<usize> {
+        self.ledger.read.clear();
+        let calls = self.drainer.read_all(map, true, &mut self.ledger.read)?;
+        self.ledger.export_all(out);
+        Ok(calls)
+    }
+}
+
+/// What was exported of every live kernel entry, kept between scans. Each entry is indexed
+/// once to its conversation's slot, so a scan costs one hash lookup per live entry: pairing the
+/// two directions and remembering the exported counts need no per-scan maps.
+struct Ledger {
+    timeouts: Timeouts,
+    /// Kernel key -> `slot << 1 | side` of its conversation.
+    index: FastMap<FlowKey, u32>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// The current scan (never 0, which marks an empty side).
+    generation: u32,
+    /// The entries of the current scan's table read, and the slots they touched (in read
+    /// order).
+    read: Vec<(FlowKey, FlowStats)>,
+    touched: Vec<u32>,
+}
+
+/// One conversation: its two kernel entries in the order they appeared (A and B are decided
+/// per scan from the entries read, see [`Conversation::join`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct Slot {
+    sides: [Side; 2],
+    /// The last scan that read one of its entries.
+    generation: u32,
+}
+
+/// One direction's kernel entry.
+#[derive(Debug, Default, Clone, Copy)]
+struct Side {
+    /// The scan that last read the entry (0: no entry).
+    generation: u32,
+    /// Its position in `Ledger::read` when `generation` is the current scan.
+    read_at: u32,
+    exported: Baseline,
+}
+
+/// Cumulative counts of one entry already exported (`packets == 0`: nothing yet).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Baseline {
+    packets: u64,
+    bytes: u64,
+    last_seen_ns: u64,
+}
+
+impl Ledger {
+    fn new(timeouts: Timeouts) -> Self {
+        Self {
+            timeouts,
+            index: fast_map(0),
+            slots: Vec::new(),
+            free: Vec::new(),
+            generation: 0,
+            read: Vec::new(),
+            touched: Vec::new(),
+        }
+    }
+
+    /// Exports what every conversation in `read` added (see [`FlowTable::scan`]); `take`
+    /// removes an ended conversation's entry from the kernel and returns its last counts.
+    /// Returns the number of entries removed.
+    fn export_read(
+        &mut self,
+        now_ns: u64,
+        out: &mut Vec<Exported>,
+        mut take: impl FnMut(&FlowKey) -> io::Result<Option<FlowStats>>,
+    ) -> io::Result<usize> {
+        self.index_read();
         let t = self.timeouts;
-        for mut conversation in pair(&self.read, t.bidirectional) {
+        let mut evicted = 0;
+        for i in 0..self.touched.len() {
+            let slot = self.touched[i];
+            let mut conversation = self.conversation(slot);
             let ending = conversation.ending(now_ns, t.idle_ns, t.closed_ns);
             if ending == Ending::Open && conversation.tcp_end().is_some() {
                 // Closing: hold the last counts back (at most the closed timeout) so they
@@ -84,93 +169,174 @@ impl FlowTable {
             if ending != Ending::Open {
                 for side in [&mut conversation.a_to_b, &mut conversation.b_to_a] {
                     let Some((key, current)) = side else { continue };
-                    stats.syscalls += 1;
-                    match self.drainer.take(map, key)? {
+                    match take(key)? {
                         Some(last) => *current = last,
                         None => *side = None,
                     }
-                    stats.evicted += 1;
+                    evicted += 1;
                 }
             }
-            let mut delta = conversation;
-            for side in [&mut delta.a_to_b, &mut delta.b_to_a] {
-                let Some((key, current)) = side else { continue };
-                // One hash lookup per live entry, updated in place: entries leave the kernel
-                // table only through the deletes above, so the map holds no stale keys.
-                let d = if ending == Ending::Open {
-                    match self.exported.get_mut(key) {
-                        Some(before) => {
-                            let d = since(Some(before), current);
-                            *before = *current;
-                            d
-                        }
-                        None => {
-                            self.exported.insert(*key, *current);
-                            Some(*current)
-                        }
-                    }
-                } else {
-                    since(self.exported.remove(key).as_ref(), current)
-                };
-                match d {
-                    Some(d) => *current = d,
-                    None => *side = None,
-                }
-            }
-            if delta.a_to_b.is_some() || delta.b_to_a.is_some() {
-                out.push(Exported {
-                    conversation: delta,
-                    ending,
-                });
+            self.export(slot, conversation, ending, out);
+            if ending != Ending::Open {
+                self.forget(slot);
             }
         }
-        Ok(stats)
+        Ok(evicted)
     }
 
-    /// Empties the kernel table and appends every conversation's counts since its previous
-    /// export, all ending with `Ending::Shutdown` (or FIN/RST when the TCP end was seen).
-    pub fn drain(&mut self, map: BorrowedFd<'_>, out: &mut Vec<Exported>) -> io::Result<usize> {
-        self.read.clear();
-        let calls = self.drainer.read_all(map, true, &mut self.read)?;
-        for conversation in pair(&self.read, self.timeouts.bidirectional) {
+    /// Exports every conversation in `read` as ended (the table was emptied) and forgets all.
+    fn export_all(&mut self, out: &mut Vec<Exported>) {
+        self.index_read();
+        for i in 0..self.touched.len() {
+            let slot = self.touched[i];
+            let conversation = self.conversation(slot);
             let ending = match conversation.ending(u64::MAX, u64::MAX - 1, 0) {
                 Ending::Open | Ending::Idle => Ending::Shutdown,
                 end => end,
             };
-            let mut delta = conversation;
-            for side in [&mut delta.a_to_b, &mut delta.b_to_a] {
-                let Some((key, current)) = side else { continue };
-                match since(self.exported.get(key), current) {
-                    Some(d) => *current = d,
-                    None => *side = None,
+            self.export(slot, conversation, ending, out);
+        }
+        self.index.clear();
+        self.slots.clear();
+        self.free.clear();
+    }
+
+    /// Files every entry of `read` under its conversation's slot (a new entry joins the slot of
+    /// its opposite direction, or gets a new one) and lists the slots touched.
+    fn index_read(&mut self) {
+        self.generation = self.generation.wrapping_add(1).max(1);
+        let generation = self.generation;
+        self.touched.clear();
+        for i in 0..self.read.len() {
+            let key = &self.read[i].0;
+            let at = match self.index.get(key) {
+                Some(&at) => at,
+                None => {
+                    let key = *key;
+                    let at = self.place(&key);
+                    self.index.insert(key, at);
+                    at
+                }
+            };
+            let slot = &mut self.slots[(at >> 1) as usize];
+            if slot.generation != generation {
+                slot.generation = generation;
+                self.touched.push(at >> 1);
+            }
+            let side = &mut slot.sides[(at & 1) as usize];
+            side.generation = generation;
+            side.read_at = i as u32;
+        }
+    }
+
+    /// Where a key new to the ledger goes: the empty side of its opposite direction's slot, or
+    /// a new slot.
+    fn place(&mut self, key: &FlowKey) -> u32 {
+        if self.timeouts.bidirectional {
+            let partner = key.reverse().and_then(|r| self.index.get(&r).copied());
+            if let Some(other) = partner.map(|at| at ^ 1) {
+                let side = &self.slots[(other >> 1) as usize].sides[(other & 1) as usize];
+                if side.generation == 0 {
+                    return other;
                 }
             }
-            if delta.a_to_b.is_some() || delta.b_to_a.is_some() {
-                out.push(Exported {
-                    conversation: delta,
-                    ending,
-                });
+        }
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(Slot::default());
+            (self.slots.len() - 1) as u32
+        });
+        slot << 1
+    }
+
+    /// The conversation of `slot` as this scan read it.
+    fn conversation(&self, slot: u32) -> Conversation {
+        let [x, y] = self.slots[slot as usize]
+            .sides
+            .map(|s| (s.generation == self.generation).then(|| self.read[s.read_at as usize]));
+        let (x, y) = match (x, y) {
+            (Some(x), y) => (x, y),
+            (None, Some(y)) => (y, None),
+            (None, None) => unreachable!("a touched slot has an entry read in this scan"),
+        };
+        if self.timeouts.bidirectional {
+            Conversation::join(x, y)
+        } else {
+            Conversation {
+                a_to_b: Some(x),
+                b_to_a: None,
             }
         }
-        self.exported.clear();
-        Ok(calls)
+    }
+
+    /// Appends to `out` what `conversation` (this scan's cumulative counts of `slot`) added
+    /// since its previous export, and records the new baselines.
+    fn export(
+        &mut self,
+        slot: u32,
+        mut delta: Conversation,
+        ending: Ending,
+        out: &mut Vec<Exported>,
+    ) {
+        let (read, generation) = (&self.read, self.generation);
+        let sides = &mut self.slots[slot as usize].sides;
+        for part in [&mut delta.a_to_b, &mut delta.b_to_a] {
+            let Some((key, current)) = part else { continue };
+            let Some(side) = sides
+                .iter_mut()
+                .find(|s| s.generation == generation && read[s.read_at as usize].0 == *key)
+            else {
+                continue;
+            };
+            let d = since(&side.exported, current);
+            side.exported = Baseline {
+                packets: current.packets,
+                bytes: current.bytes,
+                last_seen_ns: current.last_seen_ns,
+            };
+            match d {
+                Some(d) => *current = d,
+                None => *part = None,
+            }
+        }
+        if delta.a_to_b.is_some() || delta.b_to_a.is_some() {
+            out.push(Exported {
+                conversation: delta,
+                ending,
+            });
+        }
+    }
+
+    /// Drops the entries of `slot` read in this scan (they left the kernel table); the slot is
+    /// reused once empty.
+    fn forget(&mut self, slot: u32) {
+        let generation = self.generation;
+        let s = &mut self.slots[slot as usize];
+        for side in &mut s.sides {
+            if side.generation == generation {
+                self.index.remove(&self.read[side.read_at as usize].0);
+                *side = Side::default();
+            }
+        }
+        if s.sides.iter().all(|side| side.generation == 0) {
+            self.free.push(slot);
+        }
     }
 }
 
 /// The part of `current` (cumulative) not yet in `before`; `None` when nothing new arrived.
 /// The delta starts at the last packet already exported (the kernel keeps no per-interval first
 /// packet time), or at the flow's first packet.
-fn since(before: Option<&FlowStats>, current: &FlowStats) -> Option<FlowStats> {
-    let Some(b) = before else {
+fn since(before: &Baseline, current: &FlowStats) -> Option<FlowStats> {
+    if before.packets == 0 {
         return Some(*current);
-    };
-    if current.packets <= b.packets {
+    }
+    if current.packets <= before.packets {
         return None;
     }
     Some(FlowStats {
-        packets: current.packets - b.packets,
-        bytes: current.bytes.saturating_sub(b.bytes),
-        first_seen_ns: b.last_seen_ns,
+        packets: current.packets - before.packets,
+        bytes: current.bytes.saturating_sub(before.bytes),
+        first_seen_ns: before.last_seen_ns,
         last_seen_ns: current.last_seen_ns,
         tcp_flags: current.tcp_flags,
         flags: current.flags,
@@ -181,6 +347,8 @@ fn since(before: Option<&FlowStats>, current: &FlowStats) -> Option<FlowStats> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conversation::tests::key;
+    use flowlens_common::{DIRECTION_EGRESS, FLOW_INITIATOR};
 
     fn stats(packets: u64, bytes: u64, first: u64, last: u64) -> FlowStats {
         FlowStats {
@@ -197,9 +365,147 @@ mod tests {
     #[test]
     fn deltas_between_exports() {
         let first = stats(3, 300, 10, 20);
-        assert_eq!(since(None, &first), Some(first));
-        assert_eq!(since(Some(&first), &first), None);
+        assert_eq!(since(&Baseline::default(), &first), Some(first));
+        let before = Baseline {
+            packets: 3,
+            bytes: 300,
+            last_seen_ns: 20,
+        };
+        assert_eq!(since(&before, &first), None);
         let later = stats(5, 520, 10, 40);
-        assert_eq!(since(Some(&first), &later), Some(stats(2, 220, 20, 40)));
+        assert_eq!(since(&before, &later), Some(stats(2, 220, 20, 40)));
+    }
+
+    /// A key and the key of the opposite direction.
+    fn ends(k: FlowKey) -> (FlowKey, FlowKey) {
+        (k, k.reverse().unwrap())
+    }
+
+    fn ledger(bidirectional: bool) -> Ledger {
+        Ledger::new(Timeouts {
+            idle_ns: 1_000,
+            closed_ns: 10,
+            bidirectional,
+        })
+    }
+
+    type Entries = Vec<(FlowKey, FlowStats)>;
+
+    /// One scan at `now` over the table `kernel` (its entries, in read order).
+    fn scan(ledger: &mut Ledger, kernel: &mut Entries, now: u64) -> (Vec<Exported>, usize) {
+        scan_read(ledger, kernel.clone(), kernel, now)
+    }
+
+    /// One scan at `now` that read `read`; ended entries are taken from `kernel` (which may
+    /// have moved on since the read).
+    fn scan_read(
+        ledger: &mut Ledger,
+        read: Entries,
+        kernel: &mut Entries,
+        now: u64,
+    ) -> (Vec<Exported>, usize) {
+        ledger.read = read;
+        let mut out = Vec::new();
+        let evicted = ledger
+            .export_read(now, &mut out, |k| {
+                let at = kernel.iter().position(|(x, _)| x == k);
+                Ok(at.map(|i| kernel.remove(i).1))
+            })
+            .unwrap();
+        (out, evicted)
+    }
+
+    #[test]
+    fn directions_join_across_scans_and_export_only_what_is_new() {
+        let (client, server) = ends(key(1, 40000, 2, 53, DIRECTION_EGRESS));
+        let mut first = stats(1, 80, 10, 10);
+        first.flags = FLOW_INITIATOR;
+        let mut kernel = vec![(client, first)];
+        let mut l = ledger(true);
+
+        let (out, _) = scan(&mut l, &mut kernel, 100);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].conversation.a_to_b, Some((client, first)));
+        assert_eq!(out[0].conversation.b_to_a, None);
+
+        // The answer arrives and is listed first: it joins the client's conversation as B->A.
+        let mut more = stats(3, 240, 10, 50);
+        more.flags = FLOW_INITIATOR;
+        kernel = vec![(server, stats(2, 400, 20, 40)), (client, more)];
+        let (out, _) = scan(&mut l, &mut kernel, 100);
+        assert_eq!(out.len(), 1);
+        let c = out[0].conversation;
+        assert_eq!(c.key(), client);
+        let (ab, ba) = (c.a_to_b.unwrap().1, c.b_to_a.unwrap().1);
+        assert_eq!((ab.packets, ab.bytes, ab.first_seen_ns), (2, 160, 10));
+        assert_eq!((ba.packets, ba.bytes), (2, 400));
+        assert_eq!(l.slots.len(), 1, "one slot for the conversation");
+
+        // Nothing new: nothing exported.
+        let (out, _) = scan(&mut l, &mut kernel, 100);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn ended_conversations_are_taken_with_their_last_counts_and_slots_reused() {
+        let (a, b) = ends(key(1, 40000, 2, 53, DIRECTION_EGRESS));
+        let mut l = ledger(true);
+        let mut kernel = vec![(a, stats(1, 80, 10, 10)), (b, stats(1, 90, 11, 11))];
+        scan(&mut l, &mut kernel, 100);
+        // Between the read and the take, one more packet arrived on A->B.
+        let read = kernel.clone();
+        kernel[0].1 = stats(2, 160, 10, 900);
+        let (out, evicted) = scan_read(&mut l, read, &mut kernel, 2_000);
+        assert_eq!(evicted, 2);
+        assert!(kernel.is_empty());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].ending, Ending::Idle);
+        let c = out[0].conversation;
+        assert_eq!(c.a_to_b.map(|(_, s)| s.packets), Some(1), "the late packet");
+        assert_eq!(c.b_to_a, None, "nothing new on B->A");
+        assert!(l.index.is_empty());
+        assert_eq!(l.free, vec![0]);
+
+        // A new flow reuses the slot and starts from zero.
+        let c2 = (
+            key(3, 1000, 2, 53, DIRECTION_EGRESS),
+            FlowStats {
+                flags: FLOW_INITIATOR,
+                ..stats(4, 400, 3_000, 3_000)
+            },
+        );
+        let (out, _) = scan(&mut l, &mut vec![c2], 3_000);
+        assert_eq!(l.slots.len(), 1);
+        assert_eq!(out[0].conversation.a_to_b, Some(c2));
+    }
+
+    #[test]
+    fn closing_conversation_is_held_back_then_leaves_in_one_record() {
+        let (a, b) = ends(key(1, 40000, 2, 80, DIRECTION_EGRESS));
+        let fin = |packets, last| FlowStats {
+            tcp_flags: 0x11,
+            ..stats(packets, packets * 100, 0, last)
+        };
+        let mut l = ledger(true);
+        let mut kernel = vec![(a, stats(5, 500, 0, 50)), (b, stats(5, 500, 1, 50))];
+        assert_eq!(scan(&mut l, &mut kernel, 60).0.len(), 1);
+        kernel = vec![(a, fin(7, 100)), (b, fin(6, 105))];
+        assert!(scan(&mut l, &mut kernel, 110).0.is_empty(), "held back");
+        let (out, evicted) = scan(&mut l, &mut kernel, 200);
+        assert_eq!((out.len(), evicted), (1, 2));
+        assert_eq!(out[0].ending, Ending::Fin);
+        let c = out[0].conversation;
+        assert_eq!(c.a_to_b.unwrap().1.packets + c.b_to_a.unwrap().1.packets, 3);
+    }
+
+    #[test]
+    fn one_way_records_when_not_bidirectional() {
+        let (a, b) = ends(key(1, 40000, 2, 53, DIRECTION_EGRESS));
+        let mut l = ledger(false);
+        let mut kernel = vec![(a, stats(1, 80, 10, 10)), (b, stats(1, 90, 11, 11))];
+        let (out, _) = scan(&mut l, &mut kernel, 100);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|e| e.conversation.b_to_a.is_none()));
+        assert_eq!(out[1].conversation.key(), b);
     }
 }

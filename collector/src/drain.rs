@@ -1,7 +1,8 @@
-//! Batched reads of the kernel flow table through the `bpf()` syscall on the map fd (aya has no
+//! Batched reads of kernel hash maps through the `bpf()` syscall on the map fd (aya has no
 //! batch API): BPF_MAP_LOOKUP_BATCH to read every entry, BPF_MAP_LOOKUP_AND_DELETE_BATCH to empty
-//! the table, BPF_MAP_LOOKUP_AND_DELETE_ELEM to take one entry atomically. Per-CPU values are
-//! folded into one entry per flow.
+//! a map, BPF_MAP_LOOKUP_AND_DELETE_ELEM to take one entry atomically, BPF_MAP_DELETE_ELEM.
+//! [`Drainer`] reads the flow table, folding per-CPU values into one entry per flow; the
+//! socket tables use the same calls.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -9,6 +10,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use flowlens_common::{FlowKey, FlowStats};
 
 /// `enum bpf_cmd` values (linux/bpf.h).
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
@@ -38,10 +40,104 @@ struct ElemAttr {
     flags: u64,
 }
 
+fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {
+    // SAFETY: `attr` is the matching member of union bpf_attr and outlives the call; the
+    // pointers it holds are valid for the sizes the map was created with (callers' contract).
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, std::mem::size_of::<A>()) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Reads every entry of a hash map in batches of `keys.len()` entries (`delete`: emptying it as
+/// it goes) and hands each key with its `cpus` values (1 for a shared map) to `each`. `keys`
+/// and `values` (`keys.len() * cpus` long) are the batch buffers, grown when one hash bucket
+/// holds more entries than a batch. `K` and `V` must be the map's key and value types (`V`
+/// 8-byte aligned, the kernel's per-CPU stride). Returns the number of syscalls made.
+pub(crate) fn for_each_entry<K: Copy + Default, V: Copy + Default>(
+    map: BorrowedFd<'_>,
+    delete: bool,
+    cpus: usize,
+    keys: &mut Vec<K>,
+    values: &mut Vec<V>,
+    mut each: impl FnMut(&K, &[V]),
+) -> io::Result<usize> {
+    let cmd = if delete {
+        BPF_MAP_LOOKUP_AND_DELETE_BATCH
+    } else {
+        BPF_MAP_LOOKUP_BATCH
+    };
+    let mut token = [0u64; 2];
+    let mut next_token = [0u64; 2];
+    let mut first = true;
+    let mut calls = 0;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token.as_ptr() as u64 },
+            out_batch: next_token.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        calls += 1;
+        let result = bpf(cmd, &mut attr);
+        let n = attr.count as usize;
+        for (i, key) in keys[..n].iter().enumerate() {
+            each(key, &values[i * cpus..(i + 1) * cpus]);
+        }
+        match result {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(calls),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
+                // One hash bucket holds more entries than a batch: grow and retry.
+                let batch = keys.len() * 2;
+                keys.resize(batch, K::default());
+                values.resize(batch * cpus, V::default());
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        token = next_token;
+        first = false;
+    }
+}
+
+/// Removes `key` and writes its value(s) at the instant of removal into `values` (one per
+/// CPU); `false` if the key was not there.
+pub(crate) fn take_entry<K, V>(map: BorrowedFd<'_>, key: &K, values: &mut [V]) -> io::Result<bool> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        value: values.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes `key` if it is there.
+pub(crate) fn delete_entry<K>(map: BorrowedFd<'_>, key: &K) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Reads a per-CPU `FlowKey -> FlowStats` hash map in batches of `batch` entries, reusing its
 /// buffers between calls.
 pub struct Drainer {
-    batch: usize,
     cpus: usize,
     keys: Vec<FlowKey>,
     values: Vec<FlowStats>,
@@ -51,7 +147,6 @@ impl Drainer {
     pub fn new(batch: u32, possible_cpus: usize) -> Self {
         let batch = batch as usize;
         Self {
-            batch,
             cpus: possible_cpus,
             keys: vec![FlowKey::default(); batch],
             values: vec![FlowStats::default(); batch * possible_cpus],
@@ -66,99 +161,33 @@ impl Drainer {
         delete: bool,
         out: &mut Vec<(FlowKey, FlowStats)>,
     ) -> io::Result<usize> {
-        let cmd = if delete {
-            BPF_MAP_LOOKUP_AND_DELETE_BATCH
-        } else {
-            BPF_MAP_LOOKUP_BATCH
-        };
-        let mut token = [0u64; 2];
-        let mut next_token = [0u64; 2];
-        let mut first = true;
-        let mut calls = 0;
-        loop {
-            let mut attr = BatchAttr {
-                in_batch: if first { 0 } else { token.as_ptr() as u64 },
-                out_batch: next_token.as_mut_ptr() as u64,
-                keys: self.keys.as_mut_ptr() as u64,
-                values: self.values.as_mut_ptr() as u64,
-                count: self.batch as u32,
-                map_fd: map.as_raw_fd() as u32,
-                ..Default::default()
-            };
-            calls += 1;
-            // SAFETY: the buffers hold `count` keys and `count * cpus` values (FlowStats is
-            // 8-byte aligned, the kernel's per-CPU value stride); attr outlives the call.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    cmd,
-                    &mut attr as *mut BatchAttr,
-                    std::mem::size_of::<BatchAttr>(),
-                )
-            };
-            let err = (rc < 0).then(io::Error::last_os_error);
-            let n = attr.count as usize;
-            for i in 0..n {
-                let merged = self.merged(i);
+        for_each_entry(
+            map,
+            delete,
+            self.cpus,
+            &mut self.keys,
+            &mut self.values,
+            |key, values| {
+                let merged = merged(values);
                 if merged.packets > 0 {
-                    out.push((self.keys[i], merged));
+                    out.push((*key, merged));
                 }
-            }
-            match err {
-                None => {}
-                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(calls),
-                Some(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
-                    // One hash bucket holds more entries than a batch: grow and retry.
-                    self.grow();
-                    continue;
-                }
-                Some(e) => return Err(e),
-            }
-            token = next_token;
-            first = false;
-        }
+            },
+        )
     }
 
     /// Removes `key` and returns its counters at the instant of removal (nothing a packet adds
     /// between a read and the delete is lost). `None` if the key was not there.
     pub fn take(&mut self, map: BorrowedFd<'_>, key: &FlowKey) -> io::Result<Option<FlowStats>> {
-        let mut attr = ElemAttr {
-            map_fd: map.as_raw_fd() as u32,
-            key: key as *const FlowKey as u64,
-            value: self.values.as_mut_ptr() as u64,
-            ..Default::default()
-        };
-        // SAFETY: `values` holds at least one per-CPU value set; attr outlives the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-                &mut attr as *mut ElemAttr,
-                std::mem::size_of::<ElemAttr>(),
-            )
-        };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::ENOENT) => Ok(None),
-                _ => Err(e),
-            };
-        }
-        Ok(Some(self.merged(0)))
+        let values = &mut self.values[..self.cpus];
+        Ok(take_entry(map, key, values)?.then(|| merged(values)))
     }
+}
 
-    fn merged(&self, i: usize) -> FlowStats {
-        let mut merged = FlowStats::default();
-        for cpu in &self.values[i * self.cpus..(i + 1) * self.cpus] {
-            merged.merge(cpu);
-        }
-        merged
+fn merged(values: &[FlowStats]) -> FlowStats {
+    let mut merged = FlowStats::default();
+    for cpu in values {
+        merged.merge(cpu);
     }
-
-    fn grow(&mut self) {
-        self.batch *= 2;
-        self.keys.resize(self.batch, FlowKey::default());
-        self.values
-            .resize(self.batch * self.cpus, FlowStats::default());
-    }
+    merged
 }

@@ -43,7 +43,8 @@ impl Clock {
     }
 }
 
-fn read_clock(clock: libc::clockid_t) -> i64 {
+/// The time on `clock`, in nanoseconds.
+pub(crate) fn read_clock(clock: libc::clockid_t) -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

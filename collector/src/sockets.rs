@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 use aya::maps::{Map, MapData, PerCpuArray};
@@ -35,8 +35,10 @@ use flowlens_common::sockets::{
     TCP_RETRANSMIT_PROGRAM,
 };
 
+use crate::drain::{delete_entry, for_each_entry, take_entry};
 use crate::kernel_offsets::Btf;
 use crate::probe::Probe;
+use crate::record::read_clock;
 
 /// What the socket programs may do; the defaults enable everything the kernel supports.
 #[derive(Debug, Clone)]
@@ -699,7 +701,7 @@ impl SocketStats {
     /// Reads the kernel maps; afterwards `take` returns what each conversation added since the
     /// previous scan. Extras nobody claimed (neither `take` nor `unclaimed`) carry over.
     pub fn scan(&mut self) -> io::Result<()> {
-        let now = monotonic_ns();
+        let now = read_clock(libc::CLOCK_MONOTONIC) as u64;
         let mut scan = SocketScan::default();
 
         let tcp: Vec<(SockKey, TcpConnStats)> = read_all(self.probes.tcp.fd().as_fd(), 1)?;
@@ -800,7 +802,7 @@ impl SocketStats {
         for (key, owner) in owners {
             if owner.seen_ns.saturating_add(self.owner_idle_ns) < now {
                 // A later send or receive writes it again.
-                delete_elem(self.probes.owners.fd().as_fd(), &key)?;
+                delete_entry(self.probes.owners.fd().as_fd(), &key)?;
                 scan.evicted += 1;
                 continue;
             }
@@ -908,7 +910,7 @@ impl SocketStats {
     /// conversation (a closing TCP conversation's last record is held back for a while) unless
     /// their last sample is older than `keep_ns`.
     pub fn unclaimed_drops(&mut self, keep_ns: u64) -> Vec<(u8, Endpoint, Endpoint, ConnExtras)> {
-        let now = monotonic_ns();
+        let now = read_clock(libc::CLOCK_MONOTONIC) as u64;
         let mut out = Vec::new();
         self.pending.retain(|(proto, _, _), p| {
             if p.extras.drops > 0 {
@@ -927,55 +929,6 @@ fn conversation(proto: u8, a: &Endpoint, b: &Endpoint) -> (u8, Endpoint, Endpoin
         (proto, *a, *b)
     } else {
         (proto, *b, *a)
-    }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// `enum bpf_cmd` values (linux/bpf.h).
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {
-    // SAFETY: `attr` is the matching member of union bpf_attr and outlives the call; the
-    // pointers it holds are valid for the sizes the map was created with.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, std::mem::size_of::<A>()) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }
 
@@ -1013,51 +966,18 @@ fn merge_cpus(values: &[DropStats]) -> DropStats {
     out
 }
 
-/// Every entry of a hash map with `cpus` values per key (8-byte aligned value types only, the
-/// kernel's per-CPU stride), read with BPF_MAP_LOOKUP_BATCH and merged over CPUs.
+/// Every entry of a hash map with `cpus` values per key, merged over CPUs.
 fn read_all<K: Pod + Default, V: Merge>(
     map: BorrowedFd<'_>,
     cpus: usize,
 ) -> io::Result<Vec<(K, V)>> {
-    let mut batch = 4096usize;
-    let mut keys = vec![K::default(); batch];
-    let mut values = vec![V::default(); batch * cpus];
+    const BATCH: usize = 4096;
     let mut out = Vec::new();
-    let mut token = 0u64;
-    let mut next = 0u64;
-    let mut first = true;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &token as *const u64 as u64
-            },
-            out_batch: &mut next as *mut u64 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: batch as u32,
-            map_fd: map.as_raw_fd() as u32,
-            ..Default::default()
-        };
-        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let n = attr.count as usize;
-        out.extend((0..n).map(|i| (keys[i], V::merge(&values[i * cpus..(i + 1) * cpus]))));
-        match result {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
-                // One bucket holds more entries than a batch.
-                batch *= 2;
-                keys.resize(batch, K::default());
-                values.resize(batch * cpus, V::default());
-                continue;
-            }
-            Err(e) => return Err(e),
-        }
-        token = next;
-        first = false;
-    }
+    let (mut keys, mut values) = (vec![K::default(); BATCH], vec![V::default(); BATCH * cpus]);
+    for_each_entry(map, false, cpus, &mut keys, &mut values, |k, v| {
+        out.push((*k, V::merge(v)))
+    })?;
+    Ok(out)
 }
 
 /// Removes `key` and returns its value(s) (one per CPU) at the instant of removal; `None` if it
@@ -1067,30 +987,8 @@ fn take_elem<K: Pod, V: Pod + Default>(
     key: &K,
     cpus: usize,
 ) -> io::Result<Option<Vec<V>>> {
-    let mut value = vec![V::default(); cpus];
-    let mut attr = ElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key as *const K as u64,
-        value: value.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    match bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
-        Ok(()) => Ok(Some(value)),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-fn delete_elem<K: Pod>(map: BorrowedFd<'_>, key: &K) -> io::Result<()> {
-    let mut attr = ElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key as *const K as u64,
-        ..Default::default()
-    };
-    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
-        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
-        _ => Ok(()),
-    }
+    let mut values = vec![V::default(); cpus];
+    Ok(take_entry(map, key, &mut values)?.then_some(values))
 }
 
 #[cfg(test)]

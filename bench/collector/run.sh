@@ -139,7 +139,7 @@ PY
              ;;
     nfpcapd) stop_and_wait TERM
              f=$(find "$WORK/nf" -type f -name 'nfcapd.*' | head -n1)
-             if [ -n "$f" ]; then nfdump -r "$f" -q -o 'fmt:%pkt' 2>/dev/null | awk '{s+=$1} END{print s+0}'; else echo -; fi ;;
+             if [ -n "$f" ]; then nfdump -N -r "$f" -q -o 'fmt:%pkt' 2>/dev/null | awk '{s+=$1} END{print s+0}'; else echo -; fi ;;
     *) echo - ;;
   esac
 }

@@ -13,7 +13,7 @@
 # RSS, and for flowlens the longest table read (drain) and the kernel ns/packet from bpf_stats.
 # bpf_stats costs time on every packet, so it is off while rates and CPU are measured and on only
 # in a second, shorter pass of the same traffic for the ns/packet column.
-# Writes bench/results/collector.md.
+# Writes bench/results/collector.md and its plot, collector.png.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)
@@ -38,7 +38,7 @@ export PATH=/usr/lib/llvm-22/bin:$HOME/.cargo/bin:$PATH
 for p in pmacct softflowd nfdump bpftool; do
   dpkg-query -W -f='${Status}' $p 2>/dev/null | grep -q "ok installed" || apt-get install -y -qq --no-install-recommends $p >/dev/null
 done
-cargo build --release -q -p flowlens-collector
+cargo build --release -q -p flowlens-collector -p flowlens-bench
 mkdir -p target && rustc -O --edition 2021 bench/collector/pktgen.rs -o target/pktgen
 COLLECTOR=${CARGO_TARGET_DIR:-$REPO/target}/release/flowlens-collector
 
@@ -204,5 +204,8 @@ mkdir -p "$(dirname "$OUT")"
   echo "its CSV; nfpcapd: nfdump; softflowd exports NetFlow and is not counted here)."
   echo
   cat "$WORK/table.md"
+  echo
+  echo "![rate kept and collector CPU]($(basename "${OUT%.md}").png)"
 } > "$OUT"
 echo "[bench] wrote $OUT" >&2
+"${CARGO_TARGET_DIR:-$REPO/target}/release/flowlens-bench" plot-collector --input "$OUT" --output "${OUT%.md}.png" >&2

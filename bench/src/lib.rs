@@ -4,9 +4,11 @@
 //! Modules: [`gen`] (record shapes), [`produce`] (rate-limited producer with delivery
 //! accounting), [`probe`] (/proc, Prometheus and ClickHouse readings), [`run`] (the phases),
 //! [`report`] (markdown, JSON, PNG plots), [`capacity`] (partitions/instances/shards for N nodes),
-//! [`server18`] (clickhouse-server 18.16 as the run's ClickHouse).
+//! [`server18`] (clickhouse-server 18.16 as the run's ClickHouse), [`collector_plot`] (the plot of
+//! `bench/collector/run.sh`'s table).
 
 pub mod capacity;
+pub mod collector_plot;
 pub mod gen;
 pub mod probe;
 pub mod produce;

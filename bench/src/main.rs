@@ -1,4 +1,5 @@
-//! `flowlens-bench`: `run` (the load test, writes a report), `capacity` (the calculator) and the
+//! `flowlens-bench`: `run` (the load test, writes a report), `capacity` (the calculator),
+//! `plot-collector` (the collector benchmark's plot) and the
 //! hidden `stage` subcommand the harness uses to run the enricher or the sink in a process of
 //! its own.
 
@@ -30,6 +31,15 @@ enum Cmd {
     /// Partitions, enricher/sink instances and ClickHouse shards for N nodes × F flows/s, from
     /// the costs measured by a run.
     Capacity(CapacityArgs),
+    /// Draws the collector benchmark's table (written by bench/collector/run.sh) as a PNG.
+    PlotCollector {
+        /// The table.
+        #[arg(long, default_value = "bench/results/collector.md")]
+        input: PathBuf,
+        /// The plot.
+        #[arg(long, default_value = "bench/results/collector.png")]
+        output: PathBuf,
+    },
     /// (internal) runs one stage from FLOWLENS_<STAGE>__* variables, like its own binary.
     #[command(hide = true)]
     Stage { name: String },
@@ -148,6 +158,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Run(args) => bench(args),
         Cmd::Capacity(args) => plan(args),
+        Cmd::PlotCollector { input, output } => plot_collector(&input, &output),
         Cmd::Stage { name } => stage(&name),
         Cmd::SettingsFilter { listen, upstream } => flowlens_bench::server18::serve_filter(
             &listen,
@@ -246,6 +257,16 @@ fn bench(a: RunArgs) -> anyhow::Result<()> {
         "records were lost: {:?}",
         r.losses
     );
+    Ok(())
+}
+
+fn plot_collector(input: &std::path::Path, output: &std::path::Path) -> anyhow::Result<()> {
+    use flowlens_bench::collector_plot;
+    let table =
+        std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
+    let rows = collector_plot::parse(&table).with_context(|| format!("in {}", input.display()))?;
+    collector_plot::draw(&rows, output)?;
+    println!("wrote {}", output.display());
     Ok(())
 }
 

@@ -17,7 +17,7 @@ const FONTS: &[&str] = &[
 ];
 
 /// Registers a TTF as plotters' "sans-serif" (ab_glyph backend: no fontconfig/freetype).
-fn register_font() -> anyhow::Result<()> {
+pub(crate) fn register_font() -> anyhow::Result<()> {
     use std::sync::OnceLock;
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {

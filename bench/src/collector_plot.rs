@@ -1,0 +1,153 @@
+//! The plot of the collector benchmark (`bench/collector/run.sh`): reads the table it wrote
+//! (`bench/results/collector.md`) and draws, per flow count, each collector's top receive rate
+//! as a share of the rate with no collector, and its process CPU.
+
+use std::path::Path;
+
+use anyhow::Context;
+use plotters::prelude::*;
+
+/// One row of the table: a collector at one flow count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub flows: String,
+    pub collector: String,
+    /// Receive rate relative to no collector, in %.
+    pub rate_kept: f64,
+    /// Collector process CPU, % of one core (0 when not measured).
+    pub cpu: f64,
+}
+
+/// The rows of the results table (columns: flows, collector, rx packets/s, vs none, accounted,
+/// collector CPU, ...), "none" rows left out.
+pub fn parse(markdown: &str) -> anyhow::Result<Vec<Row>> {
+    let percent =
+        |cell: &str| -> Option<f64> { cell.trim().trim_end_matches('%').trim().parse().ok() };
+    let mut rows = Vec::new();
+    for line in markdown.lines().filter(|l| l.starts_with("| ")) {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        if cells.len() < 6 || cells[0] == "flows" || cells[1] == "none" {
+            continue;
+        }
+        let rate_kept =
+            percent(cells[3]).with_context(|| format!("no 'vs none' percentage in {line:?}"))?;
+        rows.push(Row {
+            flows: cells[0].to_string(),
+            collector: cells[1].to_string(),
+            rate_kept,
+            cpu: percent(cells[5]).unwrap_or(0.0),
+        });
+    }
+    anyhow::ensure!(!rows.is_empty(), "no result rows in the table");
+    Ok(rows)
+}
+
+/// A panel: title, y axis label, the value drawn.
+type Panel = (&'static str, &'static str, fn(&Row) -> f64);
+
+/// Draws the two panels (rate kept, collector CPU) as grouped bars into a PNG at `path`.
+pub fn draw(rows: &[Row], path: &Path) -> anyhow::Result<()> {
+    crate::report::register_font()?;
+    let mut flows: Vec<&str> = Vec::new();
+    let mut collectors: Vec<&str> = Vec::new();
+    for r in rows {
+        if !flows.contains(&r.flows.as_str()) {
+            flows.push(&r.flows);
+        }
+        if !collectors.contains(&r.collector.as_str()) {
+            collectors.push(&r.collector);
+        }
+    }
+    let root = BitMapBackend::new(path, (1100, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 2));
+    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    let groups = flows.len() as f64;
+    let width = 0.8 / collectors.len() as f64;
+    let metrics: [Panel; 2] = [
+        (
+            "top receive rate kept",
+            "% of the rate with no collector",
+            |r| r.rate_kept,
+        ),
+        ("collector process CPU", "% of one core", |r| r.cpu),
+    ];
+    for (panel, (title, y_label, value)) in panels.iter().zip(metrics) {
+        let y_max = rows.iter().map(value).fold(1.0, f64::max).max(100.0) * 1.3;
+        let mut chart = ChartBuilder::on(panel)
+            .caption(title, ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..groups, 0.0..y_max)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(flows.len() * 2 + 1)
+            .x_label_formatter(&|x| {
+                let i = (*x - 0.5).round();
+                if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < flows.len() {
+                    format!("{} flows", flows[i as usize])
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc(y_label)
+            .draw()?;
+        for (c, collector) in collectors.iter().enumerate() {
+            let color = palette[c % palette.len()];
+            let bars = rows.iter().filter(|r| r.collector == *collector).map(|r| {
+                let g = flows.iter().position(|f| *f == r.flows).unwrap_or(0) as f64;
+                let x0 = g + 0.1 + c as f64 * width;
+                Rectangle::new([(x0, 0.0), (x0 + width * 0.9, value(r))], color.filled())
+            });
+            chart
+                .draw_series(bars)?
+                .label(*collector)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_results_table() {
+        let table = "| flows | collector | rx packets/s | vs none | accounted | collector CPU | softirq CPU |\n\
+                     |---|---|---|---|---|---|---|\n\
+                     | 16 | none | 735,232 | 100 % | - | - | 30 % |\n\
+                     | 16 | flowlens | 556,326 | 76 % | 100.0 % | 0.1 % | 42 % |\n\
+                     | 1,000,000 | pmacctd | 405,517 | 60 % | 72.0 % | 29.1 % | 34 % |\n";
+        let rows = parse(table).unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                Row {
+                    flows: "16".into(),
+                    collector: "flowlens".into(),
+                    rate_kept: 76.0,
+                    cpu: 0.1
+                },
+                Row {
+                    flows: "1,000,000".into(),
+                    collector: "pmacctd".into(),
+                    rate_kept: 60.0,
+                    cpu: 29.1
+                },
+            ]
+        );
+        assert!(parse("| flows | collector |\n").is_err());
+    }
+}

@@ -11,13 +11,12 @@
 //! CPU per record: bench/results/collector-export.md); both give the same guarantees.
 
 use std::borrow::Borrow;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use flowlens_schemas::{encode, Interface, RawFlow};
 use futures::stream::{FuturesUnordered, StreamExt};
-use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryFuture, DeliveryResult, FutureProducer, FutureRecord,
@@ -25,6 +24,8 @@ use rdkafka::producer::{
 };
 use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::Notify;
+
+use flowlens_runtime::PolledProducer;
 
 use crate::encode::encode_raw_flow;
 
@@ -43,7 +44,7 @@ pub struct Publisher {
 
 enum Sender {
     /// Built by [`Publisher::from_config`]: delivery reports counted into a [`Tally`].
-    Counting(PolledProducer),
+    Counting(PolledProducer<Reports>),
     /// Given to [`Publisher::new`]: one delivery future per record.
     Futures(FutureProducer),
 }
@@ -105,52 +106,6 @@ impl ProducerContext for Reports {
     }
 }
 
-/// How long one `poll` of [`PolledProducer`]'s thread lasts (events are served as they come).
-const POLL_SLICE: Duration = Duration::from_secs(1);
-
-/// A producer whose events (delivery reports, errors, logs) are served by a thread of ours.
-///
-/// rdkafka's `ThreadedProducer` polls in 100 ms slices, and each `poll` ends busy-waiting its
-/// last fraction of a millisecond (rdkafka 0.39 truncates the remaining time to whole
-/// milliseconds for librdkafka and loops until the deadline): 0.9 % of a core with nothing to
-/// send, measured. Polling in [`POLL_SLICE`]s makes that ten times less. The thread stops within
-/// one slice after the producer is dropped, and drops it last (librdkafka then purges what is
-/// still queued: `flush` first).
-struct PolledProducer {
-    producer: Arc<BaseProducer<Reports>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl PolledProducer {
-    fn new(config: &ClientConfig) -> anyhow::Result<Self> {
-        let producer = Arc::new(BaseProducer::from_config_and_context(config, Reports)?);
-        let stop = Arc::new(AtomicBool::new(false));
-        let (polled, stopped) = (producer.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("kafka-poll".into())
-            .spawn(move || {
-                while !stopped.load(Ordering::Relaxed) {
-                    polled.poll(POLL_SLICE);
-                }
-            })?;
-        Ok(Self { producer, stop })
-    }
-}
-
-impl std::ops::Deref for PolledProducer {
-    type Target = BaseProducer<Reports>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.producer
-    }
-}
-
-impl Drop for PolledProducer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 impl Publisher {
     /// Creates the producer from `config` (e.g. `KafkaConfig::producer_config()`); the
     /// cheaper of the two constructors.
@@ -160,7 +115,7 @@ impl Publisher {
         interfaces_topic: &str,
     ) -> anyhow::Result<Self> {
         Ok(Self::with_sender(
-            Sender::Counting(PolledProducer::new(config)?),
+            Sender::Counting(PolledProducer::new(config, Reports)?),
             flows_topic,
             interfaces_topic,
         ))
@@ -666,24 +621,6 @@ mod tests {
                 iface
             );
             assert_eq!(back[1], (Some("node-1/7".into()), None), "{name}");
-        }
-    }
-
-    #[test]
-    fn the_polling_thread_stops_after_the_producer_is_dropped() {
-        let mock = mock();
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", mock.bootstrap_servers());
-        let polled = PolledProducer::new(&c).unwrap();
-        let producer = Arc::downgrade(&polled.producer);
-        drop(polled);
-        let started = Instant::now();
-        while producer.upgrade().is_some() {
-            assert!(
-                started.elapsed() < POLL_SLICE * 5,
-                "the polling thread still holds the producer"
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

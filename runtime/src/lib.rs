@@ -4,6 +4,7 @@
 pub mod config;
 pub mod dead_letter;
 pub mod kafka;
+pub mod polled_producer;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
@@ -12,4 +13,5 @@ pub mod testkit;
 
 pub use config::{load_config, ConfigError, Validate};
 pub use dead_letter::DeadLetter;
+pub use polled_producer::PolledProducer;
 pub use shutdown::Shutdown;

@@ -1,19 +1,26 @@
 //! The enrichment pipeline: consume raw flows in the consumer group, decode, join, encode and
 //! produce to the enriched topic; bad records go to the dead-letter topic. A raw record's offset
 //! is stored for commit only after the broker acknowledged what it produced (see `offsets`).
+//!
+//! Enriched records go through a `BaseProducer` (flowlens_runtime's `PolledProducer`) whose delivery opaque is the raw record's
+//! (partition, offset): its context ([`Reports`]) sends each delivery report down a channel, and
+//! the pipeline loop takes them in batches, acknowledging offsets and storing positions once per
+//! batch. No future or oneshot per record: ~1.8 µs of CPU per record less than with
+//! `FutureProducer` (bench/README.md). Dead letters are rare: each is sent by a task of its own
+//! through the shared `DeadLetter` and reports down the same channel.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use flowlens_runtime::{DeadLetter, Shutdown};
-use futures::future::{self, BoxFuture, FutureExt};
-use futures::stream::{FuturesUnordered, StreamExt};
+use flowlens_runtime::{DeadLetter, PolledProducer, Shutdown};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseRecord, DeliveryResult, FutureProducer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::interfaces::{InterfaceReader, SharedCache};
@@ -34,6 +41,32 @@ enum Outcome {
 
 /// A consumed record's (partition, offset) and what became of it.
 type Settled = (i32, i64, anyhow::Result<Outcome>);
+
+/// Most delivery reports settled in one batch.
+const REPORT_BATCH: usize = 1024;
+
+/// Producer context of the enriched topic: sends each record's delivery report, tagged with the
+/// raw record's (partition, offset) carried as the delivery opaque, to the pipeline.
+struct Reports(mpsc::UnboundedSender<Settled>);
+
+impl ClientContext for Reports {}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = Box<(i32, i64)>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, source: Box<(i32, i64)>) {
+        let (partition, offset) = *source;
+        let outcome = match result {
+            Ok(_) => Ok(Outcome::Enriched),
+            Err((e, message)) => Err(anyhow::anyhow!(
+                "delivery to {} failed: {e}",
+                message.topic()
+            )),
+        };
+        // Fails only once the pipeline is gone, and it waits for every report before it goes.
+        let _ = self.0.send((partition, offset, outcome));
+    }
+}
 
 /// Creates the topics (if configured to), fills the interface cache, then enriches until
 /// `shutdown` is triggered or a record cannot be delivered (an error: nothing is skipped).
@@ -84,9 +117,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         }
     }
 
-    let producer: FutureProducer = kafka
-        .producer_config()
-        .create()
+    let (report, reports) = mpsc::unbounded_channel();
+    let producer = PolledProducer::new(&kafka.producer_config(), Reports(report.clone()))
         .context("creating producer")?;
     let consumer: StreamConsumer = kafka
         .consumer_config(&config.enricher.group_id)
@@ -103,9 +135,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     );
 
     let pipeline = Pipeline {
-        dead_letter: DeadLetter::new(producer.clone(), topics.dead_letter.clone(), STAGE),
         producer,
         consumer,
+        reports,
+        report,
+        dead_letter: OnceLock::new(),
+        dead_letter_topic: topics.dead_letter.clone(),
+        producer_config: kafka.producer_config(),
         cache: reader.cache.clone(),
         kubernetes: metadata.as_ref().map(|m| m.store.clone()),
         cidrs: config.kubernetes.cidrs(),
@@ -113,6 +149,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         output: topics.enriched_flows.clone(),
         max_in_flight: config.enricher.max_in_flight,
         tracker: OffsetTracker::new(),
+        in_flight: 0,
     };
     let result = pipeline.run(&shutdown).await;
     reader.stop().await;
@@ -124,8 +161,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 
 struct Pipeline {
     consumer: StreamConsumer,
-    producer: FutureProducer,
-    dead_letter: DeadLetter,
+    producer: PolledProducer<Reports>,
+    /// Delivery reports of the enriched records (from `producer`) and of the dead letters.
+    reports: mpsc::UnboundedReceiver<Settled>,
+    /// The sending end of `reports`, for the dead-letter tasks (it also keeps `reports` open).
+    report: mpsc::UnboundedSender<Settled>,
+    /// Created with the first bad record (its own `FutureProducer`, so a stream without bad
+    /// records does not pay for a second producer and its polling thread).
+    dead_letter: OnceLock<DeadLetter>,
+    dead_letter_topic: String,
+    producer_config: ClientConfig,
     cache: SharedCache,
     kubernetes: Option<SharedStore>,
     cidrs: Vec<Cidr>,
@@ -133,29 +178,38 @@ struct Pipeline {
     output: String,
     max_in_flight: usize,
     tracker: OffsetTracker,
+    /// Records consumed whose delivery report has not come in yet.
+    in_flight: usize,
 }
 
 impl Pipeline {
     async fn run(mut self, shutdown: &Shutdown) -> anyhow::Result<()> {
-        let mut in_flight: FuturesUnordered<BoxFuture<'static, Settled>> = FuturesUnordered::new();
+        let mut batch = Vec::with_capacity(REPORT_BATCH);
         let mut failure = None;
-        metrics::gauge!("flowlens_enricher_in_flight_records").set(0.0);
+        let in_flight_gauge = metrics::gauge!("flowlens_enricher_in_flight_records");
+        in_flight_gauge.set(0.0);
+        let stop = shutdown.cancelled();
+        tokio::pin!(stop);
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
-                Some(settled) = in_flight.next() => {
-                    if let Err(e) = self.settle(settled) {
+                _ = &mut stop => break,
+                _ = self.reports.recv_many(&mut batch, REPORT_BATCH) => {
+                    if let Err(e) = self.settle(&mut batch) {
                         failure = Some(e);
                         break;
                     }
                 }
-                message = self.consumer.recv(), if in_flight.len() < self.max_in_flight => {
+                message = self.consumer.recv(), if self.in_flight < self.max_in_flight => {
                     match message {
                         Ok(message) => {
-                            self.tracker.consumed(message.partition(), message.offset());
-                            let pending = self.process(&message).await;
-                            in_flight.push(pending);
+                            let (partition, offset) = (message.partition(), message.offset());
+                            self.tracker.consumed(partition, offset);
+                            if let Err(e) = self.process(&message).await {
+                                failure = Some(self.failed(partition, offset, e));
+                                break;
+                            }
+                            self.in_flight += 1;
                         }
                         Err(e) => {
                             tracing::warn!(topic = %self.input, error = %e, "consume error");
@@ -164,17 +218,21 @@ impl Pipeline {
                     }
                 }
             }
-            metrics::gauge!("flowlens_enricher_in_flight_records").set(in_flight.len() as f64);
+            in_flight_gauge.set(self.in_flight as f64);
         }
 
         // Stop consuming; let every record already produced be acknowledged (or fail).
-        tracing::info!(in_flight = in_flight.len(), "draining in-flight records");
-        while let Some(settled) = in_flight.next().await {
-            if let Err(e) = self.settle(settled) {
+        tracing::info!(in_flight = self.in_flight, "draining in-flight records");
+        while self.in_flight > 0 {
+            // Never 0 (channel closed): `self.report` keeps it open.
+            if self.reports.recv_many(&mut batch, REPORT_BATCH).await == 0 {
+                break;
+            }
+            if let Err(e) = self.settle(&mut batch) {
                 failure.get_or_insert(e);
             }
         }
-        metrics::gauge!("flowlens_enricher_in_flight_records").set(0.0);
+        in_flight_gauge.set(0.0);
         let committed = self.commit_final();
         match (failure, committed) {
             (Some(e), _) => Err(e),
@@ -186,8 +244,9 @@ impl Pipeline {
         }
     }
 
-    /// Decodes, joins and produces one raw record; returns the future of its acknowledgement.
-    async fn process(&self, message: &BorrowedMessage<'_>) -> BoxFuture<'static, Settled> {
+    /// Decodes, joins and produces one raw record (or sends it to the dead-letter topic); its
+    /// delivery report comes later through `reports`. An error means it could not be queued.
+    async fn process(&self, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
         let (partition, offset) = (message.partition(), message.offset());
         metrics::counter!("flowlens_enricher_records_in_total").increment(1);
 
@@ -231,72 +290,92 @@ impl Pipeline {
             }
         }
 
-        let delivery = loop {
-            let mut record = FutureRecord::<[u8], [u8]>::to(&self.output).payload(&payload);
-            if let Some(key) = message.key() {
-                record = record.key(key);
-            }
-            match self.producer.send_result(record) {
-                Ok(delivery) => break delivery,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+        let mut record = BaseRecord::<[u8], [u8], _>::with_opaque_to(
+            &self.output,
+            Box::new((partition, offset)),
+        )
+        .payload(&payload);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err((e, _)) => {
-                    let e = anyhow::anyhow!("producing to {}: {e}", self.output);
-                    return future::ready((partition, offset, Err(e))).boxed();
-                }
+                Err((e, _)) => anyhow::bail!("producing to {}: {e}", self.output),
+            }
+        }
+    }
+
+    /// Copies `message` to the dead-letter topic from a task of its own, which reports the
+    /// outcome down `reports` like any delivery.
+    fn dead_letter(&self, message: &BorrowedMessage<'_>, reason: String) -> anyhow::Result<()> {
+        let dead_letter = match self.dead_letter.get() {
+            Some(dead_letter) => dead_letter,
+            None => {
+                let producer: FutureProducer = self
+                    .producer_config
+                    .create()
+                    .context("creating the dead-letter producer")?;
+                self.dead_letter.get_or_init(|| {
+                    DeadLetter::new(producer, self.dead_letter_topic.clone(), STAGE)
+                })
             }
         };
-        let output = self.output.clone();
-        async move {
-            let result = match delivery.await {
-                Ok(Ok(_)) => Ok(Outcome::Enriched),
-                Ok(Err((e, _))) => Err(anyhow::anyhow!("delivery to {output} failed: {e}")),
-                Err(_) => Err(anyhow::anyhow!("delivery to {output}: producer gone")),
-            };
-            (partition, offset, result)
-        }
-        .boxed()
-    }
-
-    fn dead_letter(
-        &self,
-        message: &BorrowedMessage<'_>,
-        reason: String,
-    ) -> BoxFuture<'static, Settled> {
+        let (dead_letter, report) = (dead_letter.clone(), self.report.clone());
         let (partition, offset) = (message.partition(), message.offset());
-        let dead_letter = self.dead_letter.clone();
         let message = message.detach();
-        async move {
-            let result = dead_letter
-                .send(&message, &reason)
-                .await
-                .map(|()| Outcome::DeadLettered);
-            (partition, offset, result)
-        }
-        .boxed()
+        tokio::spawn(async move {
+            let result = dead_letter.send(&message, &reason).await;
+            let _ = report.send((partition, offset, result.map(|()| Outcome::DeadLettered)));
+        });
+        Ok(())
     }
 
-    /// Books an acknowledgement and stores the partition's new committable offset. A failed
-    /// delivery is returned as an error: its offset stays pending, so it is never committed past.
-    fn settle(&mut self, (partition, offset, result): Settled) -> anyhow::Result<()> {
-        match result {
-            Ok(outcome) => {
-                if matches!(outcome, Outcome::Enriched) {
-                    metrics::counter!("flowlens_enricher_records_out_total").increment(1);
+    /// Books a batch of reports: acknowledges each delivered record, then stores the new
+    /// committable position of every partition the batch moved (one `store_offsets` per batch).
+    /// A failed delivery is returned as an error (the batch's first; every one is logged and
+    /// counted): its offset stays pending, so it is never committed past.
+    fn settle(&mut self, batch: &mut Vec<Settled>) -> anyhow::Result<()> {
+        let (mut enriched, mut failure) = (0, None);
+        let mut partitions: Vec<i32> = Vec::new();
+        for (partition, offset, result) in batch.drain(..) {
+            self.in_flight -= 1;
+            match result {
+                Ok(outcome) => {
+                    if matches!(outcome, Outcome::Enriched) {
+                        enriched += 1;
+                    }
+                    self.tracker.acknowledged(partition, offset);
+                    if !partitions.contains(&partition) {
+                        partitions.push(partition);
+                    }
                 }
-                self.tracker.acknowledged(partition, offset);
-                if let Some(position) = self.tracker.take_committable(partition) {
-                    self.store(&[(partition, position)]);
+                Err(e) => {
+                    let e = self.failed(partition, offset, e);
+                    failure.get_or_insert(e);
                 }
-                Ok(())
-            }
-            Err(e) => {
-                metrics::counter!("flowlens_enricher_delivery_errors_total").increment(1);
-                tracing::error!(topic = %self.input, partition, offset, error = %e, "record not delivered; stopping");
-                Err(e.context(format!("raw record {}/{partition}/{offset}", self.input)))
             }
         }
+        metrics::counter!("flowlens_enricher_records_out_total").increment(enriched);
+        let positions: Vec<(i32, i64)> = partitions
+            .into_iter()
+            .filter_map(|p| Some((p, self.tracker.take_committable(p)?)))
+            .collect();
+        if !positions.is_empty() {
+            self.store(&positions);
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Counts and logs a record that was not delivered (or not even queued); the error to stop on.
+    fn failed(&self, partition: i32, offset: i64, e: anyhow::Error) -> anyhow::Error {
+        metrics::counter!("flowlens_enricher_delivery_errors_total").increment(1);
+        tracing::error!(topic = %self.input, partition, offset, error = %e, "record not delivered; stopping");
+        e.context(format!("raw record {}/{partition}/{offset}", self.input))
     }
 
     fn positions(&self, positions: &[(i32, i64)]) -> TopicPartitionList {

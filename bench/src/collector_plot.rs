@@ -7,6 +7,8 @@ use std::path::Path;
 use anyhow::Context;
 use plotters::prelude::*;
 
+use crate::report::{draw_legend, register_font, PALETTE};
+
 /// One row of the table: a collector at one flow count.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -47,7 +49,7 @@ type Panel = (&'static str, &'static str, fn(&Row) -> f64);
 
 /// Draws the two panels (rate kept, collector CPU) as grouped bars into a PNG at `path`.
 pub fn draw(rows: &[Row], path: &Path) -> anyhow::Result<()> {
-    crate::report::register_font()?;
+    register_font()?;
     let mut flows: Vec<&str> = Vec::new();
     let mut collectors: Vec<&str> = Vec::new();
     for r in rows {
@@ -61,7 +63,6 @@ pub fn draw(rows: &[Row], path: &Path) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (1100, 520)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((1, 2));
-    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
     let groups = flows.len() as f64;
     let width = 0.8 / collectors.len() as f64;
     let metrics: [Panel; 2] = [
@@ -95,7 +96,7 @@ pub fn draw(rows: &[Row], path: &Path) -> anyhow::Result<()> {
             .y_desc(y_label)
             .draw()?;
         for (c, collector) in collectors.iter().enumerate() {
-            let color = palette[c % palette.len()];
+            let color = PALETTE[c % PALETTE.len()];
             let bars = rows.iter().filter(|r| r.collector == *collector).map(|r| {
                 let g = flows.iter().position(|f| *f == r.flows).unwrap_or(0) as f64;
                 let x0 = g + 0.1 + c as f64 * width;
@@ -108,12 +109,7 @@ pub fn draw(rows: &[Row], path: &Path) -> anyhow::Result<()> {
                     Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
                 });
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()?;
+        draw_legend(&mut chart)?;
     }
     root.present()?;
     Ok(())

@@ -316,6 +316,27 @@ fn rates(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> Vec<(f64, f64)> {
 
 type Series = (String, Vec<(f64, f64)>);
 
+/// Colours of the series, in order (the same in every plot).
+pub(crate) const PALETTE: [RGBColor; 6] = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+
+/// A chart of the bench's plots: f64 on both axes, drawn into a PNG.
+pub(crate) type Chart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// Draws the series' legend, boxed, in the upper right corner.
+pub(crate) fn draw_legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()?;
+    Ok(())
+}
+
 fn line_chart(path: &Path, title: &str, y_label: &str, series: &[Series]) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (1000, 480)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -348,9 +369,8 @@ fn line_chart(path: &Path, title: &str, y_label: &str, series: &[Series]) -> any
             }
         })
         .draw()?;
-    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
     for (i, (label, points)) in series.iter().enumerate() {
-        let color = palette[i % palette.len()];
+        let color = PALETTE[i % PALETTE.len()];
         chart
             .draw_series(LineSeries::new(
                 points.iter().copied(),
@@ -361,12 +381,7 @@ fn line_chart(path: &Path, title: &str, y_label: &str, series: &[Series]) -> any
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()?;
+    draw_legend(&mut chart)?;
     root.present()?;
     Ok(())
 }

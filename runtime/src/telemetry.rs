@@ -1,4 +1,5 @@
-//! Telemetry: structured `tracing` logs (text or JSON) and the Prometheus metrics endpoint.
+//! Telemetry: structured `tracing` logs (text or JSON) and the endpoint serving Prometheus
+//! metrics and the health probes.
 
 use std::net::SocketAddr;
 
@@ -62,16 +63,96 @@ pub fn init_logging(config: &TelemetryConfig) {
     };
 }
 
-/// Starts the Prometheus exporter on `metrics_listen` (if set). Must run inside a tokio runtime.
+/// Starts the endpoint on `metrics_listen` (if set): `/metrics` (Prometheus), `/healthz` and
+/// `/readyz` (see [`crate::health`]). Must run inside a tokio runtime.
 pub fn init_metrics(config: &TelemetryConfig) -> anyhow::Result<()> {
     if config.metrics_listen.is_empty() {
         return Ok(());
     }
     let addr: SocketAddr = config.metrics_listen.parse()?;
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
+    let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| anyhow::anyhow!("metrics endpoint on {addr}: {e}"))?;
-    tracing::info!(%addr, "prometheus metrics endpoint listening");
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let _ = serve_one(stream, &handle).await;
+            });
+        }
+    });
+    tracing::info!(%addr, "metrics and health endpoint listening (/metrics, /healthz, /readyz)");
     Ok(())
+}
+
+/// Answers one HTTP/1.x request (GET only) and closes the connection.
+async fn serve_one(
+    mut stream: tokio::net::TcpStream,
+    handle: &metrics_exporter_prometheus::PrometheusHandle,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let read = async {
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            request.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", handle.render()),
+        ("GET", "/healthz") => {
+            let (ok, text) = crate::health::liveness();
+            (if ok { 200 } else { 503 }, "text/plain", text)
+        }
+        ("GET", "/readyz") => {
+            let (ok, text) = crate::health::readiness();
+            (if ok { 200 } else { 503 }, "text/plain", text)
+        }
+        ("GET", _) => (
+            404,
+            "text/plain",
+            "not found: /metrics, /healthz, /readyz\n".into(),
+        ),
+        _ => (405, "text/plain", "only GET\n".into()),
+    };
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
 }

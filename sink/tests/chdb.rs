@@ -405,7 +405,10 @@ async fn older_schema_stops_with_a_clear_message() {
     let applied = flowlens_sink::migrate::apply(&config.clickhouse, &all)
         .await
         .unwrap();
-    assert_eq!(applied, (2..=all.len() as u32).collect::<Vec<_>>());
+    assert_eq!(
+        applied,
+        all[1..].iter().map(|m| m.version).collect::<Vec<_>>()
+    );
     assert!(flowlens_sink::migrate::check(&config.clickhouse, &all)
         .await
         .unwrap()

@@ -2,9 +2,11 @@
 //! through Kafka (tansu) and the real sink into ClickHouse (26.9 engine behind the chdb
 //! front), migrations and materialized views included; then each query file is sent as is,
 //! with its parameters, and its TSV result compared exactly with what the records imply.
-//! The records are conversations (EnrichedFlow v3): most have reverse traffic, two are
+//! The records are conversations (EnrichedFlow v3): most have reverse traffic, three are
 //! duplicates (the same packets on a pod's veth, a tunnel's outer record) that totals must
-//! not count, some carry RTT, retransmits, drops, processes and a tunnel.
+//! not count, some carry RTT, retransmits, drops, processes and a tunnel. Two were counted
+//! under 1:100 sampling: every bytes/packets total must be 100 x their counted values, while
+//! their retransmits and drops (kernel tracepoints see every event) count as they are.
 //!
 //! Needs /opt/flowlens-venv; `FLOWLENS_SKIP_CHDB=1` skips.
 
@@ -184,6 +186,8 @@ fn answered(mut f: EnrichedFlow, bytes: i64, packets: i64, tcp_flags: i32) -> En
 /// | 6 | web-2 -> pg-0 | udp/5432 | 300, 3 | 900, 3 | - | eth1 egress | |
 /// | 7 | #1 again on web-1's veth | | | | | vethweb1 ingress | duplicate |
 /// | 8 | node 1 -> node 2 | udp/4789 | 5500, 40 | 22000, 30 | - | eth1 egress | duplicate (#4's outer flow) |
+/// | 9 | web-1 -> pg-0 | tcp/5432 | 450, 3 counted at 1:100 | 3000, 2 counted | SYN ACK PSH both | eth1 egress | sampling_rate 100 (estimates 45000 B, 300 p / 300000 B, 200 p), RTT 3 ms, 1 retransmit, 4 drops (NETFILTER_DROP, 6000 B) |
+/// | 10 | #9 again on web-1's veth | | | | | vethweb1 ingress | duplicate, sampling_rate 100 |
 fn records(end_ns: i64) -> Vec<EnrichedFlow> {
     use flowlens_schemas::Process;
     use Direction::{Egress, Ingress};
@@ -286,7 +290,34 @@ fn records(end_ns: i64) -> Vec<EnrichedFlow> {
         0,
     );
     r8.duplicate = true;
-    vec![r1, r2, r3, r4, r5, r6, r7, r8]
+    let mut r9 = answered(
+        flow(
+            WEB1,
+            PG0,
+            6,
+            5432,
+            450,
+            3,
+            HANDSHAKE_DATA,
+            "eth1",
+            Egress,
+            end_ns,
+        ),
+        3000,
+        2,
+        HANDSHAKE_DATA,
+    );
+    r9.sampling_rate = 100;
+    r9.rtt_ns = 3_000_000;
+    r9.retransmits = 1;
+    r9.drops = 4;
+    r9.drop_bytes = 6000;
+    r9.drop_reason = "NETFILTER_DROP".into();
+    let mut r10 = r9.clone();
+    r10.if_name = "vethweb1".into();
+    r10.direction = Ingress;
+    r10.duplicate = true;
+    vec![r1, r2, r3, r4, r5, r6, r7, r8, r9, r10]
 }
 
 fn run_query(chdb: &Chdb, file: &str, params: &str) -> String {
@@ -385,94 +416,105 @@ async fn queries_on_pipeline_data() {
     sink.await.unwrap().unwrap();
     let p = "param_minutes=60&param_limit=20";
 
-    // Both directions, duplicates (#7, #8) left out.
+    // Both directions, duplicates (#7, #8, #10) left out; #9 estimated: (450 + 3000) x 100
+    // bytes, (3 + 2) x 100 packets.
     assert_eq!(
         run_query(&chdb, "top_talkers.sql", p),
         tsv(&[
-            "10.1.0.21\t10.2.0.5\t25000\t70\t1\t[6]\tapi-1\tpg-0",
-            "10.1.0.11\t10.1.0.21\t8500\t43\t2\t[6]\tweb-1\tapi-1",
-            "10.1.0.12\t10.1.0.21\t2000\t5\t1\t[6]\tweb-2\tapi-1",
-            "10.1.0.12\t10.2.0.5\t1200\t6\t1\t[17]\tweb-2\tpg-0",
-            "203.0.113.9\t10.1.0.11\t1000\t10\t1\t[6]\t\tweb-1",
+            "10.1.0.11\t10.2.0.5\t345000\t500\t1\t[6]\tweb-1\tpg-0\t100",
+            "10.1.0.21\t10.2.0.5\t25000\t70\t1\t[6]\tapi-1\tpg-0\t1",
+            "10.1.0.11\t10.1.0.21\t8500\t43\t2\t[6]\tweb-1\tapi-1\t1",
+            "10.1.0.12\t10.1.0.21\t2000\t5\t1\t[6]\tweb-2\tapi-1\t1",
+            "10.1.0.12\t10.2.0.5\t1200\t6\t1\t[17]\tweb-2\tpg-0\t1",
+            "203.0.113.9\t10.1.0.11\t1000\t10\t1\t[6]\t\tweb-1\t1",
         ])
     );
     // Per interface and direction: A->B under the record's direction, B->A under the other;
-    // duplicates included and shown. 60 minutes: bytes * 8 / 3600 s.
+    // duplicates included and shown; #9 and #10 estimated (eth1 and vethweb1: + 45000 B, 300 p
+    // one way, + 300000 B, 200 p the other). Then the highest sampling rate.
     let per_interface = [
-        "node-a\teth0\tingress\t5200\t20\t1\t0",
-        "node-a\teth0\tegress\t6300\t38\t3\t0",
-        "node-a\teth1\tingress\t42900\t63\t0\t22000",
-        "node-a\teth1\tegress\t10800\t83\t3\t5500",
-        "node-a\tvethweb1\tingress\t1000\t10\t1\t1000",
-        "node-a\tvethweb1\tegress\t4000\t8\t0\t4000",
+        ("node-a\teth0\tingress\t5200\t20\t1\t0", "1"),
+        ("node-a\teth0\tegress\t6300\t38\t3\t0", "1"),
+        ("node-a\teth1\tingress\t342900\t263\t0\t22000", "100"),
+        ("node-a\teth1\tegress\t55800\t383\t4\t5500", "100"),
+        ("node-a\tvethweb1\tingress\t46000\t310\t2\t46000", "100"),
+        ("node-a\tvethweb1\tegress\t304000\t208\t0\t304000", "100"),
     ];
-    let rates = ["11.6", "14", "95.3", "24", "2.2", "8.9"];
+    // 60 minutes: bytes * 8 / 3600 s.
+    let bits_per_s = ["11.6", "14", "762", "124", "102.2", "675.6"];
     assert_eq!(
         run_query(&chdb, "traffic_per_interface.sql", p),
         tsv(&per_interface
             .iter()
-            .zip(rates)
-            .map(|(row, rate)| format!("{row}\t{rate}"))
+            .zip(bits_per_s)
+            .map(|((row, rate), bits)| format!("{row}\t{bits}\t{rate}"))
             .collect::<Vec<_>>())
     );
     assert_eq!(
         run_query(&chdb, "pod_traffic_matrix.sql", p),
         tsv(&[
-            "shop/api-1\tdb/pg-0\t25000\t70\t1",
-            "shop/web-1\tshop/api-1\t8500\t43\t2",
-            "shop/web-2\tshop/api-1\t2000\t5\t1",
-            "shop/web-2\tdb/pg-0\t1200\t6\t1",
-            "(unknown)\tshop/web-1\t1000\t10\t1",
+            "shop/web-1\tdb/pg-0\t345000\t500\t1\t100",
+            "shop/api-1\tdb/pg-0\t25000\t70\t1\t1",
+            "shop/web-1\tshop/api-1\t8500\t43\t2\t1",
+            "shop/web-2\tshop/api-1\t2000\t5\t1\t1",
+            "shop/web-2\tdb/pg-0\t1200\t6\t1\t1",
+            "(unknown)\tshop/web-1\t1000\t10\t1\t1",
         ])
     );
+    // shop/web -> db/pg: #6 (1200 B, 6 p) and #9 (345000 B, 500 p estimated).
     assert_eq!(
         run_query(&chdb, "service_traffic_matrix.sql", p),
         tsv(&[
-            "shop/api\tdb/pg\t25000\t70\t1",
-            "shop/web\tshop/api\t10500\t48\t3",
-            "shop/web\tdb/pg\t1200\t6\t1",
-            "(external)\tshop/web\t1000\t10\t1",
+            "shop/web\tdb/pg\t346200\t506\t2\t100",
+            "shop/api\tdb/pg\t25000\t70\t1\t1",
+            "shop/web\tshop/api\t10500\t48\t3\t1",
+            "(external)\tshop/web\t1000\t10\t1\t1",
         ])
     );
-    // Retransmits and drops (#1, #4, #5); the reset came from B (#5).
+    // Retransmits and drops (#1, #4, #5, #9); the reset came from B (#5). #9's retransmit and
+    // 4 drops count as they are, its packets are estimated: (1 + 4) / (500 + #6's 6).
     assert_eq!(
         run_query(&chdb, "hot_spots.sql", p),
         tsv(&[
-            "node-a\teth1\tshop/api\tdb/pg\t3\t2\t0\t70\t0.0714",
-            "node-a\teth0\t203.0.113.9\tshop/web\t0\t1\t1\t10\t0.1",
-            "node-a\teth0\tshop/web\tshop/api\t1\t0\t0\t48\t0.0208",
+            "node-a\teth1\tshop/api\tdb/pg\t3\t2\t0\t70\t0.0714\t1",
+            "node-a\teth1\tshop/web\tdb/pg\t1\t4\t0\t506\t0.0099\t100",
+            "node-a\teth0\t203.0.113.9\tshop/web\t0\t1\t1\t10\t0.1\t1",
+            "node-a\teth0\tshop/web\tshop/api\t1\t0\t0\t48\t0.0208\t1",
         ])
     );
-    // Connections opened by A: #1 and #4 (the handshake in the record), #3 (a bare SYN); the
-    // duplicate #7 of #1 is not counted again. 60 minutes.
+    // Connections opened by A: #1, #4 and #9 (the handshake in the record), #3 (a bare SYN);
+    // the duplicates #7 of #1 and #10 of #9 are not counted again, and a sampled record's
+    // connection is not multiplied. 60 minutes.
     assert_eq!(
         run_query(&chdb, "new_connections_per_service.sql", p),
-        tsv(&["shop/api\t2\t0.033\t2", "db/pg\t1\t0.017\t1"])
+        tsv(&["db/pg\t2\t0.033\t2\t100", "shop/api\t2\t0.033\t2\t1"])
     );
     assert_eq!(
         run_query(&chdb, "traffic_by_locality.sql", p),
         tsv(&[
-            "cluster\tcross-namespace\t25000\t70\t1",
-            "cluster\tsame-namespace\t2000\t5\t1",
-            "external\tunknown\t1000\t10\t1",
-            "node\tcross-namespace\t1200\t6\t1",
-            "node\tsame-namespace\t8500\t43\t2",
+            "cluster\tcross-namespace\t370000\t570\t2\t100",
+            "cluster\tsame-namespace\t2000\t5\t1\t1",
+            "external\tunknown\t1000\t10\t1\t1",
+            "node\tcross-namespace\t1200\t6\t1\t1",
+            "node\tsame-namespace\t8500\t43\t2\t1",
         ])
     );
     // RTT percentiles (exact: the value at position level * n of the sorted RTTs), retransmit
-    // ratio over both directions' packets, drop reasons, resets, per server (side B).
+    // ratio over both directions' packets (db/pg: 4 / (70 + 500 estimated)), drop reasons,
+    // resets, per server (side B).
     assert_eq!(
         run_query(&chdb, "tcp_health.sql", p),
         tsv(&[
-            "db/pg\t1\t1\t1\t1\t1\t3\t0.0429\t2\t['NETFILTER_DROP']\t0",
-            "shop/api\t3\t2\t4\t4\t4\t1\t0.0208\t0\t[]\t0",
-            "shop/web\t1\t0\t0\t0\t0\t0\t0\t1\t['TCP_INVALID_SEQUENCE']\t1",
+            "db/pg\t2\t2\t3\t3\t3\t4\t0.007\t6\t['NETFILTER_DROP']\t0\t100",
+            "shop/api\t3\t2\t4\t4\t4\t1\t0.0208\t0\t[]\t0\t1",
+            "shop/web\t1\t0\t0\t0\t0\t0\t0\t1\t['TCP_INVALID_SEQUENCE']\t1\t1",
         ])
     );
+    // Drops as counted, also on the sampled #9: 2 + 4 packets, 3000 + 6000 bytes.
     assert_eq!(
         run_query(&chdb, "drops_by_reason.sql", p),
         tsv(&[
-            "node-a\tNETFILTER_DROP\tdb/pg\t2\t3000\t1",
+            "node-a\tNETFILTER_DROP\tdb/pg\t6\t9000\t2",
             "node-a\tTCP_INVALID_SEQUENCE\tshop/web\t1\t60\t1",
         ])
     );
@@ -489,22 +531,26 @@ async fn queries_on_pipeline_data() {
         ),
         tsv(&[
             "cluster\tclient\tserver\tuid-api-1\tuid-pg-0\tapi-1\tshop\t5000",
+            "cluster\tclient\tserver\tuid-web-1\tuid-pg-0\tweb-1\tshop\t450",
             "cluster\tclient\tserver\tuid-web-2\tuid-api-1\tweb-2\tshop\t2000",
             "external\tclient\tserver\t\tuid-web-1\tweb-1\tshop\t700",
             "node\tclient\tserver\tuid-web-1\tuid-api-1\tweb-1\tshop\t4000",
             "node\tclient\tserver\tuid-web-2\tuid-pg-0\tweb-2\tshop\t300",
         ])
     );
+    // Estimated bytes and packets (cluster: #3, #4 and #9 x 100), everything else as counted.
     for rollup in ["flows_k8s_1m", "flows_k8s_1h"] {
         assert_eq!(
             select(&format!(
-                "SELECT locality, sum(bytes), sum(reverse_bytes), sum(rtt_ns_sum), \
-                 sum(rtt_samples), sum(drop_bytes) FROM {rollup} GROUP BY locality ORDER BY locality"
+                "SELECT locality, sum(bytes), sum(packets), sum(reverse_bytes), \
+                 sum(reverse_packets), sum(rtt_ns_sum), sum(rtt_samples), sum(retransmits), \
+                 sum(drops), sum(drop_bytes), max(max_sampling_rate) \
+                 FROM {rollup} GROUP BY locality ORDER BY locality"
             )),
             tsv(&[
-                "cluster\t27000\t20000\t1000000\t1\t3000",
-                "external\t1000\t300\t0\t0\t60",
-                "node\t9700\t5400\t6000000\t2\t0",
+                "cluster\t372000\t575\t320000\t230\t4000000\t2\t4\t6\t9000\t100",
+                "external\t1000\t10\t300\t3\t0\t0\t0\t1\t60\t1",
+                "node\t9700\t49\t5400\t16\t6000000\t2\t1\t0\t0\t1",
             ]),
             "{rollup}"
         );
@@ -524,35 +570,76 @@ async fn queries_on_pipeline_data() {
             "eth0\t2000\tegress\tfalse\t0\t0\t0\t\t0\t0\t0\t0\t\t0\t\t0\t0\t\t0\t\t0\t::\t::\ttrue",
             "eth0\t3000\tegress\tfalse\t5\t500\t16\tfin\t4000000\t0\t0\t0\t\t0\t\t0\t0\t\t0\t\t0\t::\t::\tfalse",
             "eth1\t300\tegress\tfalse\t3\t900\t0\t\t0\t0\t0\t0\t\t0\t\t0\t0\t\t0\t\t0\t::\t::\tfalse",
+            "eth1\t450\tegress\tfalse\t2\t3000\t26\t\t3000000\t1\t4\t6000\tNETFILTER_DROP\t0\t\t0\t0\t\t0\t\t0\t::\t::\ttrue",
             "eth1\t5000\tegress\tfalse\t30\t20000\t26\t\t1000000\t3\t2\t3000\tNETFILTER_DROP\t0\t\t0\t99\tpostgres\t555\tvxlan\t7\t::ffff:192.168.0.1\t::ffff:192.168.0.2\ttrue",
             "eth1\t5500\tegress\ttrue\t30\t22000\t0\t\t0\t0\t0\t0\t\t0\t\t0\t0\t\t0\t\t0\t::\t::\tfalse",
+            "vethweb1\t450\tingress\ttrue\t2\t3000\t26\t\t3000000\t1\t4\t6000\tNETFILTER_DROP\t0\t\t0\t0\t\t0\t\t0\t::\t::\ttrue",
             "vethweb1\t1000\tingress\ttrue\t8\t4000\t26\t\t2000000\t1\t0\t0\t\t4242\tcurl\t777\t0\t\t0\t\t0\t::\t::\ttrue",
         ])
     );
-    // The per-port rollup: per direction like the interface one, duplicates skipped.
+    // The estimates (migration 0006): counted x sampling_rate, row by row.
     assert_eq!(
         select(
-            "SELECT proto, port, direction, sum(bytes), sum(packets), sum(flows) \
-             FROM flows_port_1m GROUP BY ALL ORDER BY ALL"
+            "SELECT if_name, bytes, packets, reverse_bytes, reverse_packets, sampling_rate, \
+             est_bytes, est_packets, est_reverse_bytes, est_reverse_packets \
+             FROM flows ORDER BY if_name, bytes"
         ),
         tsv(&[
-            "6\t443\tingress\t700\t7\t1",
-            "6\t443\tegress\t300\t3\t0",
-            "6\t5432\tingress\t20000\t30\t0",
-            "6\t5432\tegress\t5000\t40\t1",
-            "6\t8080\tingress\t4500\t13\t0",
-            "6\t8080\tegress\t6000\t35\t3",
-            "17\t5432\tingress\t900\t3\t0",
-            "17\t5432\tegress\t300\t3\t1",
+            "eth0\t700\t7\t300\t3\t1\t700\t7\t300\t3",
+            "eth0\t1000\t10\t4000\t8\t1\t1000\t10\t4000\t8",
+            "eth0\t2000\t5\t0\t0\t1\t2000\t5\t0\t0",
+            "eth0\t3000\t20\t500\t5\t1\t3000\t20\t500\t5",
+            "eth1\t300\t3\t900\t3\t1\t300\t3\t900\t3",
+            "eth1\t450\t3\t3000\t2\t100\t45000\t300\t300000\t200",
+            "eth1\t5000\t40\t20000\t30\t1\t5000\t40\t20000\t30",
+            "eth1\t5500\t40\t22000\t30\t1\t5500\t40\t22000\t30",
+            "vethweb1\t450\t3\t3000\t2\t100\t45000\t300\t300000\t200",
+            "vethweb1\t1000\t10\t4000\t8\t1\t1000\t10\t4000\t8",
         ])
     );
+    // The per-interface rollups hold what traffic_per_interface.sql computes from `flows`.
+    for rollup in ["flows_iface_1m", "flows_iface_1h"] {
+        assert_eq!(
+            select(&format!(
+                "SELECT host, if_name, direction, sum(bytes), sum(packets), sum(flows), \
+                 sumIf(r.bytes, duplicate), max(max_sampling_rate) \
+                 FROM {rollup} AS r GROUP BY ALL ORDER BY ALL"
+            )),
+            tsv(&per_interface
+                .iter()
+                .map(|(row, rate)| format!("{row}\t{rate}"))
+                .collect::<Vec<_>>()),
+            "{rollup}"
+        );
+    }
+    // The per-port rollups: per direction like the interface one, duplicates skipped; tcp/5432
+    // holds #4 and #9 (estimated).
+    for rollup in ["flows_port_1m", "flows_port_1h"] {
+        assert_eq!(
+            select(&format!(
+                "SELECT proto, port, direction, sum(bytes), sum(packets), sum(flows), \
+                 max(max_sampling_rate) FROM {rollup} GROUP BY ALL ORDER BY ALL"
+            )),
+            tsv(&[
+                "6\t443\tingress\t700\t7\t1\t1",
+                "6\t443\tegress\t300\t3\t0\t1",
+                "6\t5432\tingress\t320000\t230\t0\t100",
+                "6\t5432\tegress\t50000\t340\t2\t100",
+                "6\t8080\tingress\t4500\t13\t0\t1",
+                "6\t8080\tegress\t6000\t35\t3\t1",
+                "17\t5432\tingress\t900\t3\t0\t1",
+                "17\t5432\tegress\t300\t3\t1\t1",
+            ]),
+            "{rollup}"
+        );
+    }
     assert_eq!(
         run_query(&chdb, "topology_edges.sql", p),
         tsv(&[
-            "shop/api\tDeployment\tdb/pg\tStatefulSet\t25000\t70\t1\t[6]\t[5432]",
-            "shop/web\tDeployment\tshop/api\tDeployment\t10500\t48\t3\t[6]\t[8080]",
-            "shop/web\tDeployment\tdb/pg\tStatefulSet\t1200\t6\t1\t[17]\t[5432]",
-            "203.0.113.9\tIP\tshop/web\tDeployment\t1000\t10\t1\t[6]\t[443]",
+            "shop/web\tDeployment\tdb/pg\tStatefulSet\t346200\t506\t2\t[6,17]\t[5432]\t100",
+            "shop/api\tDeployment\tdb/pg\tStatefulSet\t25000\t70\t1\t[6]\t[5432]\t1",
+            "shop/web\tDeployment\tshop/api\tDeployment\t10500\t48\t3\t[6]\t[8080]\t1",
+            "203.0.113.9\tIP\tshop/web\tDeployment\t1000\t10\t1\t[6]\t[443]\t1",
         ])
     );
     let hour = (end_ns / 1_000_000_000) / 3600 * 3600;
@@ -562,7 +649,7 @@ async fn queries_on_pipeline_data() {
         run_query(&chdb, "traffic_per_interface_hourly.sql", "param_hours=3"),
         tsv(&per_interface
             .iter()
-            .map(|row| format!("{hour}\t{row}"))
+            .map(|(row, rate)| format!("{hour}\t{row}\t{rate}"))
             .collect::<Vec<_>>())
     );
     // Every query file is checked above.

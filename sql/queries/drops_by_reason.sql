@@ -3,7 +3,9 @@
 -- NETFILTER_DROP) and destination (side B: namespace/service, else namespace/workload, else
 -- namespace/pod, else the IP address), the packets and bytes dropped and the records that
 -- dropped (`rec` names a row: drops is also the sum's alias). Rows with duplicate = 1 are
--- left out. Parameters: minutes (UInt32), limit (UInt32).
+-- left out. Drops are counted by a kernel tracepoint on every drop, also under 1:N packet
+-- sampling: these are exact counts, never multiplied by sampling_rate.
+-- Parameters: minutes (UInt32), limit (UInt32).
 SELECT
     host,
     drop_reason,

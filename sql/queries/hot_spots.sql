@@ -3,6 +3,10 @@
 -- segments, kernel drops and TCP resets (conversation records with RST from either side),
 -- worst first, with a loss ratio over the packets of both directions. Rows with
 -- duplicate = 1 are left out. Rows from before EnrichedFlow v3 have no retransmits/drops.
+-- Under 1:N sampling packets are estimated (est_* = counted * sampling_rate) while
+-- retransmits and drops are counted by kernel tracepoints on every event (never sampled), so
+-- the loss ratio stays an estimate of the real one; resets are records whose sampled packets
+-- carried a RST (a lower bound). max_sampling_rate is the highest N of the rows (1 = exact).
 -- Parameters: minutes (UInt32), limit (UInt32).
 SELECT
     host,
@@ -16,8 +20,9 @@ SELECT
     sum(retransmits) AS retransmits,
     sum(drops) AS drops,
     countIf(bitAnd(bitOr(tcp_flags, reverse_tcp_flags), 4) != 0) AS resets,
-    sum(packets + reverse_packets) AS packets,
-    round((retransmits + drops) / packets, 4) AS loss_ratio
+    sum(est_packets + est_reverse_packets) AS packets,
+    round((retransmits + drops) / packets, 4) AS loss_ratio,
+    max(sampling_rate) AS max_sampling_rate
 FROM flows
 WHERE time_flow_end >= now64(9) - toIntervalMinute({minutes:UInt32}) AND NOT duplicate
 GROUP BY host, if_name, src, dst

@@ -3,6 +3,8 @@
 -- namespace/workload, else namespace/pod, else the IP address; its kind is the workload kind,
 -- 'Pod' or 'IP'. Edges carry bytes and packets of both directions, flow records, protocols
 -- and destination ports (up to 10 each, sorted). Rows with duplicate = 1 are left out.
+-- Bytes and packets are estimated under 1:N sampling (est_* = counted * sampling_rate, exact
+-- at 1:1); max_sampling_rate is the highest N of the rows summed (1 = every packet counted).
 -- Parameters: minutes (UInt32), limit (UInt32).
 SELECT
     multiIf(src_workload != '', concat(src_namespace, '/', src_workload),
@@ -13,11 +15,12 @@ SELECT
             dst_pod != '', concat(dst_namespace, '/', dst_pod),
             replaceRegexpOne(IPv6NumToString(dst_addr), '^::ffff:(\\d+\\.\\d+\\.\\d+\\.\\d+)$', '\\1')) AS target,
     multiIf(dst_workload != '', toString(dst_workload_kind), dst_pod != '', 'Pod', 'IP') AS target_kind,
-    sum(bytes + reverse_bytes) AS bytes,
-    sum(packets + reverse_packets) AS packets,
+    sum(est_bytes + est_reverse_bytes) AS bytes,
+    sum(est_packets + est_reverse_packets) AS packets,
     count() AS flows,
     arraySort(groupUniqArray(10)(proto)) AS protos,
-    arraySort(groupUniqArray(10)(dst_port)) AS dst_ports
+    arraySort(groupUniqArray(10)(dst_port)) AS dst_ports,
+    max(sampling_rate) AS max_sampling_rate
 FROM flows
 WHERE time_flow_end >= now64(9) - toIntervalMinute({minutes:UInt32}) AND NOT duplicate
 GROUP BY source, source_kind, target, target_kind

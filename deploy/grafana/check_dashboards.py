@@ -3,6 +3,8 @@
 scripts/check-deploy.sh; standard library only).
 
   check_dashboards.py [--clickhouse http://127.0.0.1:PORT]
+  check_dashboards.py --emit-sql
+
 
 * every dashboard is valid JSON with a unique uid, panels have unique ids and a gridPos;
 * every panel/target data source uid is one provisioned in deploy/grafana/provisioning;
@@ -13,6 +15,10 @@ scripts/check-deploy.sh; standard library only).
   (`metrics::counter!/gauge!/histogram!("...")` in collector/, enricher/, sink/, runtime/).
 
 Prints `  ok    ...` / `  FAIL  ...` lines; exits 1 if anything failed.
+
+--emit-sql checks nothing: it prints every ClickHouse query of the dashboards with the macros
+replaced, as a JSON list of {"dashboard", "panel", "refId", "sql"}, for tests that run them
+on known data and check their values (collector/tests/end_to_end_sampling.rs).
 """
 
 import argparse
@@ -80,17 +86,38 @@ def run_clickhouse(url, sql):
         return False, str(e)
 
 
+def dashboard_files():
+    return sorted(glob.glob(os.path.join(ROOT, "deploy/grafana/dashboards/*.json")))
+
+
+def emit_sql():
+    out = []
+    for path in dashboard_files():
+        for p in json.load(open(path)).get("panels", []):
+            for t in p.get("targets", []):
+                if "rawSql" in t:
+                    out.append({"dashboard": os.path.relpath(path, ROOT), "panel": p.get("title"),
+                                "refId": t.get("refId"), "sql": concrete(t["rawSql"])})
+    json.dump(out, sys.stdout, indent=1, ensure_ascii=False)
+    print()
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--clickhouse", help="ClickHouse HTTP URL with sql/migrations applied")
+    ap.add_argument("--emit-sql", action="store_true",
+                    help="print the ClickHouse queries with macros replaced (JSON), check nothing")
     args = ap.parse_args()
+    if args.emit_sql:
+        return emit_sql()
 
     uids = provisioned_uids()
     say(bool(uids), f"provisioned data sources: {sorted(uids)}")
     metrics = registered_metrics()
     say(bool(metrics), f"{len(metrics)} metric names registered by the services")
     seen_uids = set()
-    files = sorted(glob.glob(os.path.join(ROOT, "deploy/grafana/dashboards/*.json")))
+    files = dashboard_files()
     say(bool(files), f"{len(files)} dashboards")
     for path in files:
         name = os.path.relpath(path, ROOT)

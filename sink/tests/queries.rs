@@ -659,6 +659,21 @@ async fn queries_on_pipeline_data() {
         .collect();
     files.sort();
     assert_eq!(files, CHECKED);
+
+    // A rate below 1 (flowlens never writes one, another producer might) reads as 1: the
+    // estimates are the counted values.
+    select(
+        "INSERT INTO flows (time_flow_start, time_flow_end, time_exported, host, packets, bytes, \
+         reverse_packets, reverse_bytes, sampling_rate) \
+         VALUES (now64(9), now64(9), now64(9), 'rate-zero', 7, 700, 2, 200, 0)",
+    );
+    assert_eq!(
+        select(
+            "SELECT est_packets, est_bytes, est_reverse_packets, est_reverse_bytes \
+             FROM flows WHERE host = 'rate-zero'"
+        ),
+        tsv(&["7\t700\t2\t200"])
+    );
 }
 
 /// The query files `queries_on_pipeline_data` checks.

@@ -1,12 +1,14 @@
-//! Every query in sql/queries/ on pipeline data: a designed set of EnrichedFlow records goes
-//! through Kafka (tansu) and the real sink into ClickHouse (26.9 engine behind the chdb
-//! front), migrations and materialized views included; then each query file is sent as is,
-//! with its parameters, and its TSV result compared exactly with what the records imply.
+//! Every query in sql/queries/ and every ClickHouse panel of the Grafana dashboards on
+//! pipeline data: a designed set of EnrichedFlow records goes through Kafka (tansu) and the
+//! real sink into ClickHouse (26.9 engine behind the chdb front), migrations and materialized
+//! views included; then each query file is sent as is, with its parameters, each panel's query
+//! with its Grafana macros replaced, and the result compared exactly with what the records
+//! imply.
 //! The records are conversations (EnrichedFlow v3): most have reverse traffic, three are
 //! duplicates (the same packets on a pod's veth, a tunnel's outer record) that totals must
-//! not count, some carry RTT, retransmits, drops, processes and a tunnel. Two were counted
+//! not count, some carry RTT, retransmits, drops, processes and a tunnel. Three were counted
 //! under 1:100 sampling: every bytes/packets total must be 100 x their counted values, while
-//! their retransmits and drops (kernel tracepoints see every event) count as they are.
+//! their retransmits, drops and connections opened count as they are.
 //!
 //! Needs /opt/flowlens-venv; `FLOWLENS_SKIP_CHDB=1` skips.
 
@@ -188,6 +190,7 @@ fn answered(mut f: EnrichedFlow, bytes: i64, packets: i64, tcp_flags: i32) -> En
 /// | 8 | node 1 -> node 2 | udp/4789 | 5500, 40 | 22000, 30 | - | eth1 egress | duplicate (#4's outer flow) |
 /// | 9 | web-1 -> pg-0 | tcp/5432 | 450, 3 counted at 1:100 | 3000, 2 counted | SYN ACK PSH both | eth1 egress | sampling_rate 100 (estimates 45000 B, 300 p / 300000 B, 200 p), RTT 3 ms, 1 retransmit, 4 drops (NETFILTER_DROP, 6000 B) |
 /// | 10 | #9 again on web-1's veth | | | | | vethweb1 ingress | duplicate, sampling_rate 100 |
+/// | 11 | web-2 -> api-1 (port 40001) | tcp/8080 | 60, 1 counted at 1:100 | - | SYN / - | eth0 egress of host node-b | sampling_rate 100 (estimates 6000 B, 100 p): the SYN sampled, the answer not |
 fn records(end_ns: i64) -> Vec<EnrichedFlow> {
     use flowlens_schemas::Process;
     use Direction::{Egress, Ingress};
@@ -317,7 +320,11 @@ fn records(end_ns: i64) -> Vec<EnrichedFlow> {
     r10.if_name = "vethweb1".into();
     r10.direction = Ingress;
     r10.duplicate = true;
-    vec![r1, r2, r3, r4, r5, r6, r7, r8, r9, r10]
+    let mut r11 = flow(WEB2, API1, 6, 8080, 60, 1, SYN, "eth0", Egress, end_ns);
+    r11.host = "node-b".into();
+    r11.src_port = 40_001;
+    r11.sampling_rate = 100;
+    vec![r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11]
 }
 
 fn run_query(chdb: &Chdb, file: &str, params: &str) -> String {
@@ -417,14 +424,14 @@ async fn queries_on_pipeline_data() {
     let p = "param_minutes=60&param_limit=20";
 
     // Both directions, duplicates (#7, #8, #10) left out; #9 estimated: (450 + 3000) x 100
-    // bytes, (3 + 2) x 100 packets.
+    // bytes, (3 + 2) x 100 packets; #11: 60 x 100 bytes, 100 packets.
     assert_eq!(
         run_query(&chdb, "top_talkers.sql", p),
         tsv(&[
             "10.1.0.11\t10.2.0.5\t345000\t500\t1\t[6]\tweb-1\tpg-0\t100",
             "10.1.0.21\t10.2.0.5\t25000\t70\t1\t[6]\tapi-1\tpg-0\t1",
             "10.1.0.11\t10.1.0.21\t8500\t43\t2\t[6]\tweb-1\tapi-1\t1",
-            "10.1.0.12\t10.1.0.21\t2000\t5\t1\t[6]\tweb-2\tapi-1\t1",
+            "10.1.0.12\t10.1.0.21\t8000\t105\t2\t[6]\tweb-2\tapi-1\t100",
             "10.1.0.12\t10.2.0.5\t1200\t6\t1\t[17]\tweb-2\tpg-0\t1",
             "203.0.113.9\t10.1.0.11\t1000\t10\t1\t[6]\t\tweb-1\t1",
         ])
@@ -439,9 +446,10 @@ async fn queries_on_pipeline_data() {
         ("node-a\teth1\tegress\t55800\t383\t4\t5500", "100"),
         ("node-a\tvethweb1\tingress\t46000\t310\t2\t46000", "100"),
         ("node-a\tvethweb1\tegress\t304000\t208\t0\t304000", "100"),
+        ("node-b\teth0\tegress\t6000\t100\t1\t0", "100"),
     ];
     // 60 minutes: bytes * 8 / 3600 s.
-    let bits_per_s = ["11.6", "14", "762", "124", "102.2", "675.6"];
+    let bits_per_s = ["11.6", "14", "762", "124", "102.2", "675.6", "13.3"];
     assert_eq!(
         run_query(&chdb, "traffic_per_interface.sql", p),
         tsv(&per_interface
@@ -456,18 +464,19 @@ async fn queries_on_pipeline_data() {
             "shop/web-1\tdb/pg-0\t345000\t500\t1\t100",
             "shop/api-1\tdb/pg-0\t25000\t70\t1\t1",
             "shop/web-1\tshop/api-1\t8500\t43\t2\t1",
-            "shop/web-2\tshop/api-1\t2000\t5\t1\t1",
+            "shop/web-2\tshop/api-1\t8000\t105\t2\t100",
             "shop/web-2\tdb/pg-0\t1200\t6\t1\t1",
             "(unknown)\tshop/web-1\t1000\t10\t1\t1",
         ])
     );
-    // shop/web -> db/pg: #6 (1200 B, 6 p) and #9 (345000 B, 500 p estimated).
+    // shop/web -> db/pg: #6 (1200 B, 6 p) and #9 (345000 B, 500 p estimated); shop/web ->
+    // shop/api: #1, #2, #3 and #11 (6000 B, 100 p estimated).
     assert_eq!(
         run_query(&chdb, "service_traffic_matrix.sql", p),
         tsv(&[
             "shop/web\tdb/pg\t346200\t506\t2\t100",
             "shop/api\tdb/pg\t25000\t70\t1\t1",
-            "shop/web\tshop/api\t10500\t48\t3\t1",
+            "shop/web\tshop/api\t16500\t148\t4\t100",
             "(external)\tshop/web\t1000\t10\t1\t1",
         ])
     );
@@ -482,31 +491,31 @@ async fn queries_on_pipeline_data() {
             "node-a\teth0\tshop/web\tshop/api\t1\t0\t0\t48\t0.0208\t1",
         ])
     );
-    // Connections opened by A: #1, #4 and #9 (the handshake in the record), #3 (a bare SYN);
-    // the duplicates #7 of #1 and #10 of #9 are not counted again, and a sampled record's
-    // connection is not multiplied. 60 minutes.
+    // Connections opened by A: #1, #4 and #9 (the handshake in the record), #3 and #11 (a bare
+    // SYN); the duplicates #7 of #1 and #10 of #9 are not counted again, and a sampled
+    // record's connection is not multiplied. 60 minutes.
     assert_eq!(
         run_query(&chdb, "new_connections_per_service.sql", p),
-        tsv(&["db/pg\t2\t0.033\t2\t100", "shop/api\t2\t0.033\t2\t1"])
+        tsv(&["shop/api\t3\t0.05\t2\t100", "db/pg\t2\t0.033\t2\t100"])
     );
     assert_eq!(
         run_query(&chdb, "traffic_by_locality.sql", p),
         tsv(&[
             "cluster\tcross-namespace\t370000\t570\t2\t100",
-            "cluster\tsame-namespace\t2000\t5\t1\t1",
+            "cluster\tsame-namespace\t8000\t105\t2\t100",
             "external\tunknown\t1000\t10\t1\t1",
             "node\tcross-namespace\t1200\t6\t1\t1",
             "node\tsame-namespace\t8500\t43\t2\t1",
         ])
     );
     // RTT percentiles (exact: the value at position level * n of the sorted RTTs), retransmit
-    // ratio over both directions' packets (db/pg: 4 / (70 + 500 estimated)), drop reasons,
-    // resets, per server (side B).
+    // ratio over both directions' packets (db/pg: 4 / (70 + 500 estimated), shop/api:
+    // 1 / (48 + 100 estimated)), drop reasons, resets, per server (side B).
     assert_eq!(
         run_query(&chdb, "tcp_health.sql", p),
         tsv(&[
             "db/pg\t2\t2\t3\t3\t3\t4\t0.007\t6\t['NETFILTER_DROP']\t0\t100",
-            "shop/api\t3\t2\t4\t4\t4\t1\t0.0208\t0\t[]\t0\t1",
+            "shop/api\t4\t3\t4\t4\t4\t1\t0.0068\t0\t[]\t0\t100",
             "shop/web\t1\t0\t0\t0\t0\t0\t0\t1\t['TCP_INVALID_SEQUENCE']\t1\t1",
         ])
     );
@@ -532,13 +541,14 @@ async fn queries_on_pipeline_data() {
         tsv(&[
             "cluster\tclient\tserver\tuid-api-1\tuid-pg-0\tapi-1\tshop\t5000",
             "cluster\tclient\tserver\tuid-web-1\tuid-pg-0\tweb-1\tshop\t450",
-            "cluster\tclient\tserver\tuid-web-2\tuid-api-1\tweb-2\tshop\t2000",
+            "cluster\tclient\tserver\tuid-web-2\tuid-api-1\tweb-2\tshop\t2060",
             "external\tclient\tserver\t\tuid-web-1\tweb-1\tshop\t700",
             "node\tclient\tserver\tuid-web-1\tuid-api-1\tweb-1\tshop\t4000",
             "node\tclient\tserver\tuid-web-2\tuid-pg-0\tweb-2\tshop\t300",
         ])
     );
-    // Estimated bytes and packets (cluster: #3, #4 and #9 x 100), everything else as counted.
+    // Estimated bytes and packets (cluster: #3, #4, #9 x 100 and #11 x 100), everything else as
+    // counted.
     for rollup in ["flows_k8s_1m", "flows_k8s_1h"] {
         assert_eq!(
             select(&format!(
@@ -548,7 +558,7 @@ async fn queries_on_pipeline_data() {
                  FROM {rollup} GROUP BY locality ORDER BY locality"
             )),
             tsv(&[
-                "cluster\t372000\t575\t320000\t230\t4000000\t2\t4\t6\t9000\t100",
+                "cluster\t378000\t675\t320000\t230\t4000000\t2\t4\t6\t9000\t100",
                 "external\t1000\t10\t300\t3\t0\t0\t0\t1\t60\t1",
                 "node\t9700\t49\t5400\t16\t6000000\t2\t1\t0\t0\t1",
             ]),
@@ -565,6 +575,7 @@ async fn queries_on_pipeline_data() {
              FROM flows ORDER BY if_name, bytes"
         ),
         tsv(&[
+            "eth0\t60\tegress\tfalse\t0\t0\t0\t\t0\t0\t0\t0\t\t0\t\t0\t0\t\t0\t\t0\t::\t::\ttrue",
             "eth0\t700\tingress\tfalse\t3\t300\t20\trst\t0\t0\t1\t60\tTCP_INVALID_SEQUENCE\t0\t\t0\t0\t\t0\t\t0\t::\t::\tfalse",
             "eth0\t1000\tegress\tfalse\t8\t4000\t26\t\t2000000\t1\t0\t0\t\t4242\tcurl\t777\t0\t\t0\t\t0\t::\t::\ttrue",
             "eth0\t2000\tegress\tfalse\t0\t0\t0\t\t0\t0\t0\t0\t\t0\t\t0\t0\t\t0\t\t0\t::\t::\ttrue",
@@ -585,6 +596,7 @@ async fn queries_on_pipeline_data() {
              FROM flows ORDER BY if_name, bytes"
         ),
         tsv(&[
+            "eth0\t60\t1\t0\t0\t100\t6000\t100\t0\t0",
             "eth0\t700\t7\t300\t3\t1\t700\t7\t300\t3",
             "eth0\t1000\t10\t4000\t8\t1\t1000\t10\t4000\t8",
             "eth0\t2000\t5\t0\t0\t1\t2000\t5\t0\t0",
@@ -613,7 +625,7 @@ async fn queries_on_pipeline_data() {
         );
     }
     // The per-port rollups: per direction like the interface one, duplicates skipped; tcp/5432
-    // holds #4 and #9 (estimated).
+    // holds #4 and #9 (estimated), tcp/8080 #11 (estimated) too.
     for rollup in ["flows_port_1m", "flows_port_1h"] {
         assert_eq!(
             select(&format!(
@@ -626,7 +638,7 @@ async fn queries_on_pipeline_data() {
                 "6\t5432\tingress\t320000\t230\t0\t100",
                 "6\t5432\tegress\t50000\t340\t2\t100",
                 "6\t8080\tingress\t4500\t13\t0\t1",
-                "6\t8080\tegress\t6000\t35\t3\t1",
+                "6\t8080\tegress\t12000\t135\t4\t100",
                 "17\t5432\tingress\t900\t3\t0\t1",
                 "17\t5432\tegress\t300\t3\t1\t1",
             ]),
@@ -638,7 +650,7 @@ async fn queries_on_pipeline_data() {
         tsv(&[
             "shop/web\tDeployment\tdb/pg\tStatefulSet\t346200\t506\t2\t[6,17]\t[5432]\t100",
             "shop/api\tDeployment\tdb/pg\tStatefulSet\t25000\t70\t1\t[6]\t[5432]\t1",
-            "shop/web\tDeployment\tshop/api\tDeployment\t10500\t48\t3\t[6]\t[8080]\t1",
+            "shop/web\tDeployment\tshop/api\tDeployment\t16500\t148\t4\t[6]\t[8080]\t100",
             "203.0.113.9\tIP\tshop/web\tDeployment\t1000\t10\t1\t[6]\t[443]\t1",
         ])
     );
@@ -660,6 +672,8 @@ async fn queries_on_pipeline_data() {
     files.sort();
     assert_eq!(files, CHECKED);
 
+    check_dashboards(&chdb, end_ns);
+
     // A rate below 1 (flowlens never writes one, another producer might) reads as 1: the
     // estimates are the counted values.
     select(
@@ -674,6 +688,142 @@ async fn queries_on_pipeline_data() {
         ),
         tsv(&["7\t700\t2\t200"])
     );
+}
+
+/// Every ClickHouse panel of the Grafana dashboards on the same records, as
+/// `check_dashboards.py --emit-sql` gives them (macros replaced: the last hour, 60 s
+/// intervals), each answer compared exactly (numbers to 1e-9 relative: rates are floats).
+fn check_dashboards(chdb: &Chdb, end_ns: i64) {
+    let out = std::process::Command::new(VENV_PYTHON)
+        .arg(repo_root().join("deploy/grafana/check_dashboards.py"))
+        .arg("--emit-sql")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let targets: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let select = |sql: &str| {
+        let (status, body) = http(chdb.port, "POST", "/?default_format=TSV", sql);
+        assert_eq!(status, 200, "{sql}: {body}");
+        body
+    };
+    let end_s = end_ns / 1_000_000_000;
+    let minute = select(&format!("SELECT toStartOfMinute(toDateTime({end_s}))"));
+    let minute = minute.trim();
+    let exported = select(&format!(
+        "SELECT fromUnixTimestamp64Nano(toInt64({}))",
+        end_ns + 500_000_000
+    ));
+    let exported = exported.trim();
+    let at =
+        |rows: &[&str]| -> Vec<String> { rows.iter().map(|r| format!("{minute}\t{r}")).collect() };
+    let rows = |rows: &[&str]| -> Vec<String> { rows.iter().map(|r| r.to_string()).collect() };
+    // Per panel: the rows (timeseries: in any order within the minute), all estimates of the
+    // non-duplicate records unless said otherwise.
+    let expected: Vec<(&str, Vec<String>)> = vec![
+        // The highest rate of the rows in range (#9, #10, #11).
+        ("Packet sampling", rows(&["100"])),
+        // Egress: A->B of the egress records + B->A of #5; ingress the rest: bytes * 8 / 60 s.
+        (
+            "Traffic by direction",
+            at(&["egress\t8346.666666666666", "ingress\t43480"]),
+        ),
+        // TCP: 728 packets (#11: 100), UDP: 6, per 60 s.
+        (
+            "Packets by protocol",
+            at(&["TCP\t12.133333333333333", "UDP\t0.1"]),
+        ),
+        (
+            "Top talkers",
+            rows(&[
+                "10.1.0.11\tshop/web-1\t10.2.0.5\tdb/pg-0\t345000\t500\t1",
+                "10.1.0.21\tshop/api-1\t10.2.0.5\tdb/pg-0\t25000\t70\t1",
+                "10.1.0.11\tshop/web-1\t10.1.0.21\tshop/api-1\t8500\t43\t2",
+                "10.1.0.12\tshop/web-2\t10.1.0.21\tshop/api-1\t8000\t105\t2",
+                "10.1.0.12\tshop/web-2\t10.2.0.5\tdb/pg-0\t1200\t6\t1",
+                "203.0.113.9\t\t10.1.0.11\tshop/web-1\t1000\t10\t1",
+            ]),
+        ),
+        ("Top nodes", rows(&["node-a\t382700", "node-b\t6000"])),
+        (
+            "Workload-to-workload matrix (bytes)",
+            rows(&[
+                "shop/web\tdb/pg\t346200",
+                "shop/api\tdb/pg\t25000",
+                "shop/web\tshop/api\t16500",
+                "unknown\tshop/web\t1000",
+            ]),
+        ),
+        (
+            "Top destination ports",
+            rows(&[
+                "tcp/5432\t370000",
+                "tcp/8080\t16500",
+                "udp/5432\t1200",
+                "tcp/443\t1000",
+            ]),
+        ),
+        // Retransmits 1 + 3 + 1 and drops 2 + 1 + 4 as counted, resets: #5; unanswered SYNs:
+        // #3 only (#11, sampled, may have been answered by packets not sampled). Per 60 s.
+        (
+            "Retransmits, drops, resets and unanswered SYNs",
+            at(&["0.08333333333333333\t0.11666666666666667\t0.016666666666666666\t0.016666666666666666"]),
+        ),
+        // Every record, duplicates included and shown.
+        (
+            "Flows per node and interface",
+            [
+                "node-a\teth1\tveth\t4\t646\t398700\t27500\t100",
+                "node-a\tvethweb1\tveth\t2\t518\t350000\t350000\t100",
+                "node-a\teth0\tveth\t4\t58\t11500\t0\t1",
+                "node-b\teth0\tveth\t1\t100\t6000\t0\t100",
+            ]
+            .iter()
+            .map(|r| format!("{r}\t{exported}"))
+            .collect(),
+        ),
+        // RTTs 1, 2, 3, 4 ms (#4, #1, #9, #2): interpolated percentiles.
+        ("TCP round-trip time", at(&["2.5\t3.7\t3.97"])),
+        (
+            "Drops by reason",
+            rows(&[
+                "node-a\tNETFILTER_DROP\tdb/pg\t6\t9000\t2",
+                "node-a\tTCP_INVALID_SEQUENCE\tshop/web\t1\t60\t1",
+            ]),
+        ),
+    ];
+    assert_eq!(
+        targets
+            .iter()
+            .map(|t| t["panel"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        expected.iter().map(|(title, _)| *title).collect::<Vec<_>>(),
+        "every ClickHouse panel is checked"
+    );
+    for (target, (title, want)) in targets.iter().zip(expected) {
+        let got = select(target["sql"].as_str().unwrap());
+        let mut got: Vec<&str> = got.lines().collect();
+        let mut want: Vec<&str> = want.iter().map(String::as_str).collect();
+        if want.first().is_some_and(|r| r.starts_with(minute)) {
+            got.sort();
+            want.sort();
+        }
+        assert_eq!(got.len(), want.len(), "{title}: {got:?}");
+        for (g, w) in got.iter().zip(&want) {
+            let (gc, wc): (Vec<&str>, Vec<&str>) =
+                (g.split('\t').collect(), w.split('\t').collect());
+            let same = gc.len() == wc.len()
+                && gc.iter().zip(&wc).all(|(a, b)| {
+                    a == b
+                        || matches!((a.parse::<f64>(), b.parse::<f64>()),
+                            (Ok(x), Ok(y)) if (x - y).abs() <= 1e-9 * y.abs())
+                });
+            assert!(same, "{title}:\n got  {g}\n want {w}");
+        }
+    }
 }
 
 /// The query files `queries_on_pipeline_data` checks.

@@ -25,7 +25,8 @@ use common::{require_root, Pipeline};
 use flowlens_collector::filter::FilterConfig;
 use flowlens_enricher::kubernetes::snapshot::serde_json::{self, json, Value};
 use flowlens_runtime::testkit::{
-    end_offsets, http, in_netns, repo_root, unique, Chdb, NetnsPair, Tansu, VENV_PYTHON,
+    dashboard_queries, end_offsets, http, in_netns, repo_root, unique, Chdb, NetnsPair, PanelQuery,
+    Tansu,
 };
 
 /// 1:N sampling in the kernel.
@@ -434,17 +435,6 @@ async fn sampled_traffic_totals_estimate_the_real_traffic_everywhere() {
 
     // Every ClickHouse panel of the traffic dashboard, with the macros replaced as
     // check_dashboards.py does (last hour, 60 s intervals).
-    let out = std::process::Command::new(VENV_PYTHON)
-        .arg(repo_root().join("deploy/grafana/check_dashboards.py"))
-        .arg("--emit-sql")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let targets: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let per_second = 60.0;
     let bits = 60.0 / 8.0;
     let panels: [(&str, &[Reading]); 11] = [
@@ -477,20 +467,20 @@ async fn sampled_traffic_totals_estimate_the_real_traffic_everywhere() {
         ("TCP round-trip time", &[]),
         ("Drops by reason", &[]),
     ];
-    let traffic_dashboard: Vec<&Value> = targets
-        .iter()
-        .filter(|t| t["dashboard"] == "deploy/grafana/dashboards/flowlens-traffic.json")
+    let traffic_dashboard: Vec<PanelQuery> = dashboard_queries()
+        .into_iter()
+        .filter(|t| t.dashboard == "deploy/grafana/dashboards/flowlens-traffic.json")
         .collect();
     assert_eq!(
         traffic_dashboard
             .iter()
-            .map(|t| t["panel"].as_str().unwrap())
+            .map(|t| t.panel.as_str())
             .collect::<Vec<_>>(),
         panels.iter().map(|(title, _)| *title).collect::<Vec<_>>(),
         "every panel of the traffic dashboard is checked"
     );
     for (target, (title, readings)) in traffic_dashboard.into_iter().zip(panels) {
-        let answer = select(&chdb, target["sql"].as_str().unwrap());
+        let answer = select(&chdb, &target.sql);
         if readings.is_empty() {
             assert_eq!(answer, Vec::new(), "{title}: no TCP, no drops");
         } else {

@@ -662,3 +662,39 @@ pub async fn send_tracking_ends(
         *end = (*end).max(d.offset + 1);
     }
 }
+
+/// One ClickHouse query of a Grafana dashboard (deploy/grafana/dashboards/*.json).
+#[derive(Debug, Clone)]
+pub struct PanelQuery {
+    /// The dashboard file, relative to the repository.
+    pub dashboard: String,
+    pub panel: String,
+    /// The panel's SQL with the data source's macros replaced (the last hour, 60 s intervals).
+    pub sql: String,
+}
+
+/// Every ClickHouse query of the Grafana dashboards, in dashboard and panel order, as
+/// `deploy/grafana/check_dashboards.py --emit-sql` makes them runnable.
+pub fn dashboard_queries() -> Vec<PanelQuery> {
+    let out = Command::new(VENV_PYTHON)
+        .arg(repo_root().join("deploy/grafana/check_dashboards.py"))
+        .arg("--emit-sql")
+        .output()
+        .expect("running check_dashboards.py");
+    assert!(
+        out.status.success(),
+        "check_dashboards.py --emit-sql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let targets: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("check_dashboards.py --emit-sql: JSON");
+    let text = |t: &serde_json::Value, key: &str| t[key].as_str().unwrap_or_default().to_string();
+    targets
+        .iter()
+        .map(|t| PanelQuery {
+            dashboard: text(t, "dashboard"),
+            panel: text(t, "panel"),
+            sql: text(t, "sql"),
+        })
+        .collect()
+}

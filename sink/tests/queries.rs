@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use flowlens_runtime::kafka::KafkaConfig;
 use flowlens_runtime::testkit::{
-    http, repo_root, require, unique, Chdb, Tansu, TANSU, VENV_PYTHON,
+    dashboard_queries, http, repo_root, require, unique, Chdb, Tansu, TANSU, VENV_PYTHON,
 };
 use flowlens_runtime::Shutdown;
 use flowlens_schemas::{ip_to_v6, Direction, EnrichedFlow, RawFlow};
@@ -690,21 +690,11 @@ async fn queries_on_pipeline_data() {
     );
 }
 
-/// Every ClickHouse panel of the Grafana dashboards on the same records, as
-/// `check_dashboards.py --emit-sql` gives them (macros replaced: the last hour, 60 s
-/// intervals), each answer compared exactly (numbers to 1e-9 relative: rates are floats).
+/// Every ClickHouse panel of the Grafana dashboards on the same records (macros replaced: the
+/// last hour, 60 s intervals), each answer compared exactly (numbers to 1e-9 relative: rates
+/// are floats).
 fn check_dashboards(chdb: &Chdb, end_ns: i64) {
-    let out = std::process::Command::new(VENV_PYTHON)
-        .arg(repo_root().join("deploy/grafana/check_dashboards.py"))
-        .arg("--emit-sql")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let targets: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let targets = dashboard_queries();
     let select = |sql: &str| {
         let (status, body) = http(chdb.port, "POST", "/?default_format=TSV", sql);
         assert_eq!(status, 200, "{sql}: {body}");
@@ -796,15 +786,12 @@ fn check_dashboards(chdb: &Chdb, end_ns: i64) {
         ),
     ];
     assert_eq!(
-        targets
-            .iter()
-            .map(|t| t["panel"].as_str().unwrap())
-            .collect::<Vec<_>>(),
+        targets.iter().map(|t| t.panel.as_str()).collect::<Vec<_>>(),
         expected.iter().map(|(title, _)| *title).collect::<Vec<_>>(),
         "every ClickHouse panel is checked"
     );
     for (target, (title, want)) in targets.iter().zip(expected) {
-        let got = select(target["sql"].as_str().unwrap());
+        let got = select(&target.sql);
         let mut got: Vec<&str> = got.lines().collect();
         let mut want: Vec<&str> = want.iter().map(String::as_str).collect();
         if want.first().is_some_and(|r| r.starts_with(minute)) {

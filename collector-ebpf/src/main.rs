@@ -1,7 +1,8 @@
 //! flowlens kernel programs: TC/TCX classifiers on ingress and egress that parse each packet
 //! (Ethernet with 802.1Q/QinQ, IPv4, IPv6 with extension headers, TCP, UDP, SCTP, ICMP/ICMPv6,
 //! fragments, VXLAN/Geneve/GRE inner flows) and add it to the per-CPU flow table; a new flow
-//! is marked as the conversation's initiator when its reverse direction has no entry yet. They
+//! is marked as the conversation's initiator when its opposite direction has no entry yet (seen
+//! either way across the interface: mirror ports deliver both directions as ingress). They
 //! never drop or change a packet: every path returns TC_ACT_UNSPEC (TCX "next"), and packets
 //! that cannot be parsed are only counted.
 #![no_std]
@@ -148,13 +149,15 @@ fn record(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u16, now: u64) -> 
     new_flow(key, packets, bytes, tcp_flags, now)
 }
 
-/// The first packet of a flow (off the per-packet fast path): marks the side that spoke first.
+/// The first packet of a flow (off the per-packet fast path): marks the side that spoke first,
+/// i.e. the opposite direction has no entry yet, whichever way it crossed the interface (the
+/// other way on a host's own interface, the same way on a mirror port).
 #[inline(never)]
 fn new_flow(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u16, now: u64) -> bool {
-    let answered = match key.reverse() {
-        Some(r) => unsafe { FLOWS.get(&r) }.is_some(),
-        None => false,
-    };
+    let answered = key.answer_directions().iter().any(|&d| {
+        key.answer(d)
+            .is_some_and(|r| unsafe { FLOWS.get(&r) }.is_some())
+    });
     let fresh = FlowStats {
         packets,
         bytes,

@@ -19,9 +19,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use flowlens_common::{
-    FlowKey, FlowStats, FragmentKey, FragmentPorts, TunnelOuter, COUNTER_COUNT, COUNTER_FILTERED,
-    COUNTER_SAMPLED_OUT, COUNTER_TABLE_FULL, DIRECTION_EGRESS, DIRECTION_INGRESS, FILTER_CIDR,
-    FILTER_PORT, FILTER_PROTOCOL, FLOW_INITIATOR,
+    FlowKey, FlowStats, FragmentKey, FragmentTransport, TunnelOuter, COUNTER_COUNT,
+    COUNTER_FILTERED, COUNTER_SAMPLED_OUT, COUNTER_TABLE_FULL, DIRECTION_EGRESS, DIRECTION_INGRESS,
+    FILTER_CIDR, FILTER_PORT, FILTER_PROTOCOL, FLOW_INITIATOR,
 };
 
 /// The flow table. Its size is set by the collector at load time (`table_size`).
@@ -32,9 +32,10 @@ static FLOWS: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entrie
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
-/// Ports of in-flight fragmented datagrams, keyed by (addresses, id, protocol).
+/// Transport fields of in-flight fragmented datagrams, keyed by (addresses, id, protocol).
 #[map]
-static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts> = LruHashMap::with_max_entries(8192, 0);
+static FRAGMENTS: LruHashMap<FragmentKey, FragmentTransport> =
+    LruHashMap::with_max_entries(8192, 0);
 
 /// Outer addresses of tunnel flows, keyed by the inner flow (written when the flow appears).
 #[map]
@@ -98,7 +99,7 @@ fn account(ctx: &TcContext, direction: u8) {
         return;
     }
     if let Some(inner) = parse::inner() {
-        let overhead = packet.packets * inner.inner_start as u64;
+        let overhead = packet.packets * (inner.inner_start as u64 + packet.offloaded_tag);
         let bytes = packet.bytes.saturating_sub(overhead);
         if record(&inner.key, packet.packets, bytes, inner.tcp_flags, now) {
             let _ = TUNNELS.insert(&inner.key, &inner.outer, 0);
@@ -191,11 +192,11 @@ fn add(stats: *mut FlowStats, packets: u64, bytes: u64, tcp_flags: u16, now: u64
     stats.tcp_flags |= tcp_flags;
 }
 
-pub(crate) fn remember_fragment(key: &FragmentKey, ports: &FragmentPorts) {
-    let _ = FRAGMENTS.insert(key, ports, 0);
+pub(crate) fn remember_fragment(key: &FragmentKey, transport: &FragmentTransport) {
+    let _ = FRAGMENTS.insert(key, transport, 0);
 }
 
-pub(crate) fn fragment_ports(key: &FragmentKey) -> Option<FragmentPorts> {
+pub(crate) fn fragment_transport(key: &FragmentKey) -> Option<FragmentTransport> {
     unsafe { FRAGMENTS.get(key).copied() }
 }
 

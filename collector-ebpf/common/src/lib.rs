@@ -17,7 +17,8 @@ pub const EGRESS_PROGRAM: &str = "flowlens_egress";
 pub const COUNTER_TABLE_FULL: u32 = 0;
 /// Packets that were not IPv4/IPv6 (ARP, LLDP, ...): passed, not recorded.
 pub const COUNTER_NON_IP: u32 = 1;
-/// Non-first IP fragments whose first fragment was not seen (recorded without ports).
+/// Non-first IP fragments whose first fragment was not seen (recorded without ports, ICMP
+/// type or code).
 pub const COUNTER_FRAGMENT_UNMATCHED: u32 = 2;
 /// Packets too short or malformed to parse past the link header: passed, not recorded.
 pub const COUNTER_MALFORMED: u32 = 3;
@@ -173,8 +174,8 @@ impl FlowStats {
     }
 }
 
-/// Key of the fragment map: remembers the ports of a fragmented datagram's first fragment so its
-/// later fragments are counted in the same flow.
+/// Key of the fragment map: remembers the transport fields of a fragmented datagram's first
+/// fragment so its later fragments are counted in the same flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragmentKey {
@@ -185,12 +186,15 @@ pub struct FragmentKey {
     pub _pad: [u8; 3],
 }
 
-/// Ports of a fragmented datagram (from its first fragment).
+/// The transport fields of a fragmented datagram (from its first fragment): ports, or ICMP
+/// type and code.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FragmentPorts {
+pub struct FragmentTransport {
     pub src_port: u16,
     pub dst_port: u16,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
 }
 
 #[cfg(feature = "user")]
@@ -216,6 +220,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 56);
         assert_eq!(core::mem::size_of::<FlowStats>(), 40);
         assert_eq!(core::mem::size_of::<FragmentKey>(), 40);
+        assert_eq!(core::mem::size_of::<FragmentTransport>(), 6);
     }
 
     #[test]

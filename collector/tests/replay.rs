@@ -241,22 +241,25 @@ fn totals(rows: &BTreeMap<Row, Counts>) -> (u64, u64) {
         })
 }
 
-/// One line per conversation that is missing, unexpected or counted differently.
+/// One entry per conversation that is missing, unexpected or counted differently.
 fn differences(expected: &BTreeMap<Row, Counts>, got: &BTreeMap<Row, Counts>) -> String {
+    use std::fmt::Write;
     let mut out = String::new();
     for (row, want) in expected {
         match got.get(row) {
-            None => out += &format!("missing     {row:?}\n            expected {want:?}\n"),
-            Some(c) if c != want => out += &format!(
-                "different   {row:?}\n            expected {want:?}\n            got      {c:?}\n"
-            ),
-            Some(_) => {}
+            None => writeln!(out, "missing     {row:?}\n  expected  {want:?}"),
+            Some(c) if c != want => {
+                writeln!(
+                    out,
+                    "different   {row:?}\n  expected  {want:?}\n  got       {c:?}"
+                )
+            }
+            Some(_) => Ok(()),
         }
+        .unwrap();
     }
-    for (row, c) in got {
-        if !expected.contains_key(row) {
-            out += &format!("unexpected  {row:?}\n            got      {c:?}\n");
-        }
+    for (row, c) in got.iter().filter(|(row, _)| !expected.contains_key(row)) {
+        writeln!(out, "unexpected  {row:?}\n  got       {c:?}").unwrap();
     }
     out
 }

@@ -154,15 +154,9 @@ async fn vxlan_inner_flows_are_linked_to_the_outer_flow() {
     assert_eq!(inner.len(), udp.len() + tcp.len(), "no other inner flow");
     // The outer flows (UDP to 4789, one per direction and inner flow) carry exactly those
     // packets once more, with the encapsulation on each, and are not duplicates.
-    let outer_from = |src: std::net::Ipv4Addr| -> Vec<RawFlow> {
-        run.flows
-            .iter()
-            .filter(|f| f.tunnel.is_empty() && f.dst_port == 4789 && f.src_ip() == src)
-            .cloned()
-            .collect()
-    };
+    let outer_from =
+        |src: std::net::Ipv4Addr| outer(&run.flows, |f| f.dst_port == 4789 && f.src_ip() == src);
     let (out, back) = (outer_from(p.ip_a), outer_from(p.ip_b));
-    assert!(out.iter().chain(&back).all(|f| !f.duplicate));
     let udp_in = 20 * (ETH + IPV4 + UDP + 100);
     let outer_out = (
         20 + tcp_out.0,
@@ -315,30 +309,25 @@ async fn geneve_and_gre_inner_flows_from_hand_built_frames() {
         assert_eq!((f.src_port, f.dst_port, f.proto), (3333, 4444, 17));
         assert_eq!(f.outer_dst_addr, Some(p.ip_b.to_ipv6_mapped()));
     }
-    let outer_gre: Vec<_> = run
-        .flows
+    // The outer flows count every frame as sent and are not duplicates. GRE: Ethernet + IPv4
+    // + GRE with key (8) + the inner IPv4 packet; Geneve: Ethernet + IPv4 + UDP + Geneve with
+    // its option (16) + the inner Ethernet frame.
+    let gre = outer(&run.flows, |f| f.proto == 47);
+    assert_eq!(sum(&gre), (12, 12 * (ETH + IPV4 + 8 + ip_len)), "{gre:#?}");
+    let geneve = outer(&run.flows, |f| f.src_port == 50000 && f.dst_port == 6081);
+    let geneve_frame = ETH + IPV4 + UDP + 16 + eth_len;
+    assert_eq!(sum(&geneve), (10, 10 * geneve_frame), "{geneve:#?}");
+}
+
+/// The plain (not inner) flows `which` selects; none may be marked duplicate.
+fn outer(flows: &[RawFlow], which: impl Fn(&RawFlow) -> bool) -> Vec<RawFlow> {
+    let out: Vec<_> = flows
         .iter()
-        .filter(|f| f.proto == 47 && f.tunnel.is_empty())
+        .filter(|f| f.tunnel.is_empty() && which(f))
         .cloned()
         .collect();
-    // Outer: Ethernet + IPv4 + GRE with key (8) + the inner IPv4 packet.
-    assert_eq!(sum(&outer_gre), (12, 12 * (ETH + IPV4 + 8 + ip_len)));
-    assert!(outer_gre.iter().all(|f| !f.duplicate));
-    let outer_geneve: Vec<_> = run
-        .flows
-        .iter()
-        .filter(|f| f.dst_port == 6081 && f.tunnel.is_empty())
-        .cloned()
-        .collect();
-    // Outer: Ethernet + IPv4 + UDP + Geneve with its option (16) + the inner Ethernet frame.
-    assert_eq!(
-        sum(&outer_geneve),
-        (10, 10 * (ETH + IPV4 + UDP + 16 + eth_len)),
-        "{outer_geneve:#?}"
-    );
-    assert!(outer_geneve
-        .iter()
-        .all(|f| !f.duplicate && f.src_port == 50000));
+    assert!(out.iter().all(|f| !f.duplicate), "{out:#?}");
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

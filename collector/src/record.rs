@@ -218,6 +218,7 @@ mod tests {
         };
         let exported = Exported {
             conversation: Conversation {
+                key,
                 a_to_b: Some((key, stats(3, 1_000, 2_000))),
                 b_to_a: Some((key.reverse().unwrap(), stats(2, 1_500, 2_500))),
             },

@@ -229,12 +229,18 @@ impl Ledger {
         }
     }
 
-    /// Where a key new to the ledger goes: the empty side of its opposite direction's slot, or
-    /// a new slot.
+    /// Where a key new to the ledger goes: the empty side of its opposite direction's slot
+    /// (that direction seen either way across the interface, see `FlowKey::answer`), or a new
+    /// slot.
     fn place(&mut self, key: &FlowKey) -> u32 {
         if self.timeouts.bidirectional {
-            let partner = key.reverse().and_then(|r| self.index.get(&r).copied());
-            if let Some(other) = partner.map(|at| at ^ 1) {
+            for direction in key.answer_directions() {
+                let Some(answer) = key.answer(direction) else {
+                    break;
+                };
+                let Some(other) = self.index.get(&answer).map(|at| at ^ 1) else {
+                    continue;
+                };
                 let side = &self.slots[(other >> 1) as usize].sides[(other & 1) as usize];
                 if side.generation == 0 {
                     return other;
@@ -261,10 +267,7 @@ impl Ledger {
         if self.timeouts.bidirectional {
             Conversation::join(x, y)
         } else {
-            Conversation {
-                a_to_b: Some(x),
-                b_to_a: None,
-            }
+            Conversation::one_way(x)
         }
     }
 
@@ -348,7 +351,7 @@ fn since(before: &Baseline, current: &FlowStats) -> Option<FlowStats> {
 mod tests {
     use super::*;
     use crate::conversation::tests::key;
-    use flowlens_common::{DIRECTION_EGRESS, FLOW_INITIATOR};
+    use flowlens_common::{DIRECTION_EGRESS, DIRECTION_INGRESS, FLOW_INITIATOR};
 
     fn stats(packets: u64, bytes: u64, first: u64, last: u64) -> FlowStats {
         FlowStats {
@@ -444,6 +447,38 @@ mod tests {
         // Nothing new: nothing exported.
         let (out, _) = scan(&mut l, &mut kernel, 100);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn mirror_port_directions_both_ingress_join_and_keep_their_orientation() {
+        let client = key(1, 40000, 2, 80, DIRECTION_INGRESS);
+        let server = key(2, 80, 1, 40000, DIRECTION_INGRESS);
+        let initiator = |s: FlowStats| FlowStats {
+            flags: FLOW_INITIATOR,
+            ..s
+        };
+        let mut l = ledger(true);
+        let mut kernel = vec![(client, initiator(stats(1, 74, 10, 10)))];
+        assert_eq!(scan(&mut l, &mut kernel, 100).0.len(), 1);
+
+        // The answer (also ingress) is listed first; it joins the client's slot as B->A.
+        kernel = vec![
+            (server, stats(1, 74, 20, 20)),
+            (client, initiator(stats(2, 140, 10, 30))),
+        ];
+        let (out, _) = scan(&mut l, &mut kernel, 100);
+        assert_eq!(out.len(), 1);
+        let c = out[0].conversation;
+        assert_eq!((c.key(), l.slots.len()), (client, 1));
+        assert_eq!(c.b_to_a.map(|(k, s)| (k, s.packets)), Some((server, 1)));
+
+        // Only the server sends: the delta has no A->B part and still says A's direction.
+        kernel[0].1 = stats(4, 3_074, 20, 60);
+        let (out, _) = scan(&mut l, &mut kernel, 100);
+        let c = out[0].conversation;
+        assert_eq!(c.a_to_b, None);
+        assert_eq!(c.b_to_a.map(|(_, s)| s.packets), Some(3));
+        assert_eq!(c.key(), client, "A = client, direction ingress");
     }
 
     #[test]

@@ -43,23 +43,37 @@ struct VxlanSent {
     udp_port: u16,
     tcp_bytes_sent: i64,
     tcp_segs_out: i64,
+    tcp_segs_in: i64,
 }
+
+/// MAC addresses of the vxlan devices (A's and B's), fixed so each side's neighbour is static.
+const VX_MAC_A: &str = "02:42:00:00:00:01";
+const VX_MAC_B: &str = "02:42:00:00:00:02";
+/// VXLAN encapsulation per packet: outer Ethernet, IPv4, UDP and the VXLAN header.
+const VXLAN_OVERHEAD: i64 = ETH + IPV4 + UDP + 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vxlan_inner_flows_are_linked_to_the_outer_flow() {
     let run = run_collector("v", |_| {}, |p| {
-        for (ns, me, peer, inner) in [
-            (&p.ns_a, p.ip_a, p.ip_b, "192.168.42.1/24"),
-            (&p.ns_b, p.ip_b, p.ip_a, "192.168.42.2/24"),
+        // Only the test's traffic crosses the tunnel: no IPv6 on it (neighbour discovery,
+        // MLD) and static neighbours (no ARP), so the outer flows carry exactly the inner ones.
+        for (ns, me, peer, inner, mac, peer_inner, peer_mac) in [
+            (&p.ns_a, p.ip_a, p.ip_b, "192.168.42.1", VX_MAC_A, "192.168.42.2", VX_MAC_B),
+            (&p.ns_b, p.ip_b, p.ip_a, "192.168.42.2", VX_MAC_B, "192.168.42.1", VX_MAC_A),
         ] {
             let dev = if ns == &p.ns_a { &p.if_a } else { &p.if_b };
+            sh(ns, "sysctl -qw net.ipv6.conf.default.disable_ipv6=1");
             sh(
                 ns,
                 &format!(
-                    "ip link add vx42 type vxlan id 42 local {me} remote {peer} dstport 4789 dev {dev}"
+                    "ip link add vx42 address {mac} type vxlan id 42 local {me} remote {peer} dstport 4789 dev {dev}"
                 ),
             );
-            sh(ns, &format!("ip addr add {inner} dev vx42"));
+            sh(ns, &format!("ip addr add {inner}/24 dev vx42"));
+            sh(
+                ns,
+                &format!("ip neigh add {peer_inner} lladdr {peer_mac} dev vx42 nud permanent"),
+            );
             sh(ns, "ip link set vx42 up");
             sh(ns, "sysctl -qw net.ipv4.tcp_sack=0");
         }
@@ -92,6 +106,7 @@ async fn vxlan_inner_flows_are_linked_to_the_outer_flow() {
             udp_port: tx.local_addr().unwrap().port(),
             tcp_bytes_sent: info.tcpi_bytes_sent as i64,
             tcp_segs_out: info.tcpi_segs_out as i64,
+            tcp_segs_in: info.tcpi_segs_in as i64,
         }
     })
     .await;
@@ -118,30 +133,38 @@ async fn vxlan_inner_flows_are_linked_to_the_outer_flow() {
         .filter(|f| f.dst_port == 7001)
         .cloned()
         .collect();
+    let tcp_out = (
+        sent.tcp_segs_out,
+        sent.tcp_bytes_sent + sent.tcp_segs_out * (ETH + IPV4 + TCP_TS) + SYN_EXTRA,
+    );
     assert_eq!(
         sum(&tcp),
-        (
-            sent.tcp_segs_out,
-            sent.tcp_bytes_sent + sent.tcp_segs_out * (ETH + IPV4 + TCP_TS) + SYN_EXTRA
-        ),
+        tcp_out,
         "inner TCP A->B: every segment of the GSO super-packets, inner frame bytes"
     );
-    // The outer flows (UDP to 4789) count the same packets once more, with 50 bytes of
-    // encapsulation each, and are not duplicates.
-    let outer: Vec<_> = run
-        .flows
-        .iter()
-        .filter(|f| f.tunnel.is_empty() && f.dst_port == 4789 && f.src_ip() == p.ip_a)
-        .cloned()
-        .collect();
-    assert!(outer.iter().all(|f| !f.duplicate));
-    let (outer_packets, outer_bytes) = sum(&outer);
-    let (inner_packets, inner_bytes) = sum(&inner);
-    assert!(
-        outer_packets >= inner_packets,
-        "{outer_packets} < {inner_packets}"
+    // B's segments: ACKs (SYN-ACK with its options), FIN.
+    let tcp_in = (
+        sent.tcp_segs_in,
+        sent.tcp_segs_in * (ETH + IPV4 + TCP_TS) + SYN_EXTRA,
     );
-    assert!(outer_bytes >= inner_bytes + inner_packets * (ETH + IPV4 + UDP + 8));
+    let reverse = tcp.iter().fold((0, 0), |(p, b), f| {
+        (p + f.reverse_packets, b + f.reverse_bytes)
+    });
+    assert_eq!(reverse, tcp_in, "inner TCP B->A");
+    assert_eq!(inner.len(), udp.len() + tcp.len(), "no other inner flow");
+    // The outer flows (UDP to 4789, one per direction and inner flow) carry exactly those
+    // packets once more, with the encapsulation on each, and are not duplicates.
+    let outer_from =
+        |src: std::net::Ipv4Addr| outer(&run.flows, |f| f.dst_port == 4789 && f.src_ip() == src);
+    let (out, back) = (outer_from(p.ip_a), outer_from(p.ip_b));
+    let udp_in = 20 * (ETH + IPV4 + UDP + 100);
+    let outer_out = (
+        20 + tcp_out.0,
+        udp_in + tcp_out.1 + (20 + tcp_out.0) * VXLAN_OVERHEAD,
+    );
+    assert_eq!(sum(&out), outer_out, "outer VXLAN A->B: {out:#?}");
+    let outer_back = (tcp_in.0, tcp_in.1 + tcp_in.0 * VXLAN_OVERHEAD);
+    assert_eq!(sum(&back), outer_back, "outer VXLAN B->A: {back:#?}");
 }
 
 /// Builds an Ethernet + IPv4 frame around `payload` (IP protocol `proto`).
@@ -286,15 +309,25 @@ async fn geneve_and_gre_inner_flows_from_hand_built_frames() {
         assert_eq!((f.src_port, f.dst_port, f.proto), (3333, 4444, 17));
         assert_eq!(f.outer_dst_addr, Some(p.ip_b.to_ipv6_mapped()));
     }
-    let outer_gre: Vec<_> = run
-        .flows
+    // The outer flows count every frame as sent and are not duplicates. GRE: Ethernet + IPv4
+    // + GRE with key (8) + the inner IPv4 packet; Geneve: Ethernet + IPv4 + UDP + Geneve with
+    // its option (16) + the inner Ethernet frame.
+    let gre = outer(&run.flows, |f| f.proto == 47);
+    assert_eq!(sum(&gre), (12, 12 * (ETH + IPV4 + 8 + ip_len)), "{gre:#?}");
+    let geneve = outer(&run.flows, |f| f.src_port == 50000 && f.dst_port == 6081);
+    let geneve_frame = ETH + IPV4 + UDP + 16 + eth_len;
+    assert_eq!(sum(&geneve), (10, 10 * geneve_frame), "{geneve:#?}");
+}
+
+/// The plain (not inner) flows `which` selects; none may be marked duplicate.
+fn outer(flows: &[RawFlow], which: impl Fn(&RawFlow) -> bool) -> Vec<RawFlow> {
+    let out: Vec<_> = flows
         .iter()
-        .filter(|f| f.proto == 47 && f.tunnel.is_empty())
+        .filter(|f| f.tunnel.is_empty() && which(f))
         .cloned()
         .collect();
-    // Outer: Ethernet + IPv4 + GRE with key (8) + the inner IPv4 packet.
-    assert_eq!(sum(&outer_gre), (12, 12 * (ETH + IPV4 + 8 + ip_len)));
-    assert!(outer_gre.iter().all(|f| !f.duplicate));
+    assert!(out.iter().all(|f| !f.duplicate), "{out:#?}");
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

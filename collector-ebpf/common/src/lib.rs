@@ -17,7 +17,8 @@ pub const EGRESS_PROGRAM: &str = "flowlens_egress";
 pub const COUNTER_TABLE_FULL: u32 = 0;
 /// Packets that were not IPv4/IPv6 (ARP, LLDP, ...): passed, not recorded.
 pub const COUNTER_NON_IP: u32 = 1;
-/// Non-first IP fragments whose first fragment was not seen (recorded without ports).
+/// Non-first IP fragments whose first fragment was not seen (recorded without ports, ICMP
+/// type or code).
 pub const COUNTER_FRAGMENT_UNMATCHED: u32 = 2;
 /// Packets too short or malformed to parse past the link header: passed, not recorded.
 pub const COUNTER_MALFORMED: u32 = 3;
@@ -61,7 +62,8 @@ pub const TUNNEL_GRE: u8 = 3;
 pub const TUNNELS_MAP: &str = "TUNNELS";
 
 /// `FlowStats::flags`: this direction's entry was created while the opposite direction of the
-/// conversation had no entry on the same interface, i.e. this side spoke first (side A).
+/// conversation had no entry on the same interface (crossing it either way, see
+/// [`FlowKey::answer`]), i.e. this side spoke first (side A).
 pub const FLOW_INITIATOR: u8 = 1;
 
 /// Flow table key: one entry per (interface, direction, VLAN, addresses, protocol, ports,
@@ -94,12 +96,24 @@ impl FlowKey {
     /// addresses and ports swapped, direction flipped, ICMP echo request <-> reply. `None` for
     /// ICMP messages without an answer type.
     pub fn reverse(&self) -> Option<FlowKey> {
+        self.answer(self.direction ^ 1)
+    }
+
+    /// The key the opposite direction of the same conversation has on the same interface when
+    /// its packets cross it in `direction`: flipped on a host's own interface ([`reverse`]), the
+    /// same on a port that receives copies of both directions (mirror, SPAN, TAP: both arrive
+    /// as ingress). Addresses and ports swapped, ICMP echo request <-> reply; `None` for ICMP
+    /// messages without an answer type.
+    ///
+    /// [`reverse`]: FlowKey::reverse
+    #[inline(always)]
+    pub fn answer(&self, direction: u8) -> Option<FlowKey> {
         let mut r = *self;
         r.src_addr = self.dst_addr;
         r.dst_addr = self.src_addr;
         r.src_port = self.dst_port;
         r.dst_port = self.src_port;
-        r.direction = self.direction ^ 1;
+        r.direction = direction;
         match (self.proto, self.icmp_type) {
             (1, 8) => r.icmp_type = 0,
             (1, 0) => r.icmp_type = 8,
@@ -109,6 +123,12 @@ impl FlowKey {
             _ => {}
         }
         Some(r)
+    }
+
+    /// Both directions the opposite direction's packets can cross the interface in (see
+    /// [`FlowKey::answer`]): flipped first, then the same.
+    pub fn answer_directions(&self) -> [u8; 2] {
+        [self.direction ^ 1, self.direction]
     }
 }
 
@@ -154,8 +174,8 @@ impl FlowStats {
     }
 }
 
-/// Key of the fragment map: remembers the ports of a fragmented datagram's first fragment so its
-/// later fragments are counted in the same flow.
+/// Key of the fragment map: remembers the transport fields of a fragmented datagram's first
+/// fragment so its later fragments are counted in the same flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragmentKey {
@@ -166,12 +186,15 @@ pub struct FragmentKey {
     pub _pad: [u8; 3],
 }
 
-/// Ports of a fragmented datagram (from its first fragment).
+/// The transport fields of a fragmented datagram (from its first fragment): ports, or ICMP
+/// type and code.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FragmentPorts {
+pub struct FragmentTransport {
     pub src_port: u16,
     pub dst_port: u16,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
 }
 
 #[cfg(feature = "user")]
@@ -197,6 +220,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 56);
         assert_eq!(core::mem::size_of::<FlowStats>(), 40);
         assert_eq!(core::mem::size_of::<FragmentKey>(), 40);
+        assert_eq!(core::mem::size_of::<FragmentTransport>(), 6);
     }
 
     #[test]
@@ -261,5 +285,26 @@ mod tests {
             ..k
         };
         assert_eq!(unreachable.reverse(), None);
+        assert_eq!(unreachable.answer(DIRECTION_INGRESS), None);
+    }
+
+    #[test]
+    fn answers_in_either_direction() {
+        let k = FlowKey {
+            src_addr: [1; 16],
+            dst_addr: [2; 16],
+            src_port: 1000,
+            dst_port: 53,
+            proto: 17,
+            direction: DIRECTION_INGRESS,
+            ..Default::default()
+        };
+        let [flipped, same] = k.answer_directions().map(|d| k.answer(d).unwrap());
+        assert_eq!(Some(flipped), k.reverse());
+        assert_eq!(
+            (same.src_addr, same.src_port, same.dst_port, same.direction),
+            ([2; 16], 53, 1000, DIRECTION_INGRESS)
+        );
+        assert_eq!(same.answer(DIRECTION_INGRESS), Some(k));
     }
 }

@@ -377,7 +377,123 @@ pub struct RunningPipeline {
     stop_collector: Shutdown,
     sink: tokio::task::JoinHandle<anyhow::Result<()>>,
     enricher: tokio::task::JoinHandle<anyhow::Result<()>>,
-    collector: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    collector: Option<Collector>,
+}
+
+/// The collector of a running pipeline: a task of this process, or its real binary.
+enum Collector {
+    Task(tokio::task::JoinHandle<anyhow::Result<()>>),
+    Process(CollectorProcess),
+}
+
+/// The `flowlens-collector` binary, configured only through `FLOWLENS_COLLECTOR__*`
+/// environment variables, serving its metrics on a free port; killed if still running on drop.
+pub struct CollectorProcess {
+    child: std::process::Child,
+    pub metrics_port: u16,
+    log: tempfile::NamedTempFile,
+}
+
+impl CollectorProcess {
+    /// Starts the binary with `config`'s Kafka settings and topics, host, namespace,
+    /// interfaces and scan interval.
+    pub fn spawn(config: &Config) -> Self {
+        let metrics_port = flowlens_runtime::testkit::free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let (c, k) = (&config.collector, &config.kafka);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_flowlens-collector"))
+            .env("FLOWLENS_COLLECTOR__KAFKA__BROKERS", k.brokers.join(","))
+            .env(
+                "FLOWLENS_COLLECTOR__KAFKA__PARTITIONS",
+                k.partitions.to_string(),
+            )
+            .env(
+                "FLOWLENS_COLLECTOR__KAFKA__TOPICS__RAW_FLOWS",
+                &k.topics.raw_flows,
+            )
+            .env(
+                "FLOWLENS_COLLECTOR__KAFKA__TOPICS__INTERFACES",
+                &k.topics.interfaces,
+            )
+            .env("FLOWLENS_COLLECTOR__COLLECTOR__HOST", &c.host)
+            .env("FLOWLENS_COLLECTOR__COLLECTOR__NETNS", &c.netns)
+            .env(
+                "FLOWLENS_COLLECTOR__COLLECTOR__INTERFACES",
+                c.interfaces.join(","),
+            )
+            .env(
+                "FLOWLENS_COLLECTOR__COLLECTOR__SCAN_INTERVAL_MS",
+                c.scan_interval_ms.to_string(),
+            )
+            .env(
+                "FLOWLENS_COLLECTOR__TELEMETRY__METRICS_LISTEN",
+                format!("127.0.0.1:{metrics_port}"),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("starting flowlens-collector");
+        Self {
+            child,
+            metrics_port,
+            log,
+        }
+    }
+
+    /// What the binary logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// The value of metric `name` with exactly `labels` (e.g. `reason="malformed"`) on its
+    /// /metrics endpoint, if it is there.
+    pub fn metric(&self, name: &str, labels: &str) -> Option<f64> {
+        let (status, text) =
+            flowlens_runtime::testkit::http(self.metrics_port, "GET", "/metrics", "");
+        assert_eq!(status, 200, "GET /metrics: {text}");
+        let series = if labels.is_empty() {
+            format!("{name} ")
+        } else {
+            format!("{name}{{{labels}}} ")
+        };
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map(|v| v.trim().parse().unwrap())
+    }
+
+    /// SIGTERM, then waits for the final drain and flush; the binary must exit with status 0.
+    pub fn stop(mut self) {
+        // SAFETY: signalling our own child.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) },
+            0
+        );
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the collector did not stop within 60 s of SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            status.success(),
+            "collector exited with {status}:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for CollectorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Pipeline {
@@ -420,18 +536,30 @@ impl Pipeline {
 
     /// Starts the three stages in-process and gives them time to join their groups and attach.
     pub async fn start(self) -> RunningPipeline {
-        let stop_pipeline = Shutdown::new();
         let stop_collector = Shutdown::new();
+        let task = tokio::spawn(flowlens_collector::run(
+            self.collector.clone(),
+            stop_collector.clone(),
+        ));
+        self.started(Collector::Task(task), stop_collector).await
+    }
+
+    /// Starts the enricher and the sink in-process and the collector as its binary
+    /// ([`CollectorProcess`]), and gives them time to join their groups and attach.
+    pub async fn start_with_collector_binary(self) -> RunningPipeline {
+        let process = CollectorProcess::spawn(&self.collector);
+        self.started(Collector::Process(process), Shutdown::new())
+            .await
+    }
+
+    async fn started(self, mut collector: Collector, stop_collector: Shutdown) -> RunningPipeline {
+        let stop_pipeline = Shutdown::new();
         let sink = tokio::spawn(flowlens_sink::run(self.sink, stop_pipeline.clone()));
         let enricher = tokio::spawn(flowlens_enricher::run(self.enricher, stop_pipeline.clone()));
         let (brokers, interfaces) = (
             self.collector.kafka.brokers.join(","),
             self.collector.kafka.topics.interfaces.clone(),
         );
-        let collector = tokio::spawn(flowlens_collector::run(
-            self.collector,
-            stop_collector.clone(),
-        ));
         // The collector publishes its interfaces once its programs are attached (loading and
         // verifying them can take seconds on a busy machine): traffic may start after that.
         let published = tokio::task::spawn_blocking(move || {
@@ -439,11 +567,19 @@ impl Pipeline {
         })
         .await
         .unwrap();
+        let running = match &mut collector {
+            Collector::Task(task) => !task.is_finished(),
+            Collector::Process(p) => p.child.try_wait().unwrap().is_none(),
+        };
+        let log = match &collector {
+            Collector::Process(p) => p.log(),
+            Collector::Task(_) => String::new(),
+        };
         assert!(
             published.len() >= 2,
-            "the collector published no interfaces"
+            "the collector published no interfaces\n{log}"
         );
-        assert!(!collector.is_finished(), "collector stopped early");
+        assert!(running, "collector stopped early\n{log}");
         // The consumer groups of the enricher and the sink have joined meanwhile.
         tokio::time::sleep(Duration::from_secs(1)).await;
         RunningPipeline {
@@ -459,9 +595,23 @@ impl Pipeline {
 impl RunningPipeline {
     /// Stops the collector: it drains the kernel table once more and flushes before returning.
     pub async fn stop_collector(&mut self) {
-        self.stop_collector.trigger();
-        if let Some(c) = self.collector.take() {
-            c.await.unwrap().expect("collector exits cleanly");
+        match self.collector.take() {
+            Some(Collector::Task(task)) => {
+                self.stop_collector.trigger();
+                task.await.unwrap().expect("collector exits cleanly");
+            }
+            Some(Collector::Process(p)) => {
+                tokio::task::spawn_blocking(move || p.stop()).await.unwrap()
+            }
+            None => {}
+        }
+    }
+
+    /// The collector binary of [`Pipeline::start_with_collector_binary`] while it runs.
+    pub fn collector_process(&self) -> &CollectorProcess {
+        match &self.collector {
+            Some(Collector::Process(p)) => p,
+            _ => panic!("the collector is not running as a binary"),
         }
     }
 

@@ -20,9 +20,18 @@ use clickhouse::{Client, Compression, Row as _};
 use crate::config::{ClickHouseConfig, SinkConfig};
 use crate::row::{FlowRow, COLUMN_TYPES};
 
-/// Builds the client for `config`: URL, database, credentials, LZ4, validation.
-pub fn client(config: &ClickHouseConfig) -> Client {
-    let mut client = Client::default()
+/// Builds the client for `config`: URL (TLS for https://, see `tls`), database, credentials,
+/// LZ4, validation.
+pub fn client(config: &ClickHouseConfig) -> anyhow::Result<Client> {
+    let base = match crate::tls::client_config(config)? {
+        None => Client::default(),
+        Some(tls) => Client::with_http_client(
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(crate::tls::POOL_IDLE_TIMEOUT)
+                .build(crate::tls::connector(tls)),
+        ),
+    };
+    let mut client = base
         .with_url(&config.url)
         .with_database(&config.database)
         .with_compression(Compression::Lz4)
@@ -31,15 +40,17 @@ pub fn client(config: &ClickHouseConfig) -> Client {
         client = client.with_user(&config.user);
     }
     if !config.password.is_empty() {
-        client = client.with_password(&config.password);
+        client = client.with_password(config.password.expose());
     }
-    client
+    Ok(client)
 }
 
 /// Writes batches of `FlowRow` into one table.
 #[derive(Clone)]
 pub struct Inserter {
     client: Client,
+    /// `ClickHouseConfig::endpoint`, for error messages.
+    endpoint: String,
     table: String,
     timeout: Duration,
     validation: bool,
@@ -49,13 +60,14 @@ pub struct Inserter {
 }
 
 impl Inserter {
-    pub fn new(config: &ClickHouseConfig) -> Self {
+    pub fn new(config: &ClickHouseConfig) -> anyhow::Result<Self> {
         let columns: Vec<String> = FlowRow::COLUMN_NAMES
             .iter()
             .map(|c| format!("`{c}`"))
             .collect();
-        Self {
-            client: client(config),
+        Ok(Self {
+            client: client(config)?,
+            endpoint: config.endpoint(),
             table: config.table.clone(),
             timeout: Duration::from_millis(config.timeout_ms),
             validation: config.validation,
@@ -65,7 +77,7 @@ impl Inserter {
                 config.table,
                 columns.join(",")
             ),
-        }
+        })
     }
 
     pub fn client(&self) -> &Client {
@@ -97,7 +109,10 @@ impl Inserter {
             return Ok(());
         }
         let started = Instant::now();
-        let result = self.write_inner(data, token).await;
+        let result = self
+            .write_inner(data, token)
+            .await
+            .with_context(|| format!("inserting into `{}` at {}", self.table, self.endpoint));
         let elapsed = started.elapsed();
         match &result {
             Ok(()) => {
@@ -240,7 +255,8 @@ mod tests {
             validation: false,
             timeout_ms: 2_000,
             ..Default::default()
-        });
+        })
+        .unwrap();
         let row = FlowRow::try_from(crate::row::sample_flow(1)).unwrap();
         assert!(inserter.write(&[row], Some("t/0/1-1")).await.is_err());
         assert!(inserter.write(&[], None).await.is_ok());

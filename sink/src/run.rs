@@ -178,7 +178,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 
     let mut sink = Sink {
         consumer,
-        inserter: Inserter::new(&config.clickhouse),
+        inserter: Inserter::new(&config.clickhouse)?,
         table: config.clickhouse.table.clone(),
         batches: Batches::new(config.batch.clone()),
         stored_through: HashMap::new(),
@@ -203,9 +203,7 @@ async fn prepare_schema(config: &Config, shutdown: &Shutdown) -> anyhow::Result<
     loop {
         let attempt = async {
             if config.sink.migrate_on_start {
-                let applied = crate::migrate::apply(&config.clickhouse, &migrations).await?;
-                crate::migrate::apply_retention(&config.clickhouse, &config.retention).await?;
-                tracing::info!(?applied, available = migrations.len(), "migrations checked");
+                crate::migrate::migrate(&config.clickhouse, &config.retention, &migrations).await?;
                 Ok(Ok(()))
             } else {
                 crate::migrate::check(&config.clickhouse, &migrations).await

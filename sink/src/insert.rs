@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clickhouse::{Client, Compression, Row as _};
+use flowlens_runtime::{health, Shutdown};
 
 use crate::config::{ClickHouseConfig, SinkConfig};
 use crate::row::{FlowRow, COLUMN_TYPES};
@@ -43,6 +44,36 @@ pub fn client(config: &ClickHouseConfig) -> anyhow::Result<Client> {
         client = client.with_password(config.password.expose());
     }
     Ok(client)
+}
+
+/// Readiness condition: ClickHouse answers (a `SELECT 1` every [`PROBE_INTERVAL`]).
+pub const REACHABLE: &str = "clickhouse";
+/// Readiness condition: the last INSERT was acknowledged (none failed yet counts as met).
+pub const INSERTS: &str = "clickhouse_inserts";
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps [`REACHABLE`] up to date until `shutdown`, from a task of its own.
+pub fn watch(config: &ClickHouseConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let client = client(config)?.with_validation(false);
+    let endpoint = config.endpoint();
+    let timeout = Duration::from_millis(config.timeout_ms).min(PROBE_INTERVAL);
+    let condition = health::condition(REACHABLE);
+    tokio::spawn(async move {
+        loop {
+            let answer =
+                tokio::time::timeout(timeout, client.query("SELECT 1").fetch_one::<u8>()).await;
+            match answer {
+                Ok(Ok(_)) => condition.set_ok(),
+                Ok(Err(e)) => condition.set_failing(format!("{endpoint}: {e}")),
+                Err(_) => condition.set_failing(format!("{endpoint}: no answer in {timeout:?}")),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Writes batches of `FlowRow` into one table.
@@ -116,6 +147,7 @@ impl Inserter {
         let elapsed = started.elapsed();
         match &result {
             Ok(()) => {
+                health::condition(INSERTS).set_ok();
                 metrics::histogram!("flowlens_sink_insert_duration_seconds")
                     .record(elapsed.as_secs_f64());
                 metrics::counter!("flowlens_sink_rows_inserted_total").increment(rows as u64);
@@ -128,6 +160,7 @@ impl Inserter {
                 );
             }
             Err(e) => {
+                health::condition(INSERTS).set_failing(format!("{e:#}"));
                 metrics::counter!("flowlens_sink_insert_errors_total").increment(1);
                 tracing::warn!(table = %self.table, rows, error = format!("{e:#}"), "insert failed");
                 // The table may have been (re)created with other columns: check them again.

@@ -4,12 +4,16 @@
 
 use anyhow::Context;
 use clickhouse::{Client, Row};
+use flowlens_runtime::health;
 use serde::Deserialize;
 
 use crate::config::{ClickHouseConfig, RetentionConfig};
 
 /// `(file name, contents)` of every `sql/migrations/*.sql`, sorted by file name (see build.rs).
 pub const EMBEDDED: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+
+/// Readiness condition: the schema has every migration this sink needs (applied or checked).
+pub const CONDITION: &str = "schema";
 
 /// The table recording applied migrations.
 pub const MIGRATIONS_TABLE: &str = "schema_migrations";
@@ -140,8 +144,14 @@ pub async fn migrate(
     retention: &RetentionConfig,
     migrations: &[Migration],
 ) -> anyhow::Result<()> {
-    let applied = apply(config, migrations).await?;
-    let altered = apply_retention(config, retention).await?;
+    let condition = health::condition(CONDITION);
+    let applied = apply(config, migrations)
+        .await
+        .inspect_err(|e| condition.set_failing(format!("migrating: {e:#}")))?;
+    let altered = apply_retention(config, retention)
+        .await
+        .inspect_err(|e| condition.set_failing(format!("setting the retention: {e:#}")))?;
+    condition.set_ok();
     tracing::info!(
         ?applied,
         available = migrations.len(),
@@ -222,6 +232,20 @@ pub async fn apply(
 /// older than this sink (the message says what to run). A schema newer than the sink is
 /// accepted with a warning (migrations only add).
 pub async fn check(
+    config: &ClickHouseConfig,
+    migrations: &[Migration],
+) -> anyhow::Result<Result<(), String>> {
+    let condition = health::condition(CONDITION);
+    let result = check_versions(config, migrations).await;
+    match &result {
+        Ok(Ok(())) => condition.set_ok(),
+        Ok(Err(too_old)) => condition.set_failing(too_old.clone()),
+        Err(e) => condition.set_failing(format!("checking: {e:#}")),
+    }
+    result
+}
+
+async fn check_versions(
     config: &ClickHouseConfig,
     migrations: &[Migration],
 ) -> anyhow::Result<Result<(), String>> {

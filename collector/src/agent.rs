@@ -82,7 +82,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         Ok(all)
     })?;
     let (link_events, mut link_changed) = tokio::sync::mpsc::channel(1);
-    interfaces::watch(&c.netns, link_events)?;
+    interfaces::LinkWatch::open(&c.netns, None)?.spawn(link_events)?;
     let netns_inode = netns::inode(&if c.netns.is_empty() {
         std::path::PathBuf::from("/proc/self/ns/net")
     } else {

@@ -91,13 +91,11 @@ fn broker_down_makes_it_unready_but_alive_and_loses_nothing() {
     );
 
     let records = read_topic(&brokers, &topic, 1, Duration::from_secs(30));
-    for port in [7201, 7202] {
+    for port in [7201i32, 7202] {
         let (packets, bytes) = records
             .iter()
             .map(|m| decode::<RawFlow>(m.payload().unwrap()).unwrap())
-            .filter(|f| {
-                !f.duplicate && f.src_port == i32::from(port) && f.dst_port == i32::from(port)
-            })
+            .filter(|f| !f.duplicate && f.src_port == port && f.dst_port == port)
             .fold((0, 0), |(p, b), f| (p + f.packets, b + f.bytes));
         assert_eq!(
             (packets as u64, bytes as u64),

@@ -8,11 +8,11 @@ mod common;
 
 use std::net::UdpSocket;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::require_root;
 use flowlens_runtime::testkit::{
-    free_port, http_get, in_netns, read_topic, unique, wait_probe, ChildGuard, NetnsPair,
+    assert_alive_for, free_port, in_netns, read_topic, unique, wait_probe, ChildGuard, NetnsPair,
 };
 use flowlens_schemas::{decode, RawFlow};
 use rdkafka::mocking::MockCluster;
@@ -72,12 +72,7 @@ fn broker_down_makes_it_unready_but_alive_and_loses_nothing() {
     let why = wait_probe(metrics, "/readyz", 503, "kafka", Duration::from_secs(60));
     eprintln!("Kafka down, /readyz says:\n{why}");
     udp(&pair, 7202);
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(8) {
-        let (status, body) = http_get(metrics, "/healthz").unwrap();
-        assert_eq!(status, 200, "/healthz: {body}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    assert_alive_for(metrics, Duration::from_secs(8));
     mock.broker_up(1).unwrap();
     wait_probe(metrics, "/readyz", 200, "ready", Duration::from_secs(60));
     // SIGTERM: final drain, flush, exit 0.

@@ -14,9 +14,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use flowlens_runtime::testkit::{free_port, wait_probe, ChildGuard, Tansu};
+use flowlens_runtime::testkit::{free_port, topic_partitions, wait_probe, ChildGuard, Tansu};
 use flowlens_schemas::EnrichedFlow;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
 use serde_json::json;
 
@@ -130,16 +129,8 @@ async fn kubernetes_snapshot_topic_and_log_keys_take_effect() {
     let partitions = tokio::task::spawn_blocking({
         let (b, topics) = (brokers.clone(), t.clone());
         move || {
-            let c: BaseConsumer = rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", &b)
-                .create()
-                .unwrap();
-            [topics.raw_flows, topics.enriched_flows, topics.dead_letter].map(|topic| {
-                let md = c
-                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                    .unwrap();
-                md.topics()[0].partitions().len()
-            })
+            [topics.raw_flows, topics.enriched_flows, topics.dead_letter]
+                .map(|topic| topic_partitions(&b, &topic))
         }
     })
     .await

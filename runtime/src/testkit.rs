@@ -158,6 +158,21 @@ pub fn wait_probe(port: u16, path: &str, status: u16, needle: &str, timeout: Dur
     );
 }
 
+/// Polls `GET /healthz` every half second for `period`: it must answer 200 each time.
+pub fn assert_alive_for(port: u16, period: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < period {
+        let (status, body) = http_get(port, "/healthz").expect("metrics endpoint listening");
+        assert_eq!(status, 200, "/healthz: {body}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The partition count of `topic`, from the brokers' metadata.
+pub fn topic_partitions(brokers: &str, topic: &str) -> usize {
+    partition_count(&reader(brokers, &unique("metadata")), topic) as usize
+}
+
 /// The chdb ClickHouse-HTTP front on a free port with a temporary data directory.
 pub struct Chdb {
     pub port: u16,

@@ -128,8 +128,7 @@ fn front_log_since(chdb: &Chdb, from: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_table_schema_and_log_keys_take_effect() {
     use flowlens_runtime::kafka::KafkaConfig;
-    use flowlens_runtime::testkit::{unique, Tansu};
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use flowlens_runtime::testkit::{topic_partitions, unique, Tansu};
     if skip() {
         return;
     }
@@ -226,21 +225,10 @@ async fn batch_table_schema_and_log_keys_take_effect() {
         assert!(ours || v["level"] != "INFO", "{line}");
     }
     assert!(debug > 0, "no debug line:\n{logged}");
-    let partitions = tokio::task::spawn_blocking({
-        let (brokers, dlq) = (tansu.broker(), format!("{topic}.dlq"));
-        move || {
-            let c: BaseConsumer = rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .create()
-                .unwrap();
-            let md = c
-                .fetch_metadata(Some(&dlq), Duration::from_secs(10))
-                .unwrap();
-            md.topics()[0].partitions().len()
-        }
-    })
-    .await
-    .unwrap();
+    let (brokers, dlq) = (tansu.broker(), format!("{topic}.dlq"));
+    let partitions = tokio::task::spawn_blocking(move || topic_partitions(&brokers, &dlq))
+        .await
+        .unwrap();
     assert_eq!(
         partitions, 3,
         "dead-letter topic created with kafka.partitions"

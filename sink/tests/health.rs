@@ -10,20 +10,18 @@ use std::time::Duration;
 
 use common::{produce, spawn, wait_exactly_once};
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::testkit::{free_port, require, unique, wait_probe, Chdb, TANSU, VENV_PYTHON};
+use flowlens_runtime::testkit::{
+    assert_alive_for, free_port, require, unique, wait_probe, Chdb, TANSU, VENV_PYTHON,
+};
 
 fn skip() -> bool {
     require(VENV_PYTHON, "CHDB") || require(TANSU, "CHDB")
 }
 
-/// Polls `/healthz` for `period`: it must answer 200 every time.
 async fn alive_throughout(port: u16, period: Duration) {
-    let start = std::time::Instant::now();
-    while start.elapsed() < period {
-        let (status, body) = flowlens_runtime::testkit::http_get(port, "/healthz").unwrap();
-        assert_eq!(status, 200, "/healthz: {body}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    tokio::task::spawn_blocking(move || assert_alive_for(port, period))
+        .await
+        .unwrap();
 }
 
 async fn wait(port: u16, path: &'static str, status: u16, needle: &'static str) -> String {

@@ -58,53 +58,40 @@ impl Pki {
         );
     }
 
-    fn ca(&self, name: &str, cn: &str) {
-        let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
-        self.openssl(&[
+    /// `openssl req` making a new P-256 key (unencrypted) into `key`, then `rest`.
+    fn req(&self, key: &str, rest: &[&str]) {
+        let mut args = vec![
             "req",
-            "-x509",
             "-newkey",
             "ec",
             "-pkeyopt",
             "ec_paramgen_curve:P-256",
             "-nodes",
             "-keyout",
+            key,
+        ];
+        args.extend_from_slice(rest);
+        self.openssl(&args);
+    }
+
+    fn ca(&self, name: &str, cn: &str) {
+        let subject = format!("/CN={cn}");
+        let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+        self.req(
             &key,
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={cn}"),
-        ]);
+            &["-x509", "-out", &pem, "-days", "2", "-subj", &subject],
+        );
     }
 
     fn leaf(&self, name: &str, cn: &str, extensions: &str) {
-        let (key, csr, pem, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
+        let subject = format!("/CN={cn}");
+        let [key, csr, pem, ext] = ["key", "csr", "pem", "ext"].map(|x| format!("{name}.{x}"));
         std::fs::write(
             self.dir.path().join(&ext),
             format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n{extensions}"),
         )
         .unwrap();
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={cn}"),
-        ]);
+        self.req(&key, &["-out", &csr, "-subj", &subject]);
         self.openssl(&[
             "x509",
             "-req",

@@ -5,7 +5,8 @@
 //! `sampling = 2`: records carry `sampling_rate = 2`; `bidirectional = false`: answers are
 //! records of their own (`reverse_*` 0, the answer's direction ingress); `table_size = 1024`:
 //! 3,000 flows overflow the kernel table (its `table_full` counter on `/metrics`);
-//! `max_in_flight = 64` and `drain_batch = 16` still deliver every record; `socket_metrics =
+//! `idle_timeout_ms = 1000`: quiet flows leave the kernel table within seconds (its occupancy
+//! on `/metrics`); `max_in_flight = 64` and `drain_batch = 16` still deliver every record; `socket_metrics =
 //! false`: no record of kernel drops (those come from a host-wide tracepoint the packet
 //! filters do not see); `telemetry.log_format = "json"`: every log line is JSON.
 
@@ -37,7 +38,7 @@ fn filter_sampling_direction_table_and_log_keys_take_effect() {
         format!(
             "[collector]\nhost = \"keys-host\"\ninterfaces = [\"{}\"]\nnetns = \"{}\"\n\
              scan_interval_ms = 300\nbidirectional = false\ntable_size = 1024\ndrain_batch = 16\n\
-             max_in_flight = 64\nsampling = 2\nsocket_metrics = false\n\
+             max_in_flight = 64\nsampling = 2\nsocket_metrics = false\nidle_timeout_ms = 1000\n\
              [collector.filter]\ncidrs = [\"{net}\"]\nports = [7301]\nprotocols = [\"udp\"]\n\
              [kafka]\nbrokers = [\"{}\"]\npartitions = 1\n\
              [kafka.topics]\nraw_flows = \"{topic}\"\ninterfaces = \"{topic}-ifaces\"\n\
@@ -101,6 +102,24 @@ fn filter_sampling_direction_table_and_log_keys_take_effect() {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "table never full:\n{exposition}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Quiet flows leave the kernel table after idle_timeout_ms (1 s; the default keeps them
+    // 15 s): the table's occupancy falls to 0 within a few scans.
+    let start = std::time::Instant::now();
+    loop {
+        let (_, exposition) = http(metrics, "GET", "/metrics", "");
+        let entries = exposition
+            .lines()
+            .find_map(|l| l.strip_prefix("flowlens_collector_table_entries "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if entries == Some(0.0) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "table still holds {entries:?} entries"
         );
         std::thread::sleep(Duration::from_millis(300));
     }

@@ -29,7 +29,7 @@ ARG BPF_LINKER_VERSION=0.13.0
 RUN set -eux; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        llvm-22-dev libzstd-dev zlib1g-dev; \
+        llvm-22-dev libzstd-dev zlib1g-dev libssl-dev; \
     rm -rf /var/lib/apt/lists/*
 
 RUN set -eux; \
@@ -65,10 +65,12 @@ RUN --mount=type=cache,id=flowlens-cargo-registry,target=/usr/local/cargo/regist
 ############################################################################################
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 
-# ca-certificates: for https:// ClickHouse URLs.
+# ca-certificates: the system's CAs for https:// ClickHouse and TLS Kafka; libssl3: librdkafka's
+# TLS and SASL (linked against the system OpenSSL).
 RUN set -eux; \
     apt-get update; \
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates \
+        libssl3; \
     rm -rf /var/lib/apt/lists/*; \
     groupadd --system --gid 10001 flowlens; \
     useradd --system --uid 10001 --gid flowlens --home-dir /nonexistent --no-create-home \

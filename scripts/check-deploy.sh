@@ -139,6 +139,8 @@ for name, svc in services.items():
         say(not flowlens_env, f"service {name}: no flowlens command, no FLOWLENS_* variable")
         continue
     seen.add(stage)
+    test = " ".join((svc.get("healthcheck") or {}).get("test") or [])
+    say("/readyz" in test, f"service {name}: healthcheck asks /readyz")
     prefix = f"FLOWLENS_{stage.upper()}__"
     with open(os.path.join(tmp, f"env.{stage}"), "w") as out:
         for var, value in sorted(flowlens_env.items()):
@@ -154,8 +156,6 @@ for name, svc in services.items():
             if path[:2] == ("kafka", "properties") and len(path) == 3:
                 known = True
             say(known, f"service {name}: {var} -> {'.'.join(path)}")
-            if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9][0-9_.eE+-]*", value) and path[-1] == "password":
-                say(False, f"service {name}: {var} looks numeric and would be type-converted")
 for stage in stages:
     say(stage in seen, f"docker-compose.yml runs flowlens-{stage}")
 sys.exit(1 if failures else 0)
@@ -303,6 +303,9 @@ for w in workloads:
             continue
         cfg = cmd[cmd.index("--config") + 1] if "--config" in cmd else ""
         say(cfg.endswith(f"/{stage}.toml"), f"{where}: --config {cfg}")
+        probe = lambda kind: (c.get(kind) or {}).get("httpGet", {}).get("path")
+        say(probe("livenessProbe") == "/healthz" and probe("readinessProbe") == "/readyz",
+            f"{where}: liveness probe /healthz, readiness probe /readyz")
         items = [i["key"] for v in spec.get("volumes", []) if "configMap" in v for i in v["configMap"].get("items", [])]
         say(items == [f"{stage}.toml"], f"{where}: mounts ConfigMap item {items}")
         prefix = f"FLOWLENS_{stage.upper()}__"

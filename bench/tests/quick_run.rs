@@ -2,17 +2,23 @@
 //! the report, its JSON and plots are written, and ClickHouse holds every record exactly once.
 //! Checks counts and the report's shape only, never timings.
 
-use flowlens_runtime::testkit::{require, TANSU, VENV_PYTHON};
+use flowlens_runtime::testkit::{require, Chdb, TANSU, VENV_PYTHON};
 
+/// Losses judged by ClickHouse, not by the report: the run writes into a chdb front of this
+/// test's own (`--clickhouse-url`), whose `flows` must then hold the records generated (the
+/// report's `sent`) once each, their unique ids (`time_flow_start` = base + sequence, in ns)
+/// forming one range without a gap.
 #[test]
 fn quick_run_writes_a_report_with_zero_losses() {
     if require(TANSU, "TANSU") || require(VENV_PYTHON, "CHDB") {
         return;
     }
+    let chdb = Chdb::start();
     let out = tempfile::tempdir().unwrap();
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_flowlens-bench"))
         .args(["run", "--quick", "--no-progress", "--name", "t", "--out"])
         .arg(out.path())
+        .args(["--clickhouse-url", &chdb.url()])
         .status()
         .unwrap();
     assert!(
@@ -25,6 +31,24 @@ fn quick_run_writes_a_report_with_zero_losses() {
     let losses = &json["losses"];
     let sent = losses["sent"].as_u64().unwrap();
     assert!(sent >= 5_000, "{losses}");
+    let (rows, ids, span): (u64, u64, i64) = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(
+            clickhouse::Client::default()
+                .with_url(chdb.url())
+                .query(
+                    "SELECT count(), uniqExact(time_flow_start), \
+                     toUnixTimestamp64Nano(max(time_flow_start)) - \
+                     toUnixTimestamp64Nano(min(time_flow_start)) FROM flows",
+                )
+                .fetch_one(),
+        )
+        .unwrap();
+    assert_eq!(
+        (rows, ids, span),
+        (sent, sent, sent as i64 - 1),
+        "ClickHouse: rows, distinct ids, id range vs {sent} records generated"
+    );
     assert_eq!(losses["unique_ids"].as_u64(), Some(sent), "{losses}");
     assert_eq!(losses["rows"].as_u64(), Some(sent), "{losses}");
     assert_eq!(losses["missing"].as_u64(), Some(0), "{losses}");

@@ -10,7 +10,7 @@ use flowlens_common::{
     TunnelOuter, COUNTER_FILTERED, COUNTER_FRAGMENT_UNMATCHED, COUNTER_MALFORMED, COUNTER_NON_IP,
     COUNTER_SAMPLED_OUT, COUNTER_TABLE_FULL, TUNNEL_NONE,
 };
-use flowlens_runtime::Shutdown;
+use flowlens_runtime::{health, kafka_probe, Shutdown};
 use flowlens_schemas::Interface;
 
 use crate::config::Config;
@@ -25,10 +25,16 @@ use crate::record::{add_socket_fields, drop_only, raw_flow, Clock};
 use crate::sockets::{SocketOptions, SocketStats};
 use crate::table::{Exported, FlowTable, Timeouts};
 
+/// Readiness condition: the programs are loaded and attached to the interfaces found at start.
+pub const ATTACHED: &str = "programs_attached";
+
 /// Runs the collector until `shutdown` fires.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let c = &config.collector;
+    let attached_condition = health::condition(ATTACHED);
+    attached_condition.set_failing("loading the eBPF programs");
     crate::privileges::check(!c.netns.is_empty())?;
+    kafka_probe::watch(&config.kafka, &shutdown).await?;
     let host = c.host_name();
     let topics = &config.kafka.topics;
     let wanted = [
@@ -76,7 +82,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         Ok(all)
     })?;
     let (link_events, mut link_changed) = tokio::sync::mpsc::channel(1);
-    interfaces::watch(&c.netns, link_events)?;
+    interfaces::LinkWatch::open(&c.netns, None)?.spawn(link_events)?;
     let netns_inode = netns::inode(&if c.netns.is_empty() {
         std::path::PathBuf::from("/proc/self/ns/net")
     } else {
@@ -97,6 +103,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     for iface in known.values() {
         publisher.publish_interface(&describe(iface)).await?;
     }
+    attached_condition.set_ok();
     tracing::info!(
         host = %host,
         interfaces = ?probe.attached(),
@@ -131,7 +138,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     scan.tick().await;
     let mut refresh = tokio::time::interval(Duration::from_millis(c.interface_refresh_ms));
     refresh.tick().await;
+    // A pass is a scan (waiting at most message.timeout.ms, 120 s, for its deliveries) or an
+    // interface re-read.
+    let alive = health::watch_loop(
+        "collector",
+        Duration::from_millis(2 * c.scan_interval_ms) + Duration::from_secs(150),
+    );
     loop {
+        alive.beat();
         tokio::select! {
             _ = scan.tick() => exporter.export(&probe, &publisher, Scan::Interval).await?,
             _ = async {
@@ -158,6 +172,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             _ = shutdown.cancelled() => break,
         }
     }
+    alive.retire();
     tracing::info!("final drain before exit");
     exporter.export(&probe, &publisher, Scan::Final).await?;
     publisher.flush(Duration::from_secs(30))?;

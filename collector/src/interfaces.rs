@@ -1,6 +1,7 @@
 //! Interface metadata (index, name, MAC, MTU, kind, state) read in the calling thread's network
-//! namespace through `if_nameindex` and interface ioctls, and the change detection that decides
-//! which records to (re)publish.
+//! namespace through `if_nameindex` and interface ioctls, the change detection that decides
+//! which records to (re)publish, and the netlink watch whose every event, or lost event
+//! (receive buffer overflow), triggers a full re-read.
 
 use std::collections::BTreeMap;
 use std::ffi::CStr;
@@ -94,66 +95,133 @@ pub fn matches(pattern: &str, name: &str) -> bool {
     go(pattern.as_bytes(), name.as_bytes())
 }
 
-/// Watches link changes (netlink RTMGRP_LINK) in network namespace `netns` from a thread of its
-/// own and signals `changed` after each; the thread ends once the receiver is dropped.
-pub fn watch(netns: &str, changed: tokio::sync::mpsc::Sender<()>) -> anyhow::Result<()> {
-    const RTMGRP_LINK: u32 = 1;
-    let sock = crate::netns::within(netns, || {
-        // SAFETY: plain socket calls on a fresh fd owned by OwnedFd.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error()).context("netlink socket");
+/// What one wait on the link-event socket brought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// At least one link message arrived.
+    Changed,
+    /// The kernel dropped messages (ENOBUFS: the socket's receive buffer overflowed): what
+    /// changed is unknown, only a full re-read tells.
+    Overflow,
+    /// Nothing within the wait (one second).
+    Quiet,
+}
+
+/// A netlink socket subscribed to link changes (RTMGRP_LINK) of one network namespace.
+pub struct LinkWatch {
+    sock: OwnedFd,
+}
+
+impl LinkWatch {
+    /// Subscribes in network namespace `netns` ("" = our own). `receive_buffer`: SO_RCVBUF in
+    /// bytes (the kernel doubles it and keeps a minimum), `None` = the kernel's default.
+    pub fn open(netns: &str, receive_buffer: Option<usize>) -> anyhow::Result<Self> {
+        const RTMGRP_LINK: u32 = 1;
+        let sock = crate::netns::within(netns, || {
+            // SAFETY: plain socket calls on a fresh fd owned by OwnedFd.
+            let raw = unsafe {
+                libc::socket(
+                    libc::AF_NETLINK,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    libc::NETLINK_ROUTE,
+                )
+            };
+            if raw < 0 {
+                return Err(std::io::Error::last_os_error()).context("netlink socket");
+            }
+            let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+            if let Some(bytes) = receive_buffer {
+                let bytes = bytes.min(i32::MAX as usize) as libc::c_int;
+                setsockopt(&sock, libc::SO_RCVBUF, &bytes).context("netlink SO_RCVBUF")?;
+            }
+            let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+            addr.nl_family = libc::AF_NETLINK as u16;
+            addr.nl_groups = RTMGRP_LINK;
+            let rc = unsafe {
+                libc::bind(
+                    sock.as_raw_fd(),
+                    (&addr as *const libc::sockaddr_nl).cast(),
+                    std::mem::size_of::<libc::sockaddr_nl>() as u32,
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .context("binding netlink to RTMGRP_LINK");
+            }
+            let timeout = libc::timeval {
+                tv_sec: 1,
+                tv_usec: 0,
+            };
+            setsockopt(&sock, libc::SO_RCVTIMEO, &timeout).context("netlink SO_RCVTIMEO")?;
+            Ok(sock)
+        })?;
+        Ok(Self { sock })
+    }
+
+    /// Waits up to a second for the next message (read into `buf`) or error.
+    pub fn wait(&self, buf: &mut [u8]) -> anyhow::Result<LinkEvent> {
+        // SAFETY: reads at most buf.len() bytes into buf.
+        let n = unsafe { libc::recv(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n > 0 {
+            return Ok(LinkEvent::Changed);
         }
-        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        addr.nl_groups = RTMGRP_LINK;
-        let rc = unsafe {
-            libc::bind(
-                sock.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("binding netlink to RTMGRP_LINK");
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            _ if n == 0 => Ok(LinkEvent::Quiet),
+            Some(libc::ENOBUFS) => Ok(LinkEvent::Overflow),
+            Some(libc::EAGAIN | libc::EINTR) => Ok(LinkEvent::Quiet),
+            _ => Err(e).context("reading link events"),
         }
-        let timeout = libc::timeval {
-            tv_sec: 1,
-            tv_usec: 0,
-        };
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        Ok(sock)
-    })?;
-    std::thread::Builder::new()
-        .name("netlink-links".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 16 * 1024];
-            while !changed.is_closed() {
-                // SAFETY: reads at most buf.len() bytes into buf.
-                let n =
-                    unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if n > 0 {
-                    // Coalesced: one pending signal is enough to trigger a re-read.
+    }
+
+    /// Reads events from a thread of its own and signals `changed` after each change or
+    /// overflow (coalesced: one pending signal triggers one full re-read); the thread ends
+    /// once the receiver is dropped.
+    pub fn spawn(self, changed: tokio::sync::mpsc::Sender<()>) -> anyhow::Result<()> {
+        std::thread::Builder::new()
+            .name("netlink-links".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 16 * 1024];
+                while !changed.is_closed() {
+                    match self.wait(&mut buf) {
+                        Ok(LinkEvent::Quiet) => continue,
+                        Ok(LinkEvent::Changed) => {}
+                        Ok(LinkEvent::Overflow) => {
+                            metrics::counter!("flowlens_collector_netlink_overflows_total")
+                                .increment(1);
+                            tracing::warn!(
+                                "link events lost (netlink receive buffer overflowed): \
+                                 re-reading every interface"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = format!("{e:#}"), "re-reading every interface");
+                            std::thread::sleep(std::time::Duration::from_secs(1));
+                        }
+                    }
                     let _ = changed.try_send(());
                 }
-            }
-        })?;
-    Ok(())
+            })?;
+        Ok(())
+    }
+}
+
+fn setsockopt<T>(sock: &OwnedFd, option: libc::c_int, value: &T) -> std::io::Result<()> {
+    // SAFETY: `value` is a live T of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn names() -> anyhow::Result<Vec<(u32, String)>> {

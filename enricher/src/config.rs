@@ -191,6 +191,11 @@ impl flowlens_runtime::service::ServiceConfig for Config {
     fn telemetry(&self) -> &flowlens_runtime::telemetry::TelemetryConfig {
         &self.telemetry
     }
+
+    /// Reads `kafka.sasl_password_file`.
+    fn resolve(&mut self) -> Result<(), ConfigError> {
+        self.kafka.resolve("kafka")
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::fasthash::FastMap;
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::Shutdown;
+use flowlens_runtime::{health, Shutdown};
 use flowlens_schemas::Interface;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -18,6 +18,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Readiness condition: the cache caught up with the interfaces topic.
+pub const CONDITION: &str = "interfaces";
+
+/// Registers [`CONDITION`] as not met (reading `topic` from the beginning).
+pub fn register_condition(topic: &str) {
+    health::condition(CONDITION).set_failing(format!("reading topic {topic} from the beginning"));
+}
 
 /// Latest metadata per (host, ifindex). Nested maps so a lookup by `&str` does not allocate.
 #[derive(Debug, Default)]
@@ -205,6 +213,7 @@ async fn follow(
             caught_up = true;
             let entries = cache.read().map(|c| c.len()).unwrap_or_default();
             tracing::info!(topic, entries, "interface cache caught up");
+            health::condition(CONDITION).set_ok();
             metrics::gauge!("flowlens_enricher_interface_cache_entries").set(entries as f64);
             let _ = ready.send(true);
         }

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use flowlens_runtime::{DeadLetter, PolledProducer, Shutdown};
+use flowlens_runtime::{health, kafka_probe, DeadLetter, PolledProducer, Shutdown};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -71,6 +71,8 @@ impl ProducerContext for Reports {
 /// Creates the topics (if configured to), fills the interface cache, then enriches until
 /// `shutdown` is triggered or a record cannot be delivered (an error: nothing is skipped).
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    crate::interfaces::register_condition(&config.kafka.topics.interfaces);
+    kafka_probe::watch(&config.kafka, &shutdown).await?;
     let kafka = &config.kafka;
     let topics = &kafka.topics;
     let wanted = [
@@ -190,7 +192,11 @@ impl Pipeline {
         in_flight_gauge.set(0.0);
         let stop = shutdown.cancelled();
         tokio::pin!(stop);
+        // A record waits at most for librdkafka's message.timeout.ms (120 s) to be settled.
+        let alive = health::watch_loop("enricher", Duration::from_secs(150));
+        let mut beat = tokio::time::interval(Duration::from_secs(1));
         loop {
+            alive.beat();
             tokio::select! {
                 biased;
                 _ = &mut stop => break,
@@ -217,9 +223,11 @@ impl Pipeline {
                         }
                     }
                 }
+                _ = beat.tick() => {}
             }
             in_flight_gauge.set(self.in_flight as f64);
         }
+        alive.retire();
 
         // Stop consuming; let every record already produced be acknowledged (or fail).
         tracing::info!(in_flight = self.in_flight, "draining in-flight records");

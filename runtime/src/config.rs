@@ -1,9 +1,11 @@
 //! Configuration loading: a TOML file plus environment overrides, then validation that names the
 //! offending key. `FLOWLENS_<STAGE>__KAFKA__BROKERS=...` overrides `kafka.brokers`.
 
+use std::fmt;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 /// A configuration problem, always naming the key (dotted path) that is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,55 @@ where
         .map_err(|e| ConfigError::Parse(e.to_string()))?;
     parsed.validate()?;
     Ok(parsed)
+}
+
+/// A configuration value that is never shown: `Debug` prints `<redacted>` (or `""` when empty).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself, for the one place that needs it (a client's credentials).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+/// The secret held by the file `path` (a mounted Kubernetes secret, say) named by `key`;
+/// trailing newlines are not part of it.
+pub fn read_secret_file(key: &str, path: &str) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::invalid(key, format!("cannot read `{path}`: {e}")))?;
+    Ok(Secret(text.trim_end_matches(['\r', '\n']).to_owned()))
+}
+
+/// For a key naming a file that must exist when set (certificates, keys, CA bundles).
+pub fn check_file(key: &str, path: &str) -> Result<(), ConfigError> {
+    if !path.is_empty() && !Path::new(path).is_file() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("`{path}` is not a readable file"),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks that a duration-like number of milliseconds lies in `[min, max]`.
@@ -165,6 +216,20 @@ mod tests {
         }
         let s: Sample = load_config(Some(f.path()), "FLOWLENS_TEST_G").unwrap();
         assert_eq!((s.name.as_str(), s.count, s.enabled), ("0123", 7, true));
+    }
+
+    #[test]
+    fn secrets_are_never_shown_and_files_lose_their_newline() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "<redacted>");
+        assert_eq!(format!("{:?}", Secret::default()), "\"\"");
+        let f = write("hunter2\n");
+        let read = read_secret_file("x.password_file", f.path().to_str().unwrap()).unwrap();
+        assert_eq!(read.expose(), "hunter2");
+        let e = read_secret_file("x.password_file", "/nonexistent/pw").unwrap_err();
+        assert!(e.to_string().contains("`x.password_file`"), "{e}");
+        assert!(check_file("x.ca", "/nonexistent/ca.pem").is_err());
+        assert!(check_file("x.ca", "").is_ok());
     }
 
     #[test]

@@ -124,9 +124,16 @@ pub fn liveness() -> (bool, String) {
     }
 }
 
-/// `(ready, text)`: the conditions not met, with why.
+/// `(ready, text)`: the conditions not met, with why. Not ready before the stage registered
+/// any condition (it is still starting).
 pub fn readiness() -> (bool, String) {
     let r = lock();
+    if r.conditions.is_empty() {
+        return (
+            false,
+            "starting: no readiness condition registered yet\n".into(),
+        );
+    }
     let failing: Vec<String> = r
         .conditions
         .iter()

@@ -1,5 +1,5 @@
-//! Kafka client settings shared by the stages: broker list, topic names, producer and consumer
-//! configurations tuned for flowlens, and topic creation at start.
+//! Kafka client settings shared by the stages: broker list, security (TLS, SASL), topic names,
+//! producer and consumer configurations tuned for flowlens, and topic creation at start.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,14 +10,30 @@ use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 use serde::Deserialize;
 
+use crate::config::{check_file, read_secret_file, Secret};
 use crate::ConfigError;
 
-/// `[kafka]` section: where the brokers are and librdkafka pass-through properties.
+/// `[kafka]` section: where the brokers are, how to authenticate, librdkafka pass-through
+/// properties.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     pub brokers: Vec<String>,
     pub client_id: String,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl` (librdkafka's `security.protocol`).
+    pub security_protocol: String,
+    /// PEM file of the CA(s) that signed the brokers' certificates; empty: the system's.
+    pub tls_ca_file: String,
+    /// Client certificate (PEM) for brokers that require one, with `tls_key_file`.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (with a `sasl_*` protocol).
+    pub sasl_mechanism: String,
+    pub sasl_username: String,
+    /// Never logged; best set through the environment or `sasl_password_file`.
+    pub sasl_password: Secret,
+    /// File holding the SASL password (trailing newlines ignored), instead of `sasl_password`.
+    pub sasl_password_file: String,
     /// Extra librdkafka properties (e.g. `"security.protocol" = "SASL_SSL"`), applied last.
     pub properties: BTreeMap<String, String>,
     /// Create missing topics at start (needs the admin API).
@@ -55,6 +71,14 @@ impl Default for KafkaConfig {
         Self {
             brokers: vec!["127.0.0.1:9092".into()],
             client_id: "flowlens".into(),
+            security_protocol: "plaintext".into(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            sasl_mechanism: "SCRAM-SHA-512".into(),
+            sasl_username: String::new(),
+            sasl_password: Secret::default(),
+            sasl_password_file: String::new(),
             properties: BTreeMap::new(),
             create_topics: true,
             partitions: 4,
@@ -83,6 +107,7 @@ impl KafkaConfig {
                 ));
             }
         }
+        self.validate_security(section)?;
         if self.partitions < 1 {
             return Err(ConfigError::invalid(
                 format!("{section}.partitions"),
@@ -105,11 +130,129 @@ impl KafkaConfig {
         Ok(())
     }
 
+    fn validate_security(&self, section: &str) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("{section}.{k}");
+        let protocol = self.security_protocol.to_ascii_lowercase();
+        let (tls, sasl) = match protocol.as_str() {
+            "plaintext" => (false, false),
+            "ssl" => (true, false),
+            "sasl_plaintext" => (false, true),
+            "sasl_ssl" => (true, true),
+            other => {
+                return Err(ConfigError::invalid(
+                    key("security_protocol"),
+                    format!("`{other}` is not one of plaintext, ssl, sasl_plaintext, sasl_ssl"),
+                ))
+            }
+        };
+        for (k, path) in [
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ] {
+            if !path.is_empty() && !tls {
+                return Err(ConfigError::invalid(
+                    key(k),
+                    format!("is set but security_protocol `{protocol}` does not use TLS"),
+                ));
+            }
+            check_file(&key(k), path)?;
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            return Err(ConfigError::invalid(
+                key("tls_key_file"),
+                "a client certificate needs both tls_cert_file and tls_key_file",
+            ));
+        }
+        if !matches!(
+            self.sasl_mechanism.as_str(),
+            "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512"
+        ) {
+            return Err(ConfigError::invalid(
+                key("sasl_mechanism"),
+                format!(
+                    "`{}` is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (GSSAPI and \
+                     OAUTHBEARER are not built in)",
+                    self.sasl_mechanism
+                ),
+            ));
+        }
+        if !self.sasl_password.is_empty() && !self.sasl_password_file.is_empty() {
+            return Err(ConfigError::invalid(
+                key("sasl_password_file"),
+                "set either sasl_password or sasl_password_file, not both",
+            ));
+        }
+        let credentials = !self.sasl_username.is_empty()
+            || !self.sasl_password.is_empty()
+            || !self.sasl_password_file.is_empty();
+        if sasl && self.sasl_username.is_empty() {
+            return Err(ConfigError::invalid(
+                key("sasl_username"),
+                format!("security_protocol `{protocol}` needs a user name"),
+            ));
+        }
+        if sasl && self.sasl_password.is_empty() && self.sasl_password_file.is_empty() {
+            return Err(ConfigError::invalid(
+                key("sasl_password"),
+                format!("security_protocol `{protocol}` needs sasl_password or sasl_password_file"),
+            ));
+        }
+        if credentials && !sasl {
+            return Err(ConfigError::invalid(
+                key("sasl_username"),
+                format!(
+                    "SASL credentials are set but security_protocol `{protocol}` does not use SASL"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads `sasl_password_file` (after validation).
+    pub fn resolve(&mut self, section: &str) -> Result<(), ConfigError> {
+        if !self.sasl_password_file.is_empty() {
+            self.sasl_password = read_secret_file(
+                &format!("{section}.sasl_password_file"),
+                &self.sasl_password_file,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Brokers, client id and security: what every client of every stage starts from.
     fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", self.brokers.join(","))
-            .set("client.id", &self.client_id);
+            .set("client.id", &self.client_id)
+            .set(
+                "security.protocol",
+                self.security_protocol.to_ascii_lowercase(),
+            );
+        for (property, path) in [
+            ("ssl.ca.location", &self.tls_ca_file),
+            ("ssl.certificate.location", &self.tls_cert_file),
+            ("ssl.key.location", &self.tls_key_file),
+        ] {
+            if !path.is_empty() {
+                c.set(property, path);
+            }
+        }
+        if self
+            .security_protocol
+            .to_ascii_lowercase()
+            .starts_with("sasl")
+        {
+            c.set("sasl.mechanisms", &self.sasl_mechanism)
+                .set("sasl.username", &self.sasl_username)
+                .set("sasl.password", self.sasl_password.expose());
+        }
         c
+    }
+
+    /// A client of this configuration with no role of its own (metadata, probes).
+    pub fn client_config(&self) -> ClientConfig {
+        self.with_overrides(self.base())
     }
 
     fn with_overrides(&self, mut c: ClientConfig) -> ClientConfig {
@@ -161,7 +304,7 @@ impl KafkaConfig {
         if !self.create_topics {
             return Ok(());
         }
-        let admin: AdminClient<DefaultClientContext> = self.with_overrides(self.base()).create()?;
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
         let new: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|(name, compacted)| {
@@ -214,6 +357,54 @@ mod tests {
         k.topics.enriched_flows = "bad topic".into();
         let e = k.validate("kafka").unwrap_err().to_string();
         assert!(e.contains("kafka.topics.enriched_flows"), "{e}");
+    }
+
+    #[test]
+    fn security_settings_are_checked_and_passed_on() {
+        let ca = tempfile::NamedTempFile::new().unwrap();
+        let ca_path = ca.path().to_str().unwrap().to_string();
+        let k = KafkaConfig {
+            security_protocol: "SASL_SSL".into(),
+            tls_ca_file: ca_path.clone(),
+            sasl_username: "flowlens".into(),
+            sasl_password: Secret::new("pw"),
+            ..Default::default()
+        };
+        k.validate("kafka").unwrap();
+        let c = k.producer_config();
+        assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(c.get("ssl.ca.location"), Some(ca_path.as_str()));
+        assert_eq!(c.get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
+        assert_eq!(c.get("sasl.password"), Some("pw"));
+        assert!(!format!("{k:?}").contains("\"pw\""));
+
+        let named = |k: &KafkaConfig| k.validate("kafka").unwrap_err().to_string();
+        let mut bad = k.clone();
+        bad.security_protocol = "tls".into();
+        assert!(named(&bad).contains("kafka.security_protocol"));
+        let mut bad = k.clone();
+        bad.sasl_mechanism = "GSSAPI".into();
+        assert!(named(&bad).contains("kafka.sasl_mechanism"));
+        let mut bad = k.clone();
+        bad.sasl_username.clear();
+        assert!(named(&bad).contains("kafka.sasl_username"));
+        let mut bad = k.clone();
+        bad.tls_ca_file = "/nonexistent/ca.pem".into();
+        assert!(named(&bad).contains("kafka.tls_ca_file"));
+        let mut bad = k.clone();
+        bad.tls_cert_file = ca_path.clone();
+        assert!(named(&bad).contains("kafka.tls_key_file"));
+        let mut bad = k.clone();
+        bad.security_protocol = "sasl_plaintext".into();
+        assert!(named(&bad).contains("kafka.tls_ca_file"));
+        let mut bad = KafkaConfig {
+            sasl_username: "x".into(),
+            ..Default::default()
+        };
+        assert!(named(&bad).contains("kafka.sasl_username"));
+        bad.sasl_username.clear();
+        bad.validate("kafka").unwrap();
+        assert_eq!(bad.producer_config().get("sasl.username"), None);
     }
 
     #[test]

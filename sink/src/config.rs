@@ -1,14 +1,13 @@
 //! Sink configuration: `[kafka]`, `[telemetry]`, `[clickhouse]`, `[batch]`, `[sink]`, loaded from
 //! TOML plus `FLOWLENS_SINK__SECTION__KEY` environment overrides and validated key by key.
 
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use flowlens_runtime::config::check_range;
+use flowlens_runtime::config::{check_file, check_range, read_secret_file, Secret};
 use flowlens_runtime::kafka::KafkaConfig;
 use flowlens_runtime::telemetry::TelemetryConfig;
-use flowlens_runtime::{load_config, ConfigError, Validate};
+use flowlens_runtime::{ConfigError, Validate};
 use serde::Deserialize;
 
 /// Prefix of the environment overrides (`FLOWLENS_SINK__CLICKHOUSE__PASSWORD=...`).
@@ -27,20 +26,26 @@ pub struct Config {
 }
 
 /// `[clickhouse]`: where rows go.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
-    /// HTTP interface, e.g. `http://127.0.0.1:8123`.
+    /// HTTP interface, e.g. `http://127.0.0.1:8123` or `https://clickhouse:8443`.
     pub url: String,
     pub database: String,
     pub table: String,
     pub user: String,
-    /// Never logged (see the `Debug` impl); best set through `FLOWLENS_SINK__CLICKHOUSE__PASSWORD`
-    /// or read from `password_file`.
-    pub password: String,
-    /// File holding the password (e.g. a mounted secret); trailing newlines are ignored. Used
-    /// when `password` is empty.
+    /// Never logged; best set through `FLOWLENS_SINK__CLICKHOUSE__PASSWORD` or read from
+    /// `password_file`.
+    pub password: Secret,
+    /// File holding the password (e.g. a mounted secret); trailing newlines are ignored. Read
+    /// at start instead of `password`.
     pub password_file: String,
+    /// https:// only: PEM file of the CA(s) that signed the server's certificate; empty: the
+    /// system's CA certificates. The server's name is always verified.
+    pub tls_ca_file: String,
+    /// https:// only: client certificate (PEM) with `tls_key_file`, for servers that ask for one.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
     /// Check the table's column types (system.columns) against the rows the sink writes, once
     /// before the first insert and after any failed one. Turn off for servers too old to
     /// describe their columns the same way (ClickHouse < 24.x, e.g. 18.16).
@@ -56,33 +61,31 @@ impl Default for ClickHouseConfig {
             database: "default".into(),
             table: "flows".into(),
             user: "default".into(),
-            password: String::new(),
+            password: Secret::default(),
             password_file: String::new(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
             validation: true,
             timeout_ms: 30_000,
         }
     }
 }
 
-impl fmt::Debug for ClickHouseConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClickHouseConfig")
-            .field("url", &self.url)
-            .field("database", &self.database)
-            .field("table", &self.table)
-            .field("user", &self.user)
-            .field(
-                "password",
-                &if self.password.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
+impl ClickHouseConfig {
+    /// The URL and, for https://, whose certificates it trusts: for error messages.
+    pub fn endpoint(&self) -> String {
+        if !self.url.starts_with("https://") {
+            return self.url.clone();
+        }
+        if self.tls_ca_file.is_empty() {
+            format!("{} (TLS, the system's CA certificates)", self.url)
+        } else {
+            format!(
+                "{} (TLS, CA file `{}` from clickhouse.tls_ca_file)",
+                self.url, self.tls_ca_file
             )
-            .field("password_file", &self.password_file)
-            .field("validation", &self.validation)
-            .field("timeout_ms", &self.timeout_ms)
-            .finish()
+        }
     }
 }
 
@@ -233,6 +236,25 @@ impl Validate for Config {
                 "set either clickhouse.password or clickhouse.password_file, not both",
             ));
         }
+        for (key, path) in [
+            ("clickhouse.tls_ca_file", &ch.tls_ca_file),
+            ("clickhouse.tls_cert_file", &ch.tls_cert_file),
+            ("clickhouse.tls_key_file", &ch.tls_key_file),
+        ] {
+            if !path.is_empty() && !ch.url.starts_with("https://") {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("is set but clickhouse.url `{}` is not https://", ch.url),
+                ));
+            }
+            check_file(key, path)?;
+        }
+        if ch.tls_cert_file.is_empty() != ch.tls_key_file.is_empty() {
+            return Err(ConfigError::invalid(
+                "clickhouse.tls_key_file",
+                "a client certificate needs both tls_cert_file and tls_key_file",
+            ));
+        }
         if self.sink.group_id.trim().is_empty() {
             return Err(ConfigError::invalid("sink.group_id", "must not be empty"));
         }
@@ -253,27 +275,28 @@ impl Validate for Config {
 }
 
 impl Config {
-    /// Loads the file (if any) and `FLOWLENS_SINK__*` overrides, validates, then reads
-    /// `clickhouse.password_file` if set.
+    /// What the binary does at start: the file (if any) and `FLOWLENS_SINK__*` overrides,
+    /// validated, then the files the configuration names (`ServiceConfig::resolve`).
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut config: Self = load_config(file, ENV_PREFIX)?;
-        let ch = &mut config.clickhouse;
-        if !ch.password_file.is_empty() {
-            let text = std::fs::read_to_string(&ch.password_file).map_err(|e| {
-                ConfigError::invalid(
-                    "clickhouse.password_file",
-                    format!("cannot read `{}`: {e}", ch.password_file),
-                )
-            })?;
-            ch.password = text.trim_end_matches(['\r', '\n']).to_owned();
-        }
-        Ok(config)
+        flowlens_runtime::service::load(file, ENV_PREFIX)
     }
 }
 
 impl flowlens_runtime::service::ServiceConfig for Config {
     fn telemetry(&self) -> &flowlens_runtime::telemetry::TelemetryConfig {
         &self.telemetry
+    }
+
+    /// Reads `clickhouse.password_file` and `kafka.sasl_password_file`, and loads the TLS files
+    /// once so that a bad certificate stops the sink at start, naming its key.
+    fn resolve(&mut self) -> Result<(), ConfigError> {
+        self.kafka.resolve("kafka")?;
+        let ch = &mut self.clickhouse;
+        if !ch.password_file.is_empty() {
+            ch.password = read_secret_file("clickhouse.password_file", &ch.password_file)?;
+        }
+        crate::tls::client_config(ch)?;
+        Ok(())
     }
 }
 
@@ -338,7 +361,7 @@ mod tests {
             secret.path().display().to_string()
         ));
         let c = Config::load(Some(f.path())).unwrap();
-        assert_eq!(c.clickhouse.password, "s3cret");
+        assert_eq!(c.clickhouse.password.expose(), "s3cret");
         assert!(!format!("{c:?}").contains("s3cret"));
         let f = write("[clickhouse]\npassword = \"x\"\npassword_file = \"/nonexistent\"\n");
         let e = Config::load(Some(f.path())).unwrap_err().to_string();
@@ -348,7 +371,7 @@ mod tests {
     #[test]
     fn password_is_never_printed() {
         let c = ClickHouseConfig {
-            password: "hunter2".into(),
+            password: Secret::new("hunter2"),
             ..Default::default()
         };
         let shown = format!(

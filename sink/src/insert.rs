@@ -16,13 +16,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clickhouse::{Client, Compression, Row as _};
+use flowlens_runtime::{health, Shutdown};
 
 use crate::config::{ClickHouseConfig, SinkConfig};
 use crate::row::{FlowRow, COLUMN_TYPES};
 
-/// Builds the client for `config`: URL, database, credentials, LZ4, validation.
-pub fn client(config: &ClickHouseConfig) -> Client {
-    let mut client = Client::default()
+/// Builds the client for `config`: URL (TLS for https://, see `tls`), database, credentials,
+/// LZ4, validation.
+pub fn client(config: &ClickHouseConfig) -> anyhow::Result<Client> {
+    let base = match crate::tls::client_config(config)? {
+        None => Client::default(),
+        Some(tls) => Client::with_http_client(
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(crate::tls::POOL_IDLE_TIMEOUT)
+                .build(crate::tls::connector(tls)),
+        ),
+    };
+    let mut client = base
         .with_url(&config.url)
         .with_database(&config.database)
         .with_compression(Compression::Lz4)
@@ -31,15 +41,47 @@ pub fn client(config: &ClickHouseConfig) -> Client {
         client = client.with_user(&config.user);
     }
     if !config.password.is_empty() {
-        client = client.with_password(&config.password);
+        client = client.with_password(config.password.expose());
     }
-    client
+    Ok(client)
+}
+
+/// Readiness condition: ClickHouse answers (a `SELECT 1` every [`PROBE_INTERVAL`]).
+pub const REACHABLE: &str = "clickhouse";
+/// Readiness condition: the last INSERT was acknowledged (none failed yet counts as met).
+pub const INSERTS: &str = "clickhouse_inserts";
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps [`REACHABLE`] up to date until `shutdown`, from a task of its own.
+pub fn watch(config: &ClickHouseConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let client = client(config)?.with_validation(false);
+    let endpoint = config.endpoint();
+    let timeout = Duration::from_millis(config.timeout_ms).min(PROBE_INTERVAL);
+    let condition = health::condition(REACHABLE);
+    tokio::spawn(async move {
+        loop {
+            let answer =
+                tokio::time::timeout(timeout, client.query("SELECT 1").fetch_one::<u8>()).await;
+            match answer {
+                Ok(Ok(_)) => condition.set_ok(),
+                Ok(Err(e)) => condition.set_failing(format!("{endpoint}: {e}")),
+                Err(_) => condition.set_failing(format!("{endpoint}: no answer in {timeout:?}")),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Writes batches of `FlowRow` into one table.
 #[derive(Clone)]
 pub struct Inserter {
     client: Client,
+    /// `ClickHouseConfig::endpoint`, for error messages.
+    endpoint: String,
     table: String,
     timeout: Duration,
     validation: bool,
@@ -49,13 +91,14 @@ pub struct Inserter {
 }
 
 impl Inserter {
-    pub fn new(config: &ClickHouseConfig) -> Self {
+    pub fn new(config: &ClickHouseConfig) -> anyhow::Result<Self> {
         let columns: Vec<String> = FlowRow::COLUMN_NAMES
             .iter()
             .map(|c| format!("`{c}`"))
             .collect();
-        Self {
-            client: client(config),
+        Ok(Self {
+            client: client(config)?,
+            endpoint: config.endpoint(),
             table: config.table.clone(),
             timeout: Duration::from_millis(config.timeout_ms),
             validation: config.validation,
@@ -65,7 +108,7 @@ impl Inserter {
                 config.table,
                 columns.join(",")
             ),
-        }
+        })
     }
 
     pub fn client(&self) -> &Client {
@@ -97,10 +140,14 @@ impl Inserter {
             return Ok(());
         }
         let started = Instant::now();
-        let result = self.write_inner(data, token).await;
+        let result = self
+            .write_inner(data, token)
+            .await
+            .with_context(|| format!("inserting into `{}` at {}", self.table, self.endpoint));
         let elapsed = started.elapsed();
         match &result {
             Ok(()) => {
+                health::condition(INSERTS).set_ok();
                 metrics::histogram!("flowlens_sink_insert_duration_seconds")
                     .record(elapsed.as_secs_f64());
                 metrics::counter!("flowlens_sink_rows_inserted_total").increment(rows as u64);
@@ -113,6 +160,7 @@ impl Inserter {
                 );
             }
             Err(e) => {
+                health::condition(INSERTS).set_failing(format!("{e:#}"));
                 metrics::counter!("flowlens_sink_insert_errors_total").increment(1);
                 tracing::warn!(table = %self.table, rows, error = format!("{e:#}"), "insert failed");
                 // The table may have been (re)created with other columns: check them again.
@@ -240,7 +288,8 @@ mod tests {
             validation: false,
             timeout_ms: 2_000,
             ..Default::default()
-        });
+        })
+        .unwrap();
         let row = FlowRow::try_from(crate::row::sample_flow(1)).unwrap();
         assert!(inserter.write(&[row], Some("t/0/1-1")).await.is_err());
         assert!(inserter.write(&[], None).await.is_ok());

@@ -8,6 +8,7 @@ pub mod insert;
 pub mod migrate;
 pub mod row;
 pub mod run;
+pub mod tls;
 
 pub use config::Config;
 pub use row::FlowRow;

@@ -41,9 +41,7 @@ fn main() -> ExitCode {
             match command {
                 Command::Migrate => {
                     let migrations = migrate::embedded()?;
-                    let applied = migrate::apply(&config.clickhouse, &migrations).await?;
-                    tracing::info!(?applied, available = migrations.len(), "migrations done");
-                    Ok(())
+                    migrate::migrate(&config.clickhouse, &config.retention, &migrations).await
                 }
                 Command::Run => flowlens_sink::run(config, shutdown).await,
             }

@@ -1,14 +1,19 @@
 //! Schema migrations: the `sql/migrations/NNNN_name.sql` files embedded at build time, applied in
-//! version order, each recorded in `schema_migrations` so that running again applies nothing.
+//! version order, each recorded in `schema_migrations` so that running again applies nothing;
+//! then the `[retention]` TTLs.
 
 use anyhow::Context;
 use clickhouse::{Client, Row};
+use flowlens_runtime::health;
 use serde::Deserialize;
 
 use crate::config::{ClickHouseConfig, RetentionConfig};
 
 /// `(file name, contents)` of every `sql/migrations/*.sql`, sorted by file name (see build.rs).
 pub const EMBEDDED: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+
+/// Readiness condition: the schema has every migration this sink needs (applied or checked).
+pub const CONDITION: &str = "schema";
 
 /// The table recording applied migrations.
 pub const MIGRATIONS_TABLE: &str = "schema_migrations";
@@ -132,6 +137,30 @@ struct Applied {
     version: u32,
 }
 
+/// What `flowlens-sink migrate` does, and the sink at start with `sink.migrate_on_start`: the
+/// missing migrations, then the `[retention]` TTLs.
+pub async fn migrate(
+    config: &ClickHouseConfig,
+    retention: &RetentionConfig,
+    migrations: &[Migration],
+) -> anyhow::Result<()> {
+    let condition = health::condition(CONDITION);
+    let applied = apply(config, migrations)
+        .await
+        .inspect_err(|e| condition.set_failing(format!("migrating: {e:#}")))?;
+    let altered = apply_retention(config, retention)
+        .await
+        .inspect_err(|e| condition.set_failing(format!("setting the retention: {e:#}")))?;
+    condition.set_ok();
+    tracing::info!(
+        ?applied,
+        available = migrations.len(),
+        retention_set_on = ?altered,
+        "schema migrated"
+    );
+    Ok(())
+}
+
 /// Creates the database if needed, then applies every migration of `migrations` not yet in
 /// `schema_migrations`, in version order. Returns the versions applied now.
 pub async fn apply(
@@ -139,18 +168,18 @@ pub async fn apply(
     migrations: &[Migration],
 ) -> anyhow::Result<Vec<u32>> {
     // Statements are sent verbatim (query_raw: no `?` binding) and without row validation.
-    let mut server = crate::insert::client(config).with_validation(false);
+    let mut server = crate::insert::client(config)?.with_validation(false);
     let db = &config.database;
     // The database may not exist yet: create it through a client without a default database.
     crate::insert::client(&ClickHouseConfig {
         database: String::new(),
         ..config.clone()
-    })
+    })?
     .with_validation(false)
     .query_raw(&format!("CREATE DATABASE IF NOT EXISTS `{db}`"))
     .execute()
     .await
-    .with_context(|| format!("creating database `{db}` on {}", config.url))?;
+    .with_context(|| format!("creating database `{db}` on {}", config.endpoint()))?;
     server = server.with_database(db);
 
     server
@@ -161,7 +190,7 @@ pub async fn apply(
         ))
         .execute()
         .await
-        .with_context(|| format!("creating `{MIGRATIONS_TABLE}` on {}", config.url))?;
+        .with_context(|| format!("creating `{MIGRATIONS_TABLE}` on {}", config.endpoint()))?;
     let applied = applied_versions(&server).await?;
     let mut now_applied = Vec::new();
     for m in migrations {
@@ -206,13 +235,27 @@ pub async fn check(
     config: &ClickHouseConfig,
     migrations: &[Migration],
 ) -> anyhow::Result<Result<(), String>> {
-    let server = crate::insert::client(config).with_validation(false);
+    let condition = health::condition(CONDITION);
+    let result = check_versions(config, migrations).await;
+    match &result {
+        Ok(Ok(())) => condition.set_ok(),
+        Ok(Err(too_old)) => condition.set_failing(too_old.clone()),
+        Err(e) => condition.set_failing(format!("checking: {e:#}")),
+    }
+    result
+}
+
+async fn check_versions(
+    config: &ClickHouseConfig,
+    migrations: &[Migration],
+) -> anyhow::Result<Result<(), String>> {
+    let server = crate::insert::client(config)?.with_validation(false);
     let exists: u64 = server
         .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?")
         .bind(MIGRATIONS_TABLE)
         .fetch_one()
         .await
-        .with_context(|| format!("checking the schema on {}", config.url))?;
+        .with_context(|| format!("checking the schema on {}", config.endpoint()))?;
     let applied = if exists > 0 {
         applied_versions(&server).await?
     } else {
@@ -281,12 +324,12 @@ pub async fn apply_retention(
         name: String,
         engine_full: String,
     }
-    let server = crate::insert::client(config).with_validation(false);
+    let server = crate::insert::client(config)?.with_validation(false);
     let tables: Vec<Table> = server
         .query("SELECT name, engine_full FROM system.tables WHERE database = currentDatabase()")
         .fetch_all()
         .await
-        .context("reading table definitions")?;
+        .with_context(|| format!("reading table definitions on {}", config.endpoint()))?;
     let mut altered = Vec::new();
     for (table, ttl) in retention_ttls(retention) {
         let Some(t) = tables.iter().find(|t| t.name == table) else {

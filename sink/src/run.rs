@@ -60,7 +60,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use flowlens_runtime::{DeadLetter, Shutdown};
+use flowlens_runtime::health::{self, LoopWatch};
+use flowlens_runtime::{kafka_probe, DeadLetter, Shutdown};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -76,6 +77,9 @@ use crate::insert::{Backoff, Inserter};
 /// process aborts right after its N-th acknowledged INSERT, before committing its offset —
 /// the worst moment for a crash. Never set it in production.
 pub const CRASH_AFTER_INSERTS_ENV: &str = "FLOWLENS_SINK_TEST_CRASH_AFTER_INSERTS";
+
+/// Slack over the longest legitimate pause of the loop before `/healthz` reports it stuck.
+const LIVENESS_MARGIN: Duration = Duration::from_secs(30);
 
 /// The stage name in dead-letter headers and logs.
 pub const STAGE: &str = "sink";
@@ -135,6 +139,12 @@ type SinkConsumer = StreamConsumer<SinkContext>;
 
 /// Runs the sink until `shutdown`: schema (migrations or version check), then the consume loop.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    for condition in [crate::migrate::CONDITION, crate::insert::REACHABLE] {
+        health::condition(condition);
+    }
+    health::condition(crate::insert::INSERTS).set_ok();
+    kafka_probe::watch(&config.kafka, &shutdown).await?;
+    crate::insert::watch(&config.clickhouse, shutdown.clone())?;
     if !prepare_schema(&config, &shutdown).await? {
         return Ok(());
     }
@@ -176,9 +186,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         "sink started"
     );
 
+    // One pass of the loop takes at most an INSERT (timeout_ms) and a retry wait.
+    let alive = health::watch_loop(
+        "sink",
+        Duration::from_millis(config.clickhouse.timeout_ms + config.sink.retry_max_ms)
+            + LIVENESS_MARGIN,
+    );
     let mut sink = Sink {
+        alive,
         consumer,
-        inserter: Inserter::new(&config.clickhouse),
+        inserter: Inserter::new(&config.clickhouse)?,
         table: config.clickhouse.table.clone(),
         batches: Batches::new(config.batch.clone()),
         stored_through: HashMap::new(),
@@ -191,7 +208,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             .ok()
             .and_then(|v| v.parse().ok()),
     };
-    sink.run_loop().await
+    let result = sink.run_loop().await;
+    sink.alive.clone().retire();
+    result
 }
 
 /// Applies migrations and retention (`sink.migrate_on_start`) or checks that the schema has
@@ -203,9 +222,7 @@ async fn prepare_schema(config: &Config, shutdown: &Shutdown) -> anyhow::Result<
     loop {
         let attempt = async {
             if config.sink.migrate_on_start {
-                let applied = crate::migrate::apply(&config.clickhouse, &migrations).await?;
-                crate::migrate::apply_retention(&config.clickhouse, &config.retention).await?;
-                tracing::info!(?applied, available = migrations.len(), "migrations checked");
+                crate::migrate::migrate(&config.clickhouse, &config.retention, &migrations).await?;
                 Ok(Ok(()))
             } else {
                 crate::migrate::check(&config.clickhouse, &migrations).await
@@ -232,6 +249,8 @@ async fn prepare_schema(config: &Config, shutdown: &Shutdown) -> anyhow::Result<
 }
 
 struct Sink {
+    /// Liveness: beaten by every pass of the loops below.
+    alive: LoopWatch,
     consumer: SinkConsumer,
     inserter: Inserter,
     table: String,
@@ -257,7 +276,9 @@ struct StoredThrough {
 
 impl Sink {
     async fn run_loop(&mut self) -> anyhow::Result<()> {
+        let mut beat = tokio::time::interval(Duration::from_secs(1));
         loop {
+            self.alive.beat();
             if self.batches.sealed_len() > 0 {
                 if !self.flush_sealed().await? {
                     break;
@@ -267,6 +288,7 @@ impl Sink {
             let deadline = self.batches.deadline();
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
+                _ = beat.tick() => {}
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     self.batches.seal_expired(Instant::now());
                 }
@@ -456,6 +478,7 @@ impl Sink {
     async fn poll_while_waiting(&mut self, delay: Duration) -> anyhow::Result<()> {
         let until = tokio::time::Instant::now() + delay;
         loop {
+            self.alive.beat();
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
                 _ = self.shutdown.cancelled() => break,

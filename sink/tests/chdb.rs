@@ -222,7 +222,7 @@ async fn records_reach_clickhouse_and_offsets_follow() {
     let shutdown = Shutdown::new();
     let started = Instant::now();
     let sink = tokio::spawn(flowlens_sink::run(config.clone(), shutdown.clone()));
-    let client = flowlens_sink::insert::client(&config.clickhouse);
+    let client = flowlens_sink::insert::client(&config.clickhouse).unwrap();
     wait_done(&config, &ends, &client, N as u64, Duration::from_secs(40)).await;
     eprintln!(
         "{N} records consumed, inserted and committed in {:?}",
@@ -317,7 +317,9 @@ async fn failed_insert_commits_nothing_then_recovers_exactly_once() {
     flowlens_sink::migrate::apply(&config.clickhouse, &migrations)
         .await
         .unwrap();
-    let admin = flowlens_sink::insert::client(&config.clickhouse).with_validation(false);
+    let admin = flowlens_sink::insert::client(&config.clickhouse)
+        .unwrap()
+        .with_validation(false);
     admin.query("DETACH TABLE flows").execute().await.unwrap();
     config.sink.migrate_on_start = false;
     const N: u32 = 400;
@@ -347,7 +349,7 @@ async fn failed_insert_commits_nothing_then_recovers_exactly_once() {
 
     // Fix ClickHouse: attach the table again. The running sink's retries now succeed.
     admin.query("ATTACH TABLE flows").execute().await.unwrap();
-    let client = flowlens_sink::insert::client(&config.clickhouse);
+    let client = flowlens_sink::insert::client(&config.clickhouse).unwrap();
     wait_done(
         &config,
         &ends,
@@ -446,7 +448,7 @@ async fn same_token_is_stored_once_in_flows_and_rollups() {
     flowlens_sink::migrate::apply(&config, &migrations)
         .await
         .unwrap();
-    let inserter = flowlens_sink::insert::Inserter::new(&config);
+    let inserter = flowlens_sink::insert::Inserter::new(&config).unwrap();
     let base = base_ns();
     let rows: Vec<flowlens_sink::FlowRow> = (0..1000u32)
         .map(|i| {
@@ -456,7 +458,7 @@ async fn same_token_is_stored_once_in_flows_and_rollups() {
             r
         })
         .collect();
-    let client = flowlens_sink::insert::client(&config);
+    let client = flowlens_sink::insert::client(&config).unwrap();
     let totals = || async {
         let mut out = Vec::new();
         for table in [

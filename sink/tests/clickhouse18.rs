@@ -36,7 +36,7 @@ async fn flow_rows_are_accepted_by_clickhouse_18() {
         timeout_ms: 20_000,
         ..Default::default()
     };
-    let inserter = Inserter::new(&config);
+    let inserter = Inserter::new(&config).unwrap();
     const N: u32 = 20_000;
     let rows: Vec<FlowRow> = (0..N)
         .map(|i| FlowRow::try_from(sample_flow(i)).unwrap())

@@ -46,6 +46,9 @@ pub fn publish_stats(s: &Stats) {
     metrics::gauge!("flowlens_enricher_kubernetes_history_evicted").set(s.evicted_total as f64);
 }
 
+/// Readiness condition (with a source configured): a first full view was loaded.
+pub const CONDITION: &str = "kubernetes";
+
 /// A running metadata source.
 pub struct MetadataSource {
     pub store: SharedStore,
@@ -82,6 +85,17 @@ impl MetadataSource {
                 "kubernetes.source = \"api\" needs flowlens-enricher built with the `kube` feature"
             ),
         };
+        let condition = flowlens_runtime::health::condition(CONDITION);
+        condition.set_failing(format!(
+            "waiting for a first full view from kubernetes.source = {:?}",
+            config.source
+        ));
+        let mut loaded = ready.clone();
+        tokio::spawn(async move {
+            if loaded.wait_for(|ready| *ready).await.is_ok() {
+                condition.set_ok();
+            }
+        });
         Ok(Some(Self { store, ready, task }))
     }
 

@@ -65,7 +65,6 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::batch::{token, Batches, PartitionKey};
@@ -162,12 +161,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     consumer
         .subscribe(&[topics.enriched_flows.as_str()])
         .context("subscribing")?;
-    let producer: FutureProducer = config
-        .kafka
-        .producer_config()
-        .create()
-        .context("creating dead-letter producer")?;
-    let dead_letter = DeadLetter::new(producer, topics.dead_letter.clone(), STAGE);
+    let dead_letter = DeadLetter::new(
+        config.kafka.producer_config(),
+        topics.dead_letter.clone(),
+        STAGE,
+        &config.dead_letter,
+        shutdown.clone(),
+    );
     tracing::info!(
         topic = %topics.enriched_flows,
         group = %config.sink.group_id,
@@ -321,7 +321,7 @@ impl Sink {
                 self.dead_letter
                     .send(message, &reason)
                     .await
-                    .context("dead-letter topic unavailable; stopping without committing")?;
+                    .context("record not dead-lettered; stopping without committing it")?;
                 self.batches.skip(topic, partition, offset, now);
             }
         }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use serde::Deserialize;
@@ -203,6 +203,10 @@ impl DeadLetter {
                 Ok(truncated) => {
                     metrics::counter!("flowlens_dead_letter_records_total", "stage" => me.stage)
                         .increment(1);
+                    if truncated {
+                        metrics::counter!("flowlens_dead_letter_truncated_total", "stage" => me.stage)
+                            .increment(1);
+                    }
                     me.ready.set_ok();
                     return Ok(Sent::Delivered { truncated });
                 }
@@ -245,6 +249,15 @@ impl DeadLetter {
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_millis(me.config.retry_max_ms));
+                    // librdkafka remembers a missing topic until its next periodic metadata
+                    // refresh (minutes): ask now, so a topic created meanwhile is used at once.
+                    let (producer, topic) = (producer.clone(), me.topic.clone());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        producer
+                            .client()
+                            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                    })
+                    .await;
                 }
             }
         }
@@ -311,8 +324,6 @@ impl DeadLetter {
         let (key_keep, value_keep) = fit(key_len, value.len(), budget);
         let truncated = key_keep < key_len || value_keep < value.len();
         if truncated {
-            metrics::counter!("flowlens_dead_letter_truncated_total", "stage" => me.stage)
-                .increment(1);
             tracing::warn!(stage = me.stage, %source, original_size = value.len(), kept = value_keep,
                 key_size = key_len, key_kept = key_keep, limit,
                 "record too large to dead-letter whole; sending a truncated copy");

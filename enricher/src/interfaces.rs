@@ -281,7 +281,7 @@ async fn follow(
                 .get(&partition)
                 .is_some_and(|&before| offset < before)
             {
-                tracing::debug!(topic, partition, offset, %reason,
+                tracing::info!(topic, partition, offset, %reason,
                     "bad interface record left out (dead-lettered before)");
             } else {
                 tracing::warn!(topic, partition, offset, %reason, "bad interface record left out");

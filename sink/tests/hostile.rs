@@ -127,7 +127,15 @@ struct Stages {
     sink: ChildGuard,
     enricher_log: PathBuf,
     sink_log: PathBuf,
-    _dir: tempfile::TempDir,
+    enricher_bin: PathBuf,
+    enricher_config: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn spawn(name: &'static str, bin: &Path, config: &Path, log: &Path) -> ChildGuard {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config").arg(config).env_remove("RUST_LOG");
+    ChildGuard::spawn(name, &mut cmd, log)
 }
 
 impl Stages {
@@ -204,11 +212,6 @@ metrics_listen = "127.0.0.1:{port}"
         let enricher_bin = stage_binary("flowlens-enricher", "flowlens-enricher");
         let enricher_log = dir.path().join("enricher.log");
         let sink_log = dir.path().join("sink.log");
-        let spawn = |name: &'static str, bin: &Path, config: &Path, log: &Path| {
-            let mut cmd = Command::new(bin);
-            cmd.arg("--config").arg(config).env_remove("RUST_LOG");
-            ChildGuard::spawn(name, &mut cmd, log)
-        };
         let sink = spawn(
             "flowlens-sink",
             Path::new(env!("CARGO_BIN_EXE_flowlens-sink")),
@@ -226,8 +229,28 @@ metrics_listen = "127.0.0.1:{port}"
             sink,
             enricher_log,
             sink_log,
-            _dir: dir,
+            enricher_bin,
+            enricher_config,
+            dir,
         }
+    }
+
+    /// Stops the enricher (SIGTERM, it must exit by itself) and starts it again with the same
+    /// configuration, logging to a new file.
+    fn restart_enricher(&mut self) {
+        assert!(
+            self.enricher
+                .stop_with(libc::SIGTERM, Duration::from_secs(60)),
+            "the enricher did not stop on SIGTERM\n{}",
+            self.logs()
+        );
+        self.enricher_log = self.dir.path().join("enricher.again.log");
+        self.enricher = spawn(
+            "flowlens-enricher",
+            &self.enricher_bin,
+            &self.enricher_config,
+            &self.enricher_log,
+        );
     }
 
     fn logs(&self) -> String {
@@ -867,6 +890,36 @@ async fn bad_records_never_stop_a_stage() {
         );
         assert_eq!(got, f64::from(truncated), "{stage} truncated copies");
     }
+
+    // A restart reads the whole interfaces topic again: the bad interface records are known
+    // to be dead-lettered already (the reader group's commit) and are not copied again.
+    stages.restart_enricher();
+    wait_for(
+        "the restarted enricher caught up with the interfaces topic",
+        WAIT,
+        || {
+            std::fs::read_to_string(&stages.enricher_log)
+                .is_ok_and(|l| l.contains("enricher started"))
+        },
+        || stages.logs(),
+    );
+    let restarted = std::fs::read_to_string(&stages.enricher_log).unwrap();
+    assert_eq!(
+        restarted
+            .matches("bad interface record left out (dead-lettered before)")
+            .count(),
+        interfaces.bad.len(),
+        "every bad interface record read again\n{restarted}"
+    );
+    let (b, t, n) = (
+        brokers.clone(),
+        names.dead_letter.clone(),
+        expected.len() + 1,
+    );
+    let again = tokio::task::spawn_blocking(move || read_topic(&b, &t, n, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), expected.len(), "dead letters after a restart");
 
     // Everything consumed is committed: each group's offsets are the ends of its topic, as the
     // broker's delivery reports (raw) and a full read (enriched: the enricher writes there too)

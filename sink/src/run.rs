@@ -7,7 +7,8 @@
 //!   means a replay, which the recovery check below turns into a no-op.
 //! * An undecodable record (or one whose values do not fit the table) goes to the dead-letter
 //!   topic with the reason in a header, is counted, and its offset counts as handled, so it
-//!   never blocks its partition.
+//!   never blocks its partition — unless the dead-letter topic is unavailable under
+//!   `dead_letter.when_unavailable = "stop"`: the loop then waits for it, committing nothing.
 //! * While an insert is being retried (capped exponential backoff) the assigned partitions are
 //!   paused and the consumer keeps being polled, so it stays in the group however long
 //!   ClickHouse is down; records already fetched still join open batches (bounded by

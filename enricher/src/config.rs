@@ -1,7 +1,9 @@
-//! Enricher configuration: the `[kafka]`, `[telemetry]` and `[enricher]` sections, their defaults
-//! and the checks that name a bad key. Environment overrides use the `FLOWLENS_ENRICHER` prefix.
+//! Enricher configuration: the `[kafka]`, `[telemetry]`, `[enricher]`, `[kubernetes]` and
+//! `[dead_letter]` sections, their defaults and the checks that name a bad key. Environment
+//! overrides use the `FLOWLENS_ENRICHER` prefix.
 
 use flowlens_runtime::config::check_range;
+use flowlens_runtime::dead_letter::DeadLetterConfig;
 use flowlens_runtime::kafka::KafkaConfig;
 use flowlens_runtime::telemetry::TelemetryConfig;
 use flowlens_runtime::{ConfigError, Validate};
@@ -18,6 +20,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub enricher: EnricherConfig,
     pub kubernetes: KubernetesConfig,
+    pub dead_letter: DeadLetterConfig,
 }
 
 /// `[enricher]` section: settings of this stage only.
@@ -123,6 +126,7 @@ impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate("kafka")?;
         self.telemetry.validate("telemetry")?;
+        self.dead_letter.validate("dead_letter")?;
         let e = &self.enricher;
         if e.group_id.trim().is_empty() {
             return Err(ConfigError::invalid(

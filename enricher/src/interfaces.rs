@@ -2,6 +2,12 @@
 //! the beginning, no consumer group) and keeps the latest `Interface` per (host, ifindex); a
 //! tombstone removes one. At start the pipeline waits, for a bounded time, until the cache has
 //! caught up with the topic's high watermarks.
+//!
+//! A record that cannot be applied is left out of the cache and dead-lettered (in order, under
+//! the `[dead_letter]` policy); the offset after it is then committed for the reader's group
+//! (`<client_id>-reader`), which does not otherwise commit: when the topic is read again from
+//! the beginning (a restart, another replica) records before that offset are known to be
+//! dead-lettered already and are not copied again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -9,9 +15,9 @@ use std::time::Duration;
 
 use crate::fasthash::FastMap;
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::{health, Shutdown};
+use flowlens_runtime::{health, DeadLetter, Shutdown};
 use flowlens_schemas::Interface;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
@@ -79,8 +85,8 @@ impl InterfaceCache {
     pub fn apply(&mut self, key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<(), String> {
         match payload {
             Some(bytes) => {
-                let interface: Interface =
-                    flowlens_schemas::decode(bytes).map_err(|e| e.to_string())?;
+                let interface: Interface = flowlens_schemas::decode(bytes)
+                    .map_err(|e| format!("decoding Interface: {e}"))?;
                 self.upsert(interface);
                 Ok(())
             }
@@ -116,8 +122,12 @@ pub struct InterfaceReader {
 }
 
 impl InterfaceReader {
-    /// Starts reading `kafka.topics.interfaces` into a new cache.
-    pub fn start(kafka: &KafkaConfig, shutdown: Shutdown) -> anyhow::Result<Self> {
+    /// Starts reading `kafka.topics.interfaces` into a new cache; bad records go to `dead_letter`.
+    pub fn start(
+        kafka: &KafkaConfig,
+        dead_letter: DeadLetter,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<Self> {
         let consumer: StreamConsumer = kafka.reader_config().create()?;
         let cache = SharedCache::default();
         let (ready_tx, ready) = watch::channel(false);
@@ -126,6 +136,7 @@ impl InterfaceReader {
             kafka.topics.interfaces.clone(),
             cache.clone(),
             ready_tx,
+            dead_letter,
             shutdown,
         ));
         Ok(Self { cache, ready, task })
@@ -143,6 +154,34 @@ impl InterfaceReader {
     pub async fn stop(self) {
         self.task.abort();
         let _ = self.task.await;
+    }
+}
+
+/// Per partition of `topic`, the offset before which bad records were dead-lettered already
+/// (what the reader's group committed); nothing for a partition without a commit.
+fn dead_lettered_before(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> HashMap<i32, i64> {
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    match consumer.committed_offsets(tpl, METADATA_TIMEOUT) {
+        Ok(committed) => committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(topic, error = %e,
+                "cannot read which interface records were dead-lettered before; bad ones may be copied again");
+            HashMap::new()
+        }
     }
 }
 
@@ -176,14 +215,21 @@ async fn follow(
     topic: String,
     cache: SharedCache,
     ready: watch::Sender<bool>,
+    dead_letter: DeadLetter,
     shutdown: Shutdown,
 ) {
-    // Partitions and their high watermarks (blocking calls: off the async workers).
-    let mut targets = loop {
+    // Partitions and their high watermarks, and what was dead-lettered before (blocking calls:
+    // off the async workers).
+    let (mut targets, mut dead_lettered) = loop {
         let c = consumer.clone();
         let t = topic.clone();
-        match tokio::task::spawn_blocking(move || catch_up_targets(&c, &t)).await {
-            Ok(Ok(targets)) => break targets,
+        let read = tokio::task::spawn_blocking(move || {
+            let targets = catch_up_targets(&c, &t)?;
+            let partitions: Vec<i32> = targets.keys().copied().collect();
+            anyhow::Ok((targets, dead_lettered_before(&c, &t, &partitions)))
+        });
+        match read.await {
+            Ok(Ok(found)) => break found,
             Ok(Err(e)) => {
                 tracing::warn!(topic, error = %e, "interfaces topic not readable yet, retrying")
             }
@@ -230,17 +276,37 @@ async fn follow(
             }
         };
         let (partition, offset) = (message.partition(), message.offset());
-        let entries = {
+        let (applied, entries) = {
             let mut cache = cache
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Err(reason) = cache.apply(message.key(), message.payload()) {
-                metrics::counter!("flowlens_enricher_interfaces_invalid_total").increment(1);
-                tracing::warn!(topic, partition, offset, %reason, "skipping interface record");
-            }
-            cache.len()
+            let applied = cache.apply(message.key(), message.payload());
+            (applied, cache.len())
         };
         metrics::gauge!("flowlens_enricher_interface_cache_entries").set(entries as f64);
+        if let Err(reason) = applied {
+            metrics::counter!("flowlens_enricher_interfaces_invalid_total").increment(1);
+            if dead_lettered
+                .get(&partition)
+                .is_some_and(|&before| offset < before)
+            {
+                tracing::info!(topic, partition, offset, %reason,
+                    "bad interface record left out (dead-lettered before)");
+            } else {
+                tracing::warn!(topic, partition, offset, %reason, "bad interface record left out");
+                if let Err(e) = dead_letter.send(&message, &reason).await {
+                    tracing::warn!(topic, partition, offset, error = %e, "interfaces reader stopping");
+                    return;
+                }
+                dead_lettered.insert(partition, offset + 1);
+                let mut tpl = TopicPartitionList::new();
+                let mark = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset + 1));
+                if let Err(e) = mark.and_then(|()| consumer.commit(&tpl, CommitMode::Async)) {
+                    tracing::warn!(topic, partition, offset, error = %e,
+                        "cannot record that the bad interface record was dead-lettered; it may be copied again");
+                }
+            }
+        }
         if targets
             .get(&partition)
             .is_some_and(|&high| offset + 1 >= high)

@@ -9,7 +9,6 @@
 //! `FutureProducer` (bench/README.md). Dead letters are rare: each is sent by a task of its own
 //! through the shared `DeadLetter` and reports down the same channel.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -17,9 +16,9 @@ use flowlens_runtime::{health, kafka_probe, DeadLetter, PolledProducer, Shutdown
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{BaseRecord, DeliveryResult, FutureProducer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
@@ -87,7 +86,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         created = kafka.ensure_topics(&wanted) => created.context("creating topics")?,
     }
 
-    let mut reader = InterfaceReader::start(kafka, shutdown.clone())?;
+    let dead_letter = DeadLetter::new(
+        kafka.producer_config(),
+        topics.dead_letter.clone(),
+        STAGE,
+        &config.dead_letter,
+        shutdown.clone(),
+    );
+    let mut reader = InterfaceReader::start(kafka, dead_letter.clone(), shutdown.clone())?;
     let ready_timeout = Duration::from_millis(config.enricher.interfaces_ready_timeout_ms);
     tokio::select! {
         _ = shutdown.cancelled() => {
@@ -141,9 +147,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         consumer,
         reports,
         report,
-        dead_letter: OnceLock::new(),
-        dead_letter_topic: topics.dead_letter.clone(),
-        producer_config: kafka.producer_config(),
+        dead_letter,
         cache: reader.cache.clone(),
         kubernetes: metadata.as_ref().map(|m| m.store.clone()),
         cidrs: config.kubernetes.cidrs(),
@@ -168,11 +172,9 @@ struct Pipeline {
     reports: mpsc::UnboundedReceiver<Settled>,
     /// The sending end of `reports`, for the dead-letter tasks (it also keeps `reports` open).
     report: mpsc::UnboundedSender<Settled>,
-    /// Created with the first bad record (its own `FutureProducer`, so a stream without bad
-    /// records does not pay for a second producer and its polling thread).
-    dead_letter: OnceLock<DeadLetter>,
-    dead_letter_topic: String,
-    producer_config: ClientConfig,
+    /// Its producer is created with the first bad record (a stream without bad records does
+    /// not pay for a second producer and its polling thread).
+    dead_letter: DeadLetter,
     cache: SharedCache,
     kubernetes: Option<SharedStore>,
     cidrs: Vec<Cidr>,
@@ -313,6 +315,16 @@ impl Pipeline {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                    // A raw record the join made too big for the producer (long strings).
+                    metrics::counter!("flowlens_enricher_records_invalid_total").increment(1);
+                    let reason = format!(
+                        "enriched record of {} bytes exceeds the producer's message.max.bytes",
+                        payload.len()
+                    );
+                    tracing::warn!(topic = %self.input, partition, offset, %reason, "raw flow too large to enrich");
+                    return self.dead_letter(message, reason);
+                }
                 Err((e, _)) => anyhow::bail!("producing to {}: {e}", self.output),
             }
         }
@@ -321,24 +333,12 @@ impl Pipeline {
     /// Copies `message` to the dead-letter topic from a task of its own, which reports the
     /// outcome down `reports` like any delivery.
     fn dead_letter(&self, message: &BorrowedMessage<'_>, reason: String) -> anyhow::Result<()> {
-        let dead_letter = match self.dead_letter.get() {
-            Some(dead_letter) => dead_letter,
-            None => {
-                let producer: FutureProducer = self
-                    .producer_config
-                    .create()
-                    .context("creating the dead-letter producer")?;
-                self.dead_letter.get_or_init(|| {
-                    DeadLetter::new(producer, self.dead_letter_topic.clone(), STAGE)
-                })
-            }
-        };
-        let (dead_letter, report) = (dead_letter.clone(), self.report.clone());
+        let (dead_letter, report) = (self.dead_letter.clone(), self.report.clone());
         let (partition, offset) = (message.partition(), message.offset());
         let message = message.detach();
         tokio::spawn(async move {
             let result = dead_letter.send(&message, &reason).await;
-            let _ = report.send((partition, offset, result.map(|()| Outcome::DeadLettered)));
+            let _ = report.send((partition, offset, result.map(|_| Outcome::DeadLettered)));
         });
         Ok(())
     }

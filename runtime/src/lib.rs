@@ -14,6 +14,6 @@ pub mod telemetry;
 pub mod testkit;
 
 pub use config::{load_config, ConfigError, Secret, Validate};
-pub use dead_letter::DeadLetter;
+pub use dead_letter::{DeadLetter, DeadLetterConfig};
 pub use polled_producer::PolledProducer;
 pub use shutdown::Shutdown;

@@ -25,6 +25,46 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The path of binary `bin` of workspace package `package`, built now with the profile and
+/// target directory of the running test, so it is never stale: for tests that run another
+/// stage's binary (`CARGO_BIN_EXE_*` names only the test's own package's binaries).
+pub fn stage_binary(package: &str, bin: &str) -> PathBuf {
+    // <target>/<profile dir>/deps/<test executable>
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test runs from <target>/<profile>/deps");
+    let target = profile_dir.parent().expect("a target directory");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").into());
+    let out = Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "-p",
+            package,
+            "--bin",
+            bin,
+            "--profile",
+            profile,
+        ])
+        .arg("--target-dir")
+        .arg(target)
+        .current_dir(repo_root())
+        .output()
+        .unwrap_or_else(|e| panic!("running cargo to build {bin}: {e}"));
+    assert!(
+        out.status.success(),
+        "cargo build -p {package} --bin {bin} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    profile_dir.join(bin)
+}
+
 /// `true` when the test should be skipped because `FLOWLENS_SKIP_<thing>=1`; panics with a clear
 /// message when `path` is missing and no skip was asked for.
 pub fn require(path: &str, thing: &str) -> bool {

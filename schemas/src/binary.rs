@@ -1,7 +1,9 @@
 //! Avro binary primitives for hand-written decoders of the contract's records (the sink's
 //! EnrichedFlow → RowBinary path, the enricher's RawFlow path): the kind of each field as a
 //! writer schema says, and a reader over a datum that declines (`None`) rather than guesses, so
-//! that a caller can fall back to apache-avro for anything it does not accept exactly.
+//! that a caller can fall back to apache-avro for anything it does not accept exactly; and the
+//! bound check run before apache-avro reads a datum ([`length_past_end`]), which allocates
+//! every string as long as its length says.
 
 use std::net::Ipv6Addr;
 
@@ -208,6 +210,103 @@ impl<'a> Reader<'a> {
             0 => Some(""),
             1 => self.str(),
             _ => None,
+        }
+    }
+}
+
+/// Where a datum's string or bytes length runs past the end of the datum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LengthPastEnd {
+    /// Offset of the length's varint in the datum.
+    pub at: usize,
+    /// The length it claims.
+    pub claimed: u64,
+    /// Bytes the datum has after the varint.
+    pub left: usize,
+}
+
+/// Walks `datum` as apache-avro 0.21 reads a value of `kind` and returns the first string or
+/// bytes length that claims more bytes than are left, if any. apache-avro allocates a buffer of
+/// the claimed size before it reads (up to 512 MiB, whatever the datum's size): running this
+/// first bounds what decoding a datum holds by the datum's own size.
+///
+/// The walk is at least as lenient as apache-avro: it goes on wherever apache-avro goes on
+/// (an int out of range, a boolean byte over 1, invalid UTF-8, an enum index out of range,
+/// a varint's 10th byte over 1) and stops only where apache-avro stops (the datum ends, a
+/// varint longer than 10 bytes, a negative length, a union index out of range). So a datum
+/// apache-avro decodes is never reported, and every length apache-avro would allocate for is
+/// checked.
+pub fn length_past_end(kind: &Kind, datum: &[u8]) -> Option<LengthPastEnd> {
+    let mut walk = Walk { datum, pos: 0 };
+    match walk.value(kind) {
+        Err(Stop::PastEnd(found)) => Some(found),
+        Err(Stop::Unreadable) | Ok(()) => None,
+    }
+}
+
+/// Why [`Walk`] stopped before the end of a value.
+enum Stop {
+    PastEnd(LengthPastEnd),
+    /// apache-avro stops here too, with an error of its own.
+    Unreadable,
+}
+
+struct Walk<'a> {
+    datum: &'a [u8],
+    pos: usize,
+}
+
+impl Walk<'_> {
+    fn left(&self) -> usize {
+        self.datum.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize) -> Result<(), Stop> {
+        if n > self.left() {
+            return Err(Stop::Unreadable);
+        }
+        self.pos += n;
+        Ok(())
+    }
+
+    /// A zig-zag varint as apache-avro reads it: up to 10 bytes, excess high bits dropped.
+    fn long(&mut self) -> Result<i64, Stop> {
+        let mut value: u64 = 0;
+        for i in 0..10 {
+            let b = *self.datum.get(self.pos).ok_or(Stop::Unreadable)?;
+            self.pos += 1;
+            value |= u64::from(b & 0x7f).wrapping_shl(7 * i);
+            if b & 0x80 == 0 {
+                return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
+            }
+        }
+        Err(Stop::Unreadable)
+    }
+
+    fn length(&mut self) -> Result<(), Stop> {
+        let at = self.pos;
+        let claimed = u64::try_from(self.long()?).map_err(|_| Stop::Unreadable)?;
+        let left = self.left();
+        if claimed > left as u64 {
+            return Err(Stop::PastEnd(LengthPastEnd { at, claimed, left }));
+        }
+        self.take(claimed as usize)
+    }
+
+    fn value(&mut self, kind: &Kind) -> Result<(), Stop> {
+        match kind {
+            Kind::Null => Ok(()),
+            Kind::Bool => self.take(1),
+            Kind::Int | Kind::Long | Kind::Enum(_) => self.long().map(drop),
+            Kind::Float => self.take(4),
+            Kind::Double => self.take(8),
+            Kind::Fixed(n) => self.take(*n),
+            Kind::Bytes | Kind::Str => self.length(),
+            Kind::Union(variants) => {
+                let i = usize::try_from(self.long()?).map_err(|_| Stop::Unreadable)?;
+                self.value(variants.get(i).ok_or(Stop::Unreadable)?)
+            }
+            Kind::Record(fields) => fields.iter().try_for_each(|f| self.value(f)),
         }
     }
 }

@@ -48,6 +48,13 @@ pub fn decode<R: AvroRecord + DeserializeOwned>(message: &[u8]) -> Result<R, Sch
     let fingerprint = peek_fingerprint(message)?;
     if fingerprint == R::fingerprint() {
         let found = RecordKind::from_fingerprint(fingerprint);
+        match crate::schema::writer(fingerprint) {
+            Some(w) => check_lengths(w.layout.as_ref(), message)?,
+            None => {
+                let layout = crate::binary::kind(R::schema(), &mut Vec::new());
+                check_lengths(layout.as_ref(), message)?;
+            }
+        }
         let mut reader = EofTracking {
             rest: message,
             hit_eof: false,
@@ -99,6 +106,7 @@ fn decode_resolved<T: DeserializeOwned>(
     writer: &crate::schema::Writer,
     reader_schema: &Schema,
 ) -> Result<T, SchemaError> {
+    check_lengths(writer.layout.as_ref(), message)?;
     let mut reader = EofTracking {
         rest: &message[HEADER_LEN..],
         hit_eof: false,
@@ -106,6 +114,25 @@ fn decode_resolved<T: DeserializeOwned>(
     let value = apache_avro::from_avro_datum(&writer.schema, &mut reader, Some(reader_schema));
     let value = finish(value, reader, message.len(), Some(writer.kind))?;
     from_value::<T>(&value).map_err(|e| SchemaError::Datum(e.to_string()))
+}
+
+/// Refuses a message whose datum claims a string or bytes longer than what follows it, before
+/// apache-avro allocates that length (see [`crate::binary::length_past_end`]). A writer whose
+/// layout the check cannot describe is left to apache-avro (every flowlens writer has one:
+/// `tests/bounded.rs`).
+fn check_lengths(layout: Option<&crate::binary::Kind>, message: &[u8]) -> Result<(), SchemaError> {
+    let (Some(layout), Some(datum)) = (layout, message.get(HEADER_LEN..)) else {
+        return Ok(());
+    };
+    match crate::binary::length_past_end(layout, datum) {
+        Some(past) => Err(SchemaError::LengthPastEnd {
+            len: message.len(),
+            at: past.at,
+            claimed: past.claimed,
+            left: past.left,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Common checks after reading a datum: no EOF inside it, no bytes after it.

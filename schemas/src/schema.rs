@@ -172,6 +172,8 @@ pub(crate) struct Writer {
     pub version: u32,
     pub fingerprint: [u8; 8],
     pub schema: Schema,
+    /// How its datums are laid out, for the bound check before apache-avro reads one.
+    pub layout: Option<crate::binary::Kind>,
 }
 
 static WRITERS: LazyLock<Vec<Writer>> = LazyLock::new(|| {
@@ -191,11 +193,13 @@ static WRITERS: LazyLock<Vec<Writer>> = LazyLock::new(|| {
                 .bytes
                 .try_into()
                 .expect("Rabin fingerprints are 8 bytes");
+            let layout = crate::binary::kind(&schema, &mut Vec::new());
             writers.push(Writer {
                 kind,
                 version: i as u32 + 1,
                 fingerprint,
                 schema,
+                layout,
             });
         }
     }

@@ -1,10 +1,12 @@
-//! Sink configuration: `[kafka]`, `[telemetry]`, `[clickhouse]`, `[batch]`, `[sink]`, loaded from
-//! TOML plus `FLOWLENS_SINK__SECTION__KEY` environment overrides and validated key by key.
+//! Sink configuration: `[kafka]`, `[telemetry]`, `[clickhouse]`, `[batch]`, `[sink]`, `[retention]`,
+//! `[dead_letter]`, loaded from TOML plus `FLOWLENS_SINK__SECTION__KEY` environment overrides and
+//! validated key by key.
 
 use std::path::Path;
 use std::time::Duration;
 
 use flowlens_runtime::config::{check_file, check_range, read_secret_file, Secret};
+use flowlens_runtime::dead_letter::DeadLetterConfig;
 use flowlens_runtime::kafka::KafkaConfig;
 use flowlens_runtime::telemetry::TelemetryConfig;
 use flowlens_runtime::{ConfigError, Validate};
@@ -23,6 +25,7 @@ pub struct Config {
     pub batch: BatchConfig,
     pub sink: SinkConfig,
     pub retention: RetentionConfig,
+    pub dead_letter: DeadLetterConfig,
 }
 
 /// `[clickhouse]`: where rows go.
@@ -178,6 +181,7 @@ impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate("kafka")?;
         self.telemetry.validate("telemetry")?;
+        self.dead_letter.validate("dead_letter")?;
         let ch = &self.clickhouse;
         let scheme_ok = ch.url.starts_with("http://") || ch.url.starts_with("https://");
         if !scheme_ok || ch.url.len() <= "https://".len() {

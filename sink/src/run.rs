@@ -7,7 +7,8 @@
 //!   means a replay, which the recovery check below turns into a no-op.
 //! * An undecodable record (or one whose values do not fit the table) goes to the dead-letter
 //!   topic with the reason in a header, is counted, and its offset counts as handled, so it
-//!   never blocks its partition.
+//!   never blocks its partition — unless the dead-letter topic is unavailable under
+//!   `dead_letter.when_unavailable = "stop"`: the loop then waits for it, committing nothing.
 //! * While an insert is being retried (capped exponential backoff) the assigned partitions are
 //!   paused and the consumer keeps being polled, so it stays in the group however long
 //!   ClickHouse is down; records already fetched still join open batches (bounded by
@@ -66,7 +67,6 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::batch::{token, Batches, PartitionKey};
@@ -172,12 +172,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     consumer
         .subscribe(&[topics.enriched_flows.as_str()])
         .context("subscribing")?;
-    let producer: FutureProducer = config
-        .kafka
-        .producer_config()
-        .create()
-        .context("creating dead-letter producer")?;
-    let dead_letter = DeadLetter::new(producer, topics.dead_letter.clone(), STAGE);
+    let dead_letter = DeadLetter::new(
+        config.kafka.producer_config(),
+        topics.dead_letter.clone(),
+        STAGE,
+        &config.dead_letter,
+        shutdown.clone(),
+    );
     tracing::info!(
         topic = %topics.enriched_flows,
         group = %config.sink.group_id,
@@ -343,7 +344,7 @@ impl Sink {
                 self.dead_letter
                     .send(message, &reason)
                     .await
-                    .context("dead-letter topic unavailable; stopping without committing")?;
+                    .context("record not dead-lettered; stopping without committing it")?;
                 self.batches.skip(topic, partition, offset, now);
             }
         }

@@ -379,9 +379,12 @@ fn older_reader_reads_newer_records() {
     // A RawFlow version 2 reader gets the 35 fields it has, without the origin.
     let mut raw = Vec::new();
     encode(&common::raw_conversation(), &mut raw).unwrap();
-    let value =
-        apache_avro::from_avro_datum(RawFlow::schema(), &mut &raw[10..], Some(&schema(RAW_FLOW_V2_AVSC)))
-            .unwrap();
+    let value = apache_avro::from_avro_datum(
+        RawFlow::schema(),
+        &mut &raw[10..],
+        Some(&schema(RAW_FLOW_V2_AVSC)),
+    )
+    .unwrap();
     let Value::Record(f) = &value else {
         panic!("{value:?}")
     };

@@ -80,8 +80,10 @@ pub fn successor(id: &StreamId, partition: i32, earliest_timestamp_ms: i64) -> S
 }
 
 /// The topic id of each of `topics` (`None`: the broker gives none, all zeros) through
-/// `rd_kafka_DescribeTopics` on `client`'s handle. Blocks up to `timeout`. A topic the broker
-/// does not know is an error naming it.
+/// `rd_kafka_DescribeTopics` on `client`'s handle, sent to the broker that answers the
+/// metadata request (not the controller: librdkafka's mock cluster has none, and any broker
+/// answers). Blocks up to about twice `timeout`. A topic the broker does not know, or no
+/// answer, is an error: never a reason to guess another id.
 pub fn topic_ids<C: ClientContext>(
     client: &Client<C>,
     topics: &[&str],
@@ -94,6 +96,17 @@ pub fn topic_ids<C: ClientContext>(
         .collect::<anyhow::Result<_>>()?;
     let mut pointers: Vec<*const std::os::raw::c_char> = names.iter().map(|n| n.as_ptr()).collect();
     let timeout_ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let metadata = client
+        .fetch_metadata(topics.first().copied(), timeout)
+        .context("reading metadata")?;
+    let broker = match metadata.orig_broker_id() {
+        id if id >= 0 => id,
+        _ => metadata
+            .brokers()
+            .first()
+            .map(|b| b.id())
+            .context("the metadata names no broker")?,
+    };
     let rk = client.native_ptr();
     // SAFETY: every object created here is destroyed before returning (guards below); the
     // strings read from the result are copied before the event is destroyed; `rk` outlives the
@@ -126,6 +139,13 @@ pub fn topic_ids<C: ClientContext>(
             err.as_mut_ptr(),
             err.len(),
         );
+        anyhow::ensure!(
+            code == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+            "DescribeTopics options: {}",
+            CStr::from_ptr(err.as_ptr()).to_string_lossy()
+        );
+        let code =
+            rd::rd_kafka_AdminOptions_set_broker(options.0, broker, err.as_mut_ptr(), err.len());
         anyhow::ensure!(
             code == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
             "DescribeTopics options: {}",

@@ -73,9 +73,15 @@ impl Queries {
             .fetch_all()
             .await
             .with_context(|| format!("reading the type of `{table}`.kafka_timestamp"))?;
-        let ty = types.first().with_context(|| {
-            format!("table `{table}` has no kafka_timestamp column (migration 0005)")
-        })?;
+        let Some(ty) = types.first() else {
+            // No such column: let the server say whether the table is there at all.
+            client
+                .query(&format!("SELECT 1 FROM `{table}` LIMIT 0"))
+                .execute()
+                .await
+                .with_context(|| format!("reading table `{table}`"))?;
+            anyhow::bail!("table `{table}` has no kafka_timestamp column (migration 0005)");
+        };
         Ok(Self::new(table, ty))
     }
 

@@ -264,21 +264,30 @@ impl Probe {
         self.read_from(topic, partition, Offset::Offset(low))
     }
 
-    /// The first record at or after `from`, waiting at most the probe's timeout.
+    /// The first record at or after `from`; `None` only when the broker says the log does not
+    /// reach `from` (offset out of range). No answer within the probe's timeout is an error:
+    /// never evidence that a record is gone.
     fn read_from(
         &self,
         topic: &str,
         partition: i32,
         from: Offset,
     ) -> anyhow::Result<Option<Stored>> {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, from)?;
         self.consumer.assign(&tpl)?;
         let deadline = std::time::Instant::now() + self.timeout;
+        let mut last_error = None;
         let found = loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                break None;
+                self.consumer.unassign()?;
+                anyhow::bail!(
+                    "no record of {topic}/{partition} from {from:?} within {:?} (last error: {last_error:?})",
+                    self.timeout
+                );
             }
             match self.consumer.poll(left.min(Duration::from_millis(200))) {
                 Some(Ok(m)) if m.topic() == topic && m.partition() == partition => {
@@ -289,10 +298,14 @@ impl Probe {
                     });
                 }
                 Some(Ok(_)) => {}
-                // Out of range (auto.offset.reset = error) and the like: not held.
+                // Out of range (auto.offset.reset = error): the log does not reach `from`.
+                Some(Err(KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+                ))) => break None,
+                // Anything else (a broker connection that was down, ...) may pass: wait.
                 Some(Err(e)) => {
                     tracing::debug!(topic, partition, error = %e, "probe read");
-                    break None;
+                    last_error = Some(e);
                 }
                 None => {}
             }

@@ -231,6 +231,47 @@ impl Tansu {
     pub fn broker(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// Stops this broker and starts a new one on the same port: memory storage, so every topic,
+    /// record and committed offset is gone (what a broker restarted with fresh topics, or a new
+    /// cluster under the same address, looks like to clients).
+    pub fn restart_empty(&mut self) {
+        // Killed if it does not stop by itself: nothing of it is kept either way.
+        self._guard
+            .stop_with(libc::SIGTERM, Duration::from_secs(10));
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(start.elapsed() < Duration::from_secs(20), "port still open");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = self._dir.path().join("tansu.again.log");
+        let mut cmd = Command::new(TANSU);
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]);
+        self._guard = ChildGuard::spawn("tansu", &mut cmd, &log);
+        wait_port(self.port, &mut self._guard, &log, Duration::from_secs(20));
+    }
+}
+
+/// Deletes `topics` through the admin API (waits for the broker's answer).
+pub async fn delete_topics(brokers: &str, topics: &[&str]) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin.delete_topics(topics, &opts).await.unwrap() {
+        r.unwrap_or_else(|(t, e)| panic!("deleting topic {t}: {e}"));
+    }
 }
 
 /// Debian's clickhouse-server 18.16 through scripts/stack/clickhouse18.sh, in a temporary stack

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use flowlens_runtime::incarnation::{fallback_id, Probe};
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::testkit::{producer, require, send, unique, Tansu, TANSU};
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
+use flowlens_runtime::testkit::{delete_topics, producer, require, send, unique, Tansu, TANSU};
 
 fn kafka(tansu: &Tansu, topic: &str) -> KafkaConfig {
     let mut k = KafkaConfig {
@@ -61,14 +59,7 @@ async fn topic_ids_name_each_life_of_a_topic() {
         first
     );
 
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", tansu.broker())
-        .create()
-        .unwrap();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin.delete_topics(&[&topic], &opts).await.unwrap() {
-        r.unwrap();
-    }
+    delete_topics(&tansu.broker(), &[&topic]).await;
     k.ensure_topics(&[(&topic, false)]).await.unwrap();
     let second = probe.topic_id(&topic).unwrap().expect("a topic id again");
     assert_ne!(first, second, "a re-created topic has a new id");

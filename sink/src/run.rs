@@ -642,7 +642,7 @@ impl Sink {
                 .increment(upstream);
             tracing::info!(topic = %key.0, partition = key.1, from = first_offset,
                 own_replays = own, upstream_replays = upstream,
-                "rows already stored: skipping them");
+                "rows already stored but not committed: skipping them");
         }
         front.token = (!front.rows.is_empty()).then(|| content_token(&front.rows.data));
         front.judged = true;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use flowlens_runtime::kafka::KafkaConfig;
 use flowlens_runtime::testkit::{
-    delete_topics, require, unique, Chdb, ChildGuard, Tansu, TANSU, VENV_PYTHON,
+    delete_topics, end_offsets, require, unique, Chdb, ChildGuard, Tansu, TANSU, VENV_PYTHON,
 };
 use flowlens_schemas::{ip_to_v6, Direction, RawFlow};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -142,7 +142,10 @@ dead_letter = "{dlq}"
 "heartbeat.interval.ms" = "500"
 # The enricher commits every 5 s: a kill almost always leaves produced records uncommitted.
 "auto.commit.interval.ms" = "5000"
-"#,
+{debug}"#,
+            debug = std::env::var("EO_KAFKA_DEBUG")
+                .map(|d| format!("\"debug\" = \"{d}\"\n"))
+                .unwrap_or_default(),
             p = self.partitions,
             raw = self.raw,
             ifs = self.interfaces,
@@ -248,6 +251,25 @@ impl Stage {
     }
 }
 
+impl Drop for Stage {
+    /// A failing test shows the end of each run's log.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for r in 1..=self.runs {
+                let text = std::fs::read_to_string(self.dir.join(format!("{}-{r}.log", self.name)))
+                    .unwrap_or_default();
+                let lines: Vec<String> = text.lines().map(plain).collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!(
+                    "--- {} run {r} (last lines) ---\n{}",
+                    self.name,
+                    tail.join("\n")
+                );
+            }
+        }
+    }
+}
+
 /// `line` without ANSI colour sequences (ESC [ ... m).
 fn plain(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
@@ -320,6 +342,9 @@ async fn rows(ch: &clickhouse::Client) -> u64 {
         .unwrap_or(0)
 }
 
+/// Brokers and topics whose end offsets a failed wait prints.
+static DIAGNOSE: std::sync::Mutex<Option<(String, Vec<String>)>> = std::sync::Mutex::new(None);
+
 /// Waits (bounded) until `flows` holds `n` rows, never more; `tick` runs every poll (e.g. a
 /// supervisor).
 async fn wait_rows(ch: &clickhouse::Client, n: u64, timeout: Duration, mut tick: impl FnMut()) {
@@ -330,10 +355,22 @@ async fn wait_rows(ch: &clickhouse::Client, n: u64, timeout: Duration, mut tick:
         if got == n {
             return;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "only {got}/{n} rows after {timeout:?}"
-        );
+        if start.elapsed() >= timeout {
+            let topics = DIAGNOSE.lock().unwrap().clone();
+            let state = match topics {
+                Some((brokers, names)) => tokio::task::spawn_blocking(move || {
+                    names
+                        .iter()
+                        .map(|t| format!("{t}: ends {:?}", end_offsets(&brokers, t)))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .await
+                .unwrap_or_default(),
+                None => String::new(),
+            };
+            panic!("only {got}/{n} rows after {timeout:?}; topics: {state}");
+        }
         tick();
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -484,10 +521,14 @@ async fn broker_and_topics_reset_under_running_stages() {
     let mut sink = Stage::new("sink", sink_toml, dir.path());
     enricher.start();
     sink.start();
+    *DIAGNOSE.lock().unwrap() = Some((
+        brokers.clone(),
+        vec![names.raw.clone(), names.enriched.clone()],
+    ));
     let ch = clickhouse(&chdb.url());
     let base = base_ns();
     const STEP: u32 = 4_000;
-    let timeout = Duration::from_secs(180);
+    let timeout = Duration::from_secs(90);
     let mut supervise = || {
         enricher.supervise();
         sink.supervise();

@@ -239,6 +239,10 @@ pub fn enriched_producer_config(kafka: &flowlens_runtime::kafka::KafkaConfig) ->
         ("enable.gapless.guarantee", "true"),
         ("message.timeout.ms", "0"),
         ("acks", "all"),
+        // A broker restarted empty must not get the enriched topic created by a metadata request
+        // with its default partition count: records wait until the topic is created as it
+        // should be (kafka.create_topics at start, or its operators).
+        ("allow.auto.create.topics", "false"),
     ] {
         if c.get(key).is_some_and(|v| v != value) {
             tracing::warn!(
@@ -429,8 +433,22 @@ impl Pipeline {
     }
 
     /// Every [`WATCH_INTERVAL`]: a topic id other than the one a partition was named by means
-    /// the topic was re-created (or the cluster replaced) under us.
+    /// the topic was re-created (or the cluster replaced) under us. The enriched topic's
+    /// partition count is read again too (records without a key are routed by it).
     fn watch_topic_id(&mut self) {
+        let partitions = tokio::task::block_in_place(|| {
+            self.producer
+                .client()
+                .fetch_metadata(Some(&self.output), PROBE_TIMEOUT)
+                .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
+        });
+        if let Ok(n) = partitions {
+            if n > 0 && n as i32 != self.output_partitions {
+                tracing::warn!(topic = %self.output, was = self.output_partitions, now = n,
+                    "the enriched topic's partition count changed");
+                self.output_partitions = n as i32;
+            }
+        }
         if !self.inputs.values().any(|i| i.from_topic_id) {
             return;
         }

@@ -200,6 +200,9 @@ pub fn topic_ids<C: ClientContext>(
     }
 }
 
+/// How long [`Probe::record_at`] looks for a record at or past the end the broker reports.
+const PAST_END_WAIT: Duration = Duration::from_secs(2);
+
 /// One record as the broker holds it: offset, broker timestamp (ms), value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
@@ -248,8 +251,23 @@ impl Probe {
         if offset < low || (high <= offset && high == low) {
             return Ok(None);
         }
-        self.read_from(topic, partition, Offset::Offset(offset))
+        // At or past the reported end: a broker may under-report it (tansu counts batches), so
+        // look, briefly; nothing there in that time means the log does not reach `offset`.
+        let past_end = high <= offset;
+        let wait = if past_end {
+            PAST_END_WAIT
+        } else {
+            self.timeout
+        };
+        self.read_from(topic, partition, Offset::Offset(offset), wait, past_end)
             .map(|r| r.filter(|r| r.offset == offset))
+    }
+
+    /// The (low, high) watermarks of `topic`/`partition`.
+    pub fn watermarks(&self, topic: &str, partition: i32) -> anyhow::Result<(i64, i64)> {
+        self.consumer
+            .fetch_watermarks(topic, partition, self.timeout)
+            .with_context(|| format!("watermarks of {topic}/{partition}"))
     }
 
     /// The earliest record of `topic`/`partition` (`None`: the partition is empty).
@@ -261,32 +279,36 @@ impl Probe {
         if high <= low {
             return Ok(None);
         }
-        self.read_from(topic, partition, Offset::Offset(low))
+        self.read_from(topic, partition, Offset::Offset(low), self.timeout, false)
     }
 
-    /// The first record at or after `from`; `None` only when the broker says the log does not
-    /// reach `from` (offset out of range). No answer within the probe's timeout is an error:
-    /// never evidence that a record is gone.
+    /// The first record at or after `from`; `None` when the broker says the log does not reach
+    /// `from` (offset out of range), or, with `quiet_is_none`, when nothing came within `wait`.
+    /// Otherwise no answer within `wait` is an error: never evidence that a record is gone.
     fn read_from(
         &self,
         topic: &str,
         partition: i32,
         from: Offset,
+        wait: Duration,
+        quiet_is_none: bool,
     ) -> anyhow::Result<Option<Stored>> {
         use rdkafka::error::KafkaError;
         use rdkafka::types::RDKafkaErrorCode;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, from)?;
         self.consumer.assign(&tpl)?;
-        let deadline = std::time::Instant::now() + self.timeout;
+        let deadline = std::time::Instant::now() + wait;
         let mut last_error = None;
         let found = loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 self.consumer.unassign()?;
+                if quiet_is_none && last_error.is_none() {
+                    return Ok(None);
+                }
                 anyhow::bail!(
-                    "no record of {topic}/{partition} from {from:?} within {:?} (last error: {last_error:?})",
-                    self.timeout
+                    "no record of {topic}/{partition} from {from:?} within {wait:?} (last error: {last_error:?})"
                 );
             }
             match self.consumer.poll(left.min(Duration::from_millis(200))) {

@@ -75,6 +75,15 @@ impl ChildGuard {
         Self { name, child }
     }
 
+    /// Spawns `cmd` whose stdout and stderr the caller has set already.
+    pub fn spawn_with_output(name: &'static str, cmd: &mut Command) -> Self {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self { name, child }
+    }
+
     pub fn assert_running(&mut self, log: &Path) {
         if let Ok(Some(status)) = self.child.try_wait() {
             let text = std::fs::read_to_string(log).unwrap_or_default();

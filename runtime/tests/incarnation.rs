@@ -60,6 +60,9 @@ async fn topic_ids_name_each_life_of_a_topic() {
     );
 
     delete_topics(&tansu.broker(), &[&topic]).await;
+    // While the topic does not exist: an error naming it, not an id.
+    let missing = probe.topic_id(&topic);
+    assert!(missing.is_err(), "{missing:?}");
     k.ensure_topics(&[(&topic, false)]).await.unwrap();
     let second = probe.topic_id(&topic).unwrap().expect("a topic id again");
     assert_ne!(first, second, "a re-created topic has a new id");

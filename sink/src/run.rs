@@ -77,6 +77,8 @@ struct Input {
     from_topic_id: bool,
     /// The incarnation the group's committed position was stored under (commit metadata).
     committed_under: Option<StreamId>,
+    /// The first offset read since the assignment (where the group's position was).
+    first_offset: i64,
     last_offset: i64,
 }
 
@@ -407,6 +409,7 @@ impl Sink {
                 stream: base,
                 from_topic_id,
                 committed_under,
+                first_offset: offset,
                 last_offset: offset,
             },
         );
@@ -593,10 +596,24 @@ impl Sink {
                     "the stored rows of this stream id are not what Kafka holds now: a new incarnation under the same id; nothing is skipped by offset, rows go under a new id");
             }
             dedup.set_resolved(stream, &resolved);
-            let committed_under = self.inputs.get(&key).and_then(|i| i.committed_under);
+            let input = self.inputs.get(&key).copied();
+            let committed_under = input.and_then(|i| i.committed_under);
+            // Resumed inside a log of which nothing is stored, from a position without
+            // incarnation (a broker that keeps no commit metadata): the position can only be
+            // another incarnation's. Reading this one from its beginning doubles nothing.
+            let foreign_position = committed_under.is_none()
+                && resolved.stored_through < 0
+                && match input {
+                    Some(i) if i.first_offset > 0 => {
+                        let (low, _) =
+                            tokio::task::block_in_place(|| self.probe.watermarks(&key.0, key.1))?;
+                        i.first_offset > low
+                    }
+                    _ => false,
+                };
             let restart = if !commit {
                 None
-            } else if committed_under.is_some_and(|c| c != resolved.stream) {
+            } else if foreign_position || committed_under.is_some_and(|c| c != resolved.stream) {
                 Some(Offset::Beginning)
             } else if resolved.stream != stream {
                 Some(Offset::Offset(first_offset))

@@ -58,7 +58,7 @@ pub fn encode_raw_flow(flow: &RawFlow, out: &mut Vec<u8>) -> Result<(), SchemaEr
     }
 }
 
-/// Writes the Avro binary datum of `flow` (RawFlow v2, fields in schema order).
+/// Writes the Avro binary datum of `flow` (RawFlow v3, fields in schema order).
 fn write_datum(flow: &RawFlow, out: &mut Vec<u8>) {
     // No `..`: a field added to RawFlow must be written here before this compiles.
     let RawFlow {
@@ -97,6 +97,7 @@ fn write_datum(flow: &RawFlow, out: &mut Vec<u8>) {
         outer_src_addr,
         outer_dst_addr,
         duplicate,
+        origin,
     } = flow;
     // At most 40 varints of at most 10 bytes, 4 addresses, the boolean, and the strings' bytes.
     let comm_len = |p: &Option<Process>| p.as_ref().map_or(0, |p| p.comm.len());
@@ -160,6 +161,17 @@ fn write_datum(flow: &RawFlow, out: &mut Vec<u8>) {
         }
     }
     out.push(u8::from(*duplicate));
+    // ["null", Origin]: branch index, then topic, stream (fixed 16), partition, offset.
+    match origin {
+        None => long(out, 0),
+        Some(o) => {
+            long(out, 1);
+            string(out, &o.topic);
+            out.extend_from_slice(&o.stream);
+            int(out, o.partition);
+            long(out, o.offset);
+        }
+    }
 }
 
 /// `["null", Process]`: branch index, then the record's fields.
@@ -288,6 +300,12 @@ mod tests {
             outer_src_addr: Some("::ffff:10.0.0.1".parse().unwrap()),
             outer_dst_addr: Some("::ffff:10.0.0.2".parse().unwrap()),
             duplicate: true,
+            origin: Some(flowlens_schemas::Origin {
+                topic: "flowlens.flows.raw".into(),
+                stream: [0xab; 16],
+                partition: 3,
+                offset: 1 << 40,
+            }),
         }
     }
 
@@ -610,6 +628,12 @@ mod tests {
                 outer_src_addr: self.bool().then(|| self.addr()),
                 outer_dst_addr: self.bool().then(|| self.addr()),
                 duplicate: self.bool(),
+                origin: self.bool().then(|| flowlens_schemas::Origin {
+                    topic: self.string(),
+                    stream: [self.i32() as u8; 16],
+                    partition: self.i32(),
+                    offset: self.i64(),
+                }),
             }
         }
     }

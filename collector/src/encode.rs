@@ -21,8 +21,8 @@ use std::sync::LazyLock;
 use flowlens_schemas::{AvroRecord, Direction, Process, RawFlow, SchemaError, MAGIC};
 
 /// Fingerprint (single-object header byte order) of the `raw_flow.avsc` this encoder writes:
-/// RawFlow version 2. Change it only together with [`write_datum`].
-pub const WRITTEN_FOR: [u8; 8] = [0xac, 0x95, 0x8d, 0xe7, 0x35, 0x12, 0xcd, 0x5c];
+/// RawFlow version 3. Change it only together with [`write_datum`].
+pub const WRITTEN_FOR: [u8; 8] = [0x33, 0x7e, 0xe2, 0x0c, 0xa5, 0xe4, 0x9d, 0xfb];
 
 /// The 10-byte single-object header, when the embedded schema is the one this encoder writes.
 static HEADER: LazyLock<Option<[u8; 10]>> = LazyLock::new(|| {
@@ -321,7 +321,7 @@ mod tests {
     }
 
     /// The fields `write_datum` writes, in order, with the Avro type it writes them as.
-    const FIELDS: [(&str, &str); 35] = [
+    const FIELDS: [(&str, &str); 36] = [
         ("host", "string"),
         ("ifindex", "int"),
         ("direction", "enum[INGRESS,EGRESS]"),
@@ -363,6 +363,10 @@ mod tests {
         ("outer_src_addr", "null|fixed16"),
         ("outer_dst_addr", "null|fixed16"),
         ("duplicate", "boolean"),
+        (
+            "origin",
+            "null|record{topic:string,stream:fixed16,partition:int,offset:long}",
+        ),
     ];
 
     /// A short type description of `s`, resolving references to named types defined earlier.
@@ -475,6 +479,7 @@ mod tests {
             flow.outer_src_addr != d.outer_src_addr,
             flow.outer_dst_addr != d.outer_dst_addr,
             flow.duplicate != d.duplicate,
+            flow.origin != d.origin,
         ];
         assert_eq!(differs.len(), FIELDS.len());
         assert!(differs.iter().all(|d| *d), "{differs:?}");

@@ -207,15 +207,7 @@ impl Tansu {
             }
             None => Command::new(TANSU),
         };
-        cmd.args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ]);
+        broker_args(&mut cmd, &url);
         let mut guard = ChildGuard::spawn("tansu", &mut cmd, &log);
         let listening = || match netns {
             Some(ns) => in_netns(ns, || TcpStream::connect((ip, port)).is_ok()),
@@ -256,18 +248,32 @@ impl Tansu {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let log = self._dir.path().join("tansu.again.log");
         let mut cmd = Command::new(TANSU);
-        cmd.args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ]);
+        broker_args(&mut cmd, &url);
         self._guard = ChildGuard::spawn("tansu", &mut cmd, &log);
         wait_port(self.port, &mut self._guard, &log, Duration::from_secs(20));
     }
+}
+
+/// tansu's broker arguments: listening and advertised on `url`, memory storage.
+fn broker_args(cmd: &mut Command, url: &str) {
+    cmd.args([
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]);
+}
+
+/// A flow time an hour ago (ns), inside every table's TTL: test records are "recent".
+pub fn hour_ago_ns() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    (now - 3600) * 1_000_000_000
 }
 
 /// Deletes `topics` through the admin API (waits for the broker's answer).

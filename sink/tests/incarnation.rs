@@ -30,11 +30,7 @@ fn skip() -> bool {
 }
 
 fn base_ns() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    (now - 3600) * 1_000_000_000 + 123_456_789
+    flowlens_runtime::testkit::hour_ago_ns()
 }
 
 async fn produce(kafka: &KafkaConfig, ids: std::ops::Range<u32>, base: i64) {

@@ -53,22 +53,24 @@ impl EncodedRows {
     /// Keeps the rows for which `keep(offset, origin)` is true, called in row order. Returns how
     /// many were dropped.
     pub fn retain(&mut self, mut keep: impl FnMut(i64, OriginKey) -> bool) -> usize {
-        let n = self.len();
+        let kept: Vec<bool> = (0..self.len())
+            .map(|i| keep(self.offsets[i], self.origins[i]))
+            .collect();
+        let dropped = kept.iter().filter(|k| !**k).count();
+        if dropped == 0 {
+            // The usual case: nothing to copy.
+            return 0;
+        }
         let mut data = Vec::with_capacity(self.data.len());
         let (mut offsets, mut origins, mut starts) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..n {
-            if keep(self.offsets[i], self.origins[i]) {
-                let end = self.starts.get(i + 1).copied().unwrap_or(self.data.len());
-                starts.push(data.len());
-                offsets.push(self.offsets[i]);
-                origins.push(self.origins[i]);
-                data.extend_from_slice(&self.data[self.starts[i]..end]);
-            }
+        for (i, _) in kept.iter().enumerate().filter(|(_, k)| **k) {
+            let end = self.starts.get(i + 1).copied().unwrap_or(self.data.len());
+            starts.push(data.len());
+            offsets.push(self.offsets[i]);
+            origins.push(self.origins[i]);
+            data.extend_from_slice(&self.data[self.starts[i]..end]);
         }
-        let dropped = n - offsets.len();
-        if dropped > 0 {
-            (self.data, self.offsets, self.origins, self.starts) = (data, offsets, origins, starts);
-        }
+        (self.data, self.offsets, self.origins, self.starts) = (data, offsets, origins, starts);
         dropped
     }
 

@@ -8,7 +8,8 @@
 #
 # Run as root. The stack keeps running afterwards so you can query it
 # (curl 'http://127.0.0.1:18123/?query=SELECT+count()+FROM+flows'); stop it with
-# scripts/stack/stack.sh stop.
+# scripts/stack/stack.sh stop. A run that stores no new row fails (exit 1).
+# FLOWLENS_DEMO_PROFILE=debug uses debug binaries (what scripts/test.sh has built already).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -23,9 +24,15 @@ say() { printf '\n\033[1m[demo] %s\033[0m\n' "$*"; }
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (it loads eBPF programs)" >&2; exit 1; }
 bash scripts/setup.sh
 export PATH=/usr/lib/llvm-22/bin:$HOME/.cargo/bin:$PATH
-say "building (release)"
-cargo build --release -q -p flowlens-collector -p flowlens-enricher -p flowlens-sink
-BIN=${CARGO_TARGET_DIR:-$REPO/target}/release
+PROFILE=${FLOWLENS_DEMO_PROFILE:-release}
+case "$PROFILE" in
+  release) BUILD=(--release) ;;
+  debug) BUILD=() ;;
+  *) echo "demo.sh: FLOWLENS_DEMO_PROFILE must be release or debug, not '$PROFILE'" >&2; exit 1 ;;
+esac
+say "building ($PROFILE)"
+cargo build "${BUILD[@]}" -q -p flowlens-collector -p flowlens-enricher -p flowlens-sink
+BIN=${CARGO_TARGET_DIR:-$REPO/target}/$PROFILE
 
 say "starting the local stack"
 scripts/stack/stack.sh start
@@ -97,6 +104,11 @@ for _ in $(seq 1 60); do
   last=$now; sleep 1
 done
 echo "rows in flows: $now (new in this run: $((now - before)))"
+if [ "$now" -le "$before" ]; then
+  echo "demo.sh: no new row reached ClickHouse; logs in $RUN" >&2
+  tail -n 20 "$RUN/sink.log" "$RUN/enricher.log" >&2
+  exit 1
+fi
 
 query() { # file, params
   curl -fsS "$CH/?default_format=PrettyCompactMonoBlock&$2" --data-binary @"$1"

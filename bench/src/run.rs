@@ -329,9 +329,14 @@ pub fn codec_costs(generator: &mut Generator, n: u64) -> anyhow::Result<CodecCos
         if out.len() > (1 << 20) - 1024 {
             out.clear(); // a batch's buffer, reused
         }
-        written +=
-            flowlens_sink::decode::write_row(b, "flowlens.flows.enriched", 0, i as i64, &mut out)
-                .is_ok() as usize;
+        let at = flowlens_sink::decode::Position {
+            topic: "flowlens.flows.enriched",
+            partition: 0,
+            offset: i as i64,
+            stream: [1; 16],
+            timestamp_ms: 1_700_000_000_000,
+        };
+        written += flowlens_sink::decode::write_row(b, &at, &mut out).is_ok() as usize;
     }
     let sink_write_row_us = per(t);
     for (what, got) in [

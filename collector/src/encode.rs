@@ -21,8 +21,8 @@ use std::sync::LazyLock;
 use flowlens_schemas::{AvroRecord, Direction, Process, RawFlow, SchemaError, MAGIC};
 
 /// Fingerprint (single-object header byte order) of the `raw_flow.avsc` this encoder writes:
-/// RawFlow version 2. Change it only together with [`write_datum`].
-pub const WRITTEN_FOR: [u8; 8] = [0xac, 0x95, 0x8d, 0xe7, 0x35, 0x12, 0xcd, 0x5c];
+/// RawFlow version 3. Change it only together with [`write_datum`].
+pub const WRITTEN_FOR: [u8; 8] = [0x33, 0x7e, 0xe2, 0x0c, 0xa5, 0xe4, 0x9d, 0xfb];
 
 /// The 10-byte single-object header, when the embedded schema is the one this encoder writes.
 static HEADER: LazyLock<Option<[u8; 10]>> = LazyLock::new(|| {
@@ -58,7 +58,7 @@ pub fn encode_raw_flow(flow: &RawFlow, out: &mut Vec<u8>) -> Result<(), SchemaEr
     }
 }
 
-/// Writes the Avro binary datum of `flow` (RawFlow v2, fields in schema order).
+/// Writes the Avro binary datum of `flow` (RawFlow v3, fields in schema order).
 fn write_datum(flow: &RawFlow, out: &mut Vec<u8>) {
     // No `..`: a field added to RawFlow must be written here before this compiles.
     let RawFlow {
@@ -97,6 +97,7 @@ fn write_datum(flow: &RawFlow, out: &mut Vec<u8>) {
         outer_src_addr,
         outer_dst_addr,
         duplicate,
+        origin,
     } = flow;
     // At most 40 varints of at most 10 bytes, 4 addresses, the boolean, and the strings' bytes.
     let comm_len = |p: &Option<Process>| p.as_ref().map_or(0, |p| p.comm.len());
@@ -160,6 +161,17 @@ fn write_datum(flow: &RawFlow, out: &mut Vec<u8>) {
         }
     }
     out.push(u8::from(*duplicate));
+    // ["null", Origin]: branch index, then topic, stream (fixed 16), partition, offset.
+    match origin {
+        None => long(out, 0),
+        Some(o) => {
+            long(out, 1);
+            string(out, &o.topic);
+            out.extend_from_slice(&o.stream);
+            int(out, o.partition);
+            long(out, o.offset);
+        }
+    }
 }
 
 /// `["null", Process]`: branch index, then the record's fields.
@@ -288,6 +300,12 @@ mod tests {
             outer_src_addr: Some("::ffff:10.0.0.1".parse().unwrap()),
             outer_dst_addr: Some("::ffff:10.0.0.2".parse().unwrap()),
             duplicate: true,
+            origin: Some(flowlens_schemas::Origin {
+                topic: "flowlens.flows.raw".into(),
+                stream: [0xab; 16],
+                partition: 3,
+                offset: 1 << 40,
+            }),
         }
     }
 
@@ -303,7 +321,7 @@ mod tests {
     }
 
     /// The fields `write_datum` writes, in order, with the Avro type it writes them as.
-    const FIELDS: [(&str, &str); 35] = [
+    const FIELDS: [(&str, &str); 36] = [
         ("host", "string"),
         ("ifindex", "int"),
         ("direction", "enum[INGRESS,EGRESS]"),
@@ -345,6 +363,10 @@ mod tests {
         ("outer_src_addr", "null|fixed16"),
         ("outer_dst_addr", "null|fixed16"),
         ("duplicate", "boolean"),
+        (
+            "origin",
+            "null|record{topic:string,stream:fixed16,partition:int,offset:long}",
+        ),
     ];
 
     /// A short type description of `s`, resolving references to named types defined earlier.
@@ -457,6 +479,7 @@ mod tests {
             flow.outer_src_addr != d.outer_src_addr,
             flow.outer_dst_addr != d.outer_dst_addr,
             flow.duplicate != d.duplicate,
+            flow.origin != d.origin,
         ];
         assert_eq!(differs.len(), FIELDS.len());
         assert!(differs.iter().all(|d| *d), "{differs:?}");
@@ -610,6 +633,12 @@ mod tests {
                 outer_src_addr: self.bool().then(|| self.addr()),
                 outer_dst_addr: self.bool().then(|| self.addr()),
                 duplicate: self.bool(),
+                origin: self.bool().then(|| flowlens_schemas::Origin {
+                    topic: self.string(),
+                    stream: [self.i32() as u8; 16],
+                    partition: self.i32(),
+                    offset: self.i64(),
+                }),
             }
         }
     }

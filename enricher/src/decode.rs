@@ -16,11 +16,14 @@
 use std::sync::OnceLock;
 
 use flowlens_schemas::binary::{kind, zero_default, Kind, Reader};
-use flowlens_schemas::{Direction, Process, RawFlow, RecordKind, SchemaError, HEADER_LEN, MAGIC};
+use flowlens_schemas::{
+    Direction, Origin, Process, RawFlow, RecordKind, SchemaError, HEADER_LEN, MAGIC,
+};
 
-/// Fields of RawFlow version 1; version 2 has `V2_FIELDS`.
+/// Fields of RawFlow version 1; version 2 has `V2_FIELDS`, version 3 `V3_FIELDS`.
 const V1_FIELDS: usize = 19;
 const V2_FIELDS: usize = 35;
+const V3_FIELDS: usize = 36;
 
 /// Decodes one Kafka payload holding a RawFlow of any known version.
 pub fn raw_flow(payload: &[u8]) -> Result<RawFlow, SchemaError> {
@@ -64,16 +67,16 @@ fn field_kinds(schema: &flowlens_schemas::apache_avro::Schema) -> Vec<(String, K
 }
 
 /// The writer's field count if the fast path can read it: the current schema has the layout
-/// `fast` reads (35 fields whose defaults past the 19th are zero values), and the writer's
-/// fields are its first 19 or 35, same names and kinds.
+/// `fast` reads (36 fields whose defaults past the 19th are zero values), and the writer's
+/// fields are its first 19, 35 or 36, same names and kinds.
 fn readable(writer: &[(String, Kind, bool)], current: &[(String, Kind, bool)]) -> Option<usize> {
-    let layout_known = current.len() == V2_FIELDS && current[V1_FIELDS..].iter().all(|f| f.2);
+    let layout_known = current.len() == V3_FIELDS && current[V1_FIELDS..].iter().all(|f| f.2);
     let prefix = writer.len() <= current.len()
         && writer
             .iter()
             .zip(current)
             .all(|(w, c)| w.0 == c.0 && w.1 == c.1);
-    (layout_known && prefix && [V1_FIELDS, V2_FIELDS].contains(&writer.len()))
+    (layout_known && prefix && [V1_FIELDS, V2_FIELDS, V3_FIELDS].contains(&writer.len()))
         .then_some(writer.len())
 }
 
@@ -91,6 +94,19 @@ fn process(r: &mut Reader<'_>) -> Option<Option<Process>> {
 
 fn address(r: &mut Reader<'_>) -> Option<Option<std::net::Ipv6Addr>> {
     Some(if r.present()? { Some(r.addr()?) } else { None })
+}
+
+fn origin(r: &mut Reader<'_>) -> Option<Option<Origin>> {
+    Some(if r.present()? {
+        Some(Origin {
+            topic: r.str()?.to_owned(),
+            stream: r.bytes(16)?.try_into().ok()?,
+            partition: r.int()?,
+            offset: r.long()?,
+        })
+    } else {
+        None
+    })
 }
 
 /// The fast path: `None` for anything it does not read exactly (see the module docs).
@@ -127,7 +143,7 @@ fn fast(payload: &[u8]) -> Option<RawFlow> {
         sampling_rate: r.int()?,
         ..RawFlow::default()
     };
-    if fields == V2_FIELDS {
+    if fields >= V2_FIELDS {
         flow.reverse_packets = r.long()?;
         flow.reverse_bytes = r.long()?;
         flow.reverse_tcp_flags = r.int()?;
@@ -145,6 +161,9 @@ fn fast(payload: &[u8]) -> Option<RawFlow> {
         flow.outer_dst_addr = address(&mut r)?;
         flow.duplicate = r.bool()?;
     }
+    if fields >= V3_FIELDS {
+        flow.origin = origin(&mut r)?;
+    }
     // One message is exactly one datum.
     r.rest().is_empty().then_some(flow)
 }
@@ -153,7 +172,7 @@ fn fast(payload: &[u8]) -> Option<RawFlow> {
 mod tests {
     use super::*;
     use flowlens_schemas::apache_avro::{types::Value, GenericSingleObjectWriter, Schema};
-    use flowlens_schemas::{ip_to_v6, RAW_FLOW_V1_AVSC};
+    use flowlens_schemas::{ip_to_v6, RAW_FLOW_V1_AVSC, RAW_FLOW_V2_AVSC};
 
     /// xorshift64*: reproducible random records without a dependency.
     struct Rng(u64);
@@ -257,6 +276,12 @@ mod tests {
                 outer_src_addr: self.maybe(Rng::addr),
                 outer_dst_addr: self.maybe(Rng::addr),
                 duplicate: self.coin(),
+                origin: self.maybe(|r| Origin {
+                    topic: r.string(),
+                    stream: std::array::from_fn(|_| r.next() as u8),
+                    partition: r.int(),
+                    offset: r.long(),
+                }),
             }
         }
     }
@@ -264,7 +289,12 @@ mod tests {
     /// `f` as a version 1 producer wrote it (apache-avro's generic writer, v1 schema: the
     /// fields version 1 has).
     fn v1(f: &RawFlow) -> Vec<u8> {
-        let v1 = Schema::parse_str(RAW_FLOW_V1_AVSC).unwrap();
+        older(f, RAW_FLOW_V1_AVSC)
+    }
+
+    /// `f` as a producer of the version with schema `avsc` wrote it.
+    fn older(f: &RawFlow, avsc: &str) -> Vec<u8> {
+        let v1 = Schema::parse_str(avsc).unwrap();
         let Schema::Record(record) = &v1 else {
             panic!("not a record")
         };
@@ -286,21 +316,29 @@ mod tests {
     fn fast_path_matches_apache_avro() {
         assert_eq!(
             fields_of(&RecordKind::RawFlow.fingerprint()),
-            Some(V2_FIELDS)
+            Some(V3_FIELDS)
         );
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         for i in 0..3_000 {
             let f = rng.raw();
-            let mut v2 = Vec::new();
-            flowlens_schemas::encode(&f, &mut v2).unwrap();
+            let mut v3 = Vec::new();
+            flowlens_schemas::encode(&f, &mut v3).unwrap();
+            let v2 = older(&f, RAW_FLOW_V2_AVSC);
+            assert_eq!(fields_of(&v2[2..HEADER_LEN]), Some(V2_FIELDS));
             let v1 = v1(&f);
             assert_eq!(fields_of(&v1[2..HEADER_LEN]), Some(V1_FIELDS));
-            for (msg, version) in [(&v2, 2), (&v1, 1)] {
+            for (msg, version) in [(&v3, 3), (&v2, 2), (&v1, 1)] {
                 // apache-avro is the judge (schemas/tests/evolution.rs checks what it makes of
-                // a version 1 record: the v2 fields at their defaults).
+                // an older record: the fields added since at their defaults).
                 let generic: RawFlow = flowlens_schemas::decode(msg).unwrap();
-                if version == 2 {
+                if version == 3 {
                     assert_eq!(generic, f, "record {i}");
+                } else if version == 2 {
+                    let without = RawFlow {
+                        origin: None,
+                        ..f.clone()
+                    };
+                    assert_eq!(generic, without, "record {i}");
                 } else {
                     assert_eq!(
                         (generic.host.as_str(), generic.bytes),

@@ -226,6 +226,8 @@ impl<'a> Joined<'a> {
             avro::address(out, a);
         }
         out.push(r.duplicate.into());
+        // Version 4.
+        avro::origin(out, r.origin.as_ref());
     }
 }
 
@@ -270,6 +272,21 @@ mod avro {
                 long(out, p.pid.into());
                 string(out, &p.comm);
                 long(out, p.cgroup_id);
+            }
+        }
+    }
+
+    /// `["null", Origin]`: branch index, then topic, stream (fixed 16), partition, offset.
+    #[inline]
+    pub fn origin(out: &mut Vec<u8>, o: Option<&flowlens_schemas::Origin>) {
+        match o {
+            None => long(out, 0),
+            Some(o) => {
+                long(out, 1);
+                string(out, &o.topic);
+                out.extend_from_slice(&o.stream);
+                long(out, o.partition.into());
+                long(out, o.offset);
             }
         }
     }
@@ -458,6 +475,12 @@ mod tests {
             v4("10.0.0.10"),
         ][i];
         r.duplicate = i % 2 == 1;
+        r.origin = (i % 2 == 1).then(|| flowlens_schemas::Origin {
+            topic: ["", "flowlens.flows.raw", "ü"][i % 3].into(),
+            stream: [i as u8 ^ 0xa5; 16],
+            partition: [0, 1, i32::MAX, 7, 3, -1][i],
+            offset: [0, 1, i64::MAX, 1 << 40, 5, -1][i],
+        });
     }
 
     /// The pipeline's direct encoder writes exactly what the schemas crate writes for the

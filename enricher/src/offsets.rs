@@ -54,6 +54,18 @@ impl OffsetTracker {
             .is_some_and(|s| s.pending.remove(&offset))
     }
 
+    /// The highest offset consumed from `partition` since it was last forgotten.
+    pub fn highest(&self, partition: i32) -> Option<i64> {
+        self.partitions.get(&partition)?.highest
+    }
+
+    /// Forgets everything of `partition` (revoked, or a new incarnation of its topic): later
+    /// acknowledgements of its records must not reach this tracker (the pipeline drops those of
+    /// an older epoch), and its position starts again with the next record consumed.
+    pub fn forget(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+
     /// Number of records consumed and not yet acknowledged, over all partitions.
     pub fn pending(&self) -> usize {
         self.partitions.values().map(|s| s.pending.len()).sum()
@@ -160,6 +172,26 @@ mod tests {
         t.acknowledged(2, 0);
         assert_eq!(t.take_committable(2), Some(2));
         assert_eq!(t.take_committable(2), None);
+    }
+
+    #[test]
+    fn a_forgotten_partition_starts_again() {
+        let mut t = OffsetTracker::new();
+        for o in 100..103 {
+            t.consumed(1, o);
+        }
+        assert_eq!(t.highest(1), Some(102));
+        t.forget(1);
+        assert_eq!(
+            (t.highest(1), t.committable(1), t.pending()),
+            (None, None, 0)
+        );
+        // The new incarnation's offsets start low; an old record is no longer pending.
+        t.consumed(1, 0);
+        assert!(!t.acknowledged(1, 101));
+        assert_eq!(t.committable(1), Some(0));
+        assert!(t.acknowledged(1, 0));
+        assert_eq!(t.committable(1), Some(1));
     }
 
     #[test]

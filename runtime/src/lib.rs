@@ -4,6 +4,7 @@
 pub mod config;
 pub mod dead_letter;
 pub mod health;
+pub mod incarnation;
 pub mod kafka;
 pub mod kafka_probe;
 pub mod polled_producer;

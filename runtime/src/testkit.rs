@@ -118,6 +118,15 @@ impl ChildGuard {
         Self { name, child }
     }
 
+    /// Spawns `cmd` whose stdout and stderr the caller has set already.
+    pub fn spawn_with_output(name: &'static str, cmd: &mut Command) -> Self {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self { name, child }
+    }
+
     pub fn assert_running(&mut self, log: &Path) {
         if let Ok(Some(status)) = self.child.try_wait() {
             let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -299,16 +308,7 @@ impl Tansu {
             }
             None => Command::new(TANSU),
         };
-        cmd.args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &advertised,
-            "--storage-engine",
-            "memory://tansu/",
-        ]);
-        cmd.args(extra);
+        broker_args(&mut cmd, &url, &advertised, extra);
         let mut guard = ChildGuard::spawn("tansu", &mut cmd, &log);
         let listening = || match netns {
             Some(ns) => in_netns(ns, || TcpStream::connect((ip, port)).is_ok()),
@@ -332,6 +332,63 @@ impl Tansu {
 
     pub fn broker(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops this broker and starts a new one on the same port: memory storage, so every topic,
+    /// record and committed offset is gone (what a broker restarted with fresh topics, or a new
+    /// cluster under the same address, looks like to clients).
+    pub fn restart_empty(&mut self) {
+        // Killed if it does not stop by itself: nothing of it is kept either way.
+        self._guard
+            .stop_with(libc::SIGTERM, Duration::from_secs(10));
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(start.elapsed() < Duration::from_secs(20), "port still open");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = self._dir.path().join("tansu.again.log");
+        let mut cmd = Command::new(TANSU);
+        broker_args(&mut cmd, &url, &url, &[]);
+        self._guard = ChildGuard::spawn("tansu", &mut cmd, &log);
+        wait_port(self.port, &mut self._guard, &log, Duration::from_secs(20));
+    }
+}
+
+/// tansu's broker arguments: listening on `url`, advertising `advertised`, memory storage, then
+/// `extra`.
+fn broker_args(cmd: &mut Command, url: &str, advertised: &str, extra: &[&str]) {
+    cmd.args([
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        advertised,
+        "--storage-engine",
+        "memory://tansu/",
+    ]);
+    cmd.args(extra);
+}
+
+/// A flow time an hour ago (ns), inside every table's TTL: test records are "recent".
+pub fn hour_ago_ns() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    (now - 3600) * 1_000_000_000
+}
+
+/// Deletes `topics` through the admin API (waits for the broker's answer).
+pub async fn delete_topics(brokers: &str, topics: &[&str]) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin.delete_topics(topics, &opts).await.unwrap() {
+        r.unwrap_or_else(|(t, e)| panic!("deleting topic {t}: {e}"));
     }
 }
 

@@ -71,6 +71,21 @@ pub struct RawFlow {
     #[serde(with = "fixed16_opt")]
     pub outer_dst_addr: Option<Ipv6Addr>,
     pub duplicate: bool,
+    // Version 3.
+    /// The record's identity when its producer gives one; `None`: its raw-topic position is.
+    pub origin: Option<Origin>,
+}
+
+/// Where a record first entered flowlens' Kafka streams (`io.flowlens.Origin`): (stream,
+/// partition, offset) names one record; `topic` names the stream for people.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Origin {
+    pub topic: String,
+    /// The incarnation of the stream (Kafka topic id, or a derived id: see `runtime::incarnation`).
+    #[serde(with = "apache_avro::serde_avro_fixed")]
+    pub stream: [u8; 16],
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// A local process owning one end's socket (`io.flowlens.Process`).
@@ -120,6 +135,7 @@ impl Default for RawFlow {
             outer_src_addr: None,
             outer_dst_addr: None,
             duplicate: false,
+            origin: None,
         }
     }
 }
@@ -228,6 +244,10 @@ pub struct EnrichedFlow {
     #[serde(with = "fixed16_opt")]
     pub outer_dst_addr: Option<Ipv6Addr>,
     pub duplicate: bool,
+    // Version 4.
+    /// Identity of the raw record this one was made from; `None` (older enrichers, other
+    /// producers): this record's own enriched-topic position is its identity.
+    pub origin: Option<Origin>,
 }
 
 impl EnrichedFlow {
@@ -270,6 +290,7 @@ impl EnrichedFlow {
             outer_src_addr,
             outer_dst_addr,
             duplicate,
+            origin,
         } = raw;
         EnrichedFlow {
             host,
@@ -330,6 +351,7 @@ impl EnrichedFlow {
             outer_src_addr,
             outer_dst_addr,
             duplicate,
+            origin,
         }
     }
 

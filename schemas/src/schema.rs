@@ -24,6 +24,12 @@ pub const ENRICHED_FLOW_V1_AVSC: &str = include_str!("../avro/history/enriched_f
 /// RawFlow version 2 added: reverse counters, TCP/drop/process/tunnel fields, `duplicate`).
 pub const ENRICHED_FLOW_V2_AVSC: &str = include_str!("../avro/history/enriched_flow.v2.avsc");
 
+/// Text of `avro/history/enriched_flow.v3.avsc`: version 3 of `EnrichedFlow` (before `origin`).
+pub const ENRICHED_FLOW_V3_AVSC: &str = include_str!("../avro/history/enriched_flow.v3.avsc");
+
+/// Text of `avro/history/raw_flow.v2.avsc`: version 2 of `RawFlow` (before `origin`).
+pub const RAW_FLOW_V2_AVSC: &str = include_str!("../avro/history/raw_flow.v2.avsc");
+
 /// Text of `avro/history/raw_flow.v1.avsc`: version 1 of `RawFlow` (one direction per record,
 /// before reverse counters, TCP/drop/process/tunnel fields and `duplicate`).
 pub const RAW_FLOW_V1_AVSC: &str = include_str!("../avro/history/raw_flow.v1.avsc");
@@ -95,8 +101,12 @@ impl RecordKind {
     /// [`RecordKind::avsc`]). Messages written with any of them decode into today's struct.
     pub fn history(self) -> &'static [&'static str] {
         match self {
-            RecordKind::EnrichedFlow => &[ENRICHED_FLOW_V1_AVSC, ENRICHED_FLOW_V2_AVSC],
-            RecordKind::RawFlow => &[RAW_FLOW_V1_AVSC],
+            RecordKind::EnrichedFlow => &[
+                ENRICHED_FLOW_V1_AVSC,
+                ENRICHED_FLOW_V2_AVSC,
+                ENRICHED_FLOW_V3_AVSC,
+            ],
+            RecordKind::RawFlow => &[RAW_FLOW_V1_AVSC, RAW_FLOW_V2_AVSC],
             RecordKind::Interface => &[],
         }
     }

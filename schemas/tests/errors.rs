@@ -179,8 +179,8 @@ fn encode_failure_leaves_buffer() {
 #[test]
 fn apache_avro_generic_reader_accepts_truncation() {
     let mut msg = Vec::new();
-    encode(&common::enriched_full(), &mut msg).unwrap();
-    // The last field, `duplicate`, is one byte (a boolean): drop it.
+    encode(&common::enriched(common::raw_conversation_v2()), &mut msg).unwrap();
+    // The last field, a null `origin`, is one byte (the union index): drop it.
     let cut = &msg[..msg.len() - 1];
     let reader =
         apache_avro::GenericSingleObjectReader::new(EnrichedFlow::schema().clone()).unwrap();

@@ -1,5 +1,6 @@
 //! Schema evolution: every version only appended defaulted fields to the one before
-//! (`avro/history/*.avsc`): `RawFlow` v1 → v2 (current), `EnrichedFlow` v1 → v2 → v3 (current).
+//! (`avro/history/*.avsc`): `RawFlow` v1 → v2 → v3 (current), `EnrichedFlow` v1 → v2 → v3 → v4
+//! (current).
 //! Newer readers read older records, older readers read newer records, both through Avro
 //! schema resolution by writer fingerprint, with this crate and with apache-avro's generic API.
 
@@ -14,7 +15,7 @@ use apache_avro::{GenericSingleObjectWriter, Schema};
 use flowlens_schemas::{
     decode, decode_any, decode_with_reader, encode, AnyRecord, AvroRecord, Direction, EnrichedFlow,
     RawFlow, RecordKind, SchemaError, ENRICHED_FLOW_V1_AVSC, ENRICHED_FLOW_V2_AVSC,
-    RAW_FLOW_V1_AVSC,
+    ENRICHED_FLOW_V3_AVSC, RAW_FLOW_V1_AVSC, RAW_FLOW_V2_AVSC,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -128,8 +129,9 @@ fn old_message(record: &impl Serialize, old_avsc: &str) -> Vec<u8> {
 
 /// Every historic version: (kind, version, text, fingerprint in header byte order). The
 /// fingerprints are what every producer of that version wrote into its headers: never change.
-const HISTORY: [(RecordKind, u32, &str, &str); 3] = [
+const HISTORY: [(RecordKind, u32, &str, &str); 5] = [
     (RecordKind::RawFlow, 1, RAW_FLOW_V1_AVSC, "909dc005034a79f3"),
+    (RecordKind::RawFlow, 2, RAW_FLOW_V2_AVSC, "ac958de73512cd5c"),
     (
         RecordKind::EnrichedFlow,
         1,
@@ -141,6 +143,12 @@ const HISTORY: [(RecordKind, u32, &str, &str); 3] = [
         2,
         ENRICHED_FLOW_V2_AVSC,
         "0150e744fe486736",
+    ),
+    (
+        RecordKind::EnrichedFlow,
+        3,
+        ENRICHED_FLOW_V3_AVSC,
+        "f4f3d2708b134f11",
     ),
 ];
 
@@ -174,8 +182,8 @@ fn history_is_frozen_and_known() {
         expected.push((expected.len() as u32 + 1, kind.fingerprint()));
         assert_eq!(writers, expected, "{kind:?}");
     }
-    assert_eq!(RecordKind::RawFlow.history().len(), 1);
-    assert_eq!(RecordKind::EnrichedFlow.history().len(), 2);
+    assert_eq!(RecordKind::RawFlow.history().len(), 2);
+    assert_eq!(RecordKind::EnrichedFlow.history().len(), 3);
     assert_eq!(RecordKind::Interface.history().len(), 0);
 }
 
@@ -263,10 +271,21 @@ fn newer_reader_reads_older_records() {
         &common::raw_v6(),
         any_raw,
     );
+    // RawFlow v2 -> v3: a v2 record has no origin.
+    newer_reader_reads(
+        &common::raw_conversation(),
+        RAW_FLOW_V2_AVSC,
+        &common::raw_conversation_v2(),
+        any_raw,
+    );
 
-    // EnrichedFlow v2 -> v3: the same for the RawFlow v2 fields EnrichedFlow v3 carries.
+    // EnrichedFlow v3 -> v4: no origin either.
     let any_enriched: fn(EnrichedFlow) -> AnyRecord = AnyRecord::EnrichedFlow;
     let full = common::enriched_full();
+    let v3_part = common::enriched(common::raw_conversation_v2());
+    newer_reader_reads(&full, ENRICHED_FLOW_V3_AVSC, &v3_part, any_enriched);
+
+    // EnrichedFlow v2 -> v4: the same for the RawFlow v2 fields EnrichedFlow v3 carries.
     let v2_part = common::enriched(common::raw_v4());
     newer_reader_reads(&full, ENRICHED_FLOW_V2_AVSC, &v2_part, any_enriched);
 
@@ -283,7 +302,11 @@ fn newer_reader_reads_older_records() {
 
     // Bare records (nulls everywhere, extreme values) have nothing the older versions lack.
     let bare = common::enriched_bare();
-    for old in [ENRICHED_FLOW_V1_AVSC, ENRICHED_FLOW_V2_AVSC] {
+    for old in [
+        ENRICHED_FLOW_V1_AVSC,
+        ENRICHED_FLOW_V2_AVSC,
+        ENRICHED_FLOW_V3_AVSC,
+    ] {
         newer_reader_reads(&bare, old, &bare, any_enriched);
     }
 }
@@ -331,7 +354,11 @@ fn older_reader_reads_newer_records() {
     let full = common::enriched_full();
     let mut msg = Vec::new();
     encode(&full, &mut msg).unwrap();
-    for (old, fields) in [(ENRICHED_FLOW_V1_AVSC, 35), (ENRICHED_FLOW_V2_AVSC, 42)] {
+    for (old, fields) in [
+        (ENRICHED_FLOW_V1_AVSC, 35),
+        (ENRICHED_FLOW_V2_AVSC, 42),
+        (ENRICHED_FLOW_V3_AVSC, 58),
+    ] {
         let value = apache_avro::from_avro_datum(
             EnrichedFlow::schema(),
             &mut &msg[10..],
@@ -342,10 +369,27 @@ fn older_reader_reads_newer_records() {
             panic!("{value:?}")
         };
         assert_eq!(f.len(), fields);
-        assert!(f
-            .iter()
-            .all(|(n, _)| n != "reverse_bytes" && n != "duplicate"));
+        assert!(f.iter().all(|(n, _)| n != "origin"));
+        if fields < 58 {
+            assert!(f
+                .iter()
+                .all(|(n, _)| n != "reverse_bytes" && n != "duplicate"));
+        }
     }
+    // A RawFlow version 2 reader gets the 35 fields it has, without the origin.
+    let mut raw = Vec::new();
+    encode(&common::raw_conversation(), &mut raw).unwrap();
+    let value = apache_avro::from_avro_datum(
+        RawFlow::schema(),
+        &mut &raw[10..],
+        Some(&schema(RAW_FLOW_V2_AVSC)),
+    )
+    .unwrap();
+    let Value::Record(f) = &value else {
+        panic!("{value:?}")
+    };
+    assert_eq!(f.len(), 35);
+    assert!(f.iter().all(|(n, _)| n != "origin"));
     let v1: RawFlowV1 = decode_with_reader(
         &{
             let mut m = Vec::new();

@@ -66,7 +66,14 @@ async fn main() -> anyhow::Result<()> {
         let mut data = Vec::with_capacity(chunk.len() * 256);
         for (j, m) in chunk.iter().enumerate() {
             let offset = (k * batch + j) as i64;
-            flowlens_sink::decode::write_row(m, "flowlens.flows.enriched", 0, offset, &mut data)
+            let at = flowlens_sink::decode::Position {
+                topic: "flowlens.flows.enriched",
+                partition: 0,
+                offset,
+                stream: [1; 16],
+                timestamp_ms: 1_700_000_000_000 + offset,
+            };
+            flowlens_sink::decode::write_row(m, &at, &mut data)
                 .map_err(|(_, e)| anyhow::anyhow!(e))?;
         }
         batches.push((data, chunk.len()));

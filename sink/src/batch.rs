@@ -1,28 +1,77 @@
 //! Batches, one Kafka partition each. An *open* batch collects the rows of one partition (and
 //! the offsets of its dead-lettered records) until a limit makes it ready; it is then *sealed*:
-//! its offset range and deduplication token are fixed and it waits in a FIFO queue for its
-//! INSERT. See `run.rs` for why batches are per partition.
+//! its offset range is fixed and it waits in a FIFO queue for its INSERT. A batch holds rows of
+//! one incarnation of the topic and of one day of `time_flow_end` (one partition of `flows`,
+//! PARTITION BY toDate(time_flow_end)), so that its INSERT is one part: stored whole or not at
+//! all, which the recovery rules need (ARCHITECTURE.md, Delivery).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::config::BatchConfig;
+use flowlens_runtime::incarnation::StreamId;
 
-/// Rows already in RowBinary (see `decode::write_row`), with the Kafka offset and the byte
-/// position of each.
+use crate::config::BatchConfig;
+use crate::decode::OriginKey;
+
+/// Rows already in RowBinary (see `decode::write_row`), with the Kafka offset, the identity
+/// and the byte position of each.
 #[derive(Debug, Default)]
 pub struct EncodedRows {
     pub data: Vec<u8>,
     offsets: Vec<i64>,
+    origins: Vec<OriginKey>,
     starts: Vec<usize>,
 }
 
+/// Nanoseconds per day: `time_flow_end` / this is the row's `flows` partition (UTC day).
+const DAY_NS: i64 = 86_400 * 1_000_000_000;
+
+/// The UTC day of a RowBinary row's `time_flow_end` (its second column, bytes 8..16).
+fn day_of(row: &[u8]) -> Option<i64> {
+    let end = i64::from_le_bytes(row.get(8..16)?.try_into().ok()?);
+    Some(end.div_euclid(DAY_NS))
+}
+
+/// `insert_deduplication_token` of a batch: xxh3-128 of its RowBinary bytes, which hold every
+/// row's stream ids and offsets. A retry of the same rows carries the same token; no batch of
+/// another incarnation or with other rows can carry it.
+pub fn content_token(data: &[u8]) -> String {
+    let mut h = twox_hash::xxhash3_128::Hasher::new();
+    h.write(data);
+    format!("{:032x}", h.finish_128())
+}
+
 impl EncodedRows {
-    /// Adds one encoded row read at `offset`.
-    pub fn push(&mut self, offset: i64, row: &[u8]) {
+    /// Adds one encoded row read at `offset` with identity `origin`.
+    pub fn push(&mut self, offset: i64, origin: OriginKey, row: &[u8]) {
         self.starts.push(self.data.len());
         self.offsets.push(offset);
+        self.origins.push(origin);
         self.data.extend_from_slice(row);
+    }
+
+    /// Keeps the rows for which `keep(offset, origin)` is true, called in row order. Returns how
+    /// many were dropped.
+    pub fn retain(&mut self, mut keep: impl FnMut(i64, OriginKey) -> bool) -> usize {
+        let kept: Vec<bool> = (0..self.len())
+            .map(|i| keep(self.offsets[i], self.origins[i]))
+            .collect();
+        let dropped = kept.iter().filter(|k| !**k).count();
+        if dropped == 0 {
+            // The usual case: nothing to copy.
+            return 0;
+        }
+        let mut data = Vec::with_capacity(self.data.len());
+        let (mut offsets, mut origins, mut starts) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, _) in kept.iter().enumerate().filter(|(_, k)| **k) {
+            let end = self.starts.get(i + 1).copied().unwrap_or(self.data.len());
+            starts.push(data.len());
+            offsets.push(self.offsets[i]);
+            origins.push(self.origins[i]);
+            data.extend_from_slice(&self.data[self.starts[i]..end]);
+        }
+        (self.data, self.offsets, self.origins, self.starts) = (data, offsets, origins, starts);
+        dropped
     }
 
     pub fn len(&self) -> usize {
@@ -44,23 +93,6 @@ impl EncodedRows {
     pub fn last_offset(&self) -> Option<i64> {
         self.offsets.last().copied()
     }
-
-    /// Drops the rows read at offsets `<= through` (a prefix: rows are in offset order).
-    /// Returns how many.
-    pub fn drop_through(&mut self, through: i64) -> usize {
-        let n = self.offsets.partition_point(|o| *o <= through);
-        if n == 0 {
-            return 0;
-        }
-        let cut = self.starts.get(n).copied().unwrap_or(self.data.len());
-        self.data.drain(..cut);
-        self.offsets.drain(..n);
-        self.starts.drain(..n);
-        for s in &mut self.starts {
-            *s -= cut;
-        }
-        n
-    }
 }
 
 /// (topic, partition).
@@ -73,33 +105,41 @@ pub enum SealReason {
     Bytes,
     Age,
     Shutdown,
+    /// The next row is of another `flows` partition (day) or another incarnation.
+    Boundary,
 }
 
-/// A batch whose content is final: inserted with `token`, then `next_offset` is committed.
+/// A batch whose offset range is final: its rows are judged (already stored or not), inserted
+/// with `token`, then `next_offset` is committed.
 #[derive(Debug)]
 pub struct Sealed {
     pub topic: String,
     /// First offset handled in the batch (row or dead-lettered).
     pub first_offset: i64,
     pub partition: i32,
+    /// The incarnation of the topic its records were read from.
+    pub stream: StreamId,
     pub rows: EncodedRows,
-    /// `<topic>/<partition>/<first row offset>-<last row offset>`; `None` without rows.
+    /// [`content_token`] of the rows left after judging; `None` before, or without rows.
     pub token: Option<String>,
+    /// The rows were judged (`dedup`): what is left is to be inserted as is, also on retries.
+    pub judged: bool,
     /// Offset to commit once the rows are stored (last handled offset + 1).
     pub next_offset: i64,
+    /// False for a batch of an incarnation the partition has left: its rows are stored, its
+    /// offset is not committed (it would name a position in the new incarnation).
+    pub commit: bool,
     pub reason: SealReason,
     /// Inserted and acknowledged; only the commit is left (a failed commit is retried).
     pub inserted: bool,
 }
 
-/// The deduplication token of a partition's rows `first..=last`.
-pub fn token(topic: &str, partition: i32, first: i64, last: i64) -> String {
-    format!("{topic}/{partition}/{first}-{last}")
-}
-
 #[derive(Debug)]
 struct Open {
     rows: EncodedRows,
+    stream: StreamId,
+    /// The `flows` partition (UTC day) of its rows.
+    day: Option<i64>,
     first_offset: i64,
     last_offset: i64,
     started: Option<Instant>,
@@ -112,6 +152,8 @@ impl Open {
     fn new(age_limit: Duration) -> Self {
         Self {
             rows: EncodedRows::default(),
+            stream: [0; 16],
+            day: None,
             first_offset: -1,
             last_offset: -1,
             started: None,
@@ -154,11 +196,43 @@ impl Batches {
             .is_none_or(Open::is_empty)
     }
 
-    /// Adds a row read at `offset`, already encoded (RowBinary); seals the batch if that made
-    /// it ready.
-    pub fn push(&mut self, topic: &str, partition: i32, offset: i64, row: &[u8], now: Instant) {
+    /// Seals the open batch of (`topic`, `partition`) first if it holds rows of another
+    /// incarnation or (with `day`) of another day.
+    fn seal_at_boundary(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        stream: StreamId,
+        day: Option<i64>,
+    ) {
         let open = self.open_mut(topic, partition);
-        open.rows.push(offset, row);
+        let other_day = day.is_some() && open.day.is_some() && open.day != day;
+        if !open.is_empty() && (open.stream != stream || other_day) {
+            self.seal(&(topic.to_owned(), partition), SealReason::Boundary);
+        }
+        let open = self.open_mut(topic, partition);
+        open.stream = stream;
+        if day.is_some() {
+            open.day = day;
+        }
+    }
+
+    /// Adds a row read at `offset` of incarnation `stream`, with identity `origin`, already
+    /// encoded (RowBinary); seals the batch if that made it ready.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        stream: StreamId,
+        offset: i64,
+        origin: OriginKey,
+        row: &[u8],
+        now: Instant,
+    ) {
+        self.seal_at_boundary(topic, partition, stream, day_of(row));
+        let open = self.open_mut(topic, partition);
+        open.rows.push(offset, origin, row);
         if open.first_offset < 0 {
             open.first_offset = offset;
         }
@@ -167,8 +241,17 @@ impl Batches {
         self.seal_if_ready(topic, partition, now);
     }
 
-    /// Records an offset handled without a row (dead-lettered); seals if that made it ready.
-    pub fn skip(&mut self, topic: &str, partition: i32, offset: i64, now: Instant) {
+    /// Records an offset of incarnation `stream` handled without a row (dead-lettered); seals
+    /// if that made it ready.
+    pub fn skip(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        stream: StreamId,
+        offset: i64,
+        now: Instant,
+    ) {
+        self.seal_at_boundary(topic, partition, stream, None);
         let open = self.open_mut(topic, partition);
         if open.first_offset < 0 {
             open.first_offset = offset;
@@ -218,20 +301,30 @@ impl Batches {
             _ => open.age_limit,
         };
         let done = std::mem::replace(open, Open::new(next_age));
-        let token = match (done.rows.first_offset(), done.rows.last_offset()) {
-            (Some(a), Some(b)) => Some(token(&key.0, key.1, a, b)),
-            _ => None,
-        };
         self.sealed.push_back(Sealed {
             topic: key.0.clone(),
             first_offset: done.first_offset,
             partition: key.1,
+            stream: done.stream,
             rows: done.rows,
-            token,
+            token: None,
+            judged: false,
             next_offset: done.last_offset + 1,
+            commit: true,
             reason,
             inserted: false,
         });
+    }
+
+    /// The partition's topic incarnation ended: seals its open batch, and none of its batches
+    /// will commit its offset (the rows are still stored).
+    pub fn end_incarnation(&mut self, key: &PartitionKey) {
+        self.seal(key, SealReason::Boundary);
+        for s in &mut self.sealed {
+            if s.topic == key.0 && s.partition == key.1 {
+                s.commit = false;
+            }
+        }
     }
 
     /// Seals every open batch whose age limit passed at `now`.
@@ -311,7 +404,9 @@ impl Batches {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::row::{sample_flow, FlowRow};
+    use crate::row::{sample_flow, sample_flow_at, FlowRow, SAMPLE_BASE_NS};
+
+    const S: StreamId = [5; 16];
 
     fn row(i: u32) -> Vec<u8> {
         let mut out = Vec::new();
@@ -319,6 +414,10 @@ mod tests {
             .unwrap()
             .write_row_binary(&mut out);
         out
+    }
+
+    fn origin(o: i64) -> OriginKey {
+        ([9; 16], 0, o)
     }
 
     fn limits(max_rows: usize, max_bytes: usize, max_age_ms: u64) -> BatchConfig {
@@ -332,20 +431,23 @@ mod tests {
     }
 
     #[test]
-    fn sealed_by_rows_per_partition_with_token() {
+    fn sealed_by_rows_per_partition() {
         let t0 = Instant::now();
         let mut b = Batches::new(limits(2, 1 << 30, 60_000));
         assert!(b.is_empty() && b.deadline().is_none());
-        b.push("t", 0, 10, &row(1), t0);
-        b.push("t", 1, 5, &row(3), t0);
+        b.push("t", 0, S, 10, origin(10), &row(1), t0);
+        b.push("t", 1, S, 5, origin(5), &row(3), t0);
         assert_eq!(b.sealed_len(), 0);
-        b.skip("t", 0, 11, t0);
-        b.push("t", 0, 12, &row(2), t0);
+        b.skip("t", 0, S, 11, t0);
+        b.push("t", 0, S, 12, origin(12), &row(2), t0);
         assert_eq!(b.sealed_len(), 1);
         let s = b.pop_front().unwrap();
         assert_eq!((s.partition, s.rows.len(), s.next_offset), (0, 2, 13));
-        assert_eq!(s.first_offset, 10);
-        assert_eq!(s.token.as_deref(), Some("t/0/10-12"));
+        assert_eq!(
+            (s.first_offset, s.stream, s.commit, s.judged),
+            (10, S, true, false)
+        );
+        assert_eq!(s.token, None, "set when judged");
         assert_eq!(s.reason, SealReason::Rows);
         assert!(!b.is_empty());
         assert!(b.starts_batch("t", 0) && !b.starts_batch("t", 1));
@@ -356,11 +458,59 @@ mod tests {
         let t0 = Instant::now();
         let one = row(1).len();
         let mut b = Batches::new(limits(1000, one * 2 + 1, 60_000));
-        b.push("t", 0, 0, &row(1), t0);
-        b.push("t", 0, 1, &row(1), t0);
+        b.push("t", 0, S, 0, origin(0), &row(1), t0);
+        b.push("t", 0, S, 1, origin(1), &row(1), t0);
         assert_eq!(b.sealed_len(), 0);
-        b.push("t", 0, 2, &row(1), t0);
+        b.push("t", 0, S, 2, origin(2), &row(1), t0);
         assert_eq!(b.pop_front().unwrap().reason, SealReason::Bytes);
+    }
+
+    /// A batch never spans two days of time_flow_end (two parts of `flows`) nor two
+    /// incarnations.
+    #[test]
+    fn sealed_at_day_and_incarnation_boundaries() {
+        let t0 = Instant::now();
+        let mut b = Batches::new(limits(1000, 1 << 30, 60_000));
+        // sample_flow_at(i, base) ends 1 s after base: base at 23:59:58.5 and 23:59:59.5 end
+        // on two days.
+        let midnight = (SAMPLE_BASE_NS / DAY_NS + 1) * DAY_NS;
+        let at = |base: i64| {
+            let mut out = Vec::new();
+            FlowRow::try_from(sample_flow_at(0, base))
+                .unwrap()
+                .write_row_binary(&mut out);
+            out
+        };
+        b.push("t", 0, S, 0, origin(0), &at(midnight - 1_500_000_000), t0);
+        b.push("t", 0, S, 1, origin(1), &at(midnight - 1_400_000_000), t0);
+        assert_eq!(b.sealed_len(), 0);
+        b.push("t", 0, S, 2, origin(2), &at(midnight - 500_000_000), t0);
+        let s = b.pop_front().unwrap();
+        assert_eq!(
+            (s.reason, s.rows.len(), s.next_offset),
+            (SealReason::Boundary, 2, 2)
+        );
+        // Another incarnation: sealed before its first record.
+        b.skip("t", 0, [6; 16], 0, t0);
+        let s = b.pop_front().unwrap();
+        assert_eq!((s.stream, s.rows.len(), s.first_offset), (S, 1, 2));
+        b.seal_all();
+        assert_eq!(b.pop_front().unwrap().stream, [6; 16]);
+    }
+
+    #[test]
+    fn an_ended_incarnation_commits_nothing() {
+        let t0 = Instant::now();
+        let mut b = Batches::new(limits(1, 1 << 30, 60_000));
+        b.push("t", 0, S, 0, origin(0), &row(1), t0);
+        b.push("t", 0, S, 1, origin(1), &row(1), t0);
+        b.skip("t", 0, S, 2, t0);
+        b.push("t", 1, S, 0, origin(0), &row(1), t0);
+        b.end_incarnation(&("t".into(), 0));
+        let commits: Vec<(i32, bool)> = std::iter::from_fn(|| b.pop_front())
+            .map(|s| (s.partition, s.commit))
+            .collect();
+        assert_eq!(commits, [(0, false), (0, false), (1, true), (0, false)]);
     }
 
     #[test]
@@ -368,7 +518,7 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut b = Batches::new(limits(1000, 1 << 30, 100));
-        b.skip("t", 2, 41, t0);
+        b.skip("t", 2, S, 41, t0);
         assert_eq!(b.deadline(), Some(t0 + ms(100)));
         b.seal_expired(t0 + ms(99));
         assert_eq!(b.sealed_len(), 0);
@@ -379,7 +529,7 @@ mod tests {
         // Small batches double the age limit up to max_idle_age (400 ms).
         let mut t = t0 + ms(200);
         for want in [200, 400, 400] {
-            b.push("t", 2, 50, &row(1), t);
+            b.push("t", 2, S, 50, origin(50), &row(1), t);
             assert_eq!(b.deadline(), Some(t + ms(want)));
             t += ms(want);
             b.seal_expired(t);
@@ -388,30 +538,52 @@ mod tests {
     }
 
     #[test]
-    fn stored_prefix_is_dropped() {
+    fn judged_rows_are_kept_in_order() {
         let mut r = EncodedRows::default();
-        for (o, i) in [(5, 1), (6, 22), (9, 333)] {
-            r.push(o, &row(i));
+        for (o, i) in [(5, 1), (6, 22), (9, 333), (10, 4)] {
+            r.push(o, origin(o * 10), &row(i));
         }
-        let third = row(333);
-        assert_eq!(r.drop_through(4), 0);
-        assert_eq!(r.drop_through(6), 2);
+        let (second, fourth) = (row(22), row(4));
+        let mut seen = Vec::new();
+        assert_eq!(r.retain(|_, _| true), 0);
         assert_eq!(
-            (r.len(), r.first_offset(), r.data.clone()),
-            (1, Some(9), third)
+            r.retain(|o, origin| {
+                seen.push((o, origin.2));
+                o == 6 || o == 10
+            }),
+            2
         );
-        assert_eq!(r.drop_through(100), 1);
+        assert_eq!(seen, [(5, 50), (6, 60), (9, 90), (10, 100)]);
+        assert_eq!(
+            (r.len(), r.first_offset(), r.last_offset()),
+            (2, Some(6), Some(10))
+        );
+        assert_eq!(r.data, [second, fourth].concat());
+        assert_eq!(r.retain(|_, _| false), 2);
         assert!(r.is_empty() && r.data.is_empty());
+    }
+
+    #[test]
+    fn tokens_follow_the_content() {
+        let a = content_token(&row(1));
+        assert_eq!(a.len(), 32);
+        assert_eq!(a, content_token(&row(1)));
+        assert_ne!(a, content_token(&row(2)));
+        let mut other_stream = FlowRow::try_from(sample_flow(1)).unwrap();
+        other_stream.kafka_stream = [1; 16];
+        let mut bytes = Vec::new();
+        other_stream.write_row_binary(&mut bytes);
+        assert_ne!(a, content_token(&bytes));
     }
 
     #[test]
     fn revoked_partitions_are_dropped() {
         let t0 = Instant::now();
         let mut b = Batches::new(limits(2, 1 << 30, 100));
-        b.push("t", 0, 1, &row(1), t0);
-        b.push("t", 0, 2, &row(3), t0);
-        b.push("t", 1, 1, &row(2), t0);
-        b.push("t", 0, 3, &row(4), t0);
+        b.push("t", 0, S, 1, origin(1), &row(1), t0);
+        b.push("t", 0, S, 2, origin(2), &row(3), t0);
+        b.push("t", 1, S, 1, origin(1), &row(2), t0);
+        b.push("t", 0, S, 3, origin(3), &row(4), t0);
         assert_eq!(b.rows_held(), 4);
         assert_eq!(b.drop_partitions(&[("t".into(), 0)]), 3);
         assert_eq!(b.rows_held(), 1);

@@ -202,7 +202,9 @@ impl Validate for Config {
             }
         }
         check_range("clickhouse.timeout_ms", ch.timeout_ms, 100, 3_600_000)?;
-        check_range("batch.max_rows", self.batch.max_rows as u64, 1, 10_000_000)?;
+        // At most ClickHouse's default max_insert_block_size: a batch is one block, so one part,
+        // stored whole or not at all (ARCHITECTURE.md, Delivery).
+        check_range("batch.max_rows", self.batch.max_rows as u64, 1, 1_048_576)?;
         check_range(
             "batch.max_bytes",
             self.batch.max_bytes as u64,
@@ -331,9 +333,11 @@ mod tests {
         let e = Config::load(Some(f.path())).unwrap_err().to_string();
         assert!(e.contains("clickhouse.url"), "{e}");
 
-        let f = write("[batch]\nmax_rows = 0\n");
-        let e = Config::load(Some(f.path())).unwrap_err().to_string();
-        assert!(e.contains("batch.max_rows"), "{e}");
+        for rows in [0, 1_048_577] {
+            let f = write(&format!("[batch]\nmax_rows = {rows}\n"));
+            let e = Config::load(Some(f.path())).unwrap_err().to_string();
+            assert!(e.contains("batch.max_rows"), "{e}");
+        }
 
         let f = write("[sink]\nretry_initial_ms = 500\nretry_max_ms = 100\n");
         let e = Config::load(Some(f.path())).unwrap_err().to_string();

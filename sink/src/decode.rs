@@ -26,43 +26,104 @@ use crate::row::{DirectionColumn, FlowRow, RowRef};
 /// Why a record cannot become a row: (metric label, reason for the dead-letter header).
 pub type Rejection = (&'static str, String);
 
-/// Decodes one Kafka payload read at (`topic`, `partition`, `offset`) and appends it to `out`
-/// as one RowBinary row (`out` is unchanged on error). The fast path allocates nothing.
+/// A record's identity: (origin stream, origin partition, origin offset).
+pub type OriginKey = ([u8; 16], i32, i64);
+
+/// Where the sink read a record: what its row's kafka_* columns hold, and its own origin when
+/// the record carries none.
+#[derive(Debug, Clone, Copy)]
+pub struct Position<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    /// The incarnation of `topic` the record was read from.
+    pub stream: [u8; 16],
+    /// The record's broker timestamp (ms).
+    pub timestamp_ms: i64,
+}
+
+/// Decodes one Kafka payload read `at` a position and appends it to `out` as one RowBinary row
+/// (`out` is unchanged on error); returns the record's identity. The fast path allocates
+/// nothing.
 pub fn write_row(
     payload: &[u8],
-    topic: &str,
+    at: &Position<'_>,
+    out: &mut Vec<u8>,
+) -> Result<OriginKey, Rejection> {
+    if let Some((mut row, has_origin)) = fast(payload) {
+        place(&mut row, at, has_origin);
+        row.write_row_binary(out);
+        return Ok((row.origin_stream, row.origin_partition, row.origin_offset));
+    }
+    let (row, has_origin) = generic(payload)?;
+    let mut row = row.as_ref();
+    place(&mut row, at, has_origin);
+    row.write_row_binary(out);
+    Ok((row.origin_stream, row.origin_partition, row.origin_offset))
+}
+
+/// Sets the columns of where the row was read, and its origin when the record has none.
+fn place<'a>(row: &mut RowRef<'a>, at: &Position<'a>, has_origin: bool) {
+    row.kafka_topic = at.topic;
+    row.kafka_partition = at.partition as u16;
+    row.kafka_offset = at.offset as u64;
+    row.kafka_stream = at.stream;
+    row.kafka_timestamp = at.timestamp_ms;
+    if !has_origin {
+        row.origin_topic = at.topic;
+        row.origin_stream = at.stream;
+        row.origin_partition = at.partition;
+        row.origin_offset = at.offset;
+    }
+}
+
+/// The identity of an EnrichedFlow payload read at (`stream`, `partition`, `offset`), or
+/// `None` if it does not decode (what the sink compares with a stored row).
+pub fn origin_of(
+    payload: &[u8],
+    stream: [u8; 16],
     partition: i32,
     offset: i64,
-    out: &mut Vec<u8>,
-) -> Result<(), Rejection> {
-    if let Some(mut row) = fast(payload) {
-        row.kafka_topic = topic;
-        row.kafka_partition = partition as u16;
-        row.kafka_offset = offset as u64;
-        row.write_row_binary(out);
-        return Ok(());
-    }
-    let mut row = generic(payload)?;
-    row.kafka_topic = topic.to_owned();
-    row.kafka_partition = partition as u16;
-    row.kafka_offset = offset as u64;
-    row.write_row_binary(out);
-    Ok(())
+) -> Option<OriginKey> {
+    let (key, has_origin) = match fast(payload) {
+        Some((row, has)) => (
+            (row.origin_stream, row.origin_partition, row.origin_offset),
+            has,
+        ),
+        None => {
+            let (row, has) = generic(payload).ok()?;
+            (
+                (row.origin_stream, row.origin_partition, row.origin_offset),
+                has,
+            )
+        }
+    };
+    Some(if has_origin {
+        key
+    } else {
+        (stream, partition, offset)
+    })
 }
 
-/// Decodes one Kafka payload into a row (kafka_* fields left empty).
+/// Decodes one Kafka payload into a row (kafka_* fields left empty, origin_* as the record has
+/// them).
 pub fn flow_row(payload: &[u8]) -> Result<FlowRow, Rejection> {
-    if let Some(row) = fast(payload) {
+    if let Some((row, _)) = fast(payload) {
         return Ok(row.to_row());
     }
-    generic(payload)
+    generic(payload).map(|(row, _)| row)
 }
 
-fn generic(payload: &[u8]) -> Result<FlowRow, Rejection> {
+/// The apache-avro path: the row and whether the record carries an origin.
+fn generic(payload: &[u8]) -> Result<(FlowRow, bool), Rejection> {
     match flowlens_schemas::decode::<EnrichedFlow>(payload) {
         Err(e) => Err(("decode", format!("cannot decode EnrichedFlow: {e}"))),
-        Ok(flow) => FlowRow::try_from(flow)
-            .map_err(|e| ("range", format!("EnrichedFlow does not fit the table: {e}"))),
+        Ok(flow) => {
+            let has_origin = flow.origin.is_some();
+            FlowRow::try_from(flow)
+                .map(|row| (row, has_origin))
+                .map_err(|e| ("range", format!("EnrichedFlow does not fit the table: {e}")))
+        }
     }
 }
 
@@ -112,6 +173,8 @@ enum Target {
     /// `["null", IPv6Address]`: 0 outer_src_addr, 1 outer_dst_addr.
     OuterAddr(usize),
     Duplicate,
+    /// `["null", Origin]`: origin_topic, origin_stream, origin_partition, origin_offset.
+    Origin,
     /// A field the table has no column for: read and dropped.
     Skip,
 }
@@ -213,6 +276,10 @@ fn target(name: &str) -> (Target, Option<Kind>) {
             return (Target::OuterAddr(i), opt(Kind::Fixed(16)));
         }
         "duplicate" => (Target::Duplicate, Kind::Bool),
+        "origin" => {
+            let origin = Kind::Record(vec![Kind::Str, Kind::Fixed(16), Kind::Int, Kind::Long]);
+            return (Target::Origin, opt(origin));
+        }
         name => {
             return match (
                 K8S_FIELDS.iter().position(|f| *f == name),
@@ -259,7 +326,8 @@ fn build_plan(
     Some(plan)
 }
 
-fn fast(payload: &[u8]) -> Option<RowRef<'_>> {
+/// The row and whether the record carries an origin.
+fn fast(payload: &[u8]) -> Option<(RowRef<'_>, bool)> {
     if payload.len() < HEADER_LEN || payload[..2] != MAGIC {
         return None;
     }
@@ -309,7 +377,14 @@ fn fast(payload: &[u8]) -> Option<RowRef<'_>> {
         outer_src_addr: Ipv6Addr::UNSPECIFIED,
         outer_dst_addr: Ipv6Addr::UNSPECIFIED,
         duplicate: false,
+        kafka_stream: [0; 16],
+        kafka_timestamp: 0,
+        origin_topic: "",
+        origin_stream: [0; 16],
+        origin_partition: 0,
+        origin_offset: 0,
     };
+    let mut has_origin = false;
     for (kind, target) in plan {
         match target {
             Target::Host => row.host = r.str()?,
@@ -374,18 +449,27 @@ fn fast(payload: &[u8]) -> Option<RowRef<'_>> {
                 }
             }
             Target::Duplicate => row.duplicate = r.bool()?,
+            Target::Origin => {
+                has_origin = r.present()?;
+                if has_origin {
+                    row.origin_topic = r.str()?;
+                    row.origin_stream = r.bytes(16)?.try_into().ok()?;
+                    row.origin_partition = r.int()?;
+                    row.origin_offset = r.long()?;
+                }
+            }
             Target::Skip => r.skip(kind)?,
         }
     }
     // One message is exactly one datum.
-    r.rest().is_empty().then_some(row)
+    r.rest().is_empty().then_some((row, has_origin))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::row::sample_flow;
-    use flowlens_schemas::{ENRICHED_FLOW_V1_AVSC, ENRICHED_FLOW_V2_AVSC};
+    use flowlens_schemas::{ENRICHED_FLOW_V1_AVSC, ENRICHED_FLOW_V2_AVSC, ENRICHED_FLOW_V3_AVSC};
 
     fn encoded(f: &EnrichedFlow) -> Vec<u8> {
         let mut buf = Vec::new();
@@ -457,30 +541,73 @@ mod tests {
         f.outer_dst_addr = None;
         f.duplicate = true;
         variants.push(f);
+        let mut f = sample_flow(15);
+        f.origin = Some(flowlens_schemas::Origin {
+            topic: "flowlens.flows.raw".into(),
+            stream: [0xfe; 16],
+            partition: i32::MAX,
+            offset: i64::MAX,
+        });
+        variants.push(f);
         variants
+    }
+
+    const AT: Position<'static> = Position {
+        topic: "topic",
+        partition: 3,
+        offset: 77,
+        stream: [7; 16],
+        timestamp_ms: 1_700_000_000_123,
+    };
+
+    /// The row `write_row` must write for `row` read at `AT`.
+    fn placed(mut row: FlowRow, has_origin: bool) -> FlowRow {
+        row.kafka_topic = AT.topic.into();
+        row.kafka_partition = AT.partition as u16;
+        row.kafka_offset = AT.offset as u64;
+        row.kafka_stream = AT.stream;
+        row.kafka_timestamp = AT.timestamp_ms;
+        if !has_origin {
+            row.origin_topic = AT.topic.into();
+            row.origin_stream = AT.stream;
+            row.origin_partition = AT.partition;
+            row.origin_offset = AT.offset;
+        }
+        row
     }
 
     /// Both paths give the same row and the same bytes.
     fn check_fast_matches_generic(buf: &[u8], what: &str) {
-        let fast =
+        let (fast, has_origin) =
             fast(buf).unwrap_or_else(|| panic!("fast path declined {what}: {:?}", generic(buf)));
-        assert_eq!(Ok(fast.to_row()), generic(buf), "{what}");
-        let mut want = generic(buf).unwrap();
-        want.kafka_topic = "topic".into();
-        want.kafka_partition = 3;
-        want.kafka_offset = 77;
+        assert_eq!(Ok((fast.to_row(), has_origin)), generic(buf), "{what}");
+        let want = placed(generic(buf).unwrap().0, has_origin);
         let mut a = Vec::new();
         want.write_row_binary(&mut a);
         let mut b = vec![9u8];
-        write_row(buf, "topic", 3, 77, &mut b).unwrap();
+        let key = write_row(buf, &AT, &mut b).unwrap();
         assert_eq!(&b[1..], &a[..], "{what}");
+        let identity = (
+            want.origin_stream,
+            want.origin_partition,
+            want.origin_offset,
+        );
+        assert_eq!(key, identity, "{what}");
+        assert_eq!(
+            origin_of(buf, AT.stream, AT.partition, AT.offset),
+            Some(identity)
+        );
     }
 
     #[test]
     fn fast_path_matches_generic_decoder() {
         for f in &variants() {
-            check_fast_matches_generic(&encoded(f), &format!("v3 {f:?}"));
-            for (v, avsc) in [(1, ENRICHED_FLOW_V1_AVSC), (2, ENRICHED_FLOW_V2_AVSC)] {
+            check_fast_matches_generic(&encoded(f), &format!("v4 {f:?}"));
+            for (v, avsc) in [
+                (1, ENRICHED_FLOW_V1_AVSC),
+                (2, ENRICHED_FLOW_V2_AVSC),
+                (3, ENRICHED_FLOW_V3_AVSC),
+            ] {
                 check_fast_matches_generic(&old_message(f, avsc), &format!("v{v} {f:?}"));
             }
         }
@@ -489,13 +616,17 @@ mod tests {
     /// The current schema's plan reads every field into a column (none skipped, none missing).
     #[test]
     fn current_plan_feeds_every_column() {
-        let current = plan(&<EnrichedFlow as AvroRecord>::fingerprint()).expect("a plan for v3");
-        assert_eq!(current.len(), 58);
+        let current = plan(&<EnrichedFlow as AvroRecord>::fingerprint()).expect("a plan for v4");
+        assert_eq!(current.len(), 59);
         assert!(current.iter().all(|(_, t)| *t != Target::Skip));
         for (i, (_, a)) in current.iter().enumerate() {
             assert!(current[..i].iter().all(|(_, b)| b != a), "{a:?} twice");
         }
-        for (v, avsc) in [(1, ENRICHED_FLOW_V1_AVSC), (2, ENRICHED_FLOW_V2_AVSC)] {
+        for (v, avsc) in [
+            (1, ENRICHED_FLOW_V1_AVSC),
+            (2, ENRICHED_FLOW_V2_AVSC),
+            (3, ENRICHED_FLOW_V3_AVSC),
+        ] {
             let fp = flowlens_schemas::apache_avro::Schema::parse_str(avsc)
                 .unwrap()
                 .fingerprint::<flowlens_schemas::apache_avro::rabin::Rabin>()
@@ -527,6 +658,7 @@ mod tests {
             outer_src_addr: None,
             outer_dst_addr: None,
             duplicate: false,
+            origin: None,
             ..f
         })
         .unwrap();
@@ -557,15 +689,11 @@ mod tests {
         let mut out = Vec::new();
         write_row(
             &old_message(&sample_flow(5), ENRICHED_FLOW_V1_AVSC),
-            "t",
-            1,
-            2,
+            &AT,
             &mut out,
         )
         .unwrap();
-        want.kafka_topic = "t".into();
-        want.kafka_partition = 1;
-        want.kafka_offset = 2;
+        let want = placed(want, false);
         assert_eq!(out.len(), want.encoded_len());
         assert_eq!(out, {
             let mut a = Vec::new();
@@ -613,7 +741,7 @@ mod tests {
         // Truncated, trailing bytes, garbage, another fingerprint.
         let good = encoded(&sample_flow(9));
         let mut out = vec![1u8, 2];
-        assert!(write_row(b"\xC3\x01garbage", "t", 0, 0, &mut out).is_err());
+        assert!(write_row(b"\xC3\x01garbage", &AT, &mut out).is_err());
         assert_eq!(out, [1, 2]);
         for bad in [
             &good[..good.len() - 1],
@@ -627,6 +755,6 @@ mod tests {
         let mut other = good.clone();
         other[5] ^= 0xff;
         assert!(fast(&other).is_none());
-        assert_eq!(flow_row(&good), generic(&good));
+        assert_eq!(flow_row(&good), generic(&good).map(|r| r.0));
     }
 }

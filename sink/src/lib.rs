@@ -4,8 +4,10 @@
 pub mod batch;
 pub mod config;
 pub mod decode;
+pub mod dedup;
 pub mod insert;
 pub mod migrate;
+pub mod recovery;
 pub mod row;
 pub mod run;
 pub mod tls;

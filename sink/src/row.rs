@@ -106,6 +106,15 @@ pub struct FlowRow {
     pub outer_src_addr: Ipv6Addr,
     pub outer_dst_addr: Ipv6Addr,
     pub duplicate: bool,
+    /// Record identity (migration 0005): the incarnation of the Kafka topic the row was read
+    /// from and the record's broker timestamp (set by the sink, like kafka_*), then its origin
+    /// (EnrichedFlow v4 `origin`; for a record without one the sink writes its own position).
+    pub kafka_stream: [u8; 16],
+    pub kafka_timestamp: i64,
+    pub origin_topic: String,
+    pub origin_stream: [u8; 16],
+    pub origin_partition: i32,
+    pub origin_offset: i64,
 }
 
 /// A decoded record whose values do not fit the table's column types.
@@ -133,7 +142,9 @@ fn fit<T: TryFrom<i64>>(
 const FIXED_LEN: usize = 3 * 8 + 4 + 1 + 2 + 2 + 1 + 16 + 16 + 2 + 2 + 1 + 1 + 2 + 8 + 8 + 4 + 2 + 8
     // version 3: reverse packets/bytes/flags, rtt, retransmits, drops, drop_bytes, the two
     // processes' pid and cgroup, tunnel_id, outer addresses, duplicate
-    + 8 + 8 + 2 + 8 + 4 + 4 + 8 + 2 * (4 + 8) + 4 + 16 + 16 + 1;
+    + 8 + 8 + 2 + 8 + 4 + 4 + 8 + 2 * (4 + 8) + 4 + 16 + 16 + 1
+    // version 4 / migration 0005: kafka_stream, kafka_timestamp, origin stream, partition, offset
+    + 16 + 8 + 16 + 4 + 8;
 
 impl TryFrom<EnrichedFlow> for FlowRow {
     type Error = RowError;
@@ -215,6 +226,16 @@ impl TryFrom<EnrichedFlow> for FlowRow {
             outer_src_addr: f.outer_src_addr.unwrap_or(Ipv6Addr::UNSPECIFIED),
             outer_dst_addr: f.outer_dst_addr.unwrap_or(Ipv6Addr::UNSPECIFIED),
             duplicate: f.duplicate,
+            kafka_stream: [0; 16],
+            kafka_timestamp: 0,
+            origin_topic: f
+                .origin
+                .as_ref()
+                .map(|o| o.topic.clone())
+                .unwrap_or_default(),
+            origin_stream: f.origin.as_ref().map_or([0; 16], |o| o.stream),
+            origin_partition: f.origin.as_ref().map_or(0, |o| o.partition),
+            origin_offset: f.origin.as_ref().map_or(0, |o| o.offset),
         })
     }
 }
@@ -253,6 +274,7 @@ impl FlowRow {
             &self.src_comm,
             &self.dst_comm,
             &self.tunnel,
+            &self.origin_topic,
         ];
         FIXED_LEN
             + strings
@@ -264,7 +286,7 @@ impl FlowRow {
 
 /// Table column types `FlowRow` writes, in column order: (name, accepted types). Strings go to
 /// `String` or `LowCardinality(String)` alike (same RowBinary encoding).
-pub const COLUMN_TYPES: [(&str, &[&str]); 65] = {
+pub const COLUMN_TYPES: [(&str, &[&str]); 71] = {
     const S: &[&str] = &["String", "LowCardinality(String)"];
     const NS: &[&str] = &["DateTime64(9)", "DateTime64(9, 'UTC')"];
     [
@@ -333,6 +355,15 @@ pub const COLUMN_TYPES: [(&str, &[&str]); 65] = {
         ("outer_src_addr", &["IPv6"]),
         ("outer_dst_addr", &["IPv6"]),
         ("duplicate", &["Bool", "UInt8"]),
+        ("kafka_stream", &["FixedString(16)"]),
+        (
+            "kafka_timestamp",
+            &["DateTime64(3)", "DateTime64(3, 'UTC')", "Int64"],
+        ),
+        ("origin_topic", S),
+        ("origin_stream", &["FixedString(16)"]),
+        ("origin_partition", &["Int32"]),
+        ("origin_offset", &["Int64"]),
     ]
 };
 
@@ -388,6 +419,13 @@ pub struct RowRef<'a> {
     pub outer_src_addr: Ipv6Addr,
     pub outer_dst_addr: Ipv6Addr,
     pub duplicate: bool,
+    /// Migration 0005, as in `FlowRow`.
+    pub kafka_stream: [u8; 16],
+    pub kafka_timestamp: i64,
+    pub origin_topic: &'a str,
+    pub origin_stream: [u8; 16],
+    pub origin_partition: i32,
+    pub origin_offset: i64,
 }
 
 impl RowRef<'_> {
@@ -454,6 +492,12 @@ impl RowRef<'_> {
         out.extend_from_slice(&self.outer_src_addr.octets());
         out.extend_from_slice(&self.outer_dst_addr.octets());
         out.push(self.duplicate.into());
+        out.extend_from_slice(&self.kafka_stream);
+        out.extend_from_slice(&self.kafka_timestamp.to_le_bytes());
+        string(out, self.origin_topic);
+        out.extend_from_slice(&self.origin_stream);
+        out.extend_from_slice(&self.origin_partition.to_le_bytes());
+        out.extend_from_slice(&self.origin_offset.to_le_bytes());
     }
 
     /// The owned row.
@@ -526,6 +570,12 @@ impl RowRef<'_> {
             outer_src_addr: self.outer_src_addr,
             outer_dst_addr: self.outer_dst_addr,
             duplicate: self.duplicate,
+            kafka_stream: self.kafka_stream,
+            kafka_timestamp: self.kafka_timestamp,
+            origin_topic: self.origin_topic.to_owned(),
+            origin_stream: self.origin_stream,
+            origin_partition: self.origin_partition,
+            origin_offset: self.origin_offset,
         }
     }
 }
@@ -601,6 +651,12 @@ impl FlowRow {
             outer_src_addr: self.outer_src_addr,
             outer_dst_addr: self.outer_dst_addr,
             duplicate: self.duplicate,
+            kafka_stream: self.kafka_stream,
+            kafka_timestamp: self.kafka_timestamp,
+            origin_topic: &self.origin_topic,
+            origin_stream: self.origin_stream,
+            origin_partition: self.origin_partition,
+            origin_offset: self.origin_offset,
         }
     }
 
@@ -810,7 +866,7 @@ mod tests {
     fn columns_are_in_table_order() {
         use clickhouse::Row as _;
         let cols = FlowRow::COLUMN_NAMES;
-        assert_eq!(cols.len(), 65);
+        assert_eq!(cols.len(), 71);
         assert_eq!(
             &cols[..4],
             &["time_flow_start", "time_flow_end", "time_exported", "host"]
@@ -837,6 +893,18 @@ mod tests {
         // Then the version 3 columns (0004, with 0002's retransmits and drops).
         assert_eq!(cols[45], "reverse_packets");
         assert_eq!(cols[64], "duplicate");
+        // Then the record identity (0005).
+        assert_eq!(
+            &cols[65..],
+            &[
+                "kafka_stream",
+                "kafka_timestamp",
+                "origin_topic",
+                "origin_stream",
+                "origin_partition",
+                "origin_offset"
+            ]
+        );
     }
 
     #[test]
@@ -855,8 +923,9 @@ mod tests {
         assert_eq!(out.len(), row.encoded_len());
         assert_eq!(row.as_ref().to_row(), row);
         assert_eq!(&out[..8], &row.time_flow_start.to_le_bytes());
-        // The last columns are outer_dst_addr (`::`: 300 is no tunnel record) and duplicate.
-        assert_eq!(&out[out.len() - 17..], &[0u8; 17]);
+        // The last columns are outer_dst_addr (`::`: 300 is no tunnel record), duplicate, then
+        // the identity: zeros and "" before the sink sets them.
+        assert_eq!(&out[out.len() - 70..], &[0u8; 70]);
     }
 
     /// Rows of every shape: long strings (two-byte length varints), non-ASCII text, tunnel and
@@ -998,8 +1067,8 @@ mod tests {
             + "shop".len()
             + "curl".len()
             + "vxlan".len();
-        assert_eq!(row.encoded_len(), FIXED_LEN + 30 + strings);
-        assert_eq!(FIXED_LEN, 207);
+        assert_eq!(row.encoded_len(), FIXED_LEN + 31 + strings);
+        assert_eq!(FIXED_LEN, 259);
         assert_eq!(varint_len(127), 1);
         assert_eq!(varint_len(128), 2);
     }

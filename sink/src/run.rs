@@ -22,46 +22,32 @@
 //! * On shutdown every open batch is sealed, inserted and committed; if ClickHouse is down at
 //!   that moment the batches are abandoned uncommitted (read again later) and `run` returns `Ok`.
 //!
-//! # Exactly-once effect: at-least-once + two idempotence mechanisms
-//! A replay happens when rows reached ClickHouse but their offsets were not committed: the
-//! sink was killed between the INSERT and the commit, the commit failed, the partition was
-//! revoked, or the acknowledgement of a successful INSERT was lost (timeout, connection reset).
+//! # Exactly-once effect
+//! Delivery is at-least-once (above); a record already stored is dropped before its INSERT,
+//! by its identity (ARCHITECTURE.md, Delivery, has the argument):
+//! * every row carries where it was read (topic, partition, the topic's incarnation
+//!   `kafka_stream`, offset, broker timestamp) and its origin (`dedup`, `decode::Position`);
+//! * before the first INSERT of a partition after its assignment, what ClickHouse holds of it is
+//!   read back from the `flows` projections (`recovery`), the incarnation is checked against the
+//!   record Kafka now holds at the highest stored offset, and each batch is judged row by row in
+//!   offset order: own replays (offset <= m of the current incarnation) and upstream replays
+//!   (origin offset <= the sub-stream's high-water mark) are dropped and counted;
+//! * a batch is one `flows` partition (day) and one incarnation: one part, stored whole or not
+//!   at all; its `insert_deduplication_token` is a hash of its rows (a retry of the same rows is
+//!   stored once, also in the rollups);
+//! * a new incarnation of the topic while running (topic id changed, offsets going backwards) or
+//!   a committed position of another incarnation (commit metadata) sends the partition back to
+//!   its beginning; rows already read are stored, their offsets never committed.
 //!
-//! 1. **Batches are per partition and inserted in offset order.** A batch holds the rows of one
-//!    partition only; sealed batches wait in one FIFO queue and the next one is not inserted
-//!    before the previous one was acknowledged (retried as long as needed). Every row carries
-//!    `kafka_topic`, `kafka_partition`, `kafka_offset` (migration 0002). A batch smaller than
-//!    ClickHouse's `max_insert_block_size` (1,048,576 rows; `batch.max_rows` is ≤ 10M but
-//!    50k by default) is one block, stored atomically; a bigger one is several blocks stored in
-//!    order. Hence, for a partition resumed at committed offset `c`, the rows stored but not
-//!    committed are exactly the rows with offsets in `[c, m]`, `m` being the largest
-//!    `kafka_offset` of that partition in `flows` with `kafka_offset >= c`.
-//! 2. **Recovery by reading ClickHouse back.** Before the first INSERT of a partition after it
-//!    was assigned (start, restart, rebalance), the sink queries that `m` once
-//!    (`SELECT count(), max(kafka_offset) ... WHERE` topic and partition match `AND
-//!    kafka_offset >=` the batch's first offset) and drops every row at or below it from its batches
-//!    (counted in `flowlens_sink_rows_already_stored_total`). This needs no agreement on where
-//!    batches were cut, so a restart with other limits or timing is still exact.
-//! 3. **Deduplication token for retries of the same batch.** Each INSERT carries
-//!    `insert_deduplication_token = "<topic>/<partition>/<first row offset>-<last row offset>"`
-//!    and `deduplicate_blocks_in_dependent_materialized_views = 1`; `flows` and every rollup
-//!    have `non_replicated_deduplication_window = 1000` (Replicated tables deduplicate by
-//!    default). A batch whose acknowledgement was lost is retried with identical rows and
-//!    token, so ClickHouse stores it once, in `flows` and in the rollups.
-//!
-//! What remains: an INSERT still running inside ClickHouse after the client gave up (timeout)
-//! *and* after the partition moved to another sink instance that already ran its recovery
-//! query could be stored twice (once by each). That needs an insert slower than
-//! `clickhouse.timeout_ms` plus a rebalance in that window; raise the timeout if it matters.
-//! Dead-lettered records are delivered at least once to the dead-letter topic (a replay can
-//! send one again).
+//! What remains at-least-once: dead-lettered records (a replay can send one again).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use flowlens_runtime::health::{self, LoopWatch};
+use flowlens_runtime::incarnation::{self, Probe, StreamId};
 use flowlens_runtime::{kafka_probe, DeadLetter, Shutdown};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -69,9 +55,33 @@ use rdkafka::consumer::{
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::batch::{token, Batches, PartitionKey};
+use crate::batch::{content_token, Batches, PartitionKey};
 use crate::config::Config;
+use crate::decode::Position;
+use crate::dedup::{self, Check, PartitionDedup, Verdict};
 use crate::insert::{Backoff, Inserter};
+use crate::recovery::Queries;
+
+/// How often the input topic's id is read again to notice a new incarnation.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a probe of the broker (topic id, one record, committed offsets) may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the sink knows of an input partition since it was assigned.
+#[derive(Debug, Clone, Copy)]
+struct Input {
+    /// The id its records are named by now (topic id, or from its earliest record).
+    base: StreamId,
+    /// The id its rows are stored under (`base`, or a successor: `dedup::resolve`).
+    stream: StreamId,
+    from_topic_id: bool,
+    /// The incarnation the group's committed position was stored under (commit metadata).
+    committed_under: Option<StreamId>,
+    /// The first offset read since the assignment (where the group's position was).
+    first_offset: i64,
+    last_offset: i64,
+}
 
 /// Failpoint for the fault tests (sink/tests/faults.rs): with this variable set to N, the
 /// process aborts right after its N-th acknowledged INSERT, before committing its offset —
@@ -193,13 +203,18 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         Duration::from_millis(config.clickhouse.timeout_ms + config.sink.retry_max_ms)
             + LIVENESS_MARGIN,
     );
+    let probe = Probe::new(&config.kafka, PROBE_TIMEOUT)?;
     let mut sink = Sink {
         alive,
         consumer,
         inserter: Inserter::new(&config.clickhouse)?,
         table: config.clickhouse.table.clone(),
         batches: Batches::new(config.batch.clone()),
-        stored_through: HashMap::new(),
+        dedup: HashMap::new(),
+        inputs: HashMap::new(),
+        restarted: HashSet::new(),
+        probe,
+        queries: None,
         backoff: Backoff::new(&config.sink),
         dead_letter,
         shutdown,
@@ -256,9 +271,15 @@ struct Sink {
     inserter: Inserter,
     table: String,
     batches: Batches,
-    /// Per partition, since it was assigned: the highest offset already in ClickHouse at or
-    /// after the resume offset (-1: none). Absent: not yet checked (see module docs).
-    stored_through: HashMap<PartitionKey, i64>,
+    /// Per partition, since the first INSERT after its assignment: what is already stored.
+    dedup: HashMap<PartitionKey, PartitionDedup>,
+    /// Per partition, since its first record after its assignment: its incarnation.
+    inputs: HashMap<PartitionKey, Input>,
+    /// Partitions sent back to their beginning by a new incarnation (their committed position
+    /// is known to be of the old one).
+    restarted: HashSet<PartitionKey>,
+    probe: Probe,
+    queries: Option<Queries>,
     backoff: Backoff,
     dead_letter: DeadLetter,
     shutdown: Shutdown,
@@ -269,15 +290,11 @@ struct Sink {
     crash_after_inserts: Option<u64>,
 }
 
-#[derive(clickhouse::Row, serde::Deserialize)]
-struct StoredThrough {
-    rows: u64,
-    max_offset: u64,
-}
-
 impl Sink {
     async fn run_loop(&mut self) -> anyhow::Result<()> {
         let mut beat = tokio::time::interval(Duration::from_secs(1));
+        let mut watch = tokio::time::interval(WATCH_INTERVAL);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.alive.beat();
             if self.batches.sealed_len() > 0 {
@@ -293,6 +310,7 @@ impl Sink {
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     self.batches.seal_expired(Instant::now());
                 }
+                _ = watch.tick() => self.watch_topic_ids(),
                 received = self.consumer.recv() => match received {
                     Ok(message) => {
                         let message = message.detach();
@@ -326,18 +344,28 @@ impl Sink {
     async fn handle<M: Message>(&mut self, message: &M) -> anyhow::Result<()> {
         metrics::counter!("flowlens_sink_records_received_total").increment(1);
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        let key = (topic.to_owned(), partition);
+        let Some(stream) = self.admit(&key, offset).await else {
+            return Ok(());
+        };
+        let at = Position {
+            topic,
+            partition,
+            offset,
+            stream,
+            timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+        };
         self.scratch.clear();
         let outcome = match message.payload() {
             None => Err(("empty", "record has no payload".to_owned())),
-            Some(payload) => {
-                crate::decode::write_row(payload, topic, partition, offset, &mut self.scratch)
-            }
+            Some(payload) => crate::decode::write_row(payload, &at, &mut self.scratch),
         };
         let now = Instant::now();
         match outcome {
-            Ok(()) => self
-                .batches
-                .push(topic, partition, offset, &self.scratch, now),
+            Ok(origin) => {
+                self.batches
+                    .push(topic, partition, stream, offset, origin, &self.scratch, now)
+            }
             Err((kind, reason)) => {
                 metrics::counter!("flowlens_sink_records_invalid_total", "reason" => kind)
                     .increment(1);
@@ -345,10 +373,118 @@ impl Sink {
                     .send(message, &reason)
                     .await
                     .context("record not dead-lettered; stopping without committing it")?;
-                self.batches.skip(topic, partition, offset, now);
+                self.batches.skip(topic, partition, stream, offset, now);
             }
         }
         Ok(())
+    }
+
+    /// The stream id a record just read from `key` at `offset` is stored under, naming the
+    /// partition's incarnation first if this is its first record since its assignment; `None`:
+    /// the record is not to be stored now (the partition was sent back to be read again).
+    async fn admit(&mut self, key: &PartitionKey, offset: i64) -> Option<StreamId> {
+        if let Some(input) = self.inputs.get_mut(key) {
+            if offset <= input.last_offset {
+                self.new_incarnation(key, "offsets went backwards without a rebalance");
+                return None;
+            }
+            input.last_offset = offset;
+            return Some(input.stream);
+        }
+        let (topic, partition) = (key.0.as_str(), key.1);
+        let named = tokio::task::block_in_place(|| {
+            Ok::<_, anyhow::Error>(match self.probe.topic_id(topic)? {
+                Some(id) => Some((id, true)),
+                None => self
+                    .probe
+                    .stream_id(topic, partition)?
+                    .map(|id| (id, false)),
+            })
+        });
+        let (base, from_topic_id) = match named {
+            Ok(Some(named)) => named,
+            other => {
+                tracing::warn!(topic, partition, offset, error = ?other.err(),
+                    "cannot name the partition's incarnation yet; reading it again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                self.seek(key, Offset::Offset(offset));
+                return None;
+            }
+        };
+        let committed_under = if self.restarted.remove(key) {
+            None
+        } else {
+            tokio::task::block_in_place(|| {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(topic, partition);
+                let got = self.consumer.committed_offsets(tpl, PROBE_TIMEOUT).ok()?;
+                let e = got.find_partition(topic, partition)?;
+                incarnation::parse_hex(e.metadata())
+            })
+        };
+        tracing::info!(topic, partition, offset, stream = %incarnation::hex(&base), from_topic_id,
+            committed_under = ?committed_under.map(|c| incarnation::hex(&c)),
+            "input partition's incarnation");
+        self.inputs.insert(
+            key.clone(),
+            Input {
+                base,
+                stream: base,
+                from_topic_id,
+                committed_under,
+                first_offset: offset,
+                last_offset: offset,
+            },
+        );
+        Some(base)
+    }
+
+    /// Every [`WATCH_INTERVAL`]: a topic id other than the one a partition was named by means
+    /// the topic was re-created (or the cluster replaced) under us.
+    fn watch_topic_ids(&mut self) {
+        let topics: HashSet<String> = self
+            .inputs
+            .iter()
+            .filter(|(_, i)| i.from_topic_id)
+            .map(|(k, _)| k.0.clone())
+            .collect();
+        for topic in topics {
+            let id = match tokio::task::block_in_place(|| self.probe.topic_id(&topic)) {
+                Ok(Some(id)) => id,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!(topic, error = %e, "topic id not read");
+                    continue;
+                }
+            };
+            let stale: Vec<PartitionKey> = self
+                .inputs
+                .iter()
+                .filter(|(k, i)| k.0 == topic && i.from_topic_id && i.base != id)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in stale {
+                self.new_incarnation(&key, "the topic id changed");
+            }
+        }
+    }
+
+    /// A new incarnation of the input topic under partition `key`: what was read of the old one
+    /// is stored but never committed, and the partition is read from its beginning.
+    fn new_incarnation(&mut self, key: &PartitionKey, reason: &str) {
+        metrics::counter!("flowlens_sink_incarnation_changes_total").increment(1);
+        tracing::warn!(topic = %key.0, partition = key.1, reason,
+            "new incarnation of the input topic: reading the partition from its beginning; rows read before are stored, not committed");
+        self.batches.end_incarnation(key);
+        self.inputs.remove(key);
+        self.restarted.insert(key.clone());
+        self.seek(key, Offset::Beginning);
+    }
+
+    fn seek(&self, key: &PartitionKey, offset: Offset) {
+        if let Err(e) = self.consumer.seek(&key.0, key.1, offset, PROBE_TIMEOUT) {
+            tracing::warn!(topic = %key.0, partition = key.1, error = %e, "seek failed");
+        }
     }
 
     fn apply_revocations(&mut self) -> bool {
@@ -357,7 +493,9 @@ impl Sink {
             return false;
         }
         for k in &revoked {
-            self.stored_through.remove(k);
+            self.dedup.remove(k);
+            self.inputs.remove(k);
+            self.restarted.remove(k);
         }
         let dropped = self.batches.drop_partitions(&revoked);
         if dropped > 0 {
@@ -404,8 +542,8 @@ impl Sink {
         Ok(true)
     }
 
-    /// Recovery check (first batch of a partition since assignment), then the INSERT of the
-    /// front batch's rows not yet in ClickHouse, with its deduplication token.
+    /// Judges the front batch's rows (first: what ClickHouse holds of the partition, and its
+    /// incarnation), then INSERTs the rows not yet stored, with their deduplication token.
     async fn store_front(&mut self) -> anyhow::Result<()> {
         let Some(front) = self.batches.front() else {
             return Ok(());
@@ -413,48 +551,12 @@ impl Sink {
         if front.inserted {
             return Ok(());
         }
-        let key = (front.topic.clone(), front.partition);
-        let through = match self.stored_through.get(&key) {
-            Some(t) => *t,
-            None => {
-                let found: StoredThrough = self
-                    .inserter
-                    .client()
-                    .query(&format!(
-                        "SELECT count() AS rows, max(kafka_offset) AS max_offset FROM `{}` \
-                         WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset >= ?",
-                        self.table
-                    ))
-                    .bind(&key.0)
-                    .bind(key.1 as u16)
-                    .bind(front.first_offset.max(0) as u64)
-                    .fetch_one()
-                    .await
-                    .context("reading back the last stored offset")?;
-                let through = if found.rows > 0 {
-                    found.max_offset as i64
-                } else {
-                    -1
-                };
-                if through >= 0 {
-                    tracing::info!(topic = %key.0, partition = key.1, from = front.first_offset,
-                        through, "rows already stored but not committed: skipping them");
-                }
-                self.stored_through.insert(key, through);
-                through
-            }
-        };
-        if through >= 0 {
-            let skipped = front.rows.drop_through(through);
-            if skipped > 0 {
-                metrics::counter!("flowlens_sink_rows_already_stored_total")
-                    .increment(skipped as u64);
-                front.token = match (front.rows.first_offset(), front.rows.last_offset()) {
-                    (Some(a), Some(b)) => Some(token(&front.topic, front.partition, a, b)),
-                    _ => None,
-                };
-            }
+        if !front.judged && !self.judge_front().await? {
+            return Ok(());
         }
+        let Some(front) = self.batches.front() else {
+            return Ok(());
+        };
         let (rows, bytes) = (front.rows.len(), front.rows.bytes());
         if rows > 0 {
             self.inserter
@@ -473,6 +575,118 @@ impl Sink {
         }
         front.inserted = true;
         Ok(())
+    }
+
+    /// Drops the front batch's rows already stored and fixes its token. `Ok(false)`: the
+    /// partition was sent back to be read again instead (its rows were named by an id that
+    /// names an older life of the topic, or it resumed from another incarnation's position).
+    async fn judge_front(&mut self) -> anyhow::Result<bool> {
+        let front = self.batches.front().expect("a front batch");
+        let (key, stream) = ((front.topic.clone(), front.partition), front.stream);
+        let (first_offset, commit) = (front.first_offset, front.commit);
+        if !self.dedup.contains_key(&key) {
+            let client = self.inserter.client().clone();
+            let queries = match &self.queries {
+                Some(q) => q.clone(),
+                None => {
+                    let q = Queries::for_table(&client, &self.table).await?;
+                    self.queries = Some(q.clone());
+                    q
+                }
+            };
+            let stored = queries.stored(&client, &key.0, key.1).await?;
+            tracing::info!(topic = %key.0, partition = key.1, streams = stored.streams.len(),
+                origins = stored.hwm.len(), "read back what is stored of the partition");
+            self.dedup.insert(key.clone(), PartitionDedup::new(stored));
+        }
+        let dedup = self.dedup.get_mut(&key).expect("inserted above");
+        if dedup.resolved(&stream).is_none() {
+            let mut failure = None;
+            let resolved = tokio::task::block_in_place(|| {
+                dedup::resolve(stream, &dedup.stored, |s| {
+                    crate::recovery::check(&self.probe, &key.0, key.1, s).unwrap_or_else(|e| {
+                        failure.get_or_insert(e);
+                        Check::Same
+                    })
+                })
+            });
+            if let Some(e) = failure {
+                return Err(e.context("checking the stored incarnation against Kafka"));
+            }
+            for (id, check) in &resolved.changes {
+                metrics::counter!("flowlens_sink_incarnation_changes_total").increment(1);
+                tracing::warn!(topic = %key.0, partition = key.1, stream = %incarnation::hex(id), ?check,
+                    "the stored rows of this stream id are not what Kafka holds now: a new incarnation under the same id; nothing is skipped by offset, rows go under a new id");
+            }
+            dedup.set_resolved(stream, &resolved);
+            let input = self.inputs.get(&key).copied();
+            let committed_under = input.and_then(|i| i.committed_under);
+            // Resumed inside a log of which nothing is stored, from a position without
+            // incarnation (a broker that keeps no commit metadata): the position can only be
+            // another incarnation's. Reading this one from its beginning doubles nothing.
+            let foreign_position = committed_under.is_none()
+                && resolved.stored_through < 0
+                && match input {
+                    Some(i) if i.first_offset > 0 => {
+                        let (low, _) =
+                            tokio::task::block_in_place(|| self.probe.watermarks(&key.0, key.1))?;
+                        i.first_offset > low
+                    }
+                    _ => false,
+                };
+            let restart = if !commit {
+                None
+            } else if foreign_position || committed_under.is_some_and(|c| c != resolved.stream) {
+                Some(Offset::Beginning)
+            } else if resolved.stream != stream {
+                Some(Offset::Offset(first_offset))
+            } else {
+                None
+            };
+            if let Some(at) = restart {
+                metrics::counter!("flowlens_sink_incarnation_changes_total").increment(1);
+                tracing::warn!(topic = %key.0, partition = key.1, ?at,
+                    committed_under = ?committed_under.map(|c| incarnation::hex(&c)),
+                    stream = %incarnation::hex(&resolved.stream),
+                    "the partition resumed from another incarnation's position or under an old id: reading it again");
+                self.batches.drop_partitions(std::slice::from_ref(&key));
+                if let Some(input) = self.inputs.get_mut(&key) {
+                    input.stream = resolved.stream;
+                    input.committed_under = Some(resolved.stream);
+                    input.last_offset = -1;
+                }
+                self.seek(&key, at);
+                return Ok(false);
+            }
+        }
+        let front = self.batches.front().expect("a front batch");
+        let dedup = self.dedup.get_mut(&key).expect("inserted above");
+        let (mut own, mut upstream) = (0u64, 0u64);
+        front
+            .rows
+            .retain(|offset, origin| match dedup.judge(stream, offset, origin) {
+                Verdict::New => true,
+                Verdict::OwnReplay => {
+                    own += 1;
+                    false
+                }
+                Verdict::UpstreamReplay => {
+                    upstream += 1;
+                    false
+                }
+            });
+        if own + upstream > 0 {
+            metrics::counter!("flowlens_sink_rows_already_stored_total", "kind" => "own_replay")
+                .increment(own);
+            metrics::counter!("flowlens_sink_rows_already_stored_total", "kind" => "upstream_replay")
+                .increment(upstream);
+            tracing::info!(topic = %key.0, partition = key.1, from = first_offset,
+                own_replays = own, upstream_replays = upstream,
+                "rows already stored but not committed: skipping them");
+        }
+        front.token = (!front.rows.is_empty()).then(|| content_token(&front.rows.data));
+        front.judged = true;
+        Ok(true)
     }
 
     /// Keeps the consumer alive for `delay`: serves rebalances, adds any record that arrives.
@@ -538,6 +752,11 @@ impl Sink {
         let Some(done) = self.batches.pop_front() else {
             return;
         };
+        if !done.commit {
+            tracing::debug!(topic = %done.topic, partition = done.partition,
+                next_offset = done.next_offset, "stored, not committed: an ended incarnation");
+            return;
+        }
         let mut tpl = TopicPartitionList::new();
         if let Err(e) = tpl.add_partition_offset(
             &done.topic,
@@ -546,6 +765,10 @@ impl Sink {
         ) {
             tracing::error!(error = %e, "cannot build commit list");
             return;
+        }
+        // The incarnation the position belongs to, read back at the next assignment.
+        if let Some(mut e) = tpl.find_partition(&done.topic, done.partition) {
+            e.set_metadata(incarnation::hex(&done.stream));
         }
         tracing::debug!(
             topic = %done.topic,

@@ -39,7 +39,17 @@ async fn flow_rows_are_accepted_by_clickhouse_18() {
     let inserter = Inserter::new(&config).unwrap();
     const N: u32 = 20_000;
     let rows: Vec<FlowRow> = (0..N)
-        .map(|i| FlowRow::try_from(sample_flow(i)).unwrap())
+        .map(|i| {
+            let mut row = FlowRow::try_from(sample_flow(i)).unwrap();
+            // The identity columns (migration 0005), read back below by the recovery queries.
+            row.kafka_stream = [3; 16];
+            row.kafka_offset = u64::from(i);
+            row.kafka_timestamp = 1_700_000_000_000 + i64::from(i);
+            row.origin_stream = [4; 16];
+            row.origin_partition = (i % 2) as i32;
+            row.origin_offset = 2 * i64::from(i);
+            row
+        })
         .collect();
     // Two batches, like two flushes of the sink.
     let started = Instant::now();
@@ -56,6 +66,29 @@ async fn flow_rows_are_accepted_by_clickhouse_18() {
     eprintln!(
         "inserted {N} rows into ClickHouse 18.16 in {elapsed:?} ({:.0} rows/s)",
         f64::from(N) / elapsed.as_secs_f64()
+    );
+
+    // The sink's recovery queries work on this server too (no projections: they read the table).
+    let client = flowlens_sink::insert::client(&config).unwrap();
+    let queries = flowlens_sink::recovery::Queries::for_table(&client, "flows")
+        .await
+        .unwrap();
+    let stored = queries.stored(&client, "", 0).await.unwrap();
+    let last = i64::from(N) - 1;
+    assert_eq!(
+        stored.streams,
+        [flowlens_sink::dedup::StoredStream {
+            stream: [3; 16],
+            max_offset: last,
+            timestamp_ms: 1_700_000_000_000 + last,
+            origin: ([4; 16], (last % 2) as i32, 2 * last),
+        }]
+    );
+    assert_eq!(
+        stored.hwm,
+        [(([4; 16], 0), 2 * (last - 1)), (([4; 16], 1), 2 * last)]
+            .into_iter()
+            .collect()
     );
 
     let n = u64::from(N);

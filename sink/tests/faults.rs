@@ -462,6 +462,9 @@ async fn broker_restart() {
     if skip() {
         return;
     }
+    if std::env::var_os("RUST_LOG").is_some() {
+        flowlens_runtime::telemetry::init_logging(&Default::default());
+    }
     let started = Instant::now();
     let chdb = Chdb::start();
     migrate(&chdb.url()).await;

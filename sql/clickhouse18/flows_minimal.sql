@@ -1,11 +1,13 @@
 -- The flows table for Debian's clickhouse-server 18.16 (scripts/stack/clickhouse18.sh), with
 -- types whose RowBinary encoding is byte-identical to sql/migrations/0001_flows.sql plus the
--- columns of 0002 (kafka_*, retransmits, drops), 0003 (EnrichedFlow v2) and 0004 (EnrichedFlow
--- v3) the sink writes, in FlowRow order, so the sink's exact RowBinary rows can be inserted
--- into a genuine (old) server:
+-- columns of 0002 (kafka_*, retransmits, drops), 0003 (EnrichedFlow v2), 0004 (EnrichedFlow
+-- v3) and 0005 (record identity) the sink writes, in FlowRow order, so the sink's exact
+-- RowBinary rows can be inserted into a genuine (old) server:
 --   DateTime64(9) -> Int64 (ns since epoch)      DateTime64(3) -> Int64 (ms since epoch)
 --   IPv6 -> FixedString(16) (network order)       LowCardinality(String) -> String
---   Bool -> UInt8 (one byte 0/1)                  Enum8 kept.
+--   Bool -> UInt8 (one byte 0/1)                  Enum8, FixedString(16), Int32, Int64 kept.
+-- No projections (18.16 has none): the sink's recovery queries read the table itself, which is
+-- fine for the small tables this server holds in tests and the bench.
 -- No TTL, CODEC, COMMENT or ALIAS column (tcp_start; 18.16 has none of the first three).
 -- The crate must use `.with_validation(false)` (18.16 has no RowBinaryWithNamesAndTypes).
 -- Test use only: not a migration, never applied by the sink.
@@ -76,7 +78,13 @@ CREATE TABLE IF NOT EXISTS flows
     tunnel_id         UInt32,
     outer_src_addr    FixedString(16),
     outer_dst_addr    FixedString(16),
-    duplicate         UInt8
+    duplicate         UInt8,
+    kafka_stream      FixedString(16),
+    kafka_timestamp   Int64,
+    origin_topic      String,
+    origin_stream     FixedString(16),
+    origin_partition  Int32,
+    origin_offset     Int64
 )
 ENGINE = MergeTree
 PARTITION BY toDate(toDateTime(intDiv(time_flow_end, 1000000000)))

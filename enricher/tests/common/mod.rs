@@ -111,6 +111,7 @@ pub async fn publish_inputs(config: &Config) -> Inputs {
     let mut inputs = Inputs {
         garbage_offset: -1,
         raw_end: vec![0, 0],
+        positions: Default::default(),
     };
     for n in 0..FLOWS {
         if n == FLOWS / 2 {
@@ -120,6 +121,7 @@ pub async fn publish_inputs(config: &Config) -> Inputs {
         let key = format!("node-1/{}", f.ifindex);
         let partition = (n % 2) as usize;
         let offset = send(&p, &t.raw_flows, partition as i32, &key, Some(&encoded(&f))).await;
+        inputs.positions.insert(n, (partition as i32, offset));
         inputs.raw_end[partition] = inputs.raw_end[partition].max(offset + 1);
     }
     inputs.raw_end[0] = inputs.raw_end[0].max(inputs.garbage_offset + 1);
@@ -131,6 +133,8 @@ pub struct Inputs {
     pub garbage_offset: i64,
     /// One past the last offset written, per raw partition.
     pub raw_end: Vec<i64>,
+    /// Where each flow `n` was written (partition, offset), from the delivery reports.
+    pub positions: std::collections::BTreeMap<i64, (i32, i64)>,
 }
 
 /// Runs the enricher in-process over [`publish_inputs`]'s records and checks the outputs and
@@ -157,8 +161,26 @@ pub async fn happy_path(config: Config) {
         .unwrap()
         .expect("enricher failed");
 
-    // Exactly one enriched record per raw flow, joined on (host, ifindex).
+    // Exactly one enriched record per raw flow, joined on (host, ifindex), its origin the raw
+    // record's position (delivery reports) in the raw topic's incarnation (the broker's id).
     assert_eq!(enriched.len(), FLOWS as usize, "enriched records");
+    let (b, t) = (brokers.clone(), topics.raw_flows.clone());
+    let raw_stream = tokio::task::spawn_blocking(move || {
+        let probe = flowlens_runtime::incarnation::Probe::new(
+            &flowlens_runtime::kafka::KafkaConfig {
+                brokers: vec![b],
+                ..Default::default()
+            },
+            TIMEOUT,
+        )
+        .unwrap();
+        probe
+            .topic_id(&t)
+            .unwrap()
+            .expect("the broker gives topic ids")
+    })
+    .await
+    .unwrap();
     let mut seen = std::collections::BTreeSet::new();
     for m in &enriched {
         let e: flowlens_schemas::EnrichedFlow =
@@ -178,6 +200,13 @@ pub async fn happy_path(config: Config) {
             expected.if_kind = "veth".into();
             expected.if_netns = "pod-ns".into();
         }
+        let (partition, offset) = inputs.positions[&n];
+        expected.origin = Some(flowlens_schemas::Origin {
+            topic: topics.raw_flows.clone(),
+            stream: raw_stream,
+            partition,
+            offset,
+        });
         assert_eq!(e, expected, "flow {n}");
     }
     // Nothing more than those: read again, now that the enricher stopped, asking for one more.

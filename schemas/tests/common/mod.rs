@@ -1,7 +1,7 @@
 //! Sample records shared by the integration tests.
 #![allow(dead_code)]
 
-use flowlens_schemas::{ip_to_v6, Direction, EnrichedFlow, Interface, Process, RawFlow};
+use flowlens_schemas::{ip_to_v6, Direction, EnrichedFlow, Interface, Origin, Process, RawFlow};
 
 pub fn raw_v4() -> RawFlow {
     RawFlow {
@@ -28,8 +28,9 @@ pub fn raw_v4() -> RawFlow {
     }
 }
 
-/// `raw_v4` as one conversation with every field RawFlow version 2 added set (processes and
-/// outer addresses included): its version 1 projection is exactly `raw_v4()`.
+/// `raw_v4` as one conversation with every field RawFlow versions 2 and 3 added set (processes,
+/// outer addresses, origin included): its version 1 projection is exactly `raw_v4()`, its
+/// version 2 projection `raw_conversation_v2()`.
 pub fn raw_conversation() -> RawFlow {
     RawFlow {
         reverse_packets: 9,
@@ -56,7 +57,27 @@ pub fn raw_conversation() -> RawFlow {
         outer_src_addr: Some(ip_to_v6("192.168.10.1".parse().unwrap())),
         outer_dst_addr: Some("2001:db8::ff".parse().unwrap()),
         duplicate: true,
+        origin: Some(origin()),
         ..raw_v4()
+    }
+}
+
+/// An origin with every field set (a 16-byte stream id with high bits, a partition and offset
+/// beyond 32 bits).
+pub fn origin() -> Origin {
+    Origin {
+        topic: "flowlens.flows.raw".into(),
+        stream: std::array::from_fn(|i| 0xf0 ^ i as u8),
+        partition: 11,
+        offset: 5_000_000_000,
+    }
+}
+
+/// `raw_conversation()` as RawFlow version 2 had it: without an origin.
+pub fn raw_conversation_v2() -> RawFlow {
+    RawFlow {
+        origin: None,
+        ..raw_conversation()
     }
 }
 

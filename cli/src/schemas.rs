@@ -28,29 +28,6 @@ struct Version {
     text: &'static str,
 }
 
-impl Version {
-    /// The file under schemas/ by the repository's convention (README, Evolution rule).
-    fn file(&self) -> String {
-        let snake = snake(self.kind.full_name().rsplit('.').next().unwrap_or_default());
-        if self.current {
-            format!("avro/{snake}.avsc")
-        } else {
-            format!("avro/history/{snake}.v{}.avsc", self.version)
-        }
-    }
-}
-
-fn snake(name: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_lowercase());
-    }
-    out
-}
-
 fn versions() -> Vec<Version> {
     RecordKind::known_writers()
         .map(|(kind, version, fingerprint, _)| {
@@ -116,7 +93,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     "version": v.version,
                     "current": v.current,
                     "fingerprint": v.fingerprint,
-                    "file": v.file(),
+                    "file": v.kind.avsc_file(v.version),
                 })
             )
         }),
@@ -133,28 +110,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     v.version.to_string(),
                     v.fingerprint.clone(),
                     if v.current { "yes" } else { "no" }.to_string(),
-                    format!("schemas/{}", v.file()),
+                    format!("schemas/{}", v.kind.avsc_file(v.version)),
                 ]);
             }
             table.write(&mut out)
         }
     };
     crate::quiet_on_broken_pipe(result)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn files_follow_the_convention() {
-        assert_eq!(snake("EnrichedFlow"), "enriched_flow");
-        let all = versions();
-        assert!(all
-            .iter()
-            .any(|v| v.file() == "avro/enriched_flow.avsc" && v.current));
-        assert!(all
-            .iter()
-            .any(|v| v.file() == "avro/history/enriched_flow.v1.avsc" && !v.current));
-    }
 }

@@ -38,6 +38,8 @@ struct Cli {
     command: Fixed,
 }
 
+// Parsed once per run: not worth boxing the observe flags.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Fixed {
     /// Live enriched flows from Kafka, filtered, as a table, JSON lines or one-liners.

@@ -149,12 +149,7 @@ impl Reader {
             .find(|t| t.name() == args.topic)
             .with_context(|| format!("brokers {} know no topic {}", args.brokers, args.topic))?;
         if let Some(e) = topic.error() {
-            bail!(
-                "topic {} at {}: {:?}",
-                args.topic,
-                args.brokers,
-                rdkafka::types::RDKafkaRespErr::from(e)
-            );
+            bail!("topic {} at {}: {e:?}", args.topic, args.brokers);
         }
         if topic.partitions().is_empty() {
             bail!("topic {} at {} has no partitions", args.topic, args.brokers);

@@ -53,16 +53,22 @@ pub struct Args {
     #[command(flatten)]
     kafka: KafkaArgs,
     /// Records of flows that ended within this window before now, e.g. 5m, 2h.
-    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse, conflicts_with = "last")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse, conflicts_with = "last", help_heading = "What to show")]
     since: Option<Duration>,
     /// The last N matching records [default: 20 unless --since or --follow].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = "What to show")]
     last: Option<usize>,
     /// After the history, print new records as they arrive until Ctrl-C; alone: new records only.
-    #[arg(short, long)]
+    #[arg(short, long, help_heading = "What to show")]
     follow: bool,
     /// Output format.
-    #[arg(short, long, value_enum, default_value = "table")]
+    #[arg(
+        short,
+        long,
+        value_enum,
+        default_value = "table",
+        help_heading = "What to show"
+    )]
     output: Format,
     #[command(flatten)]
     filters: Filters,

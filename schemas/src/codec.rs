@@ -2,6 +2,7 @@
 
 use std::io;
 
+use apache_avro::types::Value;
 use apache_avro::{from_value, write_avro_datum_ref, Schema};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -106,14 +107,35 @@ fn decode_resolved<T: DeserializeOwned>(
     writer: &crate::schema::Writer,
     reader_schema: &Schema,
 ) -> Result<T, SchemaError> {
+    let value = resolved_value(message, writer, reader_schema)?;
+    from_value::<T>(&value).map_err(|e| SchemaError::Datum(e.to_string()))
+}
+
+/// Decodes a message written with any schema version this crate knows into apache-avro's
+/// generic value, resolved to the current schema of its record (fields added since take their
+/// defaults): the generic path for tools that show every field without naming any, e.g. as
+/// JSON with [`crate::json::to_json`]. `apache_avro::from_value` turns it into the typed record.
+pub fn decode_value(message: &[u8]) -> Result<(RecordKind, Value), SchemaError> {
+    let fingerprint = peek_fingerprint(message)?;
+    let w = crate::schema::writer(fingerprint).ok_or_else(|| SchemaError::UnknownFingerprint {
+        found: hex(&fingerprint),
+    })?;
+    Ok((w.kind, resolved_value(message, w, w.kind.schema())?))
+}
+
+/// Reads the datum of `message` with its writer schema, resolved to `reader_schema`.
+fn resolved_value(
+    message: &[u8],
+    writer: &crate::schema::Writer,
+    reader_schema: &Schema,
+) -> Result<Value, SchemaError> {
     check_lengths(writer.layout.as_ref(), message)?;
     let mut reader = EofTracking {
         rest: &message[HEADER_LEN..],
         hit_eof: false,
     };
     let value = apache_avro::from_avro_datum(&writer.schema, &mut reader, Some(reader_schema));
-    let value = finish(value, reader, message.len(), Some(writer.kind))?;
-    from_value::<T>(&value).map_err(|e| SchemaError::Datum(e.to_string()))
+    finish(value, reader, message.len(), Some(writer.kind))
 }
 
 /// Refuses a message whose datum claims a string or bytes longer than what follows it, before

@@ -20,12 +20,13 @@ pub mod binary;
 mod codec;
 mod error;
 mod ip;
+pub mod json;
 mod records;
 mod schema;
 
 pub use codec::{
-    decode, decode_any, decode_with_reader, encode, peek_fingerprint, peek_kind, AnyRecord,
-    HEADER_LEN, MAGIC,
+    decode, decode_any, decode_value, decode_with_reader, encode, peek_fingerprint, peek_kind,
+    AnyRecord, HEADER_LEN, MAGIC,
 };
 pub use error::SchemaError;
 pub use ip::{ip_to_v6, v6_to_ip};

@@ -119,6 +119,25 @@ impl RecordKind {
             .map(|w| (w.kind, w.version, w.fingerprint, &w.schema))
     }
 
+    /// Where version `version` of this record's schema lives under `schemas/`, by the evolution
+    /// rule's convention: `avro/<record>.avsc` for the current one, `avro/history/<record>.v<N>.avsc`
+    /// for earlier ones (e.g. `avro/history/enriched_flow.v1.avsc`).
+    pub fn avsc_file(self, version: u32) -> String {
+        let name = self.full_name().rsplit('.').next().unwrap_or_default();
+        let mut snake = String::new();
+        for (i, c) in name.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                snake.push('_');
+            }
+            snake.push(c.to_ascii_lowercase());
+        }
+        if version as usize == self.history().len() + 1 {
+            format!("avro/{snake}.avsc")
+        } else {
+            format!("avro/history/{snake}.v{version}.avsc")
+        }
+    }
+
     /// The record kind of any known version with this fingerprint (current or historic).
     pub fn of_any_version(fingerprint: [u8; 8]) -> Option<RecordKind> {
         writer(fingerprint).map(|w| w.kind)
@@ -277,6 +296,24 @@ mod tests {
             assert_eq!(RecordKind::from_fingerprint(k.fingerprint()), Some(k));
             assert_eq!(k.schema().name().unwrap().fullname(None), k.full_name());
         }
+    }
+
+    #[test]
+    fn avsc_files_exist_for_every_known_writer() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/");
+        for (kind, version, _, _) in RecordKind::known_writers() {
+            let file = kind.avsc_file(version);
+            let text = std::fs::read_to_string(format!("{dir}{file}")).unwrap();
+            let expected = match kind.history().get(version as usize - 1) {
+                Some(old) => *old,
+                None => kind.avsc(),
+            };
+            assert_eq!(text, expected, "{file}");
+        }
+        assert_eq!(
+            RecordKind::EnrichedFlow.avsc_file(1),
+            "avro/history/enriched_flow.v1.avsc"
+        );
     }
 
     #[test]

@@ -197,6 +197,28 @@ fn differences(record: &Map<String, Json>, row: &Map<String, Json>) -> Vec<Strin
                 };
                 check(field, got.into(), want.into());
             }
+            "origin" => {
+                // Null: the record's own enriched position is its origin (schemas/README.md).
+                let want = |column: &str| row[column].clone();
+                let (topic, stream, partition, offset) = match value {
+                    Json::Null => (
+                        want("kafka_topic"),
+                        want("kafka_stream_hex"),
+                        want("kafka_partition"),
+                        want("kafka_offset"),
+                    ),
+                    o => (
+                        o["topic"].clone(),
+                        o["stream"].clone(),
+                        o["partition"].clone(),
+                        o["offset"].clone(),
+                    ),
+                };
+                check("origin.topic", topic, want("origin_topic"));
+                check("origin.stream", stream, want("origin_stream_hex"));
+                check("origin.partition", partition, want("origin_partition"));
+                check("origin.offset", offset, want("origin_offset"));
+            }
             _ if !row.contains_key(field) => {
                 check(field, value.clone(), "(no column in flows)".into())
             }
@@ -336,9 +358,11 @@ async fn python_and_rust_consumers_read_what_clickhouse_stored() {
         chdb.port,
         "POST",
         "/?output_format_json_quote_64bit_integers=0",
-        "SELECT *, toUnixTimestamp64Nano(time_flow_start) AS time_flow_start_ns, \
+        "SELECT * EXCEPT (origin_stream, kafka_stream), toUnixTimestamp64Nano(time_flow_start) AS time_flow_start_ns, \
          toUnixTimestamp64Nano(time_flow_end) AS time_flow_end_ns, \
-         toUnixTimestamp64Nano(time_exported) AS time_exported_ns FROM flows FORMAT JSONEachRow",
+         toUnixTimestamp64Nano(time_exported) AS time_exported_ns, \
+         lower(hex(origin_stream)) AS origin_stream_hex, lower(hex(kafka_stream)) AS kafka_stream_hex \
+         FROM flows FORMAT JSONEachRow",
     );
     assert_eq!(status, 200, "{body}");
     let rows: BTreeMap<(i64, i64), Map<String, Json>> = body

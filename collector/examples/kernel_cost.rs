@@ -8,10 +8,9 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use flowlens_collector::drain::Drainer;
 use flowlens_collector::filter::Filters;
-use flowlens_collector::probe::Probe;
-use flowlens_collector::table::{FlowTable, Timeouts};
+use flowlens_collector::programs::Programs;
+use flowlens_collector::table::{FlowTable, TableReader, Timeouts};
 use flowlens_common::INGRESS_PROGRAM;
 
 /// The `test` member of `union bpf_attr`.
@@ -171,7 +170,7 @@ fn main() -> anyhow::Result<()> {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(1);
-        let probe = Probe::load(table_size, sampling, &Filters::default())?;
+        let probe = Programs::load(table_size, sampling, &Filters::default())?;
         let prog = probe.program_fd(INGRESS_PROGRAM)?;
         let frames: Vec<[u8; 60]> = (0..n).map(frame).collect();
         // First pass creates the flows; the next rounds hit live entries.
@@ -199,7 +198,7 @@ fn main() -> anyhow::Result<()> {
         // One scan of the user-space side over the n live flows: batched read, CPU merge,
         // pairing into conversations, deltas.
         let mut table = FlowTable::new(
-            Drainer::new(
+            TableReader::new(
                 8192,
                 aya::util::nr_cpus().map_err(|(w, e)| anyhow::anyhow!("{w}: {e}"))?,
             ),
@@ -212,14 +211,14 @@ fn main() -> anyhow::Result<()> {
         // The kernel's part alone: one batched read of the table (no pairing, no deltas).
         let mut entries = Vec::with_capacity(n as usize);
         let started = std::time::Instant::now();
-        let mut drainer = Drainer::new(
+        let mut reader = TableReader::new(
             std::env::var("DRAIN_BATCH")
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(8192),
             aya::util::nr_cpus().map_err(|(w, e)| anyhow::anyhow!("{w}: {e}"))?,
         );
-        drainer.read_all(probe.flows_fd(), false, &mut entries)?;
+        reader.read_all(probe.flows_fd(), false, &mut entries)?;
         let read_ms = started.elapsed().as_secs_f64() * 1e3;
         drop(entries);
         let mut out = Vec::new();

@@ -13,17 +13,17 @@ use flowlens_common::{
 use flowlens_runtime::Shutdown;
 use flowlens_schemas::Interface;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::conversation::duplicates;
-use crate::drain::Drainer;
 use crate::interfaces::{self, InterfaceInfo};
 use crate::netns;
-use crate::probe::Probe;
+use crate::programs::Programs;
 use crate::publish::{Delivery, Publisher};
 
-use crate::record::{add_socket_fields, drop_only, raw_flow, Clock};
+use crate::raw_flow::{add_socket_fields, drop_only, raw_flow};
 use crate::sockets::{SocketOptions, SocketStats};
-use crate::table::{Exported, FlowTable, Timeouts};
+use crate::table::{Exported, FlowTable, TableReader, Timeouts};
 
 /// Runs the collector until `shutdown` fires.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
@@ -47,7 +47,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     .context("creating the Kafka producer")?
     .with_max_in_flight(c.max_in_flight as usize);
 
-    let mut probe = Probe::load_with_sockets(
+    let mut probe = Programs::load_with_sockets(
         c.table_size,
         c.sampling,
         &c.filter.parse()?,
@@ -60,9 +60,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     )?;
     let sockets = if c.socket_metrics {
         Some(SocketStats::new(
-            &mut probe,
+            probe
+                .take_sockets()
+                .context("the socket maps were already taken")?,
             Duration::from_millis(c.idle_timeout_ms),
-        )?)
+        ))
     } else {
         None
     };
@@ -111,7 +113,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     let mut exporter = Exporter {
         table: FlowTable::new(
-            Drainer::new(c.drain_batch, cpus),
+            TableReader::new(c.drain_batch, cpus),
             Timeouts {
                 idle_ns: c.idle_timeout_ms * 1_000_000,
                 closed_ns: c.closed_timeout_ms * 1_000_000,
@@ -201,7 +203,7 @@ fn targets(
 /// Brings attachments in line with the interfaces present now: attach to new matches, forget
 /// interfaces that are gone or were re-created under the same name.
 fn reconcile(
-    probe: &mut Probe,
+    probe: &mut Programs,
     attached: &mut BTreeMap<String, u32>,
     wanted: &[String],
     now: &BTreeMap<u32, InterfaceInfo>,
@@ -242,7 +244,7 @@ fn reconcile(
 
 /// The outer addresses of an inner flow's A->B packets (from the B->A entry, swapped, when A
 /// sent nothing in this interval).
-fn tunnel_outer(probe: &Probe, e: &Exported) -> Option<TunnelOuter> {
+fn tunnel_outer(probe: &Programs, e: &Exported) -> Option<TunnelOuter> {
     let c = &e.conversation;
     let key = c.key();
     if let Some(o) = probe.tunnel_outer(&key) {
@@ -282,7 +284,7 @@ impl Exporter {
     /// One scan: read the kernel table, publish what every flow added, update the metrics.
     async fn export(
         &mut self,
-        probe: &Probe,
+        probe: &Programs,
         publisher: &Publisher,
         scan: Scan,
     ) -> anyhow::Result<()> {

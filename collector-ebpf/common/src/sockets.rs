@@ -1,6 +1,6 @@
 //! Types shared by the socket programs (collector-ebpf/src/sockets.rs: TCP RTT and retransmits,
 //! packet drops with the kernel's reason, the process owning a socket) and their reader
-//! (collector/src/sockets.rs). `#[repr(C)]` with explicit padding; keys are fully zeroed before
+//! (collector/src/sockets/). `#[repr(C)]` with explicit padding; keys are fully zeroed before
 //! they are filled.
 //!
 //! aya-ebpf has no CO-RE, so the programs never hard-code a kernel struct offset: user space

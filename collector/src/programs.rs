@@ -1,7 +1,7 @@
 //! Loading the kernel programs and maps (aya) and attaching them with TCX to the ingress and
 //! egress of the chosen interfaces; loading and attaching the socket programs (TCP RTT and
-//! retransmits, drops, socket owners: `crate::sockets`), which fail soft. Dropping the [`Probe`]
-//! detaches everything.
+//! retransmits, drops, socket owners: `crate::sockets`), which fail soft. Dropping the
+//! [`Programs`] detaches everything.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -12,6 +12,10 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use aya::programs::tc::{SchedClassifierLinkId, TcAttachType};
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
+use flowlens_common::sockets::{
+    KFREE_SKB_PROGRAM, SOCK_OWNER_KPROBE_PROGRAM, SOCK_OWNER_PROGRAM, TCP_PROBE_PROGRAM,
+    TCP_RETRANSMIT_ERR_PROGRAM, TCP_RETRANSMIT_PROGRAM,
+};
 use flowlens_common::{
     FlowKey, TunnelOuter, COUNTERS_MAP, COUNTER_COUNT, EGRESS_PROGRAM, FILTERS_GLOBAL, FLOWS_MAP,
     INGRESS_PROGRAM, SAMPLING_GLOBAL, TUNNELS_MAP,
@@ -24,7 +28,7 @@ use crate::sockets::{SocketOptions, SocketPlan, SocketProbes};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlens"));
 
 /// Loaded programs, the flow table and the counters.
-pub struct Probe {
+pub struct Programs {
     ebpf: Ebpf,
     flows: MapData,
     counters: PerCpuArray<MapData, u64>,
@@ -36,14 +40,14 @@ pub struct Probe {
     sockets: Option<SocketProbes>,
 }
 
-impl Probe {
+impl Programs {
     /// Loads the programs with a flow table of `table_size` entries, 1:`sampling` packet
     /// sampling and the given filters.
     pub fn load(table_size: u32, sampling: u32, filters: &Filters) -> anyhow::Result<Self> {
         Self::load_with_sockets(table_size, sampling, filters, &SocketOptions::default())
     }
 
-    /// [`Probe::load`] with the socket programs configured by `sockets`. A socket feature the
+    /// [`Programs::load`] with the socket programs configured by `sockets`. A socket feature the
     /// kernel cannot support (tracepoint, BTF type or permission missing) is disabled with a
     /// warning naming what is missing; the flow programs are unaffected.
     pub fn load_with_sockets(
@@ -162,6 +166,25 @@ impl Probe {
     pub fn program_cost(&self, name: &str) -> Option<(Duration, u64)> {
         let info = self.ebpf.program(name)?.info().ok()?;
         Some((info.run_time(), info.run_count()))
+    }
+
+    /// Kernel run time and runs of each loaded socket program (0 unless
+    /// kernel.bpf_stats_enabled=1).
+    pub fn socket_cost(&self) -> Vec<(&'static str, Duration, u64)> {
+        [
+            TCP_PROBE_PROGRAM,
+            TCP_RETRANSMIT_PROGRAM,
+            TCP_RETRANSMIT_ERR_PROGRAM,
+            KFREE_SKB_PROGRAM,
+            SOCK_OWNER_PROGRAM,
+            SOCK_OWNER_KPROBE_PROGRAM,
+        ]
+        .into_iter()
+        .filter_map(|name| {
+            let (time, runs) = self.program_cost(name)?;
+            (runs > 0 || time > Duration::ZERO).then_some((name, time, runs))
+        })
+        .collect()
     }
 
     /// Hands over the socket programs' maps (once; `None` afterwards).

@@ -1,97 +1,18 @@
-//! Flow table management: every scan exports what each conversation added since the last export
-//! (active timeout = the scan interval) while live flows stay in the kernel table, so the
-//! per-packet path never pays a re-insert; conversations idle longer than the idle timeout, or
-//! TCP-closed (RST, FIN both ways) and quiet for the closed timeout, are taken out atomically
-//! (lookup-and-delete of each direction's key) with their last counts. At shutdown the whole
-//! table is drained.
+//! The ledger of live kernel entries kept between scans: each entry indexed once to its
+//! conversation's slot, what each side already exported, and the deltas and endings a scan
+//! exports.
 
 use std::io;
-use std::os::fd::BorrowedFd;
 
 use flowlens_common::{FlowKey, FlowStats};
 
+use super::{Exported, Timeouts};
 use crate::conversation::{fast_map, Conversation, Ending, FastMap};
-use crate::drain::Drainer;
-
-/// What one scan found.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ScanStats {
-    /// Entries in the kernel table when it was read.
-    pub entries: usize,
-    /// Entries removed from the kernel table (idle or closed conversations).
-    pub evicted: usize,
-    pub syscalls: usize,
-}
-
-/// One conversation's part of a scan: what each direction added since its previous export
-/// (`None` for a direction with nothing new), and whether this is its last record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Exported {
-    pub conversation: Conversation,
-    pub ending: Ending,
-}
-
-/// Table timing: idle flows leave after `idle_ns`, closed TCP conversations after `closed_ns`
-/// of quiet; `bidirectional` joins the two directions of a conversation.
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    pub idle_ns: u64,
-    pub closed_ns: u64,
-    pub bidirectional: bool,
-}
-
-/// The user-space side of the kernel table: batched reads through the drainer, and the ledger
-/// of what each live entry already exported.
-pub struct FlowTable {
-    drainer: Drainer,
-    ledger: Ledger,
-}
-
-impl FlowTable {
-    pub fn new(drainer: Drainer, timeouts: Timeouts) -> Self {
-        Self {
-            drainer,
-            ledger: Ledger::new(timeouts),
-        }
-    }
-
-    /// Reads the table; appends to `out` each conversation's counts since its previous export,
-    /// and evicts conversations that ended (idle, or TCP closed and quiet) at `now_ns`
-    /// (monotonic clock), both directions at once.
-    pub fn scan(
-        &mut self,
-        map: BorrowedFd<'_>,
-        now_ns: u64,
-        out: &mut Vec<Exported>,
-    ) -> io::Result<ScanStats> {
-        self.ledger.read.clear();
-        let syscalls = self.drainer.read_all(map, false, &mut self.ledger.read)?;
-        let entries = self.ledger.read.len();
-        let drainer = &mut self.drainer;
-        let evicted = self
-            .ledger
-            .export_read(now_ns, out, |key| drainer.take(map, key))?;
-        Ok(ScanStats {
-            entries,
-            evicted,
-            syscalls: syscalls + evicted,
-        })
-    }
-
-    /// Empties the kernel table and appends every conversation's counts since its previous
-    /// export, all ending with `Ending::Shutdown` (or FIN/RST when the TCP end was seen).
-    pub fn drain(&mut self, map: BorrowedFd<'_>, out: &mut Vec<Exported>) -> io::Result<usize> {
-        self.ledger.read.clear();
-        let calls = self.drainer.read_all(map, true, &mut self.ledger.read)?;
-        self.ledger.export_all(out);
-        Ok(calls)
-    }
-}
 
 /// What was exported of every live kernel entry, kept between scans. Each entry is indexed
 /// once to its conversation's slot, so a scan costs one hash lookup per live entry: pairing the
 /// two directions and remembering the exported counts need no per-scan maps.
-struct Ledger {
+pub(super) struct Ledger {
     timeouts: Timeouts,
     /// Kernel key -> `slot << 1 | side` of its conversation.
     index: FastMap<FlowKey, u32>,
@@ -101,7 +22,7 @@ struct Ledger {
     generation: u32,
     /// The entries of the current scan's table read, and the slots they touched (in read
     /// order).
-    read: Vec<(FlowKey, FlowStats)>,
+    pub(super) read: Vec<(FlowKey, FlowStats)>,
     touched: Vec<u32>,
 }
 
@@ -133,7 +54,7 @@ struct Baseline {
 }
 
 impl Ledger {
-    fn new(timeouts: Timeouts) -> Self {
+    pub(super) fn new(timeouts: Timeouts) -> Self {
         Self {
             timeouts,
             index: fast_map(0),
@@ -148,7 +69,7 @@ impl Ledger {
     /// Exports what every conversation in `read` added (see [`FlowTable::scan`]); `take`
     /// removes an ended conversation's entry from the kernel and returns its last counts.
     /// Returns the number of entries removed.
-    fn export_read(
+    pub(super) fn export_read(
         &mut self,
         now_ns: u64,
         out: &mut Vec<Exported>,
@@ -185,7 +106,7 @@ impl Ledger {
     }
 
     /// Exports every conversation in `read` as ended (the table was emptied) and forgets all.
-    fn export_all(&mut self, out: &mut Vec<Exported>) {
+    pub(super) fn export_all(&mut self, out: &mut Vec<Exported>) {
         self.index_read();
         for i in 0..self.touched.len() {
             let slot = self.touched[i];

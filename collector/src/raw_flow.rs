@@ -1,6 +1,7 @@
-//! Turning an exported conversation (both directions' kernel entries, merged over CPUs) into an
-//! Avro `RawFlow`, with kernel monotonic timestamps converted to unix time, plus what the socket
-//! programs saw of it (RTT, retransmits, drops, owning processes).
+//! Builds the Avro `RawFlow` of an exported conversation (both directions' kernel entries), with
+//! kernel monotonic timestamps converted to unix time, plus what the socket programs saw of it
+//! (RTT, retransmits, drops, owning processes), and the drop-only records of conversations no
+//! watched interface saw.
 
 use std::net::Ipv6Addr;
 
@@ -9,50 +10,9 @@ use flowlens_common::{
 };
 use flowlens_schemas::{Direction, Process, RawFlow};
 
+use crate::clock::Clock;
 use crate::sockets::{ConnExtras, Endpoint, ProcessInfo, SocketStats};
 use crate::table::Exported;
-
-/// Converts CLOCK_MONOTONIC (what `bpf_ktime_get_ns` returns) to unix time, sampled at one instant.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    realtime_ns: i64,
-    offset_ns: i64,
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        let mono = read_clock(libc::CLOCK_MONOTONIC);
-        let real = read_clock(libc::CLOCK_REALTIME);
-        Self {
-            realtime_ns: real,
-            offset_ns: real - mono,
-        }
-    }
-
-    pub fn to_unix_ns(self, monotonic_ns: u64) -> i64 {
-        monotonic_ns as i64 + self.offset_ns
-    }
-
-    pub fn unix_now_ns(self) -> i64 {
-        self.realtime_ns
-    }
-
-    /// The sampled instant on CLOCK_MONOTONIC (the kernel programs' clock).
-    pub fn monotonic_ns(self) -> u64 {
-        (self.realtime_ns - self.offset_ns) as u64
-    }
-}
-
-/// The time on `clock`, in nanoseconds.
-pub(crate) fn read_clock(clock: libc::clockid_t) -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and out pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-}
 
 /// Builds the Avro record for one conversation counted under 1:`sampling` sampling. `outer`
 /// holds the outer addresses of the A->B tunnel packets for an inner flow.
@@ -224,10 +184,7 @@ mod tests {
             },
             ending: Ending::Idle,
         };
-        let clock = Clock {
-            realtime_ns: 10_000,
-            offset_ns: 5_000,
-        };
+        let clock = crate::clock::tests::clock_at(10_000, 5_000);
         let outer = TunnelOuter {
             src_addr: [1; 16],
             dst_addr: [2; 16],
@@ -241,12 +198,5 @@ mod tests {
         assert_eq!((r.end_reason.as_str(), r.duplicate), ("idle", true));
         assert_eq!((r.tunnel.as_str(), r.tunnel_id), ("vxlan", 42));
         assert_eq!(r.outer_dst_addr, Some(Ipv6Addr::from([2; 16])));
-    }
-
-    #[test]
-    fn clock_is_consistent() {
-        let c = Clock::now();
-        let unix = c.to_unix_ns(read_clock(libc::CLOCK_MONOTONIC) as u64);
-        assert!((unix - c.unix_now_ns()).abs() < 1_000_000_000);
     }
 }

@@ -23,7 +23,7 @@ use crate::publish::{Delivery, Publisher};
 
 use crate::raw_flow::{add_socket_fields, drop_only, raw_flow};
 use crate::sockets::{SocketOptions, SocketStats};
-use crate::table::{Exported, FlowTable, TableReader, Timeouts};
+use crate::table::{Exported, FlowTable, Timeouts};
 
 /// Runs the collector until `shutdown` fires.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
@@ -110,10 +110,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         "collector running"
     );
 
-    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     let mut exporter = Exporter {
         table: FlowTable::new(
-            TableReader::new(c.drain_batch, cpus),
+            probe.flow_table()?,
             Timeouts {
                 idle_ns: c.idle_timeout_ms * 1_000_000,
                 closed_ns: c.closed_timeout_ms * 1_000_000,
@@ -295,14 +294,14 @@ impl Exporter {
             Scan::Interval => {
                 let s = self
                     .table
-                    .scan(probe.flows_fd(), clock.monotonic_ns(), &mut self.entries)
+                    .scan(clock.monotonic_ns(), &mut self.entries)
                     .context("reading the flow table")?;
                 (s.syscalls, s.entries, s.evicted)
             }
             Scan::Final => {
                 let calls = self
                     .table
-                    .drain(probe.flows_fd(), &mut self.entries)
+                    .drain(&mut self.entries)
                     .context("draining the flow table")?;
                 (calls, self.entries.len(), self.entries.len())
             }

@@ -41,10 +41,9 @@ pub struct CollectorConfig {
     /// for B->A). false: one record per direction, reverse_* always 0 (what RawFlow v1
     /// consumers expect).
     pub bidirectional: bool,
-    /// Maximum number of flows the kernel table holds (live flows plus those not yet idle).
+    /// Slots of the kernel flow table (rounded up to whole buckets of 8): one per flow
+    /// direction, live or not yet idle; 136 bytes of kernel memory each.
     pub table_size: u32,
-    /// Flows read per batched map syscall.
-    pub drain_batch: u32,
     /// Flow records queued in the Kafka producer and not yet acknowledged, at most: bounds the
     /// collector's memory at any number of flows.
     pub max_in_flight: u32,
@@ -75,7 +74,6 @@ impl Default for CollectorConfig {
             closed_timeout_ms: 1_000,
             bidirectional: true,
             table_size: 262_144,
-            drain_batch: 8_192,
             max_in_flight: 50_000,
             interface_refresh_ms: 10_000,
             sampling: 1,
@@ -112,13 +110,7 @@ impl Validate for Config {
             "collector.table_size",
             c.table_size.into(),
             1_024,
-            1 << 26,
-        )?;
-        flowlens_runtime::config::check_range(
-            "collector.drain_batch",
-            c.drain_batch.into(),
-            16,
-            1 << 20,
+            1 << 24,
         )?;
         flowlens_runtime::config::check_range(
             "collector.max_in_flight",

@@ -205,7 +205,9 @@ fn is_a(x: &(FlowKey, FlowStats), other: Option<&(FlowKey, FlowStats)>) -> bool 
 /// of every interface but one (the interface kept is the one of the record seen first, then the
 /// lowest interface index). Records of the same ends on one interface never mark each other:
 /// they count different packets (the two directions of a conversation on a mirror port, VLANs,
-/// ICMP errors each way). Returns one flag per conversation.
+/// ICMP errors each way). Overflow records (`FlowKey::overflow`: packets of flows without a
+/// slot, no ends to compare) are duplicates only as tunnels' inner packets. Returns one flag per
+/// conversation.
 pub fn duplicates<'a>(
     conversations: impl ExactSizeIterator<Item = &'a Conversation> + Clone,
 ) -> Vec<bool> {
@@ -213,7 +215,7 @@ pub fn duplicates<'a>(
     let mut kept: FastMap<Ends, (u64, u32)> = fast_map(conversations.len());
     for c in conversations.clone() {
         let key = c.key();
-        if key.tunnel == TUNNEL_NONE {
+        if key.tunnel == TUNNEL_NONE && !key.is_overflow() {
             let rank = (c.first_seen_ns(), key.ifindex);
             kept.entry(Ends::of(&key))
                 .and_modify(|r| *r = (*r).min(rank))
@@ -223,7 +225,8 @@ pub fn duplicates<'a>(
     conversations
         .map(|c| {
             let key = c.key();
-            key.tunnel != TUNNEL_NONE || kept[&Ends::of(&key)].1 != key.ifindex
+            key.tunnel != TUNNEL_NONE
+                || (!key.is_overflow() && kept[&Ends::of(&key)].1 != key.ifindex)
         })
         .collect()
 }

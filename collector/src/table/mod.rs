@@ -1,20 +1,21 @@
 //! Flow table management: every scan exports what each conversation added since the last export
 //! (active timeout = the scan interval) while live flows stay in the kernel table, so the
 //! per-packet path never pays a re-insert; conversations idle longer than the idle timeout, or
-//! TCP-closed (RST, FIN both ways) and quiet for the closed timeout, are taken out atomically
-//! (lookup-and-delete of each direction's key) with their last counts. At shutdown the whole
+//! TCP-closed (RST, FIN both ways) and quiet for the closed timeout, are taken out (each
+//! direction's slots marked dead, kernel.rs) with their last counts. At shutdown the whole
 //! table is drained.
 
 use std::io;
-use std::os::fd::BorrowedFd;
+
+use flowlens_common::{FlowKey, FlowStats};
 
 use crate::conversation::{Conversation, Ending};
 
+mod kernel;
 mod ledger;
-mod reader;
 
+pub use kernel::{KernelTable, ReadStats, GRACE_NS};
 use ledger::Ledger;
-pub use reader::TableReader;
 
 /// What one scan found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -43,50 +44,70 @@ pub struct Timeouts {
     pub bidirectional: bool,
 }
 
-/// The user-space side of the kernel table: batched reads through the reader, and the ledger
-/// of what each live entry already exported.
+/// The user-space side of the kernel table: its mapping, and the ledger of what each live entry
+/// already exported.
 pub struct FlowTable {
-    reader: TableReader,
+    kernel: KernelTable,
     ledger: Ledger,
+    /// Entries that are not the ledger's: what reached taken slots, overflow counts.
+    extra: Vec<(FlowKey, FlowStats)>,
 }
 
 impl FlowTable {
-    pub fn new(reader: TableReader, timeouts: Timeouts) -> Self {
+    pub fn new(kernel: KernelTable, timeouts: Timeouts) -> Self {
         Self {
-            reader,
+            kernel,
             ledger: Ledger::new(timeouts),
+            extra: Vec::new(),
         }
     }
 
     /// Reads the table; appends to `out` each conversation's counts since its previous export,
-    /// and evicts conversations that ended (idle, or TCP closed and quiet) at `now_ns`
-    /// (monotonic clock), both directions at once.
-    pub fn scan(
-        &mut self,
-        map: BorrowedFd<'_>,
-        now_ns: u64,
-        out: &mut Vec<Exported>,
-    ) -> io::Result<ScanStats> {
-        self.ledger.read.clear();
-        let syscalls = self.reader.read_all(map, false, &mut self.ledger.read)?;
+    /// and takes out conversations that ended (idle, or TCP closed and quiet) at `now_ns`
+    /// (monotonic clock), both directions at once. Also appended: packets that reached a flow
+    /// in the instant it was taken out (a record of their own, ending `idle`, one grace period
+    /// later) and the packets of flows that found no room (per interface, see
+    /// `FlowKey::overflow`).
+    pub fn scan(&mut self, now_ns: u64, out: &mut Vec<Exported>) -> io::Result<ScanStats> {
+        self.extra.clear();
+        self.kernel
+            .read(now_ns, &mut self.ledger.read, &mut self.extra);
         let entries = self.ledger.read.len();
-        let reader = &mut self.reader;
+        let kernel = &mut self.kernel;
         let evicted = self
             .ledger
-            .export_read(now_ns, out, |key| reader.take(map, key))?;
+            .export_read(now_ns, out, |key| Ok(kernel.take(key, now_ns)))?;
+        self.push_extra(out, Ending::Idle);
+        let syscalls = self.kernel.read_overflow(&mut self.extra)?;
+        self.push_extra(out, Ending::Open);
         Ok(ScanStats {
             entries,
             evicted,
-            syscalls: syscalls + evicted,
+            syscalls,
         })
     }
 
     /// Empties the kernel table and appends every conversation's counts since its previous
     /// export, all ending with `Ending::Shutdown` (or FIN/RST when the TCP end was seen).
-    pub fn drain(&mut self, map: BorrowedFd<'_>, out: &mut Vec<Exported>) -> io::Result<usize> {
-        self.ledger.read.clear();
-        let calls = self.reader.read_all(map, true, &mut self.ledger.read)?;
+    /// Returns the number of system calls made.
+    pub fn drain(&mut self, out: &mut Vec<Exported>) -> io::Result<usize> {
+        self.kernel.take_all(&mut self.ledger.read);
         self.ledger.export_all(out);
-        Ok(calls)
+        self.extra.clear();
+        let syscalls = self.kernel.read_overflow(&mut self.extra)?;
+        self.push_extra(out, Ending::Shutdown);
+        Ok(syscalls)
+    }
+
+    /// The table's layout (for metrics and logs).
+    pub fn layout(&self) -> flowlens_common::table::TableLayout {
+        self.kernel.layout()
+    }
+
+    fn push_extra(&mut self, out: &mut Vec<Exported>, ending: Ending) {
+        out.extend(self.extra.drain(..).map(|entry| Exported {
+            conversation: Conversation::one_way(entry),
+            ending,
+        }));
     }
 }

@@ -6,6 +6,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
+    helpers::bpf_get_smp_processor_id,
     macros::map,
     maps::{Array, PerCpuArray, PerCpuHashMap},
 };
@@ -122,10 +123,26 @@ fn answered(key: &FlowKey) -> bool {
     false
 }
 
-/// How many live slots hold `key` (more than one when two CPUs created it at once). A function
-/// of its own: the first packet of a flow calls it up to three times.
-#[inline(never)]
+/// How many live slots hold `key` (more than one when two CPUs created it at once).
+#[inline(always)]
 fn live_slots(key: &FlowKey) -> u32 {
+    flowlens_live_slots(key) as u32
+}
+
+/// [`live_slots`] as a global BPF function: the first packet of a flow calls it up to three
+/// times, the verifier checks it once.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn flowlens_live_slots(key: *const FlowKey) -> u64 {
+    // SAFETY: the verifier checks the pointer's type (56 readable bytes) or null.
+    let Some(key) = (unsafe { key.as_ref() }) else {
+        return 0;
+    };
+    count_live(key) as u64
+}
+
+#[inline(always)]
+fn count_live(key: &FlowKey) -> u32 {
     let (buckets, seed) = layout();
     let hash = flow_hash(key, seed);
     let (first, second) = buckets_of(hash, buckets);
@@ -223,14 +240,21 @@ fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
 
 #[inline(always)]
 fn update(slot: *mut FlowSlot, packets: u64, bytes: u64, tcp_flags: u16, now: u64) {
-    // SAFETY: a live slot of the table; every CPU writes its counters with atomics only.
+    let flags = tcp_flags as u64;
+    // SAFETY: a live slot of the table. Its owner CPU is the only writer of `packets` and
+    // `bytes` (one TC program at a time per CPU); the others add atomically.
     unsafe {
-        atomic::add(&raw mut (*slot).packets, packets);
-        atomic::add(&raw mut (*slot).bytes, bytes);
-        core::ptr::write_volatile(&raw mut (*slot).last_seen_ns, now);
-        let flags = tcp_flags as u64;
-        if flags & !core::ptr::read_volatile(&raw const (*slot).flags) != 0 {
-            atomic::or(&raw mut (*slot).flags, flags);
+        let slot = &mut *slot;
+        if slot.owner_cpu == bpf_get_smp_processor_id() {
+            slot.packets += packets;
+            slot.bytes += bytes;
+        } else {
+            atomic::add(&raw mut slot.shared_packets, packets);
+            atomic::add(&raw mut slot.shared_bytes, bytes);
+        }
+        core::ptr::write_volatile(&raw mut slot.last_seen_ns, now);
+        if flags & !core::ptr::read_volatile(&raw const slot.flags) != 0 {
+            atomic::or(&raw mut slot.flags, flags);
         }
     }
 }
@@ -274,6 +298,9 @@ fn new_flow(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u16, now: u64) -
                 (*slot).first_seen_ns = now;
                 (*slot).last_seen_ns = now;
                 (*slot).flags = flags;
+                (*slot).shared_packets = 0;
+                (*slot).shared_bytes = 0;
+                (*slot).owner_cpu = bpf_get_smp_processor_id();
                 let live = tag(hash, TAG_LIVE);
                 atomic::compare_exchange(t, busy, live);
                 // Another CPU may have created the same flow meanwhile: whichever of the two

@@ -89,56 +89,16 @@ fn run(prog: BorrowedFd<'_>, data: &[u8], repeat: u32) -> u32 {
     attr.duration
 }
 
-/// A sched_cls program that only returns TC_ACT_UNSPEC: the fixed cost of BPF_PROG_TEST_RUN
-/// and the program call, subtracted from nothing but printed as the baseline.
-fn empty_program() -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    #[repr(C)]
-    #[derive(Default)]
-    struct LoadAttr {
-        prog_type: u32,
-        insn_cnt: u32,
-        insns: u64,
-        license: u64,
-        log_level: u32,
-        log_size: u32,
-        log_buf: u64,
-        kern_version: u32,
-        prog_flags: u32,
-        prog_name: [u8; 16],
-    }
-    // r0 = -1; exit
-    let insns: [u64; 2] = [0xffff_ffff_0000_00b7, 0x0000_0000_0000_0095];
-    let license = b"GPL\0";
-    let attr = LoadAttr {
-        prog_type: 3, // BPF_PROG_TYPE_SCHED_CLS
-        insn_cnt: 2,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        ..Default::default()
-    };
-    // SAFETY: attr and the instruction buffer outlive the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            5,
-            &attr as *const LoadAttr,
-            std::mem::size_of::<LoadAttr>(),
-        )
-    };
-    assert!(
-        fd >= 0,
-        "BPF_PROG_LOAD: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a fresh fd we own.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
-}
+/// The benchmark's empty program (returns at once): the fixed cost of BPF_PROG_TEST_RUN and the
+/// program call, printed as the baseline.
+#[path = "../../bench/collector/empty_program.rs"]
+#[allow(dead_code)]
+mod empty_program;
 
 fn main() -> anyhow::Result<()> {
     {
         use std::os::fd::AsFd;
-        let empty = empty_program();
+        let empty = empty_program::load("flowlens_empty")?;
         let f = frame(0);
         println!(
             "baseline (empty program): {} ns/run (min of 20 x5k), {} ns (1 run per call)",

@@ -437,7 +437,7 @@ mod tests {
             first_seen_ns: 10,
             last_seen_ns: 10 + packets,
             flags: flags | (FLOW_INITIATOR as u64) << SLOT_FLOW_FLAGS_SHIFT,
-            _reserved: [0; 4],
+            ..FlowSlot::default()
         };
         // SAFETY: a writable test mapping, in bounds.
         unsafe { std::ptr::write((t.slots.at as *mut FlowSlot).add(s), slot) };

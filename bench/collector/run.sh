@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Collector benchmark: the same generated traffic (bench/collector/pktgen.rs, AF_PACKET +
 # sendmmsg, 60-byte UDP frames) over a veth pair between two namespaces, received on fbB's veth,
-# with no collector, with flowlens, and with the libpcap peers from Debian (pmacctd, softflowd,
-# nfpcapd) attached to the receiving side, one after the other in the same run.
+# with no collector, with an empty TC program (the floor: bench/collector/empty_tc.rs, attached
+# with TCX like flowlens), with flowlens, and with the libpcap peers from Debian (pmacctd,
+# softflowd, nfpcapd) attached to the receiving side, one after the other in the same run.
 #
 #   sudo bench/collector/run.sh                 # 16, 100k and 1M flows, max rate, 30 s each
 #   FLOWS="16" SECONDS_PER_RUN=4 SCAN_MS=1000 sudo bench/collector/run.sh
 #
 # Reports per run: packets received by the veth per second (top rate; on a veth the receive
-# work runs on the sender's CPU, so a collector that slows the receive path lowers it), packets
-# accounted by the collector / received, collector CPU (% of one core), softirq CPU, collector
-# RSS, and for flowlens the longest table read (drain) and the kernel ns/packet from bpf_stats.
-# bpf_stats costs time on every packet, so it is off while rates and CPU are measured and on only
-# in a second, shorter pass of the same traffic for the ns/packet column.
+# work runs on the sender's CPU, so a collector that slows the receive path lowers it), that rate
+# against no program and against the empty program, packets accounted by the collector /
+# received, collector CPU (% of one core), softirq CPU, total CPU per received packet (softirq +
+# collector process), collector RSS (peak, which for flowlens includes the kernel flow table it
+# maps, and private memory at the end), and for flowlens the longest table read (drain) and the
+# kernel ns/packet from bpf_stats (for the empty program too, and for the drop program with the
+# socket programs on: the receiving stack drops every generated frame). bpf_stats costs time on
+# every packet, so it is off while rates and CPU are measured and on only in a second, shorter
+# pass of the same traffic for the ns/packet columns.
 # Writes bench/results/collector.md and its plot, collector.png.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,7 +31,9 @@ SCAN_MS=${SCAN_MS:-10000}
 # flowlens: flow accounting only (what the peers do); flowlens+sockets: with the socket
 # programs too (RTT, retransmits, drops with reason, processes). This traffic goes to a port
 # nothing listens on, so every packet is a kernel drop that the drop tracepoint records.
-MODES=${MODES:-"none flowlens flowlens+sockets pmacctd softflowd nfpcapd"}
+MODES=${MODES:-"none empty flowlens flowlens+sockets pmacctd softflowd nfpcapd"}
+# flowlens table slots: two per flow of the largest run keeps every flow in the table.
+TABLE_SIZE=${TABLE_SIZE:-2097152}
 OUT=${OUT:-$REPO/bench/results/collector.md}
 WORK=$(mktemp -d /tmp/flowlens-bench.XXXX)
 A=fbA B=fbB
@@ -40,6 +47,7 @@ for p in pmacct softflowd nfdump bpftool; do
 done
 cargo build --release -q -p flowlens-collector -p flowlens-bench
 mkdir -p target && rustc -O --edition 2021 bench/collector/pktgen.rs -o target/pktgen
+rustc -O --edition 2021 bench/collector/empty_tc.rs -o target/empty_tc
 COLLECTOR=${CARGO_TARGET_DIR:-$REPO/target}/release/flowlens-collector
 
 cleanup() {
@@ -62,27 +70,35 @@ rx_packets() { ip -n $B -s -j link show vB | python3 -c 'import json,sys; print(
 softirq_jiffies() { awk '/^cpu /{print $8}' /proc/stat; }
 proc_jiffies() { awk '{print $14+$15}' /proc/$1/stat 2>/dev/null || echo 0; }
 rss_mb() { awk '/VmHWM/{printf "%.0f", $2/1024}' /proc/$1/status 2>/dev/null || echo 0; }
-bpf_cost() { # total run_time_ns run_cnt of flowlens programs
+private_mb() { awk '/RssAnon/{printf "%.0f", $2/1024}' /proc/$1/status 2>/dev/null || echo 0; }
+bpf_cost() { # total run_time_ns run_cnt of the programs named (full, or cut at 15 chars without BTF)
   bpftool prog show -j 2>/dev/null | python3 -c '
 import json,sys
+names=sys.argv[1:]
 t=c=0
 for p in json.load(sys.stdin):
-    if p.get("name","") in ("flowlens_ingres", "flowlens_egress", "flowlens_ingress"):
+    if p.get("name","") in names:
         t+=p.get("run_time_ns",0); c+=p.get("run_cnt",0)
-print(t, c)'; }
+print(t, c)' "$@"; }
+TC_PROGRAMS="flowlens_ingress flowlens_ingres flowlens_egress flowlens_empty"
+DROP_PROGRAM="flowlens_kfree_skb flowlens_kfree_"
 metric() { curl -fsS http://127.0.0.1:9191/metrics 2>/dev/null | awk -v m="$1" '$1==m{print $2}'; }
 HZ=$(getconf CLK_TCK)
 
 start_collector() { # mode flows -> sets CPID
   case $1 in
     none) CPID= ;;
+    empty)
+      ip netns exec $B "$REPO/target/empty_tc" vB >"$WORK/empty.log" 2>&1 &
+      CPID=$!
+      for _ in $(seq 1 50); do grep -q attached "$WORK/empty.log" && break; sleep 0.1; done ;;
     flowlens|flowlens+sockets)
       sockets=false; [ "$1" = flowlens+sockets ] && sockets=true
       FLOWLENS_COLLECTOR__COLLECTOR__SOCKET_METRICS=$sockets \
       FLOWLENS_COLLECTOR__KAFKA__BROKERS=127.0.0.1:$KAFKA_PORT \
       FLOWLENS_COLLECTOR__KAFKA__TOPICS__RAW_FLOWS=bench.raw.$2 \
       FLOWLENS_COLLECTOR__COLLECTOR__NETNS=$B FLOWLENS_COLLECTOR__COLLECTOR__INTERFACES=vB \
-      FLOWLENS_COLLECTOR__COLLECTOR__TABLE_SIZE=2097152 \
+      FLOWLENS_COLLECTOR__COLLECTOR__TABLE_SIZE=$TABLE_SIZE \
       FLOWLENS_COLLECTOR__COLLECTOR__SCAN_INTERVAL_MS=$SCAN_MS \
       FLOWLENS_COLLECTOR__TELEMETRY__METRICS_LISTEN=127.0.0.1:9191 \
       FLOWLENS_COLLECTOR__TELEMETRY__LOG_FORMAT=json \
@@ -144,10 +160,10 @@ PY
   esac
 }
 
-printf '| flows | collector | rx packets/s | vs none | accounted | collector CPU | softirq CPU | RSS MB | longest drain ms | kernel ns/pkt |\n' > "$WORK/table.md"
-printf '|---|---|---|---|---|---|---|---|---|---|\n' >> "$WORK/table.md"
+printf '| flows | collector | rx packets/s | vs none | vs empty | accounted | collector CPU | softirq CPU | total CPU ns/pkt | RSS MB | private MB | longest drain ms | kernel ns/pkt | drop program ns/pkt |\n' > "$WORK/table.md"
+printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n' >> "$WORK/table.md"
 for flows in $FLOWS; do
-  base=
+  base= empty_base=
   for mode in $MODES; do
     echo "[bench] flows=$flows collector=$mode" >&2
     start_collector $mode $flows
@@ -155,32 +171,39 @@ for flows in $FLOWS; do
     sent=$(ip netns exec $A "$REPO/target/pktgen" --ifname vA --flows "$flows" --seconds "$DUR" | awk '{print $2}')
     rx1=$(rx_packets); si1=$(softirq_jiffies); pj1=$( [ -n "${CPID:-}" ] && proc_jiffies $CPID || echo 0)
     rss=$( [ -n "${CPID:-}" ] && rss_mb $CPID || echo -)
-    t0=0 t1=0 c0=0 c1=0 drain=-
-    if [ "${mode%+sockets}" = flowlens ]; then
+    private=$( [ -n "${CPID:-}" ] && private_mb $CPID || echo -)
+    t0=0 t1=0 c0=0 c1=0 d0=0 d1=0 e0=0 e1=0 drain=-
+    if [ "$mode" = empty ] || [ "${mode%+sockets}" = flowlens ]; then
       # Second pass, bpf_stats on, for the kernel's own ns/packet.
       sysctl -q kernel.bpf_stats_enabled=1
-      read -r t0 c0 < <(bpf_cost)
+      read -r t0 c0 < <(bpf_cost $TC_PROGRAMS)
+      read -r d0 e0 < <(bpf_cost $DROP_PROGRAM)
       ip netns exec $A "$REPO/target/pktgen" --ifname vA --flows "$flows" --seconds "$STATS_DUR" >/dev/null
-      read -r t1 c1 < <(bpf_cost)
+      read -r t1 c1 < <(bpf_cost $TC_PROGRAMS)
+      read -r d1 e1 < <(bpf_cost $DROP_PROGRAM)
       sysctl -q kernel.bpf_stats_enabled=0
-      drain=$(metric 'flowlens_collector_drain_seconds{quantile="1"}')
+      [ "$mode" = empty ] || drain=$(metric 'flowlens_collector_drain_seconds{quantile="1"}')
     fi
     rx2=$(rx_packets)
     got=$(accounted $mode $flows || echo -)
     if [ -n "${CPID:-}" ]; then kill -TERM "$CPID" 2>/dev/null || true; wait "$CPID" 2>/dev/null || true; CPID=; fi
     rx=$((rx1 - rx0))
-    python3 - "$flows" "$mode" "$rx" "$DUR" "${base:-$rx}" "$got" "$((pj1 - pj0))" "$((si1 - si0))" "$HZ" "$rss" "$((t1 - t0))" "$((c1 - c0))" "$sent" "$((rx2 - rx0))" "${drain:--}" >> "$WORK/table.md" <<'PY'
+    python3 - "$flows" "$mode" "$rx" "$DUR" "${base:-$rx}" "${empty_base:--}" "$got" "$((pj1 - pj0))" "$((si1 - si0))" "$HZ" "$rss" "$private" "$((t1 - t0))" "$((c1 - c0))" "$((d1 - d0))" "$((e1 - e0))" "$sent" "$((rx2 - rx0))" "${drain:--}" >> "$WORK/table.md" <<'PY'
 import sys
-flows, mode, rx, dur, base, got, pj, si, hz, rss, t, c, sent, rx_all, drain = sys.argv[1:]
-rx, dur, base, pj, si, hz, t, c, rx_all = int(rx), float(dur), int(base), int(pj), int(si), int(hz), int(t), int(c), int(rx_all)
+flows, mode, rx, dur, base, empty_base, got, pj, si, hz, rss, private, t, c, dt, dc, sent, rx_all, drain = sys.argv[1:]
+rx, dur, base, pj, si, hz, t, c, dt, dc, rx_all = int(rx), float(dur), int(base), int(pj), int(si), int(hz), int(t), int(c), int(dt), int(dc), int(rx_all)
 # The collector counts both passes; so does rx_all.
 acc = "-" if got in ("-", "") else f"{100.0 * float(got) / rx_all:.1f} %" if rx_all else "-"
-ns = f"{t / c:.0f}" if mode.startswith("flowlens") and c else "-"
-cpu = "-" if mode == "none" else f"{100.0 * pj / hz / dur:.1f} %"
+ns = f"{t / c:.0f}" if (mode == "empty" or mode.startswith("flowlens")) and c else "-"
+drop = f"{dt / dc:.0f}" if mode == "flowlens+sockets" and dc else "-"
+cpu = "-" if mode in ("none", "empty") else f"{100.0 * pj / hz / dur:.1f} %"
+total = f"{1e9 * (si + pj) / hz / rx:.0f}" if rx else "-"
+vs_empty = "-" if empty_base == "-" else f"{100.0 * rx / int(empty_base):.0f} %"
 dr = "-" if drain in ("-", "") else f"{1000.0 * float(drain):.0f}"
-print(f"| {int(flows):,} | {mode} | {rx / dur:,.0f} | {100.0 * rx / base:.0f} % | {acc} | {cpu} | {100.0 * si / hz / dur:.0f} % | {rss} | {dr} | {ns} |")
+print(f"| {int(flows):,} | {mode} | {rx / dur:,.0f} | {100.0 * rx / base:.0f} % | {vs_empty} | {acc} | {cpu} | {100.0 * si / hz / dur:.0f} % | {total} | {rss} | {private} | {dr} | {ns} | {drop} |")
 PY
     [ "$mode" = none ] && base=$rx
+    [ "$mode" = empty ] && empty_base=$rx
     tail -n1 "$WORK/table.md" >&2
   done
 done
@@ -192,14 +215,19 @@ mkdir -p "$(dirname "$OUT")"
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(date -u +%Y-%m-%d)."
   echo "Command: \`FLOWS=\"$FLOWS\" SECONDS_PER_RUN=$DUR SCAN_MS=$SCAN_MS MODES=\"$MODES\" sudo bench/collector/run.sh\`"
   echo
-  echo "flowlens: scan interval $SCAN_MS ms (every live flow exported once per scan), table_size 2097152;"
+  echo "flowlens: scan interval $SCAN_MS ms (every live flow exported once per scan), table_size $TABLE_SIZE;"
   echo "rates and CPU measured with kernel.bpf_stats_enabled=0; kernel ns/pkt from a second"
-  echo "$STATS_DUR s pass of the same traffic with bpf_stats on; longest drain = the slowest read of the"
-  echo "kernel table (flowlens_collector_drain_seconds, max)."
+  echo "$STATS_DUR s pass of the same traffic with bpf_stats on (the empty program's too; drop program:"
+  echo "the socket programs' kfree_skb program, per dropped frame); longest drain = the slowest read"
+  echo "of the kernel table (flowlens_collector_drain_seconds, max)."
   echo
   echo "Traffic: 60-byte UDP frames from pktgen (AF_PACKET + sendmmsg) at maximum rate over a veth"
-  echo "pair; collectors attached to the receiving veth. \"vs none\" is the receive rate relative to"
-  echo "the same traffic with no collector in this run. Accounted: packets the collector reported /"
+  echo "pair; collectors attached to the receiving veth, whose stack drops every frame (addressed to"
+  echo "a MAC nobody owns). \"vs none\" / \"vs empty\" are the receive rate relative to the same"
+  echo "traffic with no program / with the empty TC program in this run. Total CPU ns/pkt: softirq"
+  echo "plus collector process CPU per received packet. RSS MB: the collector's peak (flowlens: with"
+  echo "the kernel flow table it maps, 136 B per slot); private MB: its own memory at the end of the"
+  echo "run. Accounted: packets the collector reported /"
   echo "packets the veth received (flowlens: its packets counter after the final scans; pmacctd:"
   echo "its CSV; nfpcapd: nfdump; softflowd exports NetFlow and is not counted here)."
   echo

@@ -77,7 +77,7 @@ fn account(ctx: &TcContext, direction: u8) {
     let Some(packet) = parse::parse(ctx, direction) else {
         return;
     };
-    if !wanted(&packet.key) {
+    if !wanted_flow(&packet.key) {
         count(COUNTER_FILTERED);
         return;
     }
@@ -108,26 +108,45 @@ fn account(ctx: &TcContext, direction: u8) {
     }
 }
 
-/// The in-kernel filters: every configured kind must match (addresses, ports, protocol).
+/// The in-kernel filters on a packet of flow `key`.
 #[inline(always)]
-fn wanted(key: &FlowKey) -> bool {
+fn wanted_flow(key: &FlowKey) -> bool {
+    wanted(
+        &key.src_addr,
+        &key.dst_addr,
+        key.src_port,
+        key.dst_port,
+        key.proto,
+    )
+}
+
+/// The in-kernel filters (`collector.filter`): every configured kind must match (addresses,
+/// ports, protocol; either end for addresses and ports). Used for flows and for dropped packets.
+#[inline(always)]
+pub(crate) fn wanted(
+    src_addr: &[u8; 16],
+    dst_addr: &[u8; 16],
+    src_port: u16,
+    dst_port: u16,
+    proto: u8,
+) -> bool {
     let filters = unsafe { core::ptr::read_volatile(&FILTERS) };
     if filters == 0 {
         return true;
     }
     if filters & FILTER_CIDR != 0
-        && FILTER_CIDRS.get(&Key::new(128, key.src_addr)).is_none()
-        && FILTER_CIDRS.get(&Key::new(128, key.dst_addr)).is_none()
+        && FILTER_CIDRS.get(&Key::new(128, *src_addr)).is_none()
+        && FILTER_CIDRS.get(&Key::new(128, *dst_addr)).is_none()
     {
         return false;
     }
     if filters & FILTER_PORT != 0
-        && unsafe { FILTER_PORTS.get(&key.src_port) }.is_none()
-        && unsafe { FILTER_PORTS.get(&key.dst_port) }.is_none()
+        && unsafe { FILTER_PORTS.get(&src_port) }.is_none()
+        && unsafe { FILTER_PORTS.get(&dst_port) }.is_none()
     {
         return false;
     }
-    if filters & FILTER_PROTOCOL != 0 && FILTER_PROTOCOLS.get(key.proto as u32) != Some(&1) {
+    if filters & FILTER_PROTOCOL != 0 && FILTER_PROTOCOLS.get(proto as u32) != Some(&1) {
         return false;
     }
     true

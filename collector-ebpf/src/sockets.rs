@@ -27,9 +27,9 @@ use aya_ebpf::{
 };
 use flowlens_common::sockets::{
     DropKey, DropStats, SockKey, SockOffsets, SockOwner, TcpConnStats, OFFSET_UNAVAILABLE,
-    SOCK_COUNTER_COUNT, SOCK_COUNTER_DROPS, SOCK_COUNTER_DROPS_UNPARSED, SOCK_COUNTER_MAP_FAILED,
-    SOCK_COUNTER_OWNER_WRITES, SOCK_COUNTER_READ_FAILED, SOCK_COUNTER_RETRANSMITS,
-    SOCK_COUNTER_RTT_SAMPLES, SOCK_WINDOW,
+    SOCK_COUNTER_COUNT, SOCK_COUNTER_DROPS, SOCK_COUNTER_DROPS_FILTERED,
+    SOCK_COUNTER_DROPS_UNPARSED, SOCK_COUNTER_MAP_FAILED, SOCK_COUNTER_OWNER_WRITES,
+    SOCK_COUNTER_READ_FAILED, SOCK_COUNTER_RETRANSMITS, SOCK_COUNTER_RTT_SAMPLES, SOCK_WINDOW,
 };
 
 const AF_INET: u16 = 2;
@@ -80,6 +80,12 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets {
     skb_tcp_gso_segs: OFFSET_UNAVAILABLE,
     reason_not_dropped: 0,
     reason_consumed: 1,
+    skb_dev: OFFSET_UNAVAILABLE,
+    skb_sk: OFFSET_UNAVAILABLE,
+    dev_net: OFFSET_UNAVAILABLE,
+    sock_net: OFFSET_UNAVAILABLE,
+    net_inum: OFFSET_UNAVAILABLE,
+    watched_netns: 0,
 };
 
 /// One offset, read so the compiler cannot fold the default (the loader rewrites the global).
@@ -205,10 +211,20 @@ pub fn flowlens_kfree_skb(ctx: RawTracePointContext) -> i32 {
         count(SOCK_COUNTER_DROPS_UNPARSED);
         return 0;
     };
+    if !crate::wanted(
+        &conv.src_addr,
+        &conv.dst_addr,
+        conv.src_port,
+        conv.dst_port,
+        conv.proto,
+    ) {
+        count(SOCK_COUNTER_DROPS_FILTERED);
+        return 0;
+    }
     let key = DropKey {
         conv,
         reason,
-        _pad: 0,
+        watched: watched(skb) as u32,
     };
     let now = unsafe { bpf_ktime_get_ns() };
     count(SOCK_COUNTER_DROPS);
@@ -238,6 +254,24 @@ fn add_drop(stats: *mut DropStats, len: u64, now: u64) {
         (*stats).packets += 1;
         (*stats).bytes += len;
         (*stats).last_ns = now;
+    }
+}
+
+/// Whether the dropped packet is in the collector's network namespace: its device's, or, before
+/// it has one (a local sender's packet), its socket's. True when that cannot be told.
+#[inline(always)]
+fn watched(skb: u64) -> bool {
+    let wanted = offset!(watched_netns);
+    if wanted == 0 {
+        return true;
+    }
+    let owner = match read::<u64>(skb, offset!(skb_dev)) {
+        Some(dev) if dev != 0 => read::<u64>(dev, offset!(dev_net)),
+        _ => read::<u64>(skb, offset!(skb_sk)).and_then(|sk| read::<u64>(sk, offset!(sock_net))),
+    };
+    match owner.and_then(|net| read::<u32>(net, offset!(net_inum))) {
+        Some(inum) => inum == wanted,
+        None => true,
     }
 }
 

@@ -13,7 +13,7 @@ use flowlens_common::{
 use flowlens_runtime::Shutdown;
 use flowlens_schemas::Interface;
 
-use crate::clock::Clock;
+use crate::clock::{monotonic_now_ns, Clock};
 use crate::config::Config;
 use crate::conversation::duplicates;
 use crate::interfaces::{self, InterfaceInfo};
@@ -47,6 +47,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     .context("creating the Kafka producer")?
     .with_max_in_flight(c.max_in_flight as usize);
 
+    let netns_inode = netns::inode(&if c.netns.is_empty() {
+        std::path::PathBuf::from("/proc/self/ns/net")
+    } else {
+        netns::resolve(&c.netns)
+    });
     let mut probe = Programs::load_with_sockets(
         c.table_size,
         c.sampling,
@@ -55,6 +60,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             enabled: c.socket_metrics,
             map_size: c.socket_table_size,
             drop_map_size: c.drop_table_size,
+            netns_inode: netns_inode as u32,
             ..SocketOptions::default()
         },
     )?;
@@ -79,11 +85,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     })?;
     let (link_events, mut link_changed) = tokio::sync::mpsc::channel(1);
     interfaces::watch(&c.netns, link_events)?;
-    let netns_inode = netns::inode(&if c.netns.is_empty() {
-        std::path::PathBuf::from("/proc/self/ns/net")
-    } else {
-        netns::resolve(&c.netns)
-    });
     let describe = |i: &InterfaceInfo| Interface {
         host: host.clone(),
         ifindex: i.ifindex as i32,
@@ -289,12 +290,11 @@ impl Exporter {
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         self.entries.clear();
-        let clock = Clock::now();
         let (calls, occupancy, evicted) = match scan {
             Scan::Interval => {
                 let s = self
                     .table
-                    .scan(clock.monotonic_ns(), &mut self.entries)
+                    .scan(monotonic_now_ns(), &mut self.entries)
                     .context("reading the flow table")?;
                 (s.syscalls, s.entries, s.evicted)
             }
@@ -307,6 +307,8 @@ impl Exporter {
             }
         };
         let read = started.elapsed();
+        // Sampled after the read: no packet the records count is later than their export time.
+        let clock = Clock::now();
         if let Some(sockets) = self.sockets.as_mut() {
             if let Err(e) = sockets.scan() {
                 tracing::warn!(error = %e, "reading the socket tables failed; records of this scan carry no RTT, retransmits, drops or processes");

@@ -51,7 +51,7 @@ pub struct CollectorConfig {
     pub interface_refresh_ms: u64,
     /// 1:N packet sampling in the kernel (1 = every packet); records carry the rate.
     pub sampling: u32,
-    /// In-kernel filters applied before a packet reaches the flow table.
+    /// In-kernel filters applied before a packet reaches the flow table (and to dropped packets).
     pub filter: FilterConfig,
     /// Per-conversation TCP RTT, retransmits, kernel drops with reason and the processes owning
     /// local sockets (tracepoints off the packet path); features the kernel lacks are disabled

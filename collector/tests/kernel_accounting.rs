@@ -325,3 +325,69 @@ async fn a_full_table_still_counts_every_packet() {
         overflow.len()
     );
 }
+
+/// Drops in a network namespace the collector does not watch, of packets no watched interface
+/// saw, are not its to report: nftables counts them, yet no drop-only record names them, while
+/// drops in the collector's own namespace still become drop-only records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drops_in_other_namespaces_are_not_drop_only_records() {
+    let nft = |ns: &str, hook: &str, port: u16| {
+        for cmd in [
+            "add table inet fl".to_string(),
+            format!("add chain inet fl {hook} {{ type filter hook {hook} priority 0 ; }}"),
+            format!("add rule inet fl {hook} udp dport {port} counter drop"),
+        ] {
+            flowlens_runtime::testkit::NetnsPair::exec(ns, &["nft", &cmd]);
+        }
+    };
+    let run = run_collector(
+        "e",
+        |_| {},
+        move |p| {
+            let other = flowlens_runtime::testkit::NetnsPair::new("x");
+            nft(&other.ns_b, "input", 6500);
+            nft(&p.ns_a, "output", 6501);
+            let elsewhere = in_netns(&other.ns_a, || {
+                std::net::UdpSocket::bind((other.ip_a, 0)).unwrap()
+            });
+            for _ in 0..20 {
+                elsewhere.send_to(&[1u8; 100], (other.ip_b, 6500)).unwrap();
+            }
+            let here = in_netns(&p.ns_a, || std::net::UdpSocket::bind((p.ip_a, 0)).unwrap());
+            for _ in 0..15 {
+                // A drop in the sender's own output is reported to it (EPERM).
+                let _ = here.send_to(&[2u8; 60], (p.ip_b, 6501));
+            }
+            std::thread::sleep(Duration::from_millis(700));
+            let rules = flowlens_runtime::testkit::NetnsPair::exec(
+                &other.ns_b,
+                &["nft", "list", "chain", "inet", "fl", "input"],
+            );
+            let counted: u64 = rules
+                .split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no nftables counter in {rules}"));
+            (counted, here.local_addr().unwrap().port())
+        },
+    )
+    .await;
+    let (dropped_elsewhere, port) = run.sent;
+    assert_eq!(
+        dropped_elsewhere, 20,
+        "nftables dropped them in the other namespace"
+    );
+    let elsewhere: Vec<_> = run.flows.iter().filter(|f| f.dst_port == 6500).collect();
+    assert!(elsewhere.is_empty(), "{elsewhere:#?}");
+    let here: i64 = run
+        .flows
+        .iter()
+        .filter(|f| f.src_port == i32::from(port) && f.dst_port == 6501)
+        .map(|f| f.drops)
+        .sum();
+    assert_eq!(
+        here, 15,
+        "drop-only records of the collector's own namespace"
+    );
+}

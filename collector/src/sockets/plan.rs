@@ -24,6 +24,9 @@ pub struct SocketOptions {
     /// Use the kprobes for socket owners even where the sock_send_length/sock_recv_length
     /// tracepoints exist (tests the fallback).
     pub force_kprobes: bool,
+    /// Inode number of the network namespace whose drops may become drop-only records (the
+    /// collector's, see `SocketStats::unclaimed_drops`); 0: every namespace.
+    pub netns_inode: u32,
 }
 
 impl Default for SocketOptions {
@@ -33,6 +36,7 @@ impl Default for SocketOptions {
             map_size: 32_768,
             drop_map_size: 4_096,
             force_kprobes: false,
+            netns_inode: 0,
         }
     }
 }
@@ -221,6 +225,24 @@ impl SocketPlan {
                 Err(e) => skb_missing.push(e),
             }
         }
+        // Where a dropped packet's network namespace is; without them every drop counts as the
+        // collector's own.
+        for (slot, st, path) in [
+            (&mut o.skb_dev, "sk_buff", "dev"),
+            (&mut o.skb_sk, "sk_buff", "sk"),
+            (&mut o.dev_net, "net_device", "nd_net.net"),
+            (&mut o.sock_net, "sock", "__sk_common.skc_net.net"),
+        ] {
+            *slot = member(st, path, 8).unwrap_or(OFFSET_UNAVAILABLE);
+        }
+        o.net_inum = member("net", "ns.inum", 4).unwrap_or(OFFSET_UNAVAILABLE);
+        if o.net_inum == OFFSET_UNAVAILABLE || o.skb_dev == OFFSET_UNAVAILABLE {
+            tracing::warn!(
+                "BTF: no net.ns.inum or sk_buff.dev: drops of every network namespace can \
+                 become drop-only records"
+            );
+        }
+        o.watched_netns = options.netns_inode;
         // Segments per retransmitted skb; without it each retransmission counts once.
         if let (Ok(cb), Ok(segs)) = (
             member("sk_buff", "cb", 48),

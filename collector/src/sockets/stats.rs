@@ -10,8 +10,9 @@ use std::time::Duration;
 use aya::Pod;
 use flowlens_common::sockets::{
     DropKey, DropStats, SockKey, SockOwner, TcpConnStats, SOCK_COUNTER_COUNT, SOCK_COUNTER_DROPS,
-    SOCK_COUNTER_DROPS_UNPARSED, SOCK_COUNTER_MAP_FAILED, SOCK_COUNTER_OWNER_WRITES,
-    SOCK_COUNTER_READ_FAILED, SOCK_COUNTER_RETRANSMITS, SOCK_COUNTER_RTT_SAMPLES,
+    SOCK_COUNTER_DROPS_FILTERED, SOCK_COUNTER_DROPS_UNPARSED, SOCK_COUNTER_MAP_FAILED,
+    SOCK_COUNTER_OWNER_WRITES, SOCK_COUNTER_READ_FAILED, SOCK_COUNTER_RETRANSMITS,
+    SOCK_COUNTER_RTT_SAMPLES,
 };
 
 use super::{ConnExtras, Endpoint, Feature, ProcessInfo, SocketProbes};
@@ -36,6 +37,8 @@ struct Pending {
     extras: ConnExtras,
     rtt_at: u64,
     drop_at: u64,
+    /// Some of the drops happened in the collector's network namespace.
+    watched: bool,
 }
 
 /// The user-space side of the socket maps.
@@ -164,6 +167,7 @@ impl SocketStats {
                 metrics::counter!("flowlens_collector_socket_drops_total", "reason" => reason.clone())
                     .increment(packets);
                 let p = self.pending_for(&key.conv);
+                p.watched |= key.watched != 0;
                 p.extras.drops += packets;
                 p.extras.drop_bytes += bytes;
                 match p
@@ -221,6 +225,7 @@ impl SocketStats {
                 ("retransmits", SOCK_COUNTER_RETRANSMITS),
                 ("drops", SOCK_COUNTER_DROPS),
                 ("drops_unparsed", SOCK_COUNTER_DROPS_UNPARSED),
+                ("drops_filtered", SOCK_COUNTER_DROPS_FILTERED),
                 ("owner_writes", SOCK_COUNTER_OWNER_WRITES),
                 ("map_failed", SOCK_COUNTER_MAP_FAILED),
                 ("read_failed", SOCK_COUNTER_READ_FAILED),
@@ -250,6 +255,7 @@ impl SocketStats {
                 extras: ConnExtras::default(),
                 rtt_at: 0,
                 drop_at: 0,
+                watched: false,
             })
     }
 
@@ -305,19 +311,28 @@ impl SocketStats {
 
 impl SocketStats {
     /// Like [`SocketStats::unclaimed`] for the conversations with drops (removed: they become
-    /// drop-only records); extras without drops stay pending for a later record of their
-    /// conversation (a closing TCP conversation's last record is held back for a while) unless
-    /// their last sample is older than `keep_ns`.
+    /// drop-only records), but only those with a drop in the collector's network namespace:
+    /// drops elsewhere of packets no watched interface saw in this interval are not this
+    /// collector's to report (they leave, counted in
+    /// `flowlens_collector_socket_drops_elsewhere_total`). Extras without drops stay pending
+    /// for a later record of their conversation (a closing TCP conversation's last record is
+    /// held back for a while) unless their last sample is older than `keep_ns`.
     pub fn unclaimed_drops(&mut self, keep_ns: u64) -> Vec<(u8, Endpoint, Endpoint, ConnExtras)> {
         let now = monotonic_now_ns();
         let mut out = Vec::new();
+        let mut elsewhere = 0;
         self.pending.retain(|(proto, _, _), p| {
             if p.extras.drops > 0 {
-                out.push((*proto, p.a, p.b, std::mem::take(&mut p.extras)));
+                if p.watched {
+                    out.push((*proto, p.a, p.b, std::mem::take(&mut p.extras)));
+                } else {
+                    elsewhere += p.extras.drops;
+                }
                 return false;
             }
             p.rtt_at.max(p.drop_at).saturating_add(keep_ns) >= now
         });
+        metrics::counter!("flowlens_collector_socket_drops_elsewhere_total").increment(elsewhere);
         out
     }
 }

@@ -1,12 +1,13 @@
-//! The `bpf()` map commands aya has no API for, on a map's fd: BPF_MAP_LOOKUP_BATCH to read
-//! every entry, BPF_MAP_LOOKUP_AND_DELETE_BATCH to empty a map, BPF_MAP_LOOKUP_AND_DELETE_ELEM to
-//! take one entry atomically, BPF_MAP_DELETE_ELEM. The flow table's reader and the socket tables
-//! use them.
+//! The `bpf()` map commands on a map's fd, for maps held as raw fds (aya has no batch API):
+//! BPF_MAP_LOOKUP_BATCH to read every entry, BPF_MAP_LOOKUP_AND_DELETE_BATCH to empty a map,
+//! BPF_MAP_LOOKUP_ELEM, BPF_MAP_LOOKUP_AND_DELETE_ELEM to take one entry atomically,
+//! BPF_MAP_DELETE_ELEM. The flow table and the socket tables use them.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// `enum bpf_cmd` values (linux/bpf.h).
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -113,6 +114,21 @@ pub(crate) fn take_entry<K, V>(map: BorrowedFd<'_>, key: &K, values: &mut [V]) -
         ..Default::default()
     };
     match bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads the value of `key` into `value`; `false` if the key is not there.
+pub(crate) fn lookup_entry<K, V>(map: BorrowedFd<'_>, key: &K, value: &mut V) -> io::Result<bool> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        value: value as *mut V as u64,
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),

@@ -24,13 +24,35 @@ pub fn raw_flow(
     clock: Clock,
     sampling: u32,
 ) -> RawFlow {
+    let mut flow = RawFlow::default();
+    fill_raw_flow(&mut flow, host, exported, duplicate, outer, clock, sampling);
+    flow
+}
+
+/// [`raw_flow`] into an existing record, reusing its strings' memory (a scan makes records a
+/// chunk at a time into the same buffer: no allocation per record).
+pub fn fill_raw_flow(
+    flow: &mut RawFlow,
+    host: &str,
+    exported: &Exported,
+    duplicate: bool,
+    outer: Option<TunnelOuter>,
+    clock: Clock,
+    sampling: u32,
+) {
+    let reuse = |s: &mut String, value: &str| {
+        let mut s = std::mem::take(s);
+        s.clear();
+        s.push_str(value);
+        s
+    };
     let c = &exported.conversation;
     let key = c.key();
     let (ab, ba) = (c.a_to_b.map(|(_, s)| s), c.b_to_a.map(|(_, s)| s));
     let ab = ab.unwrap_or_default();
     let ba = ba.unwrap_or_default();
-    RawFlow {
-        host: host.to_string(),
+    *flow = RawFlow {
+        host: reuse(&mut flow.host, host),
         ifindex: key.ifindex as i32,
         direction: if key.direction == DIRECTION_INGRESS {
             Direction::Ingress
@@ -56,20 +78,23 @@ pub fn raw_flow(
         reverse_packets: ba.packets as i64,
         reverse_bytes: ba.bytes as i64,
         reverse_tcp_flags: ba.tcp_flags.into(),
-        end_reason: exported.ending.as_str().into(),
-        tunnel: match key.tunnel {
-            TUNNEL_VXLAN => "vxlan",
-            TUNNEL_GENEVE => "geneve",
-            TUNNEL_GRE => "gre",
-            _ => "",
-        }
-        .into(),
+        end_reason: reuse(&mut flow.end_reason, exported.ending.as_str()),
+        tunnel: reuse(
+            &mut flow.tunnel,
+            match key.tunnel {
+                TUNNEL_VXLAN => "vxlan",
+                TUNNEL_GENEVE => "geneve",
+                TUNNEL_GRE => "gre",
+                _ => "",
+            },
+        ),
+        drop_reason: reuse(&mut flow.drop_reason, ""),
         tunnel_id: key.tunnel_id.into(),
         outer_src_addr: outer.map(|o| Ipv6Addr::from(o.src_addr)),
         outer_dst_addr: outer.map(|o| Ipv6Addr::from(o.dst_addr)),
         duplicate,
         ..RawFlow::default()
-    }
+    };
 }
 
 /// Fills the socket-derived fields of `flow`: the processes owning A's and B's local sockets,

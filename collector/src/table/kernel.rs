@@ -1,8 +1,9 @@
-//! The kernel flow table (layout: `flowlens_common::table`) mapped into the collector's memory:
-//! a scan reads every live slot without a system call, ending a flow marks its slots dead with a
-//! compare-and-swap on the tag, and dead slots are freed for new flows once no program can still
-//! be adding to them. Packets of flows that found no slot are read from the per-interface
-//! overflow map.
+//! The kernel flow table (layout: `flowlens_common::table`) read through memory mappings: the
+//! tags stay mapped (ending a flow turns its tags dead with a compare-and-swap), the slots are
+//! read a window at a time (a scan costs no system call per flow, and the process never holds
+//! the whole table in its memory), single slots with a map lookup. Dead slots are freed for new
+//! flows once no program can still be adding to them. Packets of flows that found no slot are
+//! read from the per-interface overflow map.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -14,12 +15,20 @@ use flowlens_common::table::{
 };
 use flowlens_common::{FlowKey, FlowStats};
 
-use crate::bpf_map::for_each_entry;
+use crate::bpf_map::{for_each_entry, lookup_entry};
 use crate::conversation::{fast_map, FastMap};
 
 /// How long a slot stays dead before it is reused. A program adds to a slot within
 /// microseconds of matching its tag; this leaves room for a stalled virtual CPU.
 pub const GRACE_NS: u64 = 1_000_000_000;
+
+/// Slots mapped at a time by a scan: 4 MiB.
+const WINDOW_SLOTS: usize = 32_768;
+
+/// Bytes of a slot in the map (the array's element size).
+const SLOT_BYTES: usize = std::mem::size_of::<FlowSlot>();
+
+const PAGE: usize = 4096;
 
 /// One `mmap` of a map's values.
 struct Mapping {
@@ -32,15 +41,31 @@ struct Mapping {
 unsafe impl Send for Mapping {}
 
 impl Mapping {
-    /// `len` bytes of the map `fd` (`None`: anonymous memory, for tests).
-    fn new(fd: Option<BorrowedFd<'_>>, len: usize, writable: bool) -> io::Result<Self> {
+    /// `len` bytes of the map `fd` from byte `offset` (a page multiple; `None`: anonymous
+    /// memory, for tests).
+    fn new(
+        fd: Option<BorrowedFd<'_>>,
+        offset: usize,
+        len: usize,
+        writable: bool,
+    ) -> io::Result<Self> {
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
         let (flags, fd) = match fd {
             Some(fd) => (libc::MAP_SHARED, fd.as_raw_fd()),
             None => (libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1),
         };
+        let len = len.div_ceil(PAGE) * PAGE;
         // SAFETY: a fresh mapping of `len` bytes; checked below.
-        let at = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                flags,
+                fd,
+                offset as libc::off_t,
+            )
+        };
         if at == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
@@ -77,11 +102,20 @@ pub struct ReadStats {
     pub freed: usize,
 }
 
+/// Where the slots are read from.
+enum Slots {
+    /// The array map: windows of it mapped while scanning, single slots looked up.
+    Map(OwnedFd),
+    /// All of them in memory (tests, which write them as the programs would).
+    #[cfg(test)]
+    Memory(Mapping),
+}
+
 /// The collector's view of the kernel flow table.
 pub struct KernelTable {
     layout: TableLayout,
     tags: Mapping,
-    slots: Mapping,
+    slots: Slots,
     /// The per-CPU overflow map (`None` in tests).
     overflow: Option<OwnedFd>,
     cpus: usize,
@@ -102,26 +136,34 @@ impl KernelTable {
         overflow: BorrowedFd<'_>,
         cpus: usize,
     ) -> io::Result<Self> {
-        Self::mapped(layout, Some((tags, slots)), Some(overflow), cpus, false)
-    }
-
-    fn mapped(
-        layout: TableLayout,
-        maps: Option<(BorrowedFd<'_>, BorrowedFd<'_>)>,
-        overflow: Option<BorrowedFd<'_>>,
-        cpus: usize,
-        slots_writable: bool,
-    ) -> io::Result<Self> {
         let buckets = layout.buckets as usize;
-        let page = 4096;
-        let tags_len = (buckets * 64).div_ceil(page) * page;
-        let slots_len = (buckets * BUCKET_SLOTS * 128).div_ceil(page) * page;
         Ok(Self {
             layout,
-            tags: Mapping::new(maps.map(|m| m.0), tags_len, true)?,
-            slots: Mapping::new(maps.map(|m| m.1), slots_len, slots_writable)?,
-            overflow: overflow.map(|fd| fd.try_clone_to_owned()).transpose()?,
+            tags: Mapping::new(Some(tags), 0, buckets * 64, true)?,
+            slots: Slots::Map(slots.try_clone_to_owned()?),
+            overflow: Some(overflow.try_clone_to_owned()?),
             cpus,
+            dying: Vec::new(),
+            read_slots: Vec::new(),
+            overflow_seen: fast_map(0),
+        })
+    }
+
+    /// A table in anonymous memory, without overflow map (tests).
+    #[cfg(test)]
+    pub(super) fn in_memory(layout: TableLayout) -> io::Result<Self> {
+        let buckets = layout.buckets as usize;
+        Ok(Self {
+            layout,
+            tags: Mapping::new(None, 0, buckets * 64, true)?,
+            slots: Slots::Memory(Mapping::new(
+                None,
+                0,
+                buckets * BUCKET_SLOTS * SLOT_BYTES,
+                true,
+            )?),
+            overflow: None,
+            cpus: 1,
             dying: Vec::new(),
             read_slots: Vec::new(),
             overflow_seen: fast_map(0),
@@ -143,10 +185,66 @@ impl KernelTable {
     }
 
     /// The slot's contents now (fields a program is updating may be a packet apart).
-    fn slot(&self, slot: usize) -> FlowSlot {
+    fn slot(&self, slot: usize) -> io::Result<FlowSlot> {
         debug_assert!(slot < self.slot_count());
-        // SAFETY: in the mapping; a volatile read, as programs write it concurrently.
-        unsafe { std::ptr::read_volatile((self.slots.at as *const FlowSlot).add(slot)) }
+        match &self.slots {
+            Slots::Map(fd) => {
+                let mut value = FlowSlot::default();
+                lookup_entry(fd.as_fd(), &(slot as u32), &mut value)?;
+                Ok(value)
+            }
+            // SAFETY: in the mapping; a volatile read, as programs write it concurrently.
+            #[cfg(test)]
+            Slots::Memory(m) => {
+                Ok(unsafe { std::ptr::read_volatile((m.at as *const FlowSlot).add(slot)) })
+            }
+        }
+    }
+
+    /// Calls `each` with the index and contents of every slot whose tag is live, in slot
+    /// order, reading the slots a window at a time.
+    fn for_each_live(&self, each: impl FnMut(usize, &FlowSlot)) -> io::Result<()> {
+        self.for_each_in_state(TAG_LIVE, each)
+    }
+
+    /// [`KernelTable::for_each_live`] for the slots whose tag is in `state`.
+    fn for_each_in_state(
+        &self,
+        state: u64,
+        mut each: impl FnMut(usize, &FlowSlot),
+    ) -> io::Result<()> {
+        let n = self.slot_count();
+        let live = |i: usize| self.tag(i).load(Ordering::Acquire) & TAG_STATE == state;
+        let mut start = 0;
+        while start < n {
+            let end = (start + WINDOW_SLOTS).min(n);
+            if !(start..end).any(live) {
+                start = end;
+                continue;
+            }
+            let window;
+            let base = match &self.slots {
+                Slots::Map(fd) => {
+                    window = Mapping::new(
+                        Some(fd.as_fd()),
+                        start * SLOT_BYTES,
+                        (end - start) * SLOT_BYTES,
+                        false,
+                    )?;
+                    window.at as *const FlowSlot
+                }
+                // SAFETY: `start` is within the mapping.
+                #[cfg(test)]
+                Slots::Memory(m) => unsafe { (m.at as *const FlowSlot).add(start) },
+            };
+            for i in (start..end).filter(|&i| live(i)) {
+                // SAFETY: slot `i` lies in the window; volatile: programs write it concurrently.
+                let slot = unsafe { std::ptr::read_volatile(base.add(i - start)) };
+                each(i, &slot);
+            }
+            start = end;
+        }
+        Ok(())
     }
 
     /// Appends every live flow to `out` (the slots of a flow two CPUs created at once folded
@@ -157,34 +255,36 @@ impl KernelTable {
         now_ns: u64,
         out: &mut Vec<(FlowKey, FlowStats)>,
         late: &mut Vec<(FlowKey, FlowStats)>,
-    ) -> ReadStats {
+    ) -> io::Result<ReadStats> {
         let mut stats = ReadStats {
-            freed: self.free_dead(now_ns, late),
+            freed: self.free_dead(now_ns, late)?,
             ..ReadStats::default()
         };
         out.clear();
-        self.read_slots.clear();
+        let mut read_slots = std::mem::take(&mut self.read_slots);
+        read_slots.clear();
         let mut raced = Vec::new();
-        for i in 0..self.slot_count() {
-            if self.tag(i).load(Ordering::Acquire) & TAG_STATE != TAG_LIVE {
-                continue;
-            }
-            let slot = self.slot(i);
+        self.for_each_live(|i, slot| {
             if slot.flags & SLOT_RACED != 0 {
                 raced.push(out.len());
             }
             out.push((slot.key, slot.stats()));
-            self.read_slots.push(i as u32);
-        }
+            read_slots.push(i as u32);
+        })?;
+        self.read_slots = read_slots;
         stats.live = out.len();
         if !raced.is_empty() {
-            self.fold_raced(out, &raced);
+            self.fold_raced(out, &raced)?;
         }
-        stats
+        Ok(stats)
     }
 
     /// Folds the slots of each raced key into the entry of its first slot read.
-    fn fold_raced(&mut self, out: &mut Vec<(FlowKey, FlowStats)>, raced: &[usize]) {
+    fn fold_raced(
+        &mut self,
+        out: &mut Vec<(FlowKey, FlowStats)>,
+        raced: &[usize],
+    ) -> io::Result<()> {
         let mut gone = vec![false; out.len()];
         for &at in raced {
             if gone[at] {
@@ -192,7 +292,7 @@ impl KernelTable {
             }
             let key = out[at].0;
             let positions: Vec<usize> = self
-                .live_slots(&key)
+                .live_slots(&key)?
                 .into_iter()
                 .filter_map(|s| self.read_slots.binary_search(&(s as u32)).ok())
                 .collect();
@@ -217,10 +317,11 @@ impl KernelTable {
             i += 1;
             !gone[i - 1]
         });
+        Ok(())
     }
 
     /// The live slots holding `key`.
-    fn live_slots(&self, key: &FlowKey) -> Vec<usize> {
+    fn live_slots(&self, key: &FlowKey) -> io::Result<Vec<usize>> {
         let hash = flow_hash(key, self.layout.seed);
         let (first, second) = buckets_of(hash, self.layout.buckets);
         let live = tag(hash, TAG_LIVE);
@@ -228,20 +329,20 @@ impl KernelTable {
         for bucket in [first, second] {
             for i in 0..BUCKET_SLOTS {
                 let s = bucket as usize * BUCKET_SLOTS + i;
-                if self.tag(s).load(Ordering::Acquire) == live && self.slot(s).key == *key {
+                if self.tag(s).load(Ordering::Acquire) == live && self.slot(s)?.key == *key {
                     found.push(s);
                 }
             }
         }
-        found
+        Ok(found)
     }
 
     /// Takes the flow `key` out of the table: programs stop adding to its slots, which are
     /// freed after the grace period. Returns its counts at that instant (`None` if it had no
     /// live slot).
-    pub fn take(&mut self, key: &FlowKey, now_ns: u64) -> Option<FlowStats> {
+    pub fn take(&mut self, key: &FlowKey, now_ns: u64) -> io::Result<Option<FlowStats>> {
         let mut total: Option<FlowStats> = None;
-        for s in self.live_slots(key) {
+        for s in self.live_slots(key)? {
             let live = self.tag(s).load(Ordering::Acquire);
             let dead = (live & !TAG_STATE) | TAG_DEAD;
             if self
@@ -251,7 +352,7 @@ impl KernelTable {
             {
                 continue;
             }
-            let taken = self.slot(s).stats();
+            let taken = self.slot(s)?.stats();
             self.dying.push(Dying {
                 slot: s as u32,
                 taken_ns: now_ns,
@@ -262,14 +363,16 @@ impl KernelTable {
                 None => total = Some(taken),
             }
         }
-        total
+        Ok(total)
     }
 
     /// Takes every live flow out of the table (see [`KernelTable::take`]) and appends it to
     /// `out`, with what reached slots taken earlier (nothing is freed: no grace period is left).
-    pub fn take_all(&mut self, out: &mut Vec<(FlowKey, FlowStats)>) {
+    pub fn take_all(&mut self, out: &mut Vec<(FlowKey, FlowStats)>) -> io::Result<()> {
         out.clear();
         let mut raced = false;
+        let mut taken = Vec::new();
+        // Dead first, read after: what a program adds meanwhile is in the counts read.
         for i in 0..self.slot_count() {
             let live = self.tag(i).load(Ordering::Acquire);
             if live & TAG_STATE != TAG_LIVE {
@@ -279,16 +382,20 @@ impl KernelTable {
             if self
                 .tag(i)
                 .compare_exchange(live, dead, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
+                .is_ok()
             {
-                continue;
+                taken.push(i);
             }
-            let slot = self.slot(i);
-            raced |= slot.flags & SLOT_RACED != 0;
-            out.push((slot.key, slot.stats()));
         }
+        let mut next = taken.iter().peekable();
+        self.for_each_in_state(TAG_DEAD, |i, slot| {
+            if next.next_if_eq(&&i).is_some() {
+                raced |= slot.flags & SLOT_RACED != 0;
+                out.push((slot.key, slot.stats()));
+            }
+        })?;
         for d in std::mem::take(&mut self.dying) {
-            if let Some(extra) = self.late(&d) {
+            if let Some(extra) = self.late(&d)? {
                 out.push(extra);
             }
         }
@@ -307,11 +414,16 @@ impl KernelTable {
             }
             *out = folded;
         }
+        Ok(())
     }
 
     /// Frees the dead slots whose grace period is over; appends what reached them after they
     /// were taken to `late`. Returns how many were freed.
-    fn free_dead(&mut self, now_ns: u64, late: &mut Vec<(FlowKey, FlowStats)>) -> usize {
+    fn free_dead(
+        &mut self,
+        now_ns: u64,
+        late: &mut Vec<(FlowKey, FlowStats)>,
+    ) -> io::Result<usize> {
         let mut freed = 0;
         let mut i = 0;
         while i < self.dying.len() {
@@ -320,21 +432,21 @@ impl KernelTable {
                 i += 1;
                 continue;
             }
-            if let Some(extra) = self.late(&d) {
+            if let Some(extra) = self.late(&d)? {
                 late.push(extra);
             }
             self.tag(d.slot as usize).store(TAG_FREE, Ordering::Release);
             self.dying.swap_remove(i);
             freed += 1;
         }
-        freed
+        Ok(freed)
     }
 
     /// What programs added to a taken slot after it was taken.
-    fn late(&self, d: &Dying) -> Option<(FlowKey, FlowStats)> {
-        let now = self.slot(d.slot as usize);
+    fn late(&self, d: &Dying) -> io::Result<Option<(FlowKey, FlowStats)>> {
+        let now = self.slot(d.slot as usize)?;
         let current = now.stats();
-        (current.packets > d.taken.packets).then(|| {
+        Ok((current.packets > d.taken.packets).then(|| {
             (
                 now.key,
                 FlowStats {
@@ -344,7 +456,7 @@ impl KernelTable {
                     ..current
                 },
             )
-        })
+        }))
     }
 
     /// Appends the packets each interface's overflow entry gained since the previous call, as
@@ -391,22 +503,22 @@ impl KernelTable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use flowlens_common::table::{SLOT_FLOW_FLAGS_SHIFT, TAG_BUSY};
     use flowlens_common::FLOW_INITIATOR;
 
     /// A table in anonymous memory that the tests write as the programs would.
-    fn table(buckets: u32) -> KernelTable {
+    pub(in crate::table) fn table(buckets: u32) -> KernelTable {
         let layout = TableLayout {
             version: 1,
             buckets,
             seed: 0x1234_5678,
         };
-        KernelTable::mapped(layout, None, None, 1, true).unwrap()
+        KernelTable::in_memory(layout).unwrap()
     }
 
-    fn key(port: u16) -> FlowKey {
+    pub(in crate::table) fn key(port: u16) -> FlowKey {
         FlowKey {
             src_addr: [1; 16],
             dst_addr: [2; 16],
@@ -420,7 +532,13 @@ mod tests {
 
     /// Writes `key` with `packets` packets (100 bytes each) into slot `i` of its first bucket,
     /// in `state`; returns the slot index.
-    fn put(t: &KernelTable, key: &FlowKey, i: usize, packets: u64, state: u64) -> usize {
+    pub(in crate::table) fn put(
+        t: &KernelTable,
+        key: &FlowKey,
+        i: usize,
+        packets: u64,
+        state: u64,
+    ) -> usize {
         let hash = flow_hash(key, t.layout.seed);
         let (first, _) = buckets_of(hash, t.layout.buckets);
         let s = first as usize * BUCKET_SLOTS + i;
@@ -439,15 +557,18 @@ mod tests {
             flags: flags | (FLOW_INITIATOR as u64) << SLOT_FLOW_FLAGS_SHIFT,
             ..FlowSlot::default()
         };
+        let Slots::Memory(m) = &t.slots else {
+            unreachable!("tests keep the slots in memory")
+        };
         // SAFETY: a writable test mapping, in bounds.
-        unsafe { std::ptr::write((t.slots.at as *mut FlowSlot).add(s), slot) };
+        unsafe { std::ptr::write((m.at as *mut FlowSlot).add(s), slot) };
     }
 
     type Entries = Vec<(FlowKey, FlowStats)>;
 
     fn read(t: &mut KernelTable, now: u64) -> (Entries, Entries) {
         let (mut out, mut late) = (Vec::new(), Vec::new());
-        t.read(now, &mut out, &mut late);
+        t.read(now, &mut out, &mut late).unwrap();
         (out, late)
     }
 
@@ -480,7 +601,7 @@ mod tests {
         assert_eq!((sevens[0].1.packets, sevens[0].1.bytes), (5, 500));
         assert_eq!(out.len(), 2);
         // Taken together, both slots.
-        assert_eq!(t.take(&key(7), 0).map(|s| s.packets), Some(5));
+        assert_eq!(t.take(&key(7), 0).unwrap().map(|s| s.packets), Some(5));
         assert_eq!(t.tag(first).load(Ordering::Acquire) & TAG_STATE, TAG_DEAD);
         assert_eq!(t.tag(second).load(Ordering::Acquire) & TAG_STATE, TAG_DEAD);
     }
@@ -489,8 +610,8 @@ mod tests {
     fn taken_slots_leave_reads_and_are_freed_after_the_grace_period_with_late_packets() {
         let mut t = table(64);
         let s = put(&t, &key(9), 3, 10, TAG_LIVE);
-        assert_eq!(t.take(&key(9), 1_000).map(|s| s.packets), Some(10));
-        assert_eq!(t.take(&key(9), 1_000), None, "taken once");
+        assert_eq!(t.take(&key(9), 1_000).unwrap().map(|s| s.packets), Some(10));
+        assert_eq!(t.take(&key(9), 1_000).unwrap(), None, "taken once");
         // A program that matched the tag before it turned dead adds two more packets.
         set(&t, s, &key(9), 12, 0);
         let (out, late) = read(&mut t, 1_000 + GRACE_NS - 1);
@@ -523,10 +644,10 @@ mod tests {
         let raced = put(&t, &key(1), 1, 2, TAG_LIVE);
         set(&t, raced, &key(1), 2, SLOT_RACED);
         let taken = put(&t, &key(2), 2, 5, TAG_LIVE);
-        t.take(&key(2), 0);
+        t.take(&key(2), 0).unwrap();
         set(&t, taken, &key(2), 6, 0);
         let mut out = Vec::new();
-        t.take_all(&mut out);
+        t.take_all(&mut out).unwrap();
         out.sort_by_key(|(k, _)| k.src_port);
         let packets: Vec<_> = out.iter().map(|(k, s)| (k.src_port, s.packets)).collect();
         assert_eq!(packets, vec![(1, 3), (2, 1)]);

@@ -35,7 +35,7 @@ MODES=${MODES:-"none empty flowlens flowlens+sockets pmacctd softflowd nfpcapd"}
 # flowlens table slots: two per flow of the largest run keeps every flow in the table.
 TABLE_SIZE=${TABLE_SIZE:-2097152}
 OUT=${OUT:-$REPO/bench/results/collector.md}
-WORK=$(mktemp -d /tmp/flowlens-bench.XXXX)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/flowlens-bench.XXXX")
 A=fbA B=fbB
 KAFKA_PORT=19392 CH_PORT=18393
 
@@ -55,6 +55,7 @@ cleanup() {
   FLOWLENS_STACK_DIR=$WORK/stack FLOWLENS_KAFKA_PORT=$KAFKA_PORT FLOWLENS_CLICKHOUSE_PORT=$CH_PORT \
     scripts/stack/stack.sh stop >/dev/null 2>&1 || true
   ip netns del $A 2>/dev/null || true; ip netns del $B 2>/dev/null || true
+  rm -rf "$WORK"
 }
 trap cleanup EXIT
 ip netns del $A 2>/dev/null || true; ip netns del $B 2>/dev/null || true

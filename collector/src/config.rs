@@ -42,7 +42,8 @@ pub struct CollectorConfig {
     /// consumers expect).
     pub bidirectional: bool,
     /// Slots of the kernel flow table (rounded up to whole buckets of 8): one per flow
-    /// direction, live or not yet idle; 136 bytes of kernel memory each.
+    /// direction, live or not yet idle; 136 bytes of kernel memory each (the default, 1 Mi
+    /// slots, is 136 MiB and holds about 900,000 flow directions).
     pub table_size: u32,
     /// Flow records queued in the Kafka producer and not yet acknowledged, at most: bounds the
     /// collector's memory at any number of flows.
@@ -73,7 +74,7 @@ impl Default for CollectorConfig {
             idle_timeout_ms: 15_000,
             closed_timeout_ms: 1_000,
             bidirectional: true,
-            table_size: 262_144,
+            table_size: 1_048_576,
             max_in_flight: 50_000,
             interface_refresh_ms: 10_000,
             sampling: 1,

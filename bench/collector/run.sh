@@ -32,6 +32,9 @@ SCAN_MS=${SCAN_MS:-10000}
 # programs too (RTT, retransmits, drops with reason, processes). This traffic goes to a port
 # nothing listens on, so every packet is a kernel drop that the drop tracepoint records.
 MODES=${MODES:-"none empty flowlens flowlens+sockets pmacctd softflowd nfpcapd"}
+# Another flowlens build to compare in the same run (modes flowlens-main, flowlens-main+sockets),
+# e.g. the main branch's: MAIN_COLLECTOR=/path/to/flowlens-collector.
+MAIN_COLLECTOR=${MAIN_COLLECTOR:-}
 # flowlens table slots: two per flow of the largest run keeps every flow in the table.
 TABLE_SIZE=${TABLE_SIZE:-2097152}
 OUT=${OUT:-$REPO/bench/results/collector.md}
@@ -93,8 +96,9 @@ start_collector() { # mode flows -> sets CPID
       ip netns exec $B "$REPO/target/empty_tc" vB >"$WORK/empty.log" 2>&1 &
       CPID=$!
       for _ in $(seq 1 50); do grep -q attached "$WORK/empty.log" && break; sleep 0.1; done ;;
-    flowlens|flowlens+sockets)
-      sockets=false; [ "$1" = flowlens+sockets ] && sockets=true
+    flowlens|flowlens+sockets|flowlens-main|flowlens-main+sockets)
+      sockets=false; [ "${1%+sockets}" != "$1" ] && sockets=true
+      binary=$COLLECTOR; [ "${1%+sockets}" = flowlens-main ] && binary=$MAIN_COLLECTOR
       FLOWLENS_COLLECTOR__COLLECTOR__SOCKET_METRICS=$sockets \
       FLOWLENS_COLLECTOR__KAFKA__BROKERS=127.0.0.1:$KAFKA_PORT \
       FLOWLENS_COLLECTOR__KAFKA__TOPICS__RAW_FLOWS=bench.raw.$2 \
@@ -103,7 +107,7 @@ start_collector() { # mode flows -> sets CPID
       FLOWLENS_COLLECTOR__COLLECTOR__SCAN_INTERVAL_MS=$SCAN_MS \
       FLOWLENS_COLLECTOR__TELEMETRY__METRICS_LISTEN=127.0.0.1:9191 \
       FLOWLENS_COLLECTOR__TELEMETRY__LOG_FORMAT=json \
-        "$COLLECTOR" >"$WORK/flowlens.log" 2>&1 &
+        "$binary" >"$WORK/flowlens.log" 2>&1 &
       CPID=$!
       # Traffic starts once the programs are attached (loading can take seconds).
       for _ in $(seq 1 300); do grep -q '"collector running"' "$WORK/flowlens.log" && break; sleep 0.1; done ;;
@@ -138,7 +142,7 @@ stop_and_wait() { kill -"$1" "$CPID" 2>/dev/null || true; while running "$CPID";
 
 accounted() { # mode flows -> packets counted by the collector (or "-"); stops the collector
   case $1 in
-    flowlens|flowlens+sockets) stop_and_wait TERM
+    flowlens*) stop_and_wait TERM
               grep -o '"packets_exported":[0-9]*' "$WORK/flowlens.log" | tail -n1 | cut -d: -f2 ;;
     pmacctd) stop_and_wait INT
              python3 - "$WORK/pmacct.csv" <<'PY'
@@ -174,7 +178,7 @@ for flows in $FLOWS; do
     rss=$( [ -n "${CPID:-}" ] && rss_mb $CPID || echo -)
     private=$( [ -n "${CPID:-}" ] && private_mb $CPID || echo -)
     t0=0 t1=0 c0=0 c1=0 d0=0 d1=0 e0=0 e1=0 drain=-
-    if [ "$mode" = empty ] || [ "${mode%+sockets}" = flowlens ]; then
+    if [ "$mode" = empty ] || [ "${mode#flowlens}" != "$mode" ]; then
       # Second pass, bpf_stats on, for the kernel's own ns/packet.
       sysctl -q kernel.bpf_stats_enabled=1
       read -r t0 c0 < <(bpf_cost $TC_PROGRAMS)
@@ -196,7 +200,7 @@ rx, dur, base, pj, si, hz, t, c, dt, dc, rx_all = int(rx), float(dur), int(base)
 # The collector counts both passes; so does rx_all.
 acc = "-" if got in ("-", "") else f"{100.0 * float(got) / rx_all:.1f} %" if rx_all else "-"
 ns = f"{t / c:.0f}" if (mode == "empty" or mode.startswith("flowlens")) and c else "-"
-drop = f"{dt / dc:.0f}" if mode == "flowlens+sockets" and dc else "-"
+drop = f"{dt / dc:.0f}" if mode.endswith("+sockets") and dc else "-"
 cpu = "-" if mode in ("none", "empty") else f"{100.0 * pj / hz / dur:.1f} %"
 total = f"{1e9 * (si + pj) / hz / rx:.0f}" if rx else "-"
 vs_empty = "-" if empty_base == "-" else f"{100.0 * rx / int(empty_base):.0f} %"

@@ -62,31 +62,7 @@ static SOCK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SOCK_COUN
 
 /// Kernel struct offsets from BTF (set at load; the defaults disable every read).
 #[unsafe(no_mangle)]
-static SOCK_OFFSETS: SockOffsets = SockOffsets {
-    sock_window: OFFSET_UNAVAILABLE,
-    sock_family: OFFSET_UNAVAILABLE,
-    sock_daddr: OFFSET_UNAVAILABLE,
-    sock_rcv_saddr: OFFSET_UNAVAILABLE,
-    sock_dport: OFFSET_UNAVAILABLE,
-    sock_num: OFFSET_UNAVAILABLE,
-    sock_v6_daddr: OFFSET_UNAVAILABLE,
-    sock_v6_rcv_saddr: OFFSET_UNAVAILABLE,
-    sock_protocol: OFFSET_UNAVAILABLE,
-    tcp_srtt_us: OFFSET_UNAVAILABLE,
-    skb_head: OFFSET_UNAVAILABLE,
-    skb_len: OFFSET_UNAVAILABLE,
-    skb_protocol: OFFSET_UNAVAILABLE,
-    skb_network_header: OFFSET_UNAVAILABLE,
-    skb_tcp_gso_segs: OFFSET_UNAVAILABLE,
-    reason_not_dropped: 0,
-    reason_consumed: 1,
-    skb_dev: OFFSET_UNAVAILABLE,
-    skb_sk: OFFSET_UNAVAILABLE,
-    dev_net: OFFSET_UNAVAILABLE,
-    sock_net: OFFSET_UNAVAILABLE,
-    net_inum: OFFSET_UNAVAILABLE,
-    watched_netns: 0,
-};
+static SOCK_OFFSETS: SockOffsets = SockOffsets::UNAVAILABLE;
 
 /// One offset, read so the compiler cannot fold the default (the loader rewrites the global).
 macro_rules! offset {

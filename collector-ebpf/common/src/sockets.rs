@@ -172,33 +172,38 @@ pub struct SockOffsets {
     pub watched_netns: u32,
 }
 
+impl SockOffsets {
+    /// Every offset unavailable (every read disabled), no namespace watched.
+    pub const UNAVAILABLE: SockOffsets = SockOffsets {
+        sock_window: OFFSET_UNAVAILABLE,
+        sock_family: OFFSET_UNAVAILABLE,
+        sock_daddr: OFFSET_UNAVAILABLE,
+        sock_rcv_saddr: OFFSET_UNAVAILABLE,
+        sock_dport: OFFSET_UNAVAILABLE,
+        sock_num: OFFSET_UNAVAILABLE,
+        sock_v6_daddr: OFFSET_UNAVAILABLE,
+        sock_v6_rcv_saddr: OFFSET_UNAVAILABLE,
+        sock_protocol: OFFSET_UNAVAILABLE,
+        tcp_srtt_us: OFFSET_UNAVAILABLE,
+        skb_head: OFFSET_UNAVAILABLE,
+        skb_len: OFFSET_UNAVAILABLE,
+        skb_protocol: OFFSET_UNAVAILABLE,
+        skb_network_header: OFFSET_UNAVAILABLE,
+        skb_tcp_gso_segs: OFFSET_UNAVAILABLE,
+        reason_not_dropped: 0,
+        reason_consumed: 1,
+        skb_dev: OFFSET_UNAVAILABLE,
+        skb_sk: OFFSET_UNAVAILABLE,
+        dev_net: OFFSET_UNAVAILABLE,
+        sock_net: OFFSET_UNAVAILABLE,
+        net_inum: OFFSET_UNAVAILABLE,
+        watched_netns: 0,
+    };
+}
+
 impl Default for SockOffsets {
     fn default() -> Self {
-        Self {
-            sock_window: OFFSET_UNAVAILABLE,
-            sock_family: OFFSET_UNAVAILABLE,
-            sock_daddr: OFFSET_UNAVAILABLE,
-            sock_rcv_saddr: OFFSET_UNAVAILABLE,
-            sock_dport: OFFSET_UNAVAILABLE,
-            sock_num: OFFSET_UNAVAILABLE,
-            sock_v6_daddr: OFFSET_UNAVAILABLE,
-            sock_v6_rcv_saddr: OFFSET_UNAVAILABLE,
-            sock_protocol: OFFSET_UNAVAILABLE,
-            tcp_srtt_us: OFFSET_UNAVAILABLE,
-            skb_head: OFFSET_UNAVAILABLE,
-            skb_len: OFFSET_UNAVAILABLE,
-            skb_protocol: OFFSET_UNAVAILABLE,
-            skb_network_header: OFFSET_UNAVAILABLE,
-            skb_tcp_gso_segs: OFFSET_UNAVAILABLE,
-            reason_not_dropped: 0,
-            reason_consumed: 1,
-            skb_dev: OFFSET_UNAVAILABLE,
-            skb_sk: OFFSET_UNAVAILABLE,
-            dev_net: OFFSET_UNAVAILABLE,
-            sock_net: OFFSET_UNAVAILABLE,
-            net_inum: OFFSET_UNAVAILABLE,
-            watched_netns: 0,
-        }
+        Self::UNAVAILABLE
     }
 }
 

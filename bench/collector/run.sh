@@ -7,6 +7,8 @@
 #
 #   sudo bench/collector/run.sh                 # 16, 100k and 1M flows, max rate, 30 s each
 #   FLOWS="16" SECONDS_PER_RUN=4 SCAN_MS=1000 sudo bench/collector/run.sh
+#   DELIVER=1 sudo bench/collector/run.sh       # frames delivered to a UDP socket (udp_sink.rs)
+#                                               # instead of dropped by the receiving stack
 #
 # Reports per run: packets received by the veth per second (top rate; on a veth the receive
 # work runs on the sender's CPU, so a collector that slows the receive path lowers it), that rate
@@ -37,7 +39,8 @@ MODES=${MODES:-"none empty flowlens flowlens+sockets pmacctd softflowd nfpcapd"}
 MAIN_COLLECTOR=${MAIN_COLLECTOR:-}
 # flowlens table slots: two per flow of the largest run keeps every flow in the table.
 TABLE_SIZE=${TABLE_SIZE:-2097152}
-OUT=${OUT:-$REPO/bench/results/collector.md}
+DELIVER=${DELIVER:-}
+OUT=${OUT:-$REPO/bench/results/collector${DELIVER:+-delivered}.md}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/flowlens-bench.XXXX")
 A=fbA B=fbB
 KAFKA_PORT=19392 CH_PORT=18393
@@ -51,10 +54,12 @@ done
 cargo build --release -q -p flowlens-collector -p flowlens-bench
 mkdir -p target && rustc -O --edition 2021 bench/collector/pktgen.rs -o target/pktgen
 rustc -O --edition 2021 bench/collector/empty_tc.rs -o target/empty_tc
+rustc -O --edition 2021 bench/collector/udp_sink.rs -o target/udp_sink
 COLLECTOR=${CARGO_TARGET_DIR:-$REPO/target}/release/flowlens-collector
 
 cleanup() {
   [ -n "${CPID:-}" ] && kill "$CPID" 2>/dev/null || true
+  [ -n "${SINK:-}" ] && kill "$SINK" 2>/dev/null || true
   FLOWLENS_STACK_DIR=$WORK/stack FLOWLENS_KAFKA_PORT=$KAFKA_PORT FLOWLENS_CLICKHOUSE_PORT=$CH_PORT \
     scripts/stack/stack.sh stop >/dev/null 2>&1 || true
   ip netns del $A 2>/dev/null || true; ip netns del $B 2>/dev/null || true
@@ -66,6 +71,16 @@ ip netns add $A; ip netns add $B
 ip link add vA netns $A type veth peer name vB netns $B
 ip -n $A link set vA up; ip -n $B link set vB up
 ip -n $A link set lo up; ip -n $B link set lo up
+PKTGEN_ARGS=()
+if [ -n "$DELIVER" ]; then
+  # Frames to vB's own MAC and address, port 9, where udp_sink reads them.
+  ip -n $B addr add 10.251.0.2/16 dev vB
+  ip netns exec $B sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.vB.rp_filter=0
+  mac=$(ip -n $B -j link show vB | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["address"])')
+  PKTGEN_ARGS=(--dst-mac "$mac" --dst-ip 10.251.0.2)
+  ip netns exec $B "$REPO/target/udp_sink" &
+  SINK=$!
+fi
 FLOWLENS_STACK_DIR=$WORK/stack FLOWLENS_KAFKA_PORT=$KAFKA_PORT FLOWLENS_CLICKHOUSE_PORT=$CH_PORT \
   scripts/stack/stack.sh start >/dev/null
 sysctl -q kernel.bpf_stats_enabled=0
@@ -173,7 +188,7 @@ for flows in $FLOWS; do
     echo "[bench] flows=$flows collector=$mode" >&2
     start_collector $mode $flows
     rx0=$(rx_packets); si0=$(softirq_jiffies); pj0=$( [ -n "${CPID:-}" ] && proc_jiffies $CPID || echo 0)
-    sent=$(ip netns exec $A "$REPO/target/pktgen" --ifname vA --flows "$flows" --seconds "$DUR" | awk '{print $2}')
+    sent=$(ip netns exec $A "$REPO/target/pktgen" --ifname vA --flows "$flows" --seconds "$DUR" "${PKTGEN_ARGS[@]}" | awk '{print $2}')
     rx1=$(rx_packets); si1=$(softirq_jiffies); pj1=$( [ -n "${CPID:-}" ] && proc_jiffies $CPID || echo 0)
     rss=$( [ -n "${CPID:-}" ] && rss_mb $CPID || echo -)
     private=$( [ -n "${CPID:-}" ] && private_mb $CPID || echo -)
@@ -183,7 +198,7 @@ for flows in $FLOWS; do
       sysctl -q kernel.bpf_stats_enabled=1
       read -r t0 c0 < <(bpf_cost $TC_PROGRAMS)
       read -r d0 e0 < <(bpf_cost $DROP_PROGRAM)
-      ip netns exec $A "$REPO/target/pktgen" --ifname vA --flows "$flows" --seconds "$STATS_DUR" >/dev/null
+      ip netns exec $A "$REPO/target/pktgen" --ifname vA --flows "$flows" --seconds "$STATS_DUR" "${PKTGEN_ARGS[@]}" >/dev/null
       read -r t1 c1 < <(bpf_cost $TC_PROGRAMS)
       read -r d1 e1 < <(bpf_cost $DROP_PROGRAM)
       sysctl -q kernel.bpf_stats_enabled=0
@@ -227,8 +242,15 @@ mkdir -p "$(dirname "$OUT")"
   echo "of the kernel table (flowlens_collector_drain_seconds, max)."
   echo
   echo "Traffic: 60-byte UDP frames from pktgen (AF_PACKET + sendmmsg) at maximum rate over a veth"
-  echo "pair; collectors attached to the receiving veth, whose stack drops every frame (addressed to"
-  echo "a MAC nobody owns). \"vs none\" / \"vs empty\" are the receive rate relative to the same"
+  if [ -n "$DELIVER" ]; then
+    echo "pair; collectors attached to the receiving veth, whose stack delivers every frame to a UDP"
+    echo "socket (udp_sink.rs, recvmmsg; it runs in every mode, none included; the drop program"
+    echo "column counts frames the socket still dropped). \"vs none\" / \"vs empty\" are the receive"
+    echo "rate relative to the same"
+  else
+    echo "pair; collectors attached to the receiving veth, whose stack drops every frame (addressed to"
+    echo "a MAC nobody owns). \"vs none\" / \"vs empty\" are the receive rate relative to the same"
+  fi
   echo "traffic with no program / with the empty TC program in this run. Total CPU ns/pkt: softirq"
   echo "plus collector process CPU per received packet. RSS MB: the collector's peak (flowlens: with"
   echo "the kernel flow table it maps, 136 B per slot); private MB: its own memory at the end of the"

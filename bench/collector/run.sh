@@ -35,8 +35,9 @@ SCAN_MS=${SCAN_MS:-10000}
 # nothing listens on, so every packet is a kernel drop that the drop tracepoint records.
 MODES=${MODES:-"none empty flowlens flowlens+sockets pmacctd softflowd nfpcapd"}
 # Another flowlens build to compare in the same run (modes flowlens-main, flowlens-main+sockets),
-# e.g. the main branch's: MAIN_COLLECTOR=/path/to/flowlens-collector.
+# e.g. the main branch's: MAIN_COLLECTOR=/path/to/flowlens-collector MAIN_LABEL="main at abc1234".
 MAIN_COLLECTOR=${MAIN_COLLECTOR:-}
+MAIN_LABEL=${MAIN_LABEL:-$MAIN_COLLECTOR}
 # flowlens table slots: two per flow of the largest run keeps every flow in the table.
 TABLE_SIZE=${TABLE_SIZE:-2097152}
 DELIVER=${DELIVER:-}
@@ -233,8 +234,9 @@ mkdir -p "$(dirname "$OUT")"
   echo "# Collector benchmark"
   echo
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(date -u +%Y-%m-%d)."
-  echo "Command: \`FLOWS=\"$FLOWS\" SECONDS_PER_RUN=$DUR SCAN_MS=$SCAN_MS MODES=\"$MODES\" sudo bench/collector/run.sh\`"
+  echo "Command: \`${DELIVER:+DELIVER=1 }${MAIN_COLLECTOR:+MAIN_COLLECTOR=<$MAIN_LABEL> }FLOWS=\"$FLOWS\" SECONDS_PER_RUN=$DUR SCAN_MS=$SCAN_MS MODES=\"$MODES\" sudo bench/collector/run.sh\`"
   echo
+  [ -n "$MAIN_COLLECTOR" ] && echo "flowlens-main: the collector built from $MAIN_LABEL, same settings."
   echo "flowlens: scan interval $SCAN_MS ms (every live flow exported once per scan), table_size $TABLE_SIZE;"
   echo "rates and CPU measured with kernel.bpf_stats_enabled=0; kernel ns/pkt from a second"
   echo "$STATS_DUR s pass of the same traffic with bpf_stats on (the empty program's too; drop program:"

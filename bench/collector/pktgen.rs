@@ -25,28 +25,9 @@ struct SockaddrLl {
     addr: [u8; 8],
 }
 
-#[repr(C)]
-struct Iovec {
-    base: *mut u8,
-    len: usize,
-}
-
-#[repr(C)]
-struct Msghdr {
-    name: *mut u8,
-    namelen: u32,
-    iov: *mut Iovec,
-    iovlen: usize,
-    control: *mut u8,
-    controllen: usize,
-    flags: i32,
-}
-
-#[repr(C)]
-struct Mmsghdr {
-    hdr: Msghdr,
-    len: u32,
-}
+#[path = "mmsg.rs"]
+mod mmsg;
+use mmsg::{Iovec, Mmsghdr};
 
 extern "C" {
     fn socket(domain: i32, ty: i32, protocol: i32) -> i32;
@@ -152,20 +133,7 @@ fn main() {
             len: 60,
         })
         .collect();
-    let mut msgs: Vec<Mmsghdr> = (0..BATCH)
-        .map(|_| Mmsghdr {
-            hdr: Msghdr {
-                name: std::ptr::null_mut(),
-                namelen: 0,
-                iov: std::ptr::null_mut(),
-                iovlen: 1,
-                control: std::ptr::null_mut(),
-                controllen: 0,
-                flags: 0,
-            },
-            len: 0,
-        })
-        .collect();
+    let mut msgs = mmsg::headers(&mut iovs);
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
     let mut sent: u64 = 0;

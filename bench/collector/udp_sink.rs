@@ -10,28 +10,9 @@ const BATCH: usize = 256;
 const SOL_SOCKET: i32 = 1;
 const SO_RCVBUFFORCE: i32 = 33;
 
-#[repr(C)]
-struct Iovec {
-    base: *mut u8,
-    len: usize,
-}
-
-#[repr(C)]
-struct Msghdr {
-    name: *mut u8,
-    namelen: u32,
-    iov: *mut Iovec,
-    iovlen: usize,
-    control: *mut u8,
-    controllen: usize,
-    flags: i32,
-}
-
-#[repr(C)]
-struct Mmsghdr {
-    hdr: Msghdr,
-    len: u32,
-}
+#[path = "mmsg.rs"]
+mod mmsg;
+use mmsg::{Iovec, Mmsghdr};
 
 extern "C" {
     fn recvmmsg(fd: i32, msgs: *mut Mmsghdr, n: u32, flags: i32, timeout: *mut u8) -> i32;
@@ -52,21 +33,7 @@ fn main() {
             len: b.len(),
         })
         .collect();
-    let mut msgs: Vec<Mmsghdr> = iovs
-        .iter_mut()
-        .map(|iov| Mmsghdr {
-            hdr: Msghdr {
-                name: std::ptr::null_mut(),
-                namelen: 0,
-                iov,
-                iovlen: 1,
-                control: std::ptr::null_mut(),
-                controllen: 0,
-                flags: 0,
-            },
-            len: 0,
-        })
-        .collect();
+    let mut msgs = mmsg::headers(&mut iovs);
     loop {
         // SAFETY: BATCH headers pointing at live buffers.
         unsafe {

@@ -107,14 +107,7 @@ pub fn add_socket_fields(
     claim: bool,
 ) {
     let proto = key.proto;
-    let a = Endpoint {
-        addr: key.src_addr,
-        port: key.src_port,
-    };
-    let b = Endpoint {
-        addr: key.dst_addr,
-        port: key.dst_port,
-    };
+    let (a, b) = Endpoint::ends((key.src_addr, key.src_port), (key.dst_addr, key.dst_port));
     flow.src_process = sockets.process(proto, &a, &b).map(process);
     flow.dst_process = sockets.process(proto, &b, &a).map(process);
     if claim {

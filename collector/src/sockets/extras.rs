@@ -35,6 +35,20 @@ impl Endpoint {
         };
         Self { addr, port }
     }
+
+    /// The two ends (source, destination) of a key's addresses and ports.
+    pub fn ends(src: ([u8; 16], u16), dst: ([u8; 16], u16)) -> (Self, Self) {
+        (
+            Self {
+                addr: src.0,
+                port: src.1,
+            },
+            Self {
+                addr: dst.0,
+                port: dst.1,
+            },
+        )
+    }
 }
 
 /// A local process owning a socket.

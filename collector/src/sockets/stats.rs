@@ -239,14 +239,7 @@ impl SocketStats {
     }
 
     fn pending_for(&mut self, key: &SockKey) -> &mut Pending {
-        let a = Endpoint {
-            addr: key.src_addr,
-            port: key.src_port,
-        };
-        let b = Endpoint {
-            addr: key.dst_addr,
-            port: key.dst_port,
-        };
+        let (a, b) = Endpoint::ends((key.src_addr, key.src_port), (key.dst_addr, key.dst_port));
         self.pending
             .entry(conversation(key.proto, &a, &b))
             .or_insert_with(|| Pending {

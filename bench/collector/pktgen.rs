@@ -1,7 +1,8 @@
 //! pktgen: a fast UDP frame generator for the collector benchmark. AF_PACKET + sendmmsg on one
 //! interface, `--flows` distinct 5-tuples cycled round robin, at maximum rate or `--pps`, for
 //! `--seconds`. Frames go to a locally administered MAC nobody owns, so the receiving stack drops
-//! them right after the TC hooks (no replies). Standalone (std only):
+//! them right after the TC hooks (no replies); with `--dst-mac` and `--dst-ip` (the receiver's)
+//! they are delivered to UDP port 9 there. Standalone (std only):
 //!     rustc -O --edition 2021 bench/collector/pktgen.rs -o target/pktgen
 //! Prints `sent <packets> <seconds>` on stdout.
 
@@ -24,28 +25,9 @@ struct SockaddrLl {
     addr: [u8; 8],
 }
 
-#[repr(C)]
-struct Iovec {
-    base: *mut u8,
-    len: usize,
-}
-
-#[repr(C)]
-struct Msghdr {
-    name: *mut u8,
-    namelen: u32,
-    iov: *mut Iovec,
-    iovlen: usize,
-    control: *mut u8,
-    controllen: usize,
-    flags: i32,
-}
-
-#[repr(C)]
-struct Mmsghdr {
-    hdr: Msghdr,
-    len: u32,
-}
+#[path = "mmsg.rs"]
+mod mmsg;
+use mmsg::{Iovec, Mmsghdr};
 
 extern "C" {
     fn socket(domain: i32, ty: i32, protocol: i32) -> i32;
@@ -73,10 +55,11 @@ fn checksum(header: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// 60-byte Ethernet/IPv4/UDP frame of flow `i`: source 10.250.<i/64000>.<1..>, port 1024 + i%64000.
-fn frame(i: u64) -> [u8; 60] {
+/// 60-byte Ethernet/IPv4/UDP frame of flow `i` to `dst_mac`/`dst_ip` port 9: source
+/// 10.250.<i/64000>.<1..>, port 1024 + i%64000.
+fn frame(i: u64, dst_mac: [u8; 6], dst_ip: [u8; 4]) -> [u8; 60] {
     let mut f = [0u8; 60];
-    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    f[0..6].copy_from_slice(&dst_mac);
     f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
     f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     let ip = &mut f[14..34];
@@ -86,7 +69,7 @@ fn frame(i: u64) -> [u8; 60] {
     ip[9] = 17;
     let hi = (i / 64_000) as u16;
     ip[12..16].copy_from_slice(&[10, 250, (hi >> 8) as u8 + 1, hi as u8]);
-    ip[16..20].copy_from_slice(&[10, 251, 0, 2]);
+    ip[16..20].copy_from_slice(&dst_ip);
     let c = checksum(ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     let udp = &mut f[34..42];
@@ -106,6 +89,23 @@ fn main() {
     let flows = arg(&args, "--flows", 16).max(1);
     let seconds = arg(&args, "--seconds", 5);
     let pps = arg(&args, "--pps", 0);
+    let text = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
+    let dst_mac: [u8; 6] = text("--dst-mac").map_or([0x02, 0, 0, 0, 0, 0x01], |m| {
+        let b: Vec<u8> = m
+            .split(':')
+            .map(|x| u8::from_str_radix(x, 16).expect("--dst-mac aa:bb:cc:dd:ee:ff"))
+            .collect();
+        b.try_into().expect("--dst-mac has 6 bytes")
+    });
+    let dst_ip: [u8; 4] = text("--dst-ip").map_or([10, 251, 0, 2], |a| {
+        a.parse::<std::net::Ipv4Addr>()
+            .expect("--dst-ip a.b.c.d")
+            .octets()
+    });
 
     let name = CString::new(ifname.as_str()).unwrap();
     let ifindex = unsafe { if_nametoindex(name.as_ptr()) };
@@ -123,7 +123,9 @@ fn main() {
     };
     assert_eq!(unsafe { bind(fd, &addr, std::mem::size_of::<SockaddrLl>() as u32) }, 0);
 
-    let mut frames: Vec<[u8; 60]> = (0..flows.min(1 << 21)).map(frame).collect();
+    let mut frames: Vec<[u8; 60]> = (0..flows.min(1 << 21))
+        .map(|i| frame(i, dst_mac, dst_ip))
+        .collect();
     let n = frames.len();
     let mut iovs: Vec<Iovec> = (0..BATCH)
         .map(|_| Iovec {
@@ -131,20 +133,7 @@ fn main() {
             len: 60,
         })
         .collect();
-    let mut msgs: Vec<Mmsghdr> = (0..BATCH)
-        .map(|_| Mmsghdr {
-            hdr: Msghdr {
-                name: std::ptr::null_mut(),
-                namelen: 0,
-                iov: std::ptr::null_mut(),
-                iovlen: 1,
-                control: std::ptr::null_mut(),
-                controllen: 0,
-                flags: 0,
-            },
-            len: 0,
-        })
-        .collect();
+    let mut msgs = mmsg::headers(&mut iovs);
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
     let mut sent: u64 = 0;

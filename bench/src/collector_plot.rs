@@ -1,6 +1,7 @@
 //! The plot of the collector benchmark (`bench/collector/run.sh`): reads the table it wrote
 //! (`bench/results/collector.md`) and draws, per flow count, each collector's top receive rate
-//! as a share of the rate with no collector, and its process CPU.
+//! as a share of the rate with no collector, the total CPU per received packet (softirq and
+//! collector process) and the collector's process CPU.
 
 use std::path::Path;
 
@@ -18,26 +19,49 @@ pub struct Row {
     pub rate_kept: f64,
     /// Collector process CPU, % of one core (0 when not measured).
     pub cpu: f64,
+    /// Softirq and collector CPU per received packet, ns (0 when not measured).
+    pub total_ns: f64,
 }
 
-/// The rows of the results table (columns: flows, collector, rx packets/s, vs none, accounted,
-/// collector CPU, ...), "none" rows left out.
+/// The rows of the results table (columns found by their header: flows, collector, vs none,
+/// collector CPU, total CPU ns/pkt), "none" rows left out.
 pub fn parse(markdown: &str) -> anyhow::Result<Vec<Row>> {
-    let percent =
-        |cell: &str| -> Option<f64> { cell.trim().trim_end_matches('%').trim().parse().ok() };
+    let number = |cell: &str| -> Option<f64> {
+        cell.trim()
+            .trim_end_matches('%')
+            .trim()
+            .replace(',', "")
+            .parse()
+            .ok()
+    };
+    let cells = |line: &str| -> Vec<String> {
+        line.trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    let mut lines = markdown.lines().filter(|l| l.starts_with("| "));
+    let header = cells(lines.next().context("no table")?);
+    let column = |name: &str| header.iter().position(|h| h == name);
+    let (rate, cpu, total) = (
+        column("vs none").context("no 'vs none' column")?,
+        column("collector CPU"),
+        column("total CPU ns/pkt"),
+    );
     let mut rows = Vec::new();
-    for line in markdown.lines().filter(|l| l.starts_with("| ")) {
-        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-        if cells.len() < 6 || cells[0] == "flows" || cells[1] == "none" {
+    for line in lines {
+        let cells = cells(line);
+        if cells.len() < header.len() || cells[1] == "none" || cells[0].starts_with("---") {
             continue;
         }
-        let rate_kept =
-            percent(cells[3]).with_context(|| format!("no 'vs none' percentage in {line:?}"))?;
+        let value = |at: Option<usize>| at.and_then(|i| number(&cells[i])).unwrap_or(0.0);
         rows.push(Row {
-            flows: cells[0].to_string(),
-            collector: cells[1].to_string(),
-            rate_kept,
-            cpu: percent(cells[5]).unwrap_or(0.0),
+            flows: cells[0].clone(),
+            collector: cells[1].clone(),
+            rate_kept: number(&cells[rate])
+                .with_context(|| format!("no 'vs none' percentage in {line:?}"))?,
+            cpu: value(cpu),
+            total_ns: value(total),
         });
     }
     anyhow::ensure!(!rows.is_empty(), "no result rows in the table");
@@ -60,16 +84,21 @@ pub fn draw(rows: &[Row], path: &Path) -> anyhow::Result<()> {
             collectors.push(&r.collector);
         }
     }
-    let root = BitMapBackend::new(path, (1100, 520)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1500, 520)).into_drawing_area();
     root.fill(&WHITE)?;
-    let panels = root.split_evenly((1, 2));
+    let panels = root.split_evenly((1, 3));
     let groups = flows.len() as f64;
     let width = 0.8 / collectors.len() as f64;
-    let metrics: [Panel; 2] = [
+    let metrics: [Panel; 3] = [
         (
             "top receive rate kept",
             "% of the rate with no collector",
             |r| r.rate_kept,
+        ),
+        (
+            "total CPU per received packet",
+            "ns (softirq + collector process)",
+            |r| r.total_ns,
         ),
         ("collector process CPU", "% of one core", |r| r.cpu),
     ];
@@ -134,16 +163,33 @@ mod tests {
                     flows: "16".into(),
                     collector: "flowlens".into(),
                     rate_kept: 76.0,
-                    cpu: 0.1
+                    cpu: 0.1,
+                    total_ns: 0.0,
                 },
                 Row {
                     flows: "1,000,000".into(),
                     collector: "pmacctd".into(),
                     rate_kept: 60.0,
-                    cpu: 29.1
+                    cpu: 29.1,
+                    total_ns: 0.0,
                 },
             ]
         );
         assert!(parse("| flows | collector |\n").is_err());
+    }
+
+    #[test]
+    fn reads_the_columns_by_their_header() {
+        let table = "| flows | collector | rx packets/s | vs none | vs empty | accounted | collector CPU | softirq CPU | total CPU ns/pkt |\n\
+                     |---|---|---|---|---|---|---|---|---|\n\
+                     | 16 | empty | 600,000 | 88 % | 100 % | - | - | 30 % | 1,010 |\n\
+                     | 16 | flowlens | 580,000 | 85 % | 97 % | 100.0 % | 0.1 % | 42 % | 1,450 |\n";
+        let rows = parse(table).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[1].rate_kept, rows[1].cpu, rows[1].total_ns),
+            (85.0, 0.1, 1450.0)
+        );
+        assert_eq!((rows[0].collector.as_str(), rows[0].cpu), ("empty", 0.0));
     }
 }

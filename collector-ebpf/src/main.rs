@@ -1,32 +1,31 @@
 //! flowlens kernel programs: TC/TCX classifiers on ingress and egress that parse each packet
 //! (Ethernet with 802.1Q/QinQ, IPv4, IPv6 with extension headers, TCP, UDP, SCTP, ICMP/ICMPv6,
-//! fragments, VXLAN/Geneve/GRE inner flows) and add it to the per-CPU flow table; a new flow
+//! fragments, VXLAN/Geneve/GRE inner flows) and add it to the flow table (table.rs); a new flow
 //! is marked as the conversation's initiator when its opposite direction has no entry yet (seen
 //! either way across the interface: mirror ports deliver both directions as ingress). They
 //! never drop or change a packet: every path returns TC_ACT_UNSPEC (TCX "next"), and packets
 //! that cannot be parsed are only counted.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
+mod atomic;
 mod parse;
 mod sockets;
+mod table;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, generated::bpf_ktime_get_coarse_ns},
     macros::{classifier, map},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use flowlens_common::{
-    FlowKey, FlowStats, FragmentKey, FragmentTransport, TunnelOuter, COUNTER_COUNT,
-    COUNTER_FILTERED, COUNTER_SAMPLED_OUT, COUNTER_TABLE_FULL, DIRECTION_EGRESS, DIRECTION_INGRESS,
-    FILTER_CIDR, FILTER_PORT, FILTER_PROTOCOL, FLOW_INITIATOR,
+    FlowKey, FragmentKey, FragmentTransport, TunnelOuter, COUNTER_COUNT, COUNTER_FILTERED,
+    COUNTER_SAMPLED_OUT, DIRECTION_EGRESS, DIRECTION_INGRESS, FILTER_CIDR, FILTER_PORT,
+    FILTER_PROTOCOL,
 };
-
-/// The flow table. Its size is set by the collector at load time (`table_size`).
-#[map]
-static FLOWS: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entries(65536, 0);
 
 /// Kernel-side counters, see `flowlens_common::COUNTER_*`.
 #[map]
@@ -78,7 +77,7 @@ fn account(ctx: &TcContext, direction: u8) {
     let Some(packet) = parse::parse(ctx, direction) else {
         return;
     };
-    if !wanted(&packet.key) {
+    if !wanted_flow(&packet.key) {
         count(COUNTER_FILTERED);
         return;
     }
@@ -87,8 +86,10 @@ fn account(ctx: &TcContext, direction: u8) {
         count(COUNTER_SAMPLED_OUT);
         return;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
-    record(
+    // The tick-resolution clock (CLOCK_MONOTONIC_COARSE): a fraction of the cost of the
+    // precise one, and flow times need no more than milliseconds.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    table::add(
         &packet.key,
         packet.packets,
         packet.bytes,
@@ -101,32 +102,51 @@ fn account(ctx: &TcContext, direction: u8) {
     if let Some(inner) = parse::inner() {
         let overhead = packet.packets * (inner.inner_start as u64 + packet.offloaded_tag);
         let bytes = packet.bytes.saturating_sub(overhead);
-        if record(&inner.key, packet.packets, bytes, inner.tcp_flags, now) {
+        if table::add(&inner.key, packet.packets, bytes, inner.tcp_flags, now) {
             let _ = TUNNELS.insert(&inner.key, &inner.outer, 0);
         }
     }
 }
 
-/// The in-kernel filters: every configured kind must match (addresses, ports, protocol).
+/// The in-kernel filters on a packet of flow `key`.
 #[inline(always)]
-fn wanted(key: &FlowKey) -> bool {
+fn wanted_flow(key: &FlowKey) -> bool {
+    wanted(
+        &key.src_addr,
+        &key.dst_addr,
+        key.src_port,
+        key.dst_port,
+        key.proto,
+    )
+}
+
+/// The in-kernel filters (`collector.filter`): every configured kind must match (addresses,
+/// ports, protocol; either end for addresses and ports). Used for flows and for dropped packets.
+#[inline(always)]
+pub(crate) fn wanted(
+    src_addr: &[u8; 16],
+    dst_addr: &[u8; 16],
+    src_port: u16,
+    dst_port: u16,
+    proto: u8,
+) -> bool {
     let filters = unsafe { core::ptr::read_volatile(&FILTERS) };
     if filters == 0 {
         return true;
     }
     if filters & FILTER_CIDR != 0
-        && FILTER_CIDRS.get(&Key::new(128, key.src_addr)).is_none()
-        && FILTER_CIDRS.get(&Key::new(128, key.dst_addr)).is_none()
+        && FILTER_CIDRS.get(&Key::new(128, *src_addr)).is_none()
+        && FILTER_CIDRS.get(&Key::new(128, *dst_addr)).is_none()
     {
         return false;
     }
     if filters & FILTER_PORT != 0
-        && unsafe { FILTER_PORTS.get(&key.src_port) }.is_none()
-        && unsafe { FILTER_PORTS.get(&key.dst_port) }.is_none()
+        && unsafe { FILTER_PORTS.get(&src_port) }.is_none()
+        && unsafe { FILTER_PORTS.get(&dst_port) }.is_none()
     {
         return false;
     }
-    if filters & FILTER_PROTOCOL != 0 && FILTER_PROTOCOLS.get(key.proto as u32) != Some(&1) {
+    if filters & FILTER_PROTOCOL != 0 && FILTER_PROTOCOLS.get(proto as u32) != Some(&1) {
         return false;
     }
     true
@@ -138,58 +158,6 @@ pub(crate) fn count(counter: u32) {
         // Per-CPU slot: no other writer.
         unsafe { *c += 1 };
     }
-}
-
-/// Adds a packet to its flow; returns true when this created the flow's entry.
-#[inline(always)]
-fn record(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u16, now: u64) -> bool {
-    if let Some(stats) = FLOWS.get_ptr_mut(key) {
-        add(stats, packets, bytes, tcp_flags, now);
-        return false;
-    }
-    new_flow(key, packets, bytes, tcp_flags, now)
-}
-
-/// The first packet of a flow (off the per-packet fast path): marks the side that spoke first,
-/// i.e. the opposite direction has no entry yet, whichever way it crossed the interface (the
-/// other way on a host's own interface, the same way on a mirror port).
-#[inline(never)]
-fn new_flow(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u16, now: u64) -> bool {
-    let answered = key.answer_directions().iter().any(|&d| {
-        key.answer(d)
-            .is_some_and(|r| unsafe { FLOWS.get(&r) }.is_some())
-    });
-    let fresh = FlowStats {
-        packets,
-        bytes,
-        first_seen_ns: now,
-        last_seen_ns: now,
-        tcp_flags,
-        flags: if answered { 0 } else { FLOW_INITIATOR },
-        _pad: [0; 5],
-    };
-    // BPF_NOEXIST: if another CPU created the entry meanwhile, add to our slot of it instead.
-    if FLOWS.insert(key, &fresh, 1).is_ok() {
-        return true;
-    }
-    match FLOWS.get_ptr_mut(key) {
-        Some(stats) => add(stats, packets, bytes, tcp_flags, now),
-        None => count(COUNTER_TABLE_FULL),
-    }
-    false
-}
-
-#[inline(always)]
-fn add(stats: *mut FlowStats, packets: u64, bytes: u64, tcp_flags: u16, now: u64) {
-    // Per-CPU value: this CPU is its only writer.
-    let stats = unsafe { &mut *stats };
-    if stats.packets == 0 {
-        stats.first_seen_ns = now;
-    }
-    stats.packets += packets;
-    stats.bytes += bytes;
-    stats.last_seen_ns = now;
-    stats.tcp_flags |= tcp_flags;
 }
 
 pub(crate) fn remember_fragment(key: &FragmentKey, transport: &FragmentTransport) {

@@ -5,8 +5,8 @@
 //! packet; works for non-linear GSO skbs too) and parsed from the stack.
 
 use aya_ebpf::{
-    cty::c_void, helpers::generated::bpf_skb_load_bytes, macros::map, maps::PerCpuArray,
-    programs::TcContext,
+    bindings::__sk_buff, cty::c_void, helpers::generated::bpf_skb_load_bytes, macros::map,
+    maps::PerCpuArray, programs::TcContext,
 };
 use flowlens_common::{
     FlowKey, FragmentKey, FragmentTransport, TunnelOuter, COUNTER_FRAGMENT_UNMATCHED,
@@ -90,6 +90,8 @@ struct Headers {
     base: usize,
     /// One past the last readable byte (`data_end`, or scratch + copied length).
     end: usize,
+    /// Bytes copied to the scratch buffer (0: read in place).
+    copied: usize,
 }
 
 impl Headers {
@@ -108,6 +110,7 @@ impl Headers {
             return Some(Headers {
                 base: data,
                 end: data_end,
+                copied: 0,
             });
         }
         // SAFETY: per-CPU slot; a program runs to completion on its CPU before the next.
@@ -128,6 +131,31 @@ impl Headers {
         Some(Headers {
             base,
             end: base + want,
+            copied: want,
+        })
+    }
+
+    /// The headers [`Headers::load`] found, again (in a function of its own): in place, or the
+    /// `copied` bytes already in this CPU's scratch buffer.
+    #[inline(always)]
+    fn again(ctx: &TcContext, copied: usize) -> Option<Self> {
+        if copied == 0 {
+            return Some(Headers {
+                base: ctx.data(),
+                end: ctx.data_end(),
+                copied: 0,
+            });
+        }
+        if copied > HEADERS {
+            return None;
+        }
+        // SAFETY: per-CPU slot filled by `load` earlier in this program run.
+        let buf = unsafe { &*HEADER_SCRATCH.get_ptr(0)? };
+        let base = buf.as_ptr() as usize;
+        Some(Headers {
+            base,
+            end: base + copied,
+            copied,
         })
     }
 
@@ -167,6 +195,19 @@ impl Headers {
     fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
         self.field::<N>(off).copied()
     }
+
+    /// The 16 bytes at `off` as two words in memory order.
+    #[inline(always)]
+    fn u64_pair(&self, off: usize) -> Option<(u64, u64)> {
+        let at = self.field::<16>(off)?.as_ptr();
+        // SAFETY: 16 readable bytes; unaligned reads.
+        unsafe {
+            Some((
+                core::ptr::read_unaligned(at as *const u64),
+                core::ptr::read_unaligned(at.add(8) as *const u64),
+            ))
+        }
+    }
 }
 
 /// Per-CPU slot for the packet being parsed (keeps the keys off the 512-byte stack).
@@ -181,11 +222,9 @@ pub fn parse(ctx: &TcContext, direction: u8) -> Option<&'static Packet> {
     // SAFETY: per-CPU slot; a program runs to completion on its CPU before the next.
     let packet = unsafe { &mut *PACKET.get_ptr_mut(0)? };
     let key = &mut packet.key;
-    *key = FlowKey {
-        ifindex: skb.ifindex,
-        direction,
-        ..FlowKey::default()
-    };
+    clear(key);
+    key.ifindex = skb.ifindex;
+    key.direction = direction;
     // A tag the driver (or the stack, on receive) already took out of the frame lives in the
     // skb: its id counts like an in-band tag's, its 4 bytes were on the wire. In-band tags are
     // walked below. Without one, vlan_tci is 0. (No branch: one path less for the verifier.)
@@ -244,9 +283,15 @@ pub fn parse(ctx: &TcContext, direction: u8) -> Option<&'static Packet> {
     // A tunnel packet also yields the flow it carries (only whole datagrams are decapsulated).
     let mut headers_end = t.offset + l4.header_len;
     let mut tunneled = false;
-    if !t.later_fragment && !t.first_fragment {
-        if let Some(end) = tunnel(h, &t, key) {
-            headers_end = end;
+    let candidate = match key.proto {
+        IPPROTO_UDP => key.dst_port == VXLAN_PORT || key.dst_port == GENEVE_PORT,
+        IPPROTO_GRE => true,
+        _ => false,
+    };
+    if candidate && !t.later_fragment && !t.first_fragment {
+        let end = flowlens_tunnel(ctx.skb.skb, t.offset as u64, h.copied as u64);
+        if end != 0 {
+            headers_end = end as usize;
             tunneled = true;
         }
     }
@@ -359,65 +404,94 @@ pub fn inner() -> Option<&'static Inner> {
     unsafe { INNER.get_ptr(0).map(|p| &*p) }
 }
 
-/// Decapsulates `t` (the outer transport) if it is a tunnel this parser knows: the inner flow
-/// goes to this CPU's [`INNER`] slot; returns the end of the inner transport header (the
-/// headers every GSO segment repeats).
-#[inline(always)]
-fn tunnel(h: &Headers, t: &Transport, outer: &FlowKey) -> Option<usize> {
-    // SAFETY: per-CPU slot; a program runs to completion on its CPU before the next.
-    let slot = unsafe { &mut *INNER.get_ptr_mut(0)? };
-    let key = &mut slot.key;
-    *key = FlowKey {
-        ifindex: outer.ifindex,
-        direction: outer.direction,
-        ..FlowKey::default()
+/// [`tunnel`] as a global BPF function, for the packet in this CPU's [`PACKET`] slot whose
+/// outer transport header starts at `transport` (headers as `Headers::load` found them, see
+/// [`Headers::again`]): the verifier checks the inner parse once, on its own, instead of once
+/// per way of reaching it. Returns the end of the inner transport header, or 0.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn flowlens_tunnel(skb: *mut __sk_buff, transport: u64, copied: u64) -> u64 {
+    let ctx = TcContext::new(skb);
+    let transport = transport as usize;
+    if transport > HEADERS {
+        return 0;
+    }
+    let Some(h) = Headers::again(&ctx, copied as usize) else {
+        return 0;
     };
-    let (start, ethernet_inner, proto_type) = match (outer.proto, outer.dst_port) {
+    let Some(packet) = PACKET.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU slot written by `parse` earlier in this program run.
+    let outer = unsafe { &(*packet).key };
+    tunnel(&h, transport, outer).map_or(0, |end| end as u64)
+}
+
+/// Decapsulates the packet whose outer transport header (of `outer`) starts at `transport` if
+/// it is a tunnel this parser knows: the inner flow goes to this CPU's [`INNER`] slot; returns
+/// the end of the inner transport header (the headers every GSO segment repeats).
+#[inline(always)]
+fn tunnel(h: &Headers, transport: usize, outer: &FlowKey) -> Option<usize> {
+    // The tunnel's kind and id and where its payload starts, before anything is written: most
+    // packets are not tunnel packets.
+    let (kind, id, start, ethernet_inner, proto_type) = match (outer.proto, outer.dst_port) {
         (IPPROTO_UDP, VXLAN_PORT) => {
-            let vxlan = t.offset + 8;
+            let vxlan = transport + 8;
             // I flag: the VNI is valid.
             if h.u8(vxlan)? & 0x08 == 0 {
                 return None;
             }
-            key.tunnel = TUNNEL_VXLAN;
-            key.tunnel_id = h.be32(vxlan + 4)? >> 8;
-            (vxlan + 8, true, 0)
+            let vni = h.be32(vxlan + 4)? >> 8;
+            (TUNNEL_VXLAN, vni, vxlan + 8, true, 0)
         }
         (IPPROTO_UDP, GENEVE_PORT) => {
-            let geneve = t.offset + 8;
+            let geneve = transport + 8;
             let ver_opt = h.u8(geneve)?;
             if ver_opt >> 6 != 0 {
                 return None;
             }
             let proto_type = h.be16(geneve + 2)?;
-            key.tunnel = TUNNEL_GENEVE;
-            key.tunnel_id = h.be32(geneve + 4)? >> 8;
+            let vni = h.be32(geneve + 4)? >> 8;
             let start = geneve + 8 + ((ver_opt & 0x3f) as usize) * 4;
-            (start, proto_type == ETH_P_TEB, proto_type)
+            (
+                TUNNEL_GENEVE,
+                vni,
+                start,
+                proto_type == ETH_P_TEB,
+                proto_type,
+            )
         }
         (IPPROTO_GRE, _) => {
-            let flags = h.be16(t.offset)?;
+            let flags = h.be16(transport)?;
             // Version 0 only, no routing (RFC 2784/2890).
             if flags & 0x4007 != 0 {
                 return None;
             }
-            let proto_type = h.be16(t.offset + 2)?;
-            let mut off = t.offset + 4;
+            let proto_type = h.be16(transport + 2)?;
+            let mut off = transport + 4;
             if flags & GRE_CSUM != 0 {
                 off += 4;
             }
-            key.tunnel = TUNNEL_GRE;
+            let mut key_id = 0;
             if flags & GRE_KEY != 0 {
-                key.tunnel_id = h.be32(off)?;
+                key_id = h.be32(off)?;
                 off += 4;
             }
             if flags & GRE_SEQ != 0 {
                 off += 4;
             }
-            (off, proto_type == ETH_P_TEB, proto_type)
+            (TUNNEL_GRE, key_id, off, proto_type == ETH_P_TEB, proto_type)
         }
         _ => return None,
     };
+    // SAFETY: per-CPU slot; a program runs to completion on its CPU before the next.
+    let slot = unsafe { &mut *INNER.get_ptr_mut(0)? };
+    let key = &mut slot.key;
+    clear(key);
+    key.ifindex = outer.ifindex;
+    key.direction = outer.direction;
+    key.tunnel = kind;
+    key.tunnel_id = id;
     let (etype, l3) = if ethernet_inner {
         ethernet(h, start, key)?
     } else {
@@ -455,8 +529,8 @@ fn parse_ipv4(h: &Headers, l3: usize, key: &mut FlowKey) -> Option<Transport> {
     let proto = h.u8(l3 + 9)?;
     let src = h.bytes::<4>(l3 + 12)?;
     let dst = h.bytes::<4>(l3 + 16)?;
-    key.src_addr = mapped(src);
-    key.dst_addr = mapped(dst);
+    set_mapped(&mut key.src_addr, src);
+    set_mapped(&mut key.dst_addr, dst);
     let more_fragments = frag & 0x2000 != 0;
     let frag_offset = frag & 0x1fff;
     Some(Transport {
@@ -474,8 +548,8 @@ fn parse_ipv6(h: &Headers, l3: usize, key: &mut FlowKey) -> Option<Transport> {
         return None;
     }
     let mut next = h.u8(l3 + 6)?;
-    key.src_addr = h.bytes::<16>(l3 + 8)?;
-    key.dst_addr = h.bytes::<16>(l3 + 24)?;
+    set_address(&mut key.src_addr, h.u64_pair(l3 + 8)?);
+    set_address(&mut key.dst_addr, h.u64_pair(l3 + 24)?);
     let mut off = l3 + 40;
     let mut t = Transport {
         offset: off,
@@ -516,10 +590,38 @@ fn parse_ipv6(h: &Headers, l3: usize, key: &mut FlowKey) -> Option<Transport> {
     Some(t)
 }
 
-/// IPv4 address as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
+/// Zeroes a key with seven word stores (assigning `FlowKey::default()` compiles to a call).
 #[inline(always)]
-fn mapped(v4: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
-    ]
+fn clear(key: &mut FlowKey) {
+    let words = key as *mut FlowKey as *mut u64;
+    for i in 0..7 {
+        // SAFETY: FlowKey is seven 8-aligned words.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+}
+
+/// Writes an IPv4 address as IPv4-mapped IPv6 (`::ffff:a.b.c.d`), word by word.
+#[inline(always)]
+fn set_mapped(address: &mut [u8; 16], v4: [u8; 4]) {
+    let at = address.as_mut_ptr();
+    // SAFETY: the key's addresses are 8-aligned fields of 16 bytes.
+    unsafe {
+        core::ptr::write_volatile(at as *mut u64, 0);
+        core::ptr::write_volatile(
+            at.add(8) as *mut u32,
+            u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+        );
+        core::ptr::write_volatile(at.add(12) as *mut u32, u32::from_ne_bytes(v4));
+    }
+}
+
+/// Writes a 16-byte address read as two words.
+#[inline(always)]
+fn set_address(address: &mut [u8; 16], words: (u64, u64)) {
+    let at = address.as_mut_ptr() as *mut u64;
+    // SAFETY: the key's addresses are 8-aligned fields of 16 bytes.
+    unsafe {
+        core::ptr::write_volatile(at, words.0);
+        core::ptr::write_volatile(at.add(1), words.1);
+    }
 }

@@ -27,9 +27,9 @@ use aya_ebpf::{
 };
 use flowlens_common::sockets::{
     DropKey, DropStats, SockKey, SockOffsets, SockOwner, TcpConnStats, OFFSET_UNAVAILABLE,
-    SOCK_COUNTER_COUNT, SOCK_COUNTER_DROPS, SOCK_COUNTER_DROPS_UNPARSED, SOCK_COUNTER_MAP_FAILED,
-    SOCK_COUNTER_OWNER_WRITES, SOCK_COUNTER_READ_FAILED, SOCK_COUNTER_RETRANSMITS,
-    SOCK_COUNTER_RTT_SAMPLES, SOCK_WINDOW,
+    SOCK_COUNTER_COUNT, SOCK_COUNTER_DROPS, SOCK_COUNTER_DROPS_FILTERED,
+    SOCK_COUNTER_DROPS_UNPARSED, SOCK_COUNTER_MAP_FAILED, SOCK_COUNTER_OWNER_WRITES,
+    SOCK_COUNTER_READ_FAILED, SOCK_COUNTER_RETRANSMITS, SOCK_COUNTER_RTT_SAMPLES, SOCK_WINDOW,
 };
 
 const AF_INET: u16 = 2;
@@ -62,25 +62,7 @@ static SOCK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SOCK_COUN
 
 /// Kernel struct offsets from BTF (set at load; the defaults disable every read).
 #[unsafe(no_mangle)]
-static SOCK_OFFSETS: SockOffsets = SockOffsets {
-    sock_window: OFFSET_UNAVAILABLE,
-    sock_family: OFFSET_UNAVAILABLE,
-    sock_daddr: OFFSET_UNAVAILABLE,
-    sock_rcv_saddr: OFFSET_UNAVAILABLE,
-    sock_dport: OFFSET_UNAVAILABLE,
-    sock_num: OFFSET_UNAVAILABLE,
-    sock_v6_daddr: OFFSET_UNAVAILABLE,
-    sock_v6_rcv_saddr: OFFSET_UNAVAILABLE,
-    sock_protocol: OFFSET_UNAVAILABLE,
-    tcp_srtt_us: OFFSET_UNAVAILABLE,
-    skb_head: OFFSET_UNAVAILABLE,
-    skb_len: OFFSET_UNAVAILABLE,
-    skb_protocol: OFFSET_UNAVAILABLE,
-    skb_network_header: OFFSET_UNAVAILABLE,
-    skb_tcp_gso_segs: OFFSET_UNAVAILABLE,
-    reason_not_dropped: 0,
-    reason_consumed: 1,
-};
+static SOCK_OFFSETS: SockOffsets = SockOffsets::UNAVAILABLE;
 
 /// One offset, read so the compiler cannot fold the default (the loader rewrites the global).
 macro_rules! offset {
@@ -205,10 +187,20 @@ pub fn flowlens_kfree_skb(ctx: RawTracePointContext) -> i32 {
         count(SOCK_COUNTER_DROPS_UNPARSED);
         return 0;
     };
+    if !crate::wanted(
+        &conv.src_addr,
+        &conv.dst_addr,
+        conv.src_port,
+        conv.dst_port,
+        conv.proto,
+    ) {
+        count(SOCK_COUNTER_DROPS_FILTERED);
+        return 0;
+    }
     let key = DropKey {
         conv,
         reason,
-        _pad: 0,
+        watched: watched(skb) as u32,
     };
     let now = unsafe { bpf_ktime_get_ns() };
     count(SOCK_COUNTER_DROPS);
@@ -238,6 +230,24 @@ fn add_drop(stats: *mut DropStats, len: u64, now: u64) {
         (*stats).packets += 1;
         (*stats).bytes += len;
         (*stats).last_ns = now;
+    }
+}
+
+/// Whether the dropped packet is in the collector's network namespace: its device's, or, before
+/// it has one (a local sender's packet), its socket's. True when that cannot be told.
+#[inline(always)]
+fn watched(skb: u64) -> bool {
+    let wanted = offset!(watched_netns);
+    if wanted == 0 {
+        return true;
+    }
+    let owner = match read::<u64>(skb, offset!(skb_dev)) {
+        Some(dev) if dev != 0 => read::<u64>(dev, offset!(dev_net)),
+        _ => read::<u64>(skb, offset!(skb_sk)).and_then(|sk| read::<u64>(sk, offset!(sock_net))),
+    };
+    match owner.and_then(|net| read::<u32>(net, offset!(net_inum))) {
+        Some(inum) => inum == wanted,
+        None => true,
     }
 }
 

@@ -1,4 +1,4 @@
-//! User-space export cost of the collector (issue 3): Avro encoding of `RawFlow` with the generic
+//! User-space export cost of the collector: Avro encoding of `RawFlow` with the generic
 //! apache-avro encoder vs the hand-written one (`flowlens_collector::encode`), then publishing a
 //! whole scan's records to a real Kafka-protocol broker (tansu, started here) the way the
 //! collector does, with the process's CPU time (getrusage: user + system, all threads, so
@@ -14,12 +14,12 @@
 //! default `publish::DEFAULT_MAX_IN_FLIGHT`) except `old`:
 //! * `counting` (default): `Publisher::from_config`, delivery reports counted per call;
 //! * `futures`: `Publisher::new(FutureProducer)`, one delivery future per record;
-//! * `old`: the publish path before issue 3 (generic encoder, every record queued at once, then
-//!   all delivery futures awaited);
+//! * `old`: the naive publish path, the baseline (generic encoder, every record queued at once,
+//!   then all delivery futures awaited);
 //! * `stream`: like `counting`, but the records are made one at a time while publishing
 //!   (`Publisher::publish_flow_iter`), never all in memory: CPU includes making them;
 //! * `trickle`: `counting`, FLOWS records every 2 s for 20 s (10 scans): CPU share of a core,
-//!   background threads included (the 16-flow case of issue 3); `trickle-futures` the same
+//!   background threads included (a quiet node's 16 flows); `trickle-futures` the same
 //!   through `Publisher::new(FutureProducer)`.
 //!
 //! BROKER: use this broker (host:port) instead of starting tansu. Producer settings are the
@@ -144,7 +144,7 @@ fn realistic(i: u32, base_ns: i64) -> RawFlow {
     }
 }
 
-/// The publish path before issue 3: generic encoder, every record queued, then every future.
+/// The naive publish path (the baseline): generic encoder, every record queued, then every future.
 async fn publish_old(producer: &FutureProducer, topic: &str, flows: &[RawFlow]) -> Delivery {
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     let mut pending = Vec::with_capacity(flows.len());

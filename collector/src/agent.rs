@@ -11,17 +11,16 @@ use flowlens_common::{
     COUNTER_SAMPLED_OUT, COUNTER_TABLE_FULL, TUNNEL_NONE,
 };
 use flowlens_runtime::{health, kafka_probe, Shutdown};
-use flowlens_schemas::Interface;
+use flowlens_schemas::{Interface, RawFlow};
 
+use crate::clock::{monotonic_now_ns, Clock};
 use crate::config::Config;
-use crate::conversation::duplicates;
-use crate::drain::Drainer;
 use crate::interfaces::{self, InterfaceInfo};
 use crate::netns;
-use crate::probe::Probe;
+use crate::programs::Programs;
 use crate::publish::{Delivery, Publisher};
 
-use crate::record::{add_socket_fields, drop_only, raw_flow, Clock};
+use crate::raw_flow::{add_socket_fields, drop_only, fill_raw_flow};
 use crate::sockets::{SocketOptions, SocketStats};
 use crate::table::{Exported, FlowTable, Timeouts};
 
@@ -53,7 +52,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     .context("creating the Kafka producer")?
     .with_max_in_flight(c.max_in_flight as usize);
 
-    let mut probe = Probe::load_with_sockets(
+    let netns_inode = netns::inode(&if c.netns.is_empty() {
+        std::path::PathBuf::from("/proc/self/ns/net")
+    } else {
+        netns::resolve(&c.netns)
+    });
+    let mut probe = Programs::load_with_sockets(
         c.table_size,
         c.sampling,
         &c.filter.parse()?,
@@ -61,14 +65,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             enabled: c.socket_metrics,
             map_size: c.socket_table_size,
             drop_map_size: c.drop_table_size,
+            netns_inode: netns_inode as u32,
             ..SocketOptions::default()
         },
     )?;
     let sockets = if c.socket_metrics {
         Some(SocketStats::new(
-            &mut probe,
+            probe
+                .take_sockets()
+                .context("the socket maps were already taken")?,
             Duration::from_millis(c.idle_timeout_ms),
-        )?)
+        ))
     } else {
         None
     };
@@ -83,11 +90,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     })?;
     let (link_events, mut link_changed) = tokio::sync::mpsc::channel(1);
     interfaces::LinkWatch::open(&c.netns, None)?.spawn(link_events)?;
-    let netns_inode = netns::inode(&if c.netns.is_empty() {
-        std::path::PathBuf::from("/proc/self/ns/net")
-    } else {
-        netns::resolve(&c.netns)
-    });
     let describe = |i: &InterfaceInfo| Interface {
         host: host.clone(),
         ifindex: i.ifindex as i32,
@@ -115,10 +117,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         "collector running"
     );
 
-    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     let mut exporter = Exporter {
         table: FlowTable::new(
-            Drainer::new(c.drain_batch, cpus),
+            probe.flow_table()?,
             Timeouts {
                 idle_ns: c.idle_timeout_ms * 1_000_000,
                 closed_ns: c.closed_timeout_ms * 1_000_000,
@@ -128,6 +129,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         cost: (Duration::ZERO, 0),
         exported: (0, 0),
         entries: Vec::new(),
+        flows: Vec::new(),
         host: host.clone(),
         sampling: c.sampling,
         sockets,
@@ -216,7 +218,7 @@ fn targets(
 /// Brings attachments in line with the interfaces present now: attach to new matches, forget
 /// interfaces that are gone or were re-created under the same name.
 fn reconcile(
-    probe: &mut Probe,
+    probe: &mut Programs,
     attached: &mut BTreeMap<String, u32>,
     wanted: &[String],
     now: &BTreeMap<u32, InterfaceInfo>,
@@ -257,7 +259,7 @@ fn reconcile(
 
 /// The outer addresses of an inner flow's A->B packets (from the B->A entry, swapped, when A
 /// sent nothing in this interval).
-fn tunnel_outer(probe: &Probe, e: &Exported) -> Option<TunnelOuter> {
+fn tunnel_outer(probe: &Programs, e: &Exported) -> Option<TunnelOuter> {
     let c = &e.conversation;
     let key = c.key();
     if let Some(o) = probe.tunnel_outer(&key) {
@@ -285,6 +287,8 @@ struct Exporter {
     /// Packets and bytes exported since start.
     exported: (u64, u64),
     entries: Vec<Exported>,
+    /// Records of one chunk, reused from chunk to chunk and scan to scan.
+    flows: Vec<RawFlow>,
     host: String,
     sampling: u32,
     /// RTT, retransmits, drops and socket owners (None when `socket_metrics` is off).
@@ -297,70 +301,95 @@ impl Exporter {
     /// One scan: read the kernel table, publish what every flow added, update the metrics.
     async fn export(
         &mut self,
-        probe: &Probe,
+        probe: &Programs,
         publisher: &Publisher,
         scan: Scan,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
-        self.entries.clear();
-        let clock = Clock::now();
-        let (calls, occupancy, evicted) = match scan {
+        let (calls, occupancy) = match scan {
             Scan::Interval => {
                 let s = self
                     .table
-                    .scan(probe.flows_fd(), clock.monotonic_ns(), &mut self.entries)
+                    .begin(monotonic_now_ns())
                     .context("reading the flow table")?;
-                (s.syscalls, s.entries, s.evicted)
+                (s.syscalls, s.entries)
             }
             Scan::Final => {
-                let calls = self
+                let taken = self
                     .table
-                    .drain(probe.flows_fd(), &mut self.entries)
+                    .begin_drain()
                     .context("draining the flow table")?;
-                (calls, self.entries.len(), self.entries.len())
+                (0, taken)
             }
         };
-        let read = started.elapsed();
+        let rule = self.table.duplicates();
+        // The table's part of the scan: this read, and each chunk's export below.
+        let mut read = started.elapsed();
         if let Some(sockets) = self.sockets.as_mut() {
             if let Err(e) = sockets.scan() {
                 tracing::warn!(error = %e, "reading the socket tables failed; records of this scan carry no RTT, retransmits, drops or processes");
             }
         }
-        let duplicates = duplicates(self.entries.iter().map(|e| &e.conversation));
         // Records are made a chunk at a time (the publisher's in-flight window): a scan never
-        // holds every RawFlow at once.
+        // holds every conversation or RawFlow at once.
         let (mut records, mut packets, mut bytes) = (0u64, 0u64, 0u64);
+        let mut evicted = if scan == Scan::Final { occupancy } else { 0 };
         let mut delivery = Delivery::default();
         let chunk = publisher.max_in_flight().max(1);
-        let mut flows = Vec::with_capacity(chunk.min(self.entries.len()));
-        for (entries, duplicates) in self.entries.chunks(chunk).zip(duplicates.chunks(chunk)) {
-            flows.clear();
-            for (e, &duplicate) in entries.iter().zip(duplicates) {
+        let mut flows = std::mem::take(&mut self.flows);
+        let mut clock = Clock::now();
+        loop {
+            let started = Instant::now();
+            self.entries.clear();
+            let next = self
+                .table
+                .next(&mut self.entries, chunk)
+                .context("reading the flow table")?;
+            read += started.elapsed();
+            if next.done {
+                break;
+            }
+            evicted += next.evicted;
+            // Sampled after the chunk's read: no packet its records count is later than their
+            // export time.
+            clock = Clock::now();
+            let entries = &self.entries;
+            if flows.len() < entries.len() {
+                flows.resize_with(entries.len(), RawFlow::default);
+            }
+            for (e, f) in entries.iter().zip(flows.iter_mut()) {
                 let key = e.conversation.key();
+                let duplicate = rule.is_duplicate(&e.conversation);
                 let outer = (key.tunnel != TUNNEL_NONE)
                     .then(|| tunnel_outer(probe, e))
                     .flatten();
-                let mut f = raw_flow(&self.host, e, duplicate, outer, clock, self.sampling);
+                fill_raw_flow(f, &self.host, e, duplicate, outer, clock, self.sampling);
                 if let Some(sockets) = self.sockets.as_mut() {
                     // Counters go to the record that counts the packets (or, for a tunnel's
                     // inner flow, to the record of the conversation the sockets belong to).
                     let claim = !duplicate || key.tunnel != TUNNEL_NONE;
-                    add_socket_fields(&mut f, &key, sockets, claim);
+                    add_socket_fields(f, &key, sockets, claim);
                 }
                 if !f.duplicate {
                     packets += (f.packets + f.reverse_packets) as u64;
                     bytes += (f.bytes + f.reverse_bytes) as u64;
                 }
-                flows.push(f);
             }
-            records += flows.len() as u64;
-            let d = publisher.publish_flows(&flows).await?;
+            records += entries.len() as u64;
+            let d = match publisher.publish_flows(&flows[..entries.len()]).await {
+                Ok(d) => d,
+                Err(e) => {
+                    self.flows = flows;
+                    return Err(e);
+                }
+            };
             delivery.delivered += d.delivered;
             delivery.failed += d.failed;
         }
         // Drops of conversations no watched interface saw in this interval.
+        self.flows = flows;
         if let Some(sockets) = self.sockets.as_mut() {
-            flows.clear();
+            let mut flows = Vec::new();
             for (proto, a, b, extras) in sockets.unclaimed_drops(self.idle_ns) {
                 flows.push(drop_only(
                     &self.host,

@@ -41,10 +41,10 @@ pub struct CollectorConfig {
     /// for B->A). false: one record per direction, reverse_* always 0 (what RawFlow v1
     /// consumers expect).
     pub bidirectional: bool,
-    /// Maximum number of flows the kernel table holds (live flows plus those not yet idle).
+    /// Slots of the kernel flow table (rounded up to whole buckets of 8): one per flow
+    /// direction, live or not yet idle; 136 bytes of kernel memory each (the default, 1 Mi
+    /// slots, is 136 MiB and holds about 900,000 flow directions).
     pub table_size: u32,
-    /// Flows read per batched map syscall.
-    pub drain_batch: u32,
     /// Flow records queued in the Kafka producer and not yet acknowledged, at most: bounds the
     /// collector's memory at any number of flows.
     pub max_in_flight: u32,
@@ -52,7 +52,7 @@ pub struct CollectorConfig {
     pub interface_refresh_ms: u64,
     /// 1:N packet sampling in the kernel (1 = every packet); records carry the rate.
     pub sampling: u32,
-    /// In-kernel filters applied before a packet reaches the flow table.
+    /// In-kernel filters applied before a packet reaches the flow table (and to dropped packets).
     pub filter: FilterConfig,
     /// Per-conversation TCP RTT, retransmits, kernel drops with reason and the processes owning
     /// local sockets (tracepoints off the packet path); features the kernel lacks are disabled
@@ -74,8 +74,7 @@ impl Default for CollectorConfig {
             idle_timeout_ms: 15_000,
             closed_timeout_ms: 1_000,
             bidirectional: true,
-            table_size: 262_144,
-            drain_batch: 8_192,
+            table_size: 1_048_576,
             max_in_flight: 50_000,
             interface_refresh_ms: 10_000,
             sampling: 1,
@@ -112,13 +111,7 @@ impl Validate for Config {
             "collector.table_size",
             c.table_size.into(),
             1_024,
-            1 << 26,
-        )?;
-        flowlens_runtime::config::check_range(
-            "collector.drain_batch",
-            c.drain_batch.into(),
-            16,
-            1 << 20,
+            1 << 24,
         )?;
         flowlens_runtime::config::check_range(
             "collector.max_in_flight",

@@ -205,27 +205,62 @@ fn is_a(x: &(FlowKey, FlowStats), other: Option<&(FlowKey, FlowStats)>) -> bool 
 /// of every interface but one (the interface kept is the one of the record seen first, then the
 /// lowest interface index). Records of the same ends on one interface never mark each other:
 /// they count different packets (the two directions of a conversation on a mirror port, VLANs,
-/// ICMP errors each way). Returns one flag per conversation.
+/// ICMP errors each way). Overflow records (`FlowKey::overflow`: packets of flows without a
+/// slot, no ends to compare) are duplicates only as tunnels' inner packets. Returns one flag per
+/// conversation.
 pub fn duplicates<'a>(
     conversations: impl ExactSizeIterator<Item = &'a Conversation> + Clone,
 ) -> Vec<bool> {
-    // Per set of ends: the interface kept, by (first packet, interface index).
-    let mut kept: FastMap<Ends, (u64, u32)> = fast_map(conversations.len());
-    for c in conversations.clone() {
+    let rule = Duplicates::of(conversations.clone());
+    conversations.map(|c| rule.is_duplicate(c)).collect()
+}
+
+/// The rule of [`duplicates`] decided over all of a scan's conversations, then asked one
+/// conversation at a time (records are made a chunk at a time).
+#[derive(Debug, Default)]
+pub struct Duplicates {
+    /// Per set of ends: the interface kept, by (first packet, interface index); `None` when
+    /// every conversation is on one interface (nothing repeats another interface's records:
+    /// only tunnels' inner flows are duplicates; also `Duplicates::default()`).
+    kept: Option<FastMap<Ends, (u64, u32)>>,
+}
+
+impl Duplicates {
+    pub fn of<C: std::borrow::Borrow<Conversation>>(
+        conversations: impl Iterator<Item = C> + Clone,
+    ) -> Self {
+        let mut interfaces = conversations.clone().map(|c| c.borrow().key().ifindex);
+        let first = interfaces.next();
+        if interfaces.all(|i| Some(i) == first) {
+            return Self { kept: None };
+        }
+        let mut kept: FastMap<Ends, (u64, u32)> = fast_map(conversations.size_hint().0);
+        for c in conversations {
+            let c = c.borrow();
+            let key = c.key();
+            if key.tunnel == TUNNEL_NONE && !key.is_overflow() {
+                let rank = (c.first_seen_ns(), key.ifindex);
+                kept.entry(Ends::of(&key))
+                    .and_modify(|r| *r = (*r).min(rank))
+                    .or_insert(rank);
+            }
+        }
+        Self { kept: Some(kept) }
+    }
+
+    /// Whether `c`'s record only repeats packets another record of the scan counts.
+    pub fn is_duplicate(&self, c: &Conversation) -> bool {
         let key = c.key();
-        if key.tunnel == TUNNEL_NONE {
-            let rank = (c.first_seen_ns(), key.ifindex);
-            kept.entry(Ends::of(&key))
-                .and_modify(|r| *r = (*r).min(rank))
-                .or_insert(rank);
+        if key.tunnel != TUNNEL_NONE {
+            return true;
+        }
+        match &self.kept {
+            Some(kept) if !key.is_overflow() => kept
+                .get(&Ends::of(&key))
+                .is_some_and(|r| r.1 != key.ifindex),
+            _ => false,
         }
     }
-    conversations
-        .map(|c| {
-            let key = c.key();
-            key.tunnel != TUNNEL_NONE || kept[&Ends::of(&key)].1 != key.ifindex
-        })
-        .collect()
 }
 
 /// A conversation's identity regardless of interface, direction, VLAN and orientation.

@@ -2,18 +2,19 @@
 //! kernel flow table every scan interval and publishes Avro flow and interface records to Kafka.
 
 pub mod agent;
+pub mod bpf_map;
+pub mod btf;
+pub mod clock;
 pub mod config;
 pub mod conversation;
-pub mod drain;
 pub mod encode;
 pub mod filter;
 pub mod interfaces;
-pub mod kernel_offsets;
 pub mod netns;
 pub mod privileges;
-pub mod probe;
+pub mod programs;
 pub mod publish;
-pub mod record;
+pub mod raw_flow;
 pub mod sockets;
 pub mod table;
 

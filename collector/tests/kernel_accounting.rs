@@ -243,3 +243,151 @@ async fn drops_with_reason_reach_the_records() {
         .iter()
         .all(|f| f.drop_reason == "NETFILTER_DROP" && f.ifindex == 0));
 }
+
+/// A full kernel table still counts every packet: flows that find no slot count in their
+/// interface's overflow record (unspecified addresses, protocol 0), and the records of one
+/// interface add up to every datagram the receiver got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_table_still_counts_every_packet() {
+    const FLOWS: usize = 3_000;
+    const EACH: usize = 2;
+    const PAYLOAD: usize = 100;
+    let tune = |c: &mut flowlens_collector::Config| {
+        c.collector.table_size = 1_024;
+    };
+    let run = run_collector("o", tune, |p| {
+        let rx = in_netns(&p.ns_b, || {
+            std::net::UdpSocket::bind((p.ip_b, 6300)).unwrap()
+        });
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 256];
+        let mut received = 0u64;
+        for _ in 0..FLOWS {
+            let tx = in_netns(&p.ns_a, || std::net::UdpSocket::bind((p.ip_a, 0)).unwrap());
+            for _ in 0..EACH {
+                tx.send_to(&[5u8; PAYLOAD], (p.ip_b, 6300)).unwrap();
+            }
+            for _ in 0..EACH {
+                rx.recv_from(&mut buf).expect("every datagram arrives");
+                received += 1;
+            }
+        }
+        received
+    })
+    .await;
+    let ifindex = run
+        .interfaces
+        .iter()
+        .find(|i| i.name == run.pair.if_a)
+        .map(|i| i.ifindex)
+        .unwrap();
+    let b = std::net::IpAddr::V4(run.pair.ip_b);
+    let unspecified = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    let egress = |f: &&flowlens_schemas::RawFlow| {
+        f.ifindex == ifindex && f.direction == flowlens_schemas::Direction::Egress
+    };
+    let flows: Vec<_> = run
+        .flows
+        .iter()
+        .filter(egress)
+        .filter(|f| f.dst_ip() == b && f.dst_port == 6300)
+        .collect();
+    let overflow: Vec<_> = run
+        .flows
+        .iter()
+        .filter(egress)
+        .filter(|f| f.src_ip() == unspecified && f.dst_ip() == unspecified)
+        .collect();
+    assert!(
+        !overflow.is_empty(),
+        "1,024 slots cannot hold {FLOWS} flows"
+    );
+    assert!(overflow
+        .iter()
+        .all(|f| f.proto == 0 && f.src_port == 0 && f.etype == 0x0800 && !f.duplicate));
+    assert!(
+        flows.len() >= 800,
+        "most slots hold a flow: {}",
+        flows.len()
+    );
+    let sum = |fs: &[&flowlens_schemas::RawFlow]| {
+        fs.iter()
+            .fold((0, 0), |(p, b), f| (p + f.packets, b + f.bytes))
+    };
+    let (p1, b1) = sum(&flows);
+    let (p2, b2) = sum(&overflow);
+    let wire = (14 + 20 + 8 + PAYLOAD) as i64;
+    assert_eq!(
+        (p1 + p2, b1 + b2),
+        (run.sent as i64, run.sent as i64 * wire),
+        "{} flow records, {} overflow records",
+        flows.len(),
+        overflow.len()
+    );
+}
+
+/// Drops in a network namespace the collector does not watch, of packets no watched interface
+/// saw, are not its to report: nftables counts them, yet no drop-only record names them, while
+/// drops in the collector's own namespace still become drop-only records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drops_in_other_namespaces_are_not_drop_only_records() {
+    let nft = |ns: &str, hook: &str, port: u16| {
+        for cmd in [
+            "add table inet fl".to_string(),
+            format!("add chain inet fl {hook} {{ type filter hook {hook} priority 0 ; }}"),
+            format!("add rule inet fl {hook} udp dport {port} counter drop"),
+        ] {
+            flowlens_runtime::testkit::NetnsPair::exec(ns, &["nft", &cmd]);
+        }
+    };
+    let run = run_collector(
+        "e",
+        |_| {},
+        move |p| {
+            let other = flowlens_runtime::testkit::NetnsPair::new("x");
+            nft(&other.ns_b, "input", 6500);
+            nft(&p.ns_a, "output", 6501);
+            let elsewhere = in_netns(&other.ns_a, || {
+                std::net::UdpSocket::bind((other.ip_a, 0)).unwrap()
+            });
+            for _ in 0..20 {
+                elsewhere.send_to(&[1u8; 100], (other.ip_b, 6500)).unwrap();
+            }
+            let here = in_netns(&p.ns_a, || std::net::UdpSocket::bind((p.ip_a, 0)).unwrap());
+            for _ in 0..15 {
+                // A drop in the sender's own output is reported to it (EPERM).
+                let _ = here.send_to(&[2u8; 60], (p.ip_b, 6501));
+            }
+            std::thread::sleep(Duration::from_millis(700));
+            let rules = flowlens_runtime::testkit::NetnsPair::exec(
+                &other.ns_b,
+                &["nft", "list", "chain", "inet", "fl", "input"],
+            );
+            let counted: u64 = rules
+                .split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no nftables counter in {rules}"));
+            (counted, here.local_addr().unwrap().port())
+        },
+    )
+    .await;
+    let (dropped_elsewhere, port) = run.sent;
+    assert_eq!(
+        dropped_elsewhere, 20,
+        "nftables dropped them in the other namespace"
+    );
+    let elsewhere: Vec<_> = run.flows.iter().filter(|f| f.dst_port == 6500).collect();
+    assert!(elsewhere.is_empty(), "{elsewhere:#?}");
+    let here: i64 = run
+        .flows
+        .iter()
+        .filter(|f| f.src_port == i32::from(port) && f.dst_port == 6501)
+        .map(|f| f.drops)
+        .sum();
+    assert_eq!(
+        here, 15,
+        "drop-only records of the collector's own namespace"
+    );
+}

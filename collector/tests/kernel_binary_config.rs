@@ -6,7 +6,7 @@
 //! records of their own (`reverse_*` 0, the answer's direction ingress); `table_size = 1024`:
 //! 3,000 flows overflow the kernel table (its `table_full` counter on `/metrics`);
 //! `idle_timeout_ms = 1000`: quiet flows leave the kernel table within seconds (its occupancy
-//! on `/metrics`); `max_in_flight = 64` and `drain_batch = 16` still deliver every record; `socket_metrics =
+//! on `/metrics`); `max_in_flight = 64` still delivers every record; `socket_metrics =
 //! false`: no record of kernel drops (those come from a host-wide tracepoint the packet
 //! filters do not see); `telemetry.log_format = "json"`: every log line is JSON.
 
@@ -37,7 +37,7 @@ fn filter_sampling_direction_table_and_log_keys_take_effect() {
         &file,
         format!(
             "[collector]\nhost = \"keys-host\"\ninterfaces = [\"{}\"]\nnetns = \"{}\"\n\
-             scan_interval_ms = 300\nbidirectional = false\ntable_size = 1024\ndrain_batch = 16\n\
+             scan_interval_ms = 300\nbidirectional = false\ntable_size = 1024\n\
              max_in_flight = 64\nsampling = 2\nsocket_metrics = false\nidle_timeout_ms = 1000\n\
              [collector.filter]\ncidrs = [\"{net}\"]\nports = [7301]\nprotocols = [\"udp\"]\n\
              [kafka]\nbrokers = [\"{}\"]\npartitions = 1\n\

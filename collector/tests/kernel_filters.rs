@@ -81,3 +81,43 @@ async fn one_in_ten_sampling_stays_within_bounds() {
     );
     assert_eq!(kept.bytes, kept.packets * (14 + 20 + 8 + 64));
 }
+
+/// The filters apply to the packets the kernel drops too: of two UDP ports dropped in the
+/// sender's output (drop-only records), only the port the filter names is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_apply_to_dropped_packets() {
+    let tune = |c: &mut flowlens_collector::Config| {
+        c.collector.filter = FilterConfig {
+            ports: vec![6600],
+            ..Default::default()
+        }
+    };
+    let run = run_collector("d", tune, |p| {
+        for cmd in [
+            "add table inet fl",
+            "add chain inet fl output { type filter hook output priority 0 ; }",
+            "add rule inet fl output udp dport { 6600, 6601 } drop",
+        ] {
+            flowlens_runtime::testkit::NetnsPair::exec(&p.ns_a, &["nft", cmd]);
+        }
+        let tx = flowlens_runtime::testkit::in_netns(&p.ns_a, || {
+            std::net::UdpSocket::bind((p.ip_a, 0)).unwrap()
+        });
+        for port in [6600, 6601] {
+            for _ in 0..10 {
+                // A drop in the sender's own output is reported to it (EPERM).
+                let _ = tx.send_to(&[3u8; 80], (p.ip_b, port));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(700));
+    })
+    .await;
+    let drops = |port: i32| -> i64 {
+        run.flows
+            .iter()
+            .filter(|f| f.dst_port == port)
+            .map(|f| f.drops)
+            .sum()
+    };
+    assert_eq!((drops(6600), drops(6601)), (10, 0), "{:#?}", run.flows);
+}

@@ -24,10 +24,8 @@ use std::time::{Duration, Instant};
 
 use common::require_root;
 use flowlens_collector::filter::FilterConfig;
-use flowlens_collector::probe::Probe;
-use flowlens_collector::sockets::{
-    kernel_cost, ConnExtras, Endpoint, ProcessInfo, SocketOptions, SocketStats,
-};
+use flowlens_collector::programs::Programs;
+use flowlens_collector::sockets::{ConnExtras, Endpoint, ProcessInfo, SocketOptions, SocketStats};
 use flowlens_runtime::testkit::{in_netns, NetnsPair};
 
 /// One test at a time: each loads its own host-wide programs, and the machine has two cores.
@@ -37,17 +35,17 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn load(options: &SocketOptions) -> (Probe, SocketStats) {
+fn load(options: &SocketOptions) -> (Programs, SocketStats) {
     let (probe, stats) = load_soft(options);
     assert!(stats.disabled().is_empty(), "{:?}", stats.disabled());
     (probe, stats)
 }
 
 /// Loads even if some socket feature is disabled.
-fn load_soft(options: &SocketOptions) -> (Probe, SocketStats) {
+fn load_soft(options: &SocketOptions) -> (Programs, SocketStats) {
     let filters = FilterConfig::default().parse().unwrap();
-    let mut probe = Probe::load_with_sockets(4096, 1, &filters, options).expect("loading");
-    let stats = SocketStats::new(&mut probe, Duration::from_secs(60)).unwrap();
+    let mut probe = Programs::load_with_sockets(4096, 1, &filters, options).expect("loading");
+    let stats = SocketStats::new(probe.take_sockets().unwrap(), Duration::from_secs(60));
     (probe, stats)
 }
 
@@ -232,7 +230,7 @@ fn retransmits_bounded_by_tcp_info_and_drops_by_nftables() {
             pair.ip_a
         ),
     );
-    let cost_before = kernel_cost(&probe);
+    let cost_before = probe.socket_cost();
 
     const BYTES: usize = 8 << 20;
     let listener = in_netns(&pair.ns_b, || TcpListener::bind((pair.ip_b, 5005)).unwrap());
@@ -304,7 +302,7 @@ fn retransmits_bounded_by_tcp_info_and_drops_by_nftables() {
     assert!(extras.rtt_ns > 0, "a veth RTT sample");
 
     // Kernel cost of the socket programs during the transfer (kernel.bpf_stats_enabled=1).
-    for (name, time, runs) in kernel_cost(&probe) {
+    for (name, time, runs) in probe.socket_cost() {
         let (t0, r0) = cost_before
             .iter()
             .find(|(n, _, _)| *n == name)

@@ -131,7 +131,10 @@ fn huge_lengths_are_clean_errors_within_the_message_size() {
             }
         }
     }
-    assert_eq!(checked, RecordKind::known_writers().count() * LENGTHS.len() * 2);
+    assert_eq!(
+        checked,
+        RecordKind::known_writers().count() * LENGTHS.len() * 2
+    );
 }
 
 /// A varint longer than 64 bits as the length: an error, not a wrap-around to a small length.

@@ -1,19 +1,20 @@
 //! Types shared by the kernel programs (collector-ebpf) and user space (collector): the flow
-//! table's key and value, the kernel counters, and the map names. `#[repr(C)]` with explicit
-//! padding so both sides agree byte for byte; keys are always fully zero-initialised.
+//! key and counters, the flow table's layout (`table`), the kernel counters, and the map names.
+//! `#[repr(C)]` with explicit padding so both sides agree byte for byte; keys are always fully
+//! zero-initialised.
 #![no_std]
 
 pub mod sockets;
+pub mod table;
 
-/// Name of the kernel flow table (a per-CPU hash map `FlowKey -> FlowStats`).
-pub const FLOWS_MAP: &str = "FLOWS";
 /// Name of the per-CPU counter array (indexed by the `COUNTER_*` constants).
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the ingress and egress TC programs.
 pub const INGRESS_PROGRAM: &str = "flowlens_ingress";
 pub const EGRESS_PROGRAM: &str = "flowlens_egress";
 
-/// Packets whose flow could not be recorded because the flow table was full.
+/// Packets of flows that found no free slot in the flow table (counted per interface in
+/// `table::FLOW_OVERFLOW_MAP` instead).
 pub const COUNTER_TABLE_FULL: u32 = 0;
 /// Packets that were not IPv4/IPv6 (ARP, LLDP, ...): passed, not recorded.
 pub const COUNTER_NON_IP: u32 = 1;
@@ -69,8 +70,9 @@ pub const FLOW_INITIATOR: u8 = 1;
 /// Flow table key: one entry per (interface, direction, VLAN, addresses, protocol, ports,
 /// tunnel). IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`). For ICMP/ICMPv6 the ports
 /// are 0 and type/code are set. Inner flows of a tunnel carry its kind and id; their outer
-/// addresses are in [`TUNNELS_MAP`]. 56 bytes, no implicit padding.
-#[repr(C)]
+/// addresses are in [`TUNNELS_MAP`]. 56 bytes, 8-aligned (hashed as seven words), no implicit
+/// padding.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src_addr: [u8; 16],
@@ -109,20 +111,25 @@ impl FlowKey {
     #[inline(always)]
     pub fn answer(&self, direction: u8) -> Option<FlowKey> {
         let mut r = *self;
-        r.src_addr = self.dst_addr;
-        r.dst_addr = self.src_addr;
-        r.src_port = self.dst_port;
-        r.dst_port = self.src_port;
-        r.direction = direction;
+        r.become_answer(direction).then_some(r)
+    }
+
+    /// Turns this key into [`FlowKey::answer`]`(direction)` in place; false (the key is then
+    /// unusable) for ICMP messages without an answer type.
+    #[inline(always)]
+    pub fn become_answer(&mut self, direction: u8) -> bool {
+        core::mem::swap(&mut self.src_addr, &mut self.dst_addr);
+        core::mem::swap(&mut self.src_port, &mut self.dst_port);
+        self.direction = direction;
         match (self.proto, self.icmp_type) {
-            (1, 8) => r.icmp_type = 0,
-            (1, 0) => r.icmp_type = 8,
-            (58, 128) => r.icmp_type = 129,
-            (58, 129) => r.icmp_type = 128,
-            (1, _) | (58, _) => return None,
+            (1, 8) => self.icmp_type = 0,
+            (1, 0) => self.icmp_type = 8,
+            (58, 128) => self.icmp_type = 129,
+            (58, 129) => self.icmp_type = 128,
+            (1, _) | (58, _) => return false,
             _ => {}
         }
-        Some(r)
+        true
     }
 
     /// Both directions the opposite direction's packets can cross the interface in (see
@@ -140,8 +147,8 @@ pub struct TunnelOuter {
     pub dst_addr: [u8; 16],
 }
 
-/// Per-CPU flow counters. User space sums packets/bytes, takes min first / max last seen and ORs
-/// the TCP flags across CPUs. Times are `bpf_ktime_get_ns` (CLOCK_MONOTONIC). 40 bytes.
+/// A flow's counters as user space handles them (from a `table::FlowSlot`, or summed over
+/// several with [`FlowStats::merge`]). Times are `bpf_ktime_get_ns` (CLOCK_MONOTONIC). 40 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
@@ -156,7 +163,8 @@ pub struct FlowStats {
 }
 
 impl FlowStats {
-    /// Folds another CPU's counters for the same key into this one.
+    /// Folds other counters of the same key into these (packets and bytes summed, first and
+    /// last packet widened, flags OR'ed).
     pub fn merge(&mut self, other: &FlowStats) {
         if other.packets == 0 {
             return;
@@ -209,6 +217,9 @@ mod user {
     unsafe impl aya::Pod for super::sockets::SockOwner {}
     unsafe impl aya::Pod for super::sockets::SockOffsets {}
     unsafe impl aya::Pod for super::TunnelOuter {}
+    unsafe impl aya::Pod for super::table::FlowSlot {}
+    unsafe impl aya::Pod for super::table::TableLayout {}
+    unsafe impl aya::Pod for super::table::OverflowKey {}
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Types shared by the socket programs (collector-ebpf/src/sockets.rs: TCP RTT and retransmits,
 //! packet drops with the kernel's reason, the process owning a socket) and their reader
-//! (collector/src/sockets.rs). `#[repr(C)]` with explicit padding; keys are fully zeroed before
+//! (collector/src/sockets/). `#[repr(C)]` with explicit padding; keys are fully zeroed before
 //! they are filled.
 //!
 //! aya-ebpf has no CO-RE, so the programs never hard-code a kernel struct offset: user space
@@ -43,6 +43,8 @@ pub const SOCK_COUNTER_RETRANSMITS: u32 = 1;
 pub const SOCK_COUNTER_DROPS: u32 = 2;
 /// Dropped packets that were not IPv4/IPv6 or whose headers could not be read.
 pub const SOCK_COUNTER_DROPS_UNPARSED: u32 = 3;
+/// Dropped packets left out by the in-kernel filters (`collector.filter`).
+pub const SOCK_COUNTER_DROPS_FILTERED: u32 = 7;
 /// Writes of a socket's owner (first sight, or another process).
 pub const SOCK_COUNTER_OWNER_WRITES: u32 = 4;
 /// Map inserts that failed (should stay 0: the maps are LRU).
@@ -50,7 +52,7 @@ pub const SOCK_COUNTER_MAP_FAILED: u32 = 5;
 /// Kernel reads (bpf_probe_read_kernel) that failed.
 pub const SOCK_COUNTER_READ_FAILED: u32 = 6;
 /// Number of counters in [`SOCK_COUNTERS_MAP`].
-pub const SOCK_COUNTER_COUNT: u32 = 7;
+pub const SOCK_COUNTER_COUNT: u32 = 8;
 
 /// An offset the kernel does not have (the feature needing it is disabled).
 pub const OFFSET_UNAVAILABLE: u32 = u32::MAX;
@@ -92,14 +94,17 @@ pub struct TcpConnStats {
     pub last_ns: u64,
 }
 
-/// Key of the drops map: the dropped packets' conversation (source -> destination) and the
-/// kernel's reason (`enum skb_drop_reason` value). 48 bytes.
+/// Key of the drops map: the dropped packets' conversation (source -> destination), the
+/// kernel's reason (`enum skb_drop_reason` value) and whether the drop happened in the
+/// collector's network namespace. 48 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DropKey {
     pub conv: SockKey,
     pub reason: u32,
-    pub _pad: u32,
+    /// 1: the packet's device (or, without one, its socket) is in the network namespace
+    /// `SockOffsets::watched_netns`, or that is 0 or unreadable; 0: another namespace.
+    pub watched: u32,
 }
 
 /// Packets of one (source, destination, reason) dropped by the kernel on one CPU (cumulative).
@@ -155,29 +160,50 @@ pub struct SockOffsets {
     /// `enum skb_drop_reason` values that are not drops (SKB_NOT_DROPPED_YET, SKB_CONSUMED).
     pub reason_not_dropped: u32,
     pub reason_consumed: u32,
+    /// `sk_buff.dev`, `sk_buff.sk`, `net_device.nd_net.net`, `sock.__sk_common.skc_net.net` and
+    /// `net.ns.inum`: where a dropped packet's network namespace is read.
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    pub dev_net: u32,
+    pub sock_net: u32,
+    pub net_inum: u32,
+    /// Inode number of the collector's network namespace (`ns.inum`); 0: every drop counts as
+    /// watched.
+    pub watched_netns: u32,
+}
+
+impl SockOffsets {
+    /// Every offset unavailable (every read disabled), no namespace watched.
+    pub const UNAVAILABLE: SockOffsets = SockOffsets {
+        sock_window: OFFSET_UNAVAILABLE,
+        sock_family: OFFSET_UNAVAILABLE,
+        sock_daddr: OFFSET_UNAVAILABLE,
+        sock_rcv_saddr: OFFSET_UNAVAILABLE,
+        sock_dport: OFFSET_UNAVAILABLE,
+        sock_num: OFFSET_UNAVAILABLE,
+        sock_v6_daddr: OFFSET_UNAVAILABLE,
+        sock_v6_rcv_saddr: OFFSET_UNAVAILABLE,
+        sock_protocol: OFFSET_UNAVAILABLE,
+        tcp_srtt_us: OFFSET_UNAVAILABLE,
+        skb_head: OFFSET_UNAVAILABLE,
+        skb_len: OFFSET_UNAVAILABLE,
+        skb_protocol: OFFSET_UNAVAILABLE,
+        skb_network_header: OFFSET_UNAVAILABLE,
+        skb_tcp_gso_segs: OFFSET_UNAVAILABLE,
+        reason_not_dropped: 0,
+        reason_consumed: 1,
+        skb_dev: OFFSET_UNAVAILABLE,
+        skb_sk: OFFSET_UNAVAILABLE,
+        dev_net: OFFSET_UNAVAILABLE,
+        sock_net: OFFSET_UNAVAILABLE,
+        net_inum: OFFSET_UNAVAILABLE,
+        watched_netns: 0,
+    };
 }
 
 impl Default for SockOffsets {
     fn default() -> Self {
-        Self {
-            sock_window: OFFSET_UNAVAILABLE,
-            sock_family: OFFSET_UNAVAILABLE,
-            sock_daddr: OFFSET_UNAVAILABLE,
-            sock_rcv_saddr: OFFSET_UNAVAILABLE,
-            sock_dport: OFFSET_UNAVAILABLE,
-            sock_num: OFFSET_UNAVAILABLE,
-            sock_v6_daddr: OFFSET_UNAVAILABLE,
-            sock_v6_rcv_saddr: OFFSET_UNAVAILABLE,
-            sock_protocol: OFFSET_UNAVAILABLE,
-            tcp_srtt_us: OFFSET_UNAVAILABLE,
-            skb_head: OFFSET_UNAVAILABLE,
-            skb_len: OFFSET_UNAVAILABLE,
-            skb_protocol: OFFSET_UNAVAILABLE,
-            skb_network_header: OFFSET_UNAVAILABLE,
-            skb_tcp_gso_segs: OFFSET_UNAVAILABLE,
-            reason_not_dropped: 0,
-            reason_consumed: 1,
-        }
+        Self::UNAVAILABLE
     }
 }
 
@@ -192,6 +218,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<DropKey>(), 48);
         assert_eq!(core::mem::size_of::<DropStats>(), 24);
         assert_eq!(core::mem::size_of::<SockOwner>(), 40);
-        assert_eq!(core::mem::size_of::<SockOffsets>(), 17 * 4);
+        assert_eq!(core::mem::size_of::<SockOffsets>(), 23 * 4);
     }
 }

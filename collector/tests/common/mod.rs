@@ -45,8 +45,8 @@ pub struct Totals {
 /// What the traffic generator learned while sending (ports chosen by the kernel, TCP counters).
 pub struct Sent {
     pub udp_ports: Vec<u16>,
-    /// TCP payload bytes A put on the wire, retransmissions included (a starved CPU can make
-    /// the stack retransmit even on a veth).
+    /// TCP payload bytes A put on the wire (`tcpi_bytes_sent`; `send_known_traffic` checks
+    /// that nothing was retransmitted).
     pub tcp_bytes_sent: u64,
     pub udp6_port: u16,
     pub tcp_port: u16,

@@ -1,97 +1,18 @@
-//! Flow table management: every scan exports what each conversation added since the last export
-//! (active timeout = the scan interval) while live flows stay in the kernel table, so the
-//! per-packet path never pays a re-insert; conversations idle longer than the idle timeout, or
-//! TCP-closed (RST, FIN both ways) and quiet for the closed timeout, are taken out atomically
-//! (lookup-and-delete of each direction's key) with their last counts. At shutdown the whole
-//! table is drained.
+//! The ledger of live kernel entries kept between scans: each entry indexed once to its
+//! conversation's slot, what each side already exported, and the deltas and endings a scan
+//! exports.
 
 use std::io;
-use std::os::fd::BorrowedFd;
 
 use flowlens_common::{FlowKey, FlowStats};
 
+use super::{Exported, Timeouts};
 use crate::conversation::{fast_map, Conversation, Ending, FastMap};
-use crate::drain::Drainer;
-
-/// What one scan found.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ScanStats {
-    /// Entries in the kernel table when it was read.
-    pub entries: usize,
-    /// Entries removed from the kernel table (idle or closed conversations).
-    pub evicted: usize,
-    pub syscalls: usize,
-}
-
-/// One conversation's part of a scan: what each direction added since its previous export
-/// (`None` for a direction with nothing new), and whether this is its last record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Exported {
-    pub conversation: Conversation,
-    pub ending: Ending,
-}
-
-/// Table timing: idle flows leave after `idle_ns`, closed TCP conversations after `closed_ns`
-/// of quiet; `bidirectional` joins the two directions of a conversation.
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    pub idle_ns: u64,
-    pub closed_ns: u64,
-    pub bidirectional: bool,
-}
-
-/// The user-space side of the kernel table: batched reads through the drainer, and the ledger
-/// of what each live entry already exported.
-pub struct FlowTable {
-    drainer: Drainer,
-    ledger: Ledger,
-}
-
-impl FlowTable {
-    pub fn new(drainer: Drainer, timeouts: Timeouts) -> Self {
-        Self {
-            drainer,
-            ledger: Ledger::new(timeouts),
-        }
-    }
-
-    /// Reads the table; appends to `out` each conversation's counts since its previous export,
-    /// and evicts conversations that ended (idle, or TCP closed and quiet) at `now_ns`
-    /// (monotonic clock), both directions at once.
-    pub fn scan(
-        &mut self,
-        map: BorrowedFd<'_>,
-        now_ns: u64,
-        out: &mut Vec<Exported>,
-    ) -> io::Result<ScanStats> {
-        self.ledger.read.clear();
-        let syscalls = self.drainer.read_all(map, false, &mut self.ledger.read)?;
-        let entries = self.ledger.read.len();
-        let drainer = &mut self.drainer;
-        let evicted = self
-            .ledger
-            .export_read(now_ns, out, |key| drainer.take(map, key))?;
-        Ok(ScanStats {
-            entries,
-            evicted,
-            syscalls: syscalls + evicted,
-        })
-    }
-
-    /// Empties the kernel table and appends every conversation's counts since its previous
-    /// export, all ending with `Ending::Shutdown` (or FIN/RST when the TCP end was seen).
-    pub fn drain(&mut self, map: BorrowedFd<'_>, out: &mut Vec<Exported>) -> io::Result<usize> {
-        self.ledger.read.clear();
-        let calls = self.drainer.read_all(map, true, &mut self.ledger.read)?;
-        self.ledger.export_all(out);
-        Ok(calls)
-    }
-}
 
 /// What was exported of every live kernel entry, kept between scans. Each entry is indexed
 /// once to its conversation's slot, so a scan costs one hash lookup per live entry: pairing the
 /// two directions and remembering the exported counts need no per-scan maps.
-struct Ledger {
+pub(super) struct Ledger {
     timeouts: Timeouts,
     /// Kernel key -> `slot << 1 | side` of its conversation.
     index: FastMap<FlowKey, u32>,
@@ -101,7 +22,7 @@ struct Ledger {
     generation: u32,
     /// The entries of the current scan's table read, and the slots they touched (in read
     /// order).
-    read: Vec<(FlowKey, FlowStats)>,
+    pub(super) read: Vec<(FlowKey, FlowStats)>,
     touched: Vec<u32>,
 }
 
@@ -133,7 +54,7 @@ struct Baseline {
 }
 
 impl Ledger {
-    fn new(timeouts: Timeouts) -> Self {
+    pub(super) fn new(timeouts: Timeouts) -> Self {
         Self {
             timeouts,
             index: fast_map(0),
@@ -148,16 +69,36 @@ impl Ledger {
     /// Exports what every conversation in `read` added (see [`FlowTable::scan`]); `take`
     /// removes an ended conversation's entry from the kernel and returns its last counts.
     /// Returns the number of entries removed.
-    fn export_read(
+    #[cfg(test)]
+    pub(super) fn export_read(
         &mut self,
+        now_ns: u64,
+        out: &mut Vec<Exported>,
+        take: impl FnMut(&FlowKey) -> io::Result<Option<FlowStats>>,
+    ) -> io::Result<usize> {
+        self.index_read();
+        self.export_touched(0..self.touched.len(), now_ns, out, take)
+    }
+
+    /// Files `read` (see [`Ledger::index_read`]); the touched conversations are then exported
+    /// a range at a time with [`Ledger::export_touched`] or [`Ledger::export_ended`].
+    pub(super) fn file_read(&mut self) -> usize {
+        self.index_read();
+        self.touched.len()
+    }
+
+    /// [`Ledger::export_read`] for the touched conversations `range` (of those `file_read`
+    /// counted).
+    pub(super) fn export_touched(
+        &mut self,
+        range: std::ops::Range<usize>,
         now_ns: u64,
         out: &mut Vec<Exported>,
         mut take: impl FnMut(&FlowKey) -> io::Result<Option<FlowStats>>,
     ) -> io::Result<usize> {
-        self.index_read();
         let t = self.timeouts;
         let mut evicted = 0;
-        for i in 0..self.touched.len() {
+        for i in range {
             let slot = self.touched[i];
             let mut conversation = self.conversation(slot);
             let ending = conversation.ending(now_ns, t.idle_ns, t.closed_ns);
@@ -184,10 +125,23 @@ impl Ledger {
         Ok(evicted)
     }
 
-    /// Exports every conversation in `read` as ended (the table was emptied) and forgets all.
-    fn export_all(&mut self, out: &mut Vec<Exported>) {
-        self.index_read();
-        for i in 0..self.touched.len() {
+    /// What the touched conversation `i` would export at `now_ns`, as read (without taking
+    /// ended ones out of the kernel): `None` when it is held back or has nothing new.
+    pub(super) fn preview(&self, i: usize, now_ns: u64) -> Option<Conversation> {
+        let t = self.timeouts;
+        let slot = self.touched[i];
+        let conversation = self.conversation(slot);
+        let ending = conversation.ending(now_ns, t.idle_ns, t.closed_ns);
+        if ending == Ending::Open && conversation.tcp_end().is_some() {
+            return None;
+        }
+        self.delta(slot, conversation)
+    }
+
+    /// Exports the touched conversations `range` as ended (the table was emptied; then
+    /// [`Ledger::forget_all`]).
+    pub(super) fn export_ended(&mut self, range: std::ops::Range<usize>, out: &mut Vec<Exported>) {
+        for i in range {
             let slot = self.touched[i];
             let conversation = self.conversation(slot);
             let ending = match conversation.ending(u64::MAX, u64::MAX - 1, 0) {
@@ -196,6 +150,10 @@ impl Ledger {
             };
             self.export(slot, conversation, ending, out);
         }
+    }
+
+    /// Forgets every entry (the table was emptied).
+    pub(super) fn forget_all(&mut self) {
         self.index.clear();
         self.slots.clear();
         self.free.clear();
@@ -207,6 +165,9 @@ impl Ledger {
         self.generation = self.generation.wrapping_add(1).max(1);
         let generation = self.generation;
         self.touched.clear();
+        // Room for a table that grew, at once rather than by repeated doubling.
+        self.index
+            .reserve(self.read.len().saturating_sub(self.index.len()));
         for i in 0..self.read.len() {
             let key = &self.read[i].0;
             let at = match self.index.get(key) {
@@ -276,37 +237,49 @@ impl Ledger {
     fn export(
         &mut self,
         slot: u32,
-        mut delta: Conversation,
+        current: Conversation,
         ending: Ending,
         out: &mut Vec<Exported>,
     ) {
-        let (read, generation) = (&self.read, self.generation);
-        let sides = &mut self.slots[slot as usize].sides;
+        let delta = self.delta(slot, current);
+        for (key, counts) in [current.a_to_b, current.b_to_a].into_iter().flatten() {
+            if let Some(side) = self.side(slot, &key) {
+                self.slots[slot as usize].sides[side].exported = Baseline {
+                    packets: counts.packets,
+                    bytes: counts.bytes,
+                    last_seen_ns: counts.last_seen_ns,
+                };
+            }
+        }
+        if let Some(conversation) = delta {
+            out.push(Exported {
+                conversation,
+                ending,
+            });
+        }
+    }
+
+    /// What `conversation` (cumulative counts of `slot`) added since its previous export;
+    /// `None` when nothing.
+    fn delta(&self, slot: u32, mut delta: Conversation) -> Option<Conversation> {
         for part in [&mut delta.a_to_b, &mut delta.b_to_a] {
             let Some((key, current)) = part else { continue };
-            let Some(side) = sides
-                .iter_mut()
-                .find(|s| s.generation == generation && read[s.read_at as usize].0 == *key)
-            else {
+            let Some(side) = self.side(slot, key) else {
                 continue;
             };
-            let d = since(&side.exported, current);
-            side.exported = Baseline {
-                packets: current.packets,
-                bytes: current.bytes,
-                last_seen_ns: current.last_seen_ns,
-            };
-            match d {
+            match since(&self.slots[slot as usize].sides[side].exported, current) {
                 Some(d) => *current = d,
                 None => *part = None,
             }
         }
-        if delta.a_to_b.is_some() || delta.b_to_a.is_some() {
-            out.push(Exported {
-                conversation: delta,
-                ending,
-            });
-        }
+        (delta.a_to_b.is_some() || delta.b_to_a.is_some()).then_some(delta)
+    }
+
+    /// Which side of `slot` this scan read `key` into.
+    fn side(&self, slot: u32, key: &FlowKey) -> Option<usize> {
+        self.slots[slot as usize].sides.iter().position(|s| {
+            s.generation == self.generation && self.read[s.read_at as usize].0 == *key
+        })
     }
 
     /// Drops the entries of `slot` read in this scan (they left the kernel table); the slot is

@@ -1,7 +1,7 @@
 //! Loading the kernel programs and maps (aya) and attaching them with TCX to the ingress and
 //! egress of the chosen interfaces; loading and attaching the socket programs (TCP RTT and
-//! retransmits, drops, socket owners: `crate::sockets`), which fail soft. Dropping the [`Probe`]
-//! detaches everything.
+//! retransmits, drops, socket owners: `crate::sockets`), which fail soft. Dropping the
+//! [`Programs`] detaches everything.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -12,21 +12,32 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use aya::programs::tc::{SchedClassifierLinkId, TcAttachType};
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
+use flowlens_common::sockets::{
+    KFREE_SKB_PROGRAM, SOCK_OWNER_KPROBE_PROGRAM, SOCK_OWNER_PROGRAM, TCP_PROBE_PROGRAM,
+    TCP_RETRANSMIT_ERR_PROGRAM, TCP_RETRANSMIT_PROGRAM,
+};
+use flowlens_common::table::{
+    buckets_for, TableLayout, BUCKET_SLOTS, FLOW_OVERFLOW_MAP, FLOW_SLOTS_MAP, FLOW_TAGS_MAP,
+    TABLE_GLOBAL, TABLE_LAYOUT_VERSION,
+};
 use flowlens_common::{
-    FlowKey, TunnelOuter, COUNTERS_MAP, COUNTER_COUNT, EGRESS_PROGRAM, FILTERS_GLOBAL, FLOWS_MAP,
+    FlowKey, TunnelOuter, COUNTERS_MAP, COUNTER_COUNT, EGRESS_PROGRAM, FILTERS_GLOBAL,
     INGRESS_PROGRAM, SAMPLING_GLOBAL, TUNNELS_MAP,
 };
 
 use crate::filter::Filters;
 use crate::sockets::{SocketOptions, SocketPlan, SocketProbes};
+use crate::table::KernelTable;
 
 /// The kernel object built from collector-ebpf/.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlens"));
 
 /// Loaded programs, the flow table and the counters.
-pub struct Probe {
+pub struct Programs {
     ebpf: Ebpf,
-    flows: MapData,
+    layout: TableLayout,
+    /// The flow table: tags, slots, overflow entries (see `flowlens_common::table`).
+    flow_maps: [MapData; 3],
     counters: PerCpuArray<MapData, u64>,
     /// Outer addresses of tunnel flows (inner key -> outer).
     tunnels: aya::maps::HashMap<MapData, FlowKey, TunnelOuter>,
@@ -36,14 +47,14 @@ pub struct Probe {
     sockets: Option<SocketProbes>,
 }
 
-impl Probe {
-    /// Loads the programs with a flow table of `table_size` entries, 1:`sampling` packet
-    /// sampling and the given filters.
+impl Programs {
+    /// Loads the programs with a flow table of at least `table_size` slots (whole buckets),
+    /// 1:`sampling` packet sampling and the given filters.
     pub fn load(table_size: u32, sampling: u32, filters: &Filters) -> anyhow::Result<Self> {
         Self::load_with_sockets(table_size, sampling, filters, &SocketOptions::default())
     }
 
-    /// [`Probe::load`] with the socket programs configured by `sockets`. A socket feature the
+    /// [`Programs::load`] with the socket programs configured by `sockets`. A socket feature the
     /// kernel cannot support (tracepoint, BTF type or permission missing) is disabled with a
     /// warning naming what is missing; the flow programs are unaffected.
     pub fn load_with_sockets(
@@ -54,10 +65,18 @@ impl Probe {
     ) -> anyhow::Result<Self> {
         let flags = filters.flags();
         let plan = SocketPlan::discover(sockets);
+        let buckets = buckets_for(table_size);
+        let layout = TableLayout {
+            version: TABLE_LAYOUT_VERSION,
+            buckets,
+            seed: random_seed(),
+        };
         let mut loader = EbpfLoader::new();
         plan.configure(&mut loader);
         let mut ebpf = loader
-            .map_max_entries(FLOWS_MAP, table_size)
+            .map_max_entries(FLOW_TAGS_MAP, buckets)
+            .map_max_entries(FLOW_SLOTS_MAP, buckets * BUCKET_SLOTS as u32)
+            .override_global(TABLE_GLOBAL, &layout, true)
             .override_global(SAMPLING_GLOBAL, &sampling, true)
             .override_global(FILTERS_GLOBAL, &flags, true)
             .load(EBPF_OBJECT)
@@ -72,9 +91,15 @@ impl Probe {
                 .load()
                 .with_context(|| format!("loading program {name} (verifier)"))?;
         }
-        let flows = match ebpf.take_map(FLOWS_MAP) {
+        let mut array = |name: &str| match ebpf.take_map(name) {
+            Some(Map::Array(data)) => Ok(data),
+            _ => Err(anyhow::anyhow!("map {name} missing or not an array")),
+        };
+        let tags = array(FLOW_TAGS_MAP)?;
+        let slots = array(FLOW_SLOTS_MAP)?;
+        let overflow = match ebpf.take_map(FLOW_OVERFLOW_MAP) {
             Some(Map::PerCpuHashMap(data)) => data,
-            _ => bail!("map {FLOWS_MAP} missing or not a per-CPU hash"),
+            _ => bail!("map {FLOW_OVERFLOW_MAP} missing or not a per-CPU hash"),
         };
         let counters = ebpf
             .take_map(COUNTERS_MAP)
@@ -85,7 +110,8 @@ impl Probe {
             .with_context(|| format!("map {TUNNELS_MAP} missing"))?
             .try_into()?;
         Ok(Self {
-            flows,
+            layout,
+            flow_maps: [tags, slots, overflow],
             counters,
             tunnels,
             attached: BTreeMap::new(),
@@ -164,9 +190,34 @@ impl Probe {
         Some((info.run_time(), info.run_count()))
     }
 
+    /// Kernel run time and runs of each loaded socket program (0 unless
+    /// kernel.bpf_stats_enabled=1).
+    pub fn socket_cost(&self) -> Vec<(&'static str, Duration, u64)> {
+        [
+            TCP_PROBE_PROGRAM,
+            TCP_RETRANSMIT_PROGRAM,
+            TCP_RETRANSMIT_ERR_PROGRAM,
+            KFREE_SKB_PROGRAM,
+            SOCK_OWNER_PROGRAM,
+            SOCK_OWNER_KPROBE_PROGRAM,
+        ]
+        .into_iter()
+        .filter_map(|name| {
+            let (time, runs) = self.program_cost(name)?;
+            (runs > 0 || time > Duration::ZERO).then_some((name, time, runs))
+        })
+        .collect()
+    }
+
     /// Hands over the socket programs' maps (once; `None` afterwards).
     pub fn take_sockets(&mut self) -> Option<SocketProbes> {
         self.sockets.take()
+    }
+
+    /// What the kernel reports about a loaded program (instructions the verifier processed,
+    /// translated and JIT-compiled sizes, run counts); `None` if it is not loaded.
+    pub fn program_info(&self, name: &str) -> Option<aya::programs::ProgramInfo> {
+        self.ebpf.program(name)?.info().ok()
     }
 
     /// The file descriptor of a loaded program (for BPF_PROG_TEST_RUN in benchmarks).
@@ -179,8 +230,18 @@ impl Probe {
         Ok(program.fd()?.as_fd())
     }
 
-    pub fn flows_fd(&self) -> BorrowedFd<'_> {
-        self.flows.fd().as_fd()
+    /// The flow table mapped into this process (see [`KernelTable`]).
+    pub fn flow_table(&self) -> anyhow::Result<KernelTable> {
+        let [tags, slots, overflow] = &self.flow_maps;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        KernelTable::new(
+            self.layout,
+            tags.fd().as_fd(),
+            slots.fd().as_fd(),
+            overflow.fd().as_fd(),
+            cpus,
+        )
+        .context("mapping the flow table")
     }
 
     /// The outer addresses of the tunnel packets carrying the inner flow `key`, if known.
@@ -196,6 +257,14 @@ impl Probe {
         }
         Ok(out)
     }
+}
+
+/// A random hash seed per table (keys are partly chosen by remote peers).
+fn random_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: fills the 8-byte buffer; a short or failed read leaves a weaker seed, not a fault.
+    unsafe { libc::getrandom(seed.as_mut_ptr() as *mut libc::c_void, seed.len(), 0) };
+    u64::from_ne_bytes(seed) ^ std::process::id() as u64
 }
 
 fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {

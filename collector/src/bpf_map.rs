@@ -1,15 +1,13 @@
-//! Batched reads of kernel hash maps through the `bpf()` syscall on the map fd (aya has no
-//! batch API): BPF_MAP_LOOKUP_BATCH to read every entry, BPF_MAP_LOOKUP_AND_DELETE_BATCH to empty
-//! a map, BPF_MAP_LOOKUP_AND_DELETE_ELEM to take one entry atomically, BPF_MAP_DELETE_ELEM.
-//! [`Drainer`] reads the flow table, folding per-CPU values into one entry per flow; the
-//! socket tables use the same calls.
+//! The `bpf()` map commands on a map's fd, for maps held as raw fds (aya has no batch API):
+//! BPF_MAP_LOOKUP_BATCH to read every entry, BPF_MAP_LOOKUP_AND_DELETE_BATCH to empty a map,
+//! BPF_MAP_LOOKUP_ELEM, BPF_MAP_LOOKUP_AND_DELETE_ELEM to take one entry atomically,
+//! BPF_MAP_DELETE_ELEM. The flow table and the socket tables use them.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use flowlens_common::{FlowKey, FlowStats};
-
 /// `enum bpf_cmd` values (linux/bpf.h).
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -122,6 +120,21 @@ pub(crate) fn take_entry<K, V>(map: BorrowedFd<'_>, key: &K, values: &mut [V]) -
     }
 }
 
+/// Reads the value of `key` into `value`; `false` if the key is not there.
+pub(crate) fn lookup_entry<K, V>(map: BorrowedFd<'_>, key: &K, value: &mut V) -> io::Result<bool> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        value: value as *mut V as u64,
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Removes `key` if it is there.
 pub(crate) fn delete_entry<K>(map: BorrowedFd<'_>, key: &K) -> io::Result<()> {
     let mut attr = ElemAttr {
@@ -133,61 +146,4 @@ pub(crate) fn delete_entry<K>(map: BorrowedFd<'_>, key: &K) -> io::Result<()> {
         Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
         _ => Ok(()),
     }
-}
-
-/// Reads a per-CPU `FlowKey -> FlowStats` hash map in batches of `batch` entries, reusing its
-/// buffers between calls.
-pub struct Drainer {
-    cpus: usize,
-    keys: Vec<FlowKey>,
-    values: Vec<FlowStats>,
-}
-
-impl Drainer {
-    pub fn new(batch: u32, possible_cpus: usize) -> Self {
-        let batch = batch as usize;
-        Self {
-            cpus: possible_cpus,
-            keys: vec![FlowKey::default(); batch],
-            values: vec![FlowStats::default(); batch * possible_cpus],
-        }
-    }
-
-    /// Appends every entry of the map to `out` (merged over CPUs); with `delete` the map is
-    /// emptied as it is read. Returns the number of syscalls made.
-    pub fn read_all(
-        &mut self,
-        map: BorrowedFd<'_>,
-        delete: bool,
-        out: &mut Vec<(FlowKey, FlowStats)>,
-    ) -> io::Result<usize> {
-        for_each_entry(
-            map,
-            delete,
-            self.cpus,
-            &mut self.keys,
-            &mut self.values,
-            |key, values| {
-                let merged = merged(values);
-                if merged.packets > 0 {
-                    out.push((*key, merged));
-                }
-            },
-        )
-    }
-
-    /// Removes `key` and returns its counters at the instant of removal (nothing a packet adds
-    /// between a read and the delete is lost). `None` if the key was not there.
-    pub fn take(&mut self, map: BorrowedFd<'_>, key: &FlowKey) -> io::Result<Option<FlowStats>> {
-        let values = &mut self.values[..self.cpus];
-        Ok(take_entry(map, key, values)?.then(|| merged(values)))
-    }
-}
-
-fn merged(values: &[FlowStats]) -> FlowStats {
-    let mut merged = FlowStats::default();
-    for cpu in values {
-        merged.merge(cpu);
-    }
-    merged
 }

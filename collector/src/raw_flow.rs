@@ -1,6 +1,7 @@
-//! Turning an exported conversation (both directions' kernel entries, merged over CPUs) into an
-//! Avro `RawFlow`, with kernel monotonic timestamps converted to unix time, plus what the socket
-//! programs saw of it (RTT, retransmits, drops, owning processes).
+//! Builds the Avro `RawFlow` of an exported conversation (both directions' kernel entries), with
+//! kernel monotonic timestamps converted to unix time, plus what the socket programs saw of it
+//! (RTT, retransmits, drops, owning processes), and the drop-only records of conversations no
+//! watched interface saw.
 
 use std::net::Ipv6Addr;
 
@@ -9,50 +10,9 @@ use flowlens_common::{
 };
 use flowlens_schemas::{Direction, Process, RawFlow};
 
+use crate::clock::Clock;
 use crate::sockets::{ConnExtras, Endpoint, ProcessInfo, SocketStats};
 use crate::table::Exported;
-
-/// Converts CLOCK_MONOTONIC (what `bpf_ktime_get_ns` returns) to unix time, sampled at one instant.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    realtime_ns: i64,
-    offset_ns: i64,
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        let mono = read_clock(libc::CLOCK_MONOTONIC);
-        let real = read_clock(libc::CLOCK_REALTIME);
-        Self {
-            realtime_ns: real,
-            offset_ns: real - mono,
-        }
-    }
-
-    pub fn to_unix_ns(self, monotonic_ns: u64) -> i64 {
-        monotonic_ns as i64 + self.offset_ns
-    }
-
-    pub fn unix_now_ns(self) -> i64 {
-        self.realtime_ns
-    }
-
-    /// The sampled instant on CLOCK_MONOTONIC (the kernel programs' clock).
-    pub fn monotonic_ns(self) -> u64 {
-        (self.realtime_ns - self.offset_ns) as u64
-    }
-}
-
-/// The time on `clock`, in nanoseconds.
-pub(crate) fn read_clock(clock: libc::clockid_t) -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and out pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-}
 
 /// Builds the Avro record for one conversation counted under 1:`sampling` sampling. `outer`
 /// holds the outer addresses of the A->B tunnel packets for an inner flow.
@@ -64,13 +24,35 @@ pub fn raw_flow(
     clock: Clock,
     sampling: u32,
 ) -> RawFlow {
+    let mut flow = RawFlow::default();
+    fill_raw_flow(&mut flow, host, exported, duplicate, outer, clock, sampling);
+    flow
+}
+
+/// [`raw_flow`] into an existing record, reusing its strings' memory (a scan makes records a
+/// chunk at a time into the same buffer: no allocation per record).
+pub fn fill_raw_flow(
+    flow: &mut RawFlow,
+    host: &str,
+    exported: &Exported,
+    duplicate: bool,
+    outer: Option<TunnelOuter>,
+    clock: Clock,
+    sampling: u32,
+) {
+    let reuse = |s: &mut String, value: &str| {
+        let mut s = std::mem::take(s);
+        s.clear();
+        s.push_str(value);
+        s
+    };
     let c = &exported.conversation;
     let key = c.key();
     let (ab, ba) = (c.a_to_b.map(|(_, s)| s), c.b_to_a.map(|(_, s)| s));
     let ab = ab.unwrap_or_default();
     let ba = ba.unwrap_or_default();
-    RawFlow {
-        host: host.to_string(),
+    *flow = RawFlow {
+        host: reuse(&mut flow.host, host),
         ifindex: key.ifindex as i32,
         direction: if key.direction == DIRECTION_INGRESS {
             Direction::Ingress
@@ -96,20 +78,23 @@ pub fn raw_flow(
         reverse_packets: ba.packets as i64,
         reverse_bytes: ba.bytes as i64,
         reverse_tcp_flags: ba.tcp_flags.into(),
-        end_reason: exported.ending.as_str().into(),
-        tunnel: match key.tunnel {
-            TUNNEL_VXLAN => "vxlan",
-            TUNNEL_GENEVE => "geneve",
-            TUNNEL_GRE => "gre",
-            _ => "",
-        }
-        .into(),
+        end_reason: reuse(&mut flow.end_reason, exported.ending.as_str()),
+        tunnel: reuse(
+            &mut flow.tunnel,
+            match key.tunnel {
+                TUNNEL_VXLAN => "vxlan",
+                TUNNEL_GENEVE => "geneve",
+                TUNNEL_GRE => "gre",
+                _ => "",
+            },
+        ),
+        drop_reason: reuse(&mut flow.drop_reason, ""),
         tunnel_id: key.tunnel_id.into(),
         outer_src_addr: outer.map(|o| Ipv6Addr::from(o.src_addr)),
         outer_dst_addr: outer.map(|o| Ipv6Addr::from(o.dst_addr)),
         duplicate,
         ..RawFlow::default()
-    }
+    };
 }
 
 /// Fills the socket-derived fields of `flow`: the processes owning A's and B's local sockets,
@@ -122,14 +107,7 @@ pub fn add_socket_fields(
     claim: bool,
 ) {
     let proto = key.proto;
-    let a = Endpoint {
-        addr: key.src_addr,
-        port: key.src_port,
-    };
-    let b = Endpoint {
-        addr: key.dst_addr,
-        port: key.dst_port,
-    };
+    let (a, b) = Endpoint::ends((key.src_addr, key.src_port), (key.dst_addr, key.dst_port));
     flow.src_process = sockets.process(proto, &a, &b).map(process);
     flow.dst_process = sockets.process(proto, &b, &a).map(process);
     if claim {
@@ -224,10 +202,7 @@ mod tests {
             },
             ending: Ending::Idle,
         };
-        let clock = Clock {
-            realtime_ns: 10_000,
-            offset_ns: 5_000,
-        };
+        let clock = crate::clock::tests::clock_at(10_000, 5_000);
         let outer = TunnelOuter {
             src_addr: [1; 16],
             dst_addr: [2; 16],
@@ -241,12 +216,5 @@ mod tests {
         assert_eq!((r.end_reason.as_str(), r.duplicate), ("idle", true));
         assert_eq!((r.tunnel.as_str(), r.tunnel_id), ("vxlan", 42));
         assert_eq!(r.outer_dst_addr, Some(Ipv6Addr::from([2; 16])));
-    }
-
-    #[test]
-    fn clock_is_consistent() {
-        let c = Clock::now();
-        let unix = c.to_unix_ns(read_clock(libc::CLOCK_MONOTONIC) as u64);
-        assert!((unix - c.unix_now_ns()).abs() < 1_000_000_000);
     }
 }

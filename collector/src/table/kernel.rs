@@ -1,0 +1,657 @@
+//! The kernel flow table (layout: `flowlens_common::table`) read through memory mappings: the
+//! tags stay mapped (ending a flow turns its tags dead with a compare-and-swap), the slots are
+//! read a window at a time (a scan costs no system call per flow, and the process never holds
+//! the whole table in its memory), single slots with a map lookup. Dead slots are freed for new
+//! flows once no program can still be adding to them. Packets of flows that found no slot are
+//! read from the per-interface overflow map.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use flowlens_common::table::{
+    buckets_of, flow_hash, tag, FlowSlot, OverflowKey, TableLayout, BUCKET_SLOTS, SLOT_RACED,
+    TAG_DEAD, TAG_FREE, TAG_LIVE, TAG_STATE,
+};
+use flowlens_common::{FlowKey, FlowStats};
+
+use crate::bpf_map::{for_each_entry, lookup_entry};
+use crate::conversation::{fast_map, FastMap};
+
+/// How long a slot stays dead before it is reused. A program adds to a slot within
+/// microseconds of matching its tag; this leaves room for a stalled virtual CPU.
+pub const GRACE_NS: u64 = 1_000_000_000;
+
+/// Slots mapped at a time by a scan: 4 MiB.
+const WINDOW_SLOTS: usize = 32_768;
+
+/// Bytes of a slot in the map (the array's element size).
+const SLOT_BYTES: usize = std::mem::size_of::<FlowSlot>();
+
+const PAGE: usize = 4096;
+
+/// One `mmap` of a map's values.
+struct Mapping {
+    at: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; every access goes through `&self` methods that
+// read or use atomics.
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    /// `len` bytes of the map `fd` from byte `offset` (a page multiple; `None`: anonymous
+    /// memory, for tests).
+    fn new(
+        fd: Option<BorrowedFd<'_>>,
+        offset: usize,
+        len: usize,
+        writable: bool,
+    ) -> io::Result<Self> {
+        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+        let (flags, fd) = match fd {
+            Some(fd) => (libc::MAP_SHARED, fd.as_raw_fd()),
+            None => (libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1),
+        };
+        let len = len.div_ceil(PAGE) * PAGE;
+        // SAFETY: a fresh mapping of `len` bytes; checked below.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                flags,
+                fd,
+                offset as libc::off_t,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            at: at as *mut u8,
+            len,
+        })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `new` with this length.
+        unsafe { libc::munmap(self.at as *mut libc::c_void, self.len) };
+    }
+}
+
+/// A slot taken out of the table: freed after [`GRACE_NS`]; what a program added after it was
+/// taken leaves then, as a record of its own.
+#[derive(Debug, Clone, Copy)]
+struct Dying {
+    slot: u32,
+    taken_ns: u64,
+    /// The slot's counts when it was taken.
+    taken: FlowStats,
+}
+
+/// What one read found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Live slots (a flow created by two CPUs at once counts once per slot).
+    pub live: usize,
+    /// Dead slots freed for new flows.
+    pub freed: usize,
+}
+
+/// Where the slots are read from.
+enum Slots {
+    /// The array map: windows of it mapped while scanning, single slots looked up.
+    Map(OwnedFd),
+    /// All of them in memory (tests, which write them as the programs would).
+    #[cfg(test)]
+    Memory(Mapping),
+}
+
+/// The collector's view of the kernel flow table.
+pub struct KernelTable {
+    layout: TableLayout,
+    tags: Mapping,
+    slots: Slots,
+    /// The per-CPU overflow map (`None` in tests).
+    overflow: Option<OwnedFd>,
+    cpus: usize,
+    dying: Vec<Dying>,
+    /// Slot index of each entry of the last read, in read (slot) order.
+    read_slots: Vec<u32>,
+    /// Per-interface overflow counts at the previous read.
+    overflow_seen: FastMap<OverflowKey, FlowStats>,
+}
+
+impl KernelTable {
+    /// Maps the table whose tags and slots are the array maps `tags` and `slots`, laid out as
+    /// `layout`, with the per-CPU overflow map `overflow` (`cpus` possible CPUs).
+    pub fn new(
+        layout: TableLayout,
+        tags: BorrowedFd<'_>,
+        slots: BorrowedFd<'_>,
+        overflow: BorrowedFd<'_>,
+        cpus: usize,
+    ) -> io::Result<Self> {
+        let buckets = layout.buckets as usize;
+        Ok(Self {
+            layout,
+            tags: Mapping::new(Some(tags), 0, buckets * 64, true)?,
+            slots: Slots::Map(slots.try_clone_to_owned()?),
+            overflow: Some(overflow.try_clone_to_owned()?),
+            cpus,
+            dying: Vec::new(),
+            read_slots: Vec::new(),
+            overflow_seen: fast_map(0),
+        })
+    }
+
+    /// A table in anonymous memory, without overflow map (tests).
+    #[cfg(test)]
+    pub(super) fn in_memory(layout: TableLayout) -> io::Result<Self> {
+        let buckets = layout.buckets as usize;
+        Ok(Self {
+            layout,
+            tags: Mapping::new(None, 0, buckets * 64, true)?,
+            slots: Slots::Memory(Mapping::new(
+                None,
+                0,
+                buckets * BUCKET_SLOTS * SLOT_BYTES,
+                true,
+            )?),
+            overflow: None,
+            cpus: 1,
+            dying: Vec::new(),
+            read_slots: Vec::new(),
+            overflow_seen: fast_map(0),
+        })
+    }
+
+    pub fn layout(&self) -> TableLayout {
+        self.layout
+    }
+
+    fn slot_count(&self) -> usize {
+        self.layout.buckets as usize * BUCKET_SLOTS
+    }
+
+    fn tag(&self, slot: usize) -> &AtomicU64 {
+        debug_assert!(slot < self.slot_count());
+        // SAFETY: `slot` < buckets * BUCKET_SLOTS; the tags are 8-aligned u64s in the mapping.
+        unsafe { &*(self.tags.at as *const AtomicU64).add(slot) }
+    }
+
+    /// The slot's contents now (fields a program is updating may be a packet apart).
+    fn slot(&self, slot: usize) -> io::Result<FlowSlot> {
+        debug_assert!(slot < self.slot_count());
+        match &self.slots {
+            Slots::Map(fd) => {
+                let mut value = FlowSlot::default();
+                lookup_entry(fd.as_fd(), &(slot as u32), &mut value)?;
+                Ok(value)
+            }
+            // SAFETY: in the mapping; a volatile read, as programs write it concurrently.
+            #[cfg(test)]
+            Slots::Memory(m) => {
+                Ok(unsafe { std::ptr::read_volatile((m.at as *const FlowSlot).add(slot)) })
+            }
+        }
+    }
+
+    /// Calls `each` with the index and contents of every slot whose tag is live, in slot
+    /// order, reading the slots a window at a time.
+    fn for_each_live(&self, each: impl FnMut(usize, &FlowSlot)) -> io::Result<()> {
+        self.for_each_in_state(TAG_LIVE, each)
+    }
+
+    /// [`KernelTable::for_each_live`] for the slots whose tag is in `state`.
+    fn for_each_in_state(
+        &self,
+        state: u64,
+        mut each: impl FnMut(usize, &FlowSlot),
+    ) -> io::Result<()> {
+        let n = self.slot_count();
+        let live = |i: usize| self.tag(i).load(Ordering::Acquire) & TAG_STATE == state;
+        let mut start = 0;
+        while start < n {
+            let end = (start + WINDOW_SLOTS).min(n);
+            if !(start..end).any(live) {
+                start = end;
+                continue;
+            }
+            let window;
+            let base = match &self.slots {
+                Slots::Map(fd) => {
+                    window = Mapping::new(
+                        Some(fd.as_fd()),
+                        start * SLOT_BYTES,
+                        (end - start) * SLOT_BYTES,
+                        false,
+                    )?;
+                    window.at as *const FlowSlot
+                }
+                // SAFETY: `start` is within the mapping.
+                #[cfg(test)]
+                Slots::Memory(m) => unsafe { (m.at as *const FlowSlot).add(start) },
+            };
+            for i in (start..end).filter(|&i| live(i)) {
+                // SAFETY: slot `i` lies in the window; volatile: programs write it concurrently.
+                let slot = unsafe { std::ptr::read_volatile(base.add(i - start)) };
+                each(i, &slot);
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Appends every live flow to `out` (the slots of a flow two CPUs created at once folded
+    /// into one entry) and frees the slots that were taken out at least [`GRACE_NS`] before
+    /// `now_ns`; what a program added to those after they were taken is appended to `late`.
+    pub fn read(
+        &mut self,
+        now_ns: u64,
+        out: &mut Vec<(FlowKey, FlowStats)>,
+        late: &mut Vec<(FlowKey, FlowStats)>,
+    ) -> io::Result<ReadStats> {
+        let mut stats = ReadStats {
+            freed: self.free_dead(now_ns, late)?,
+            ..ReadStats::default()
+        };
+        out.clear();
+        let mut read_slots = std::mem::take(&mut self.read_slots);
+        read_slots.clear();
+        let mut raced = Vec::new();
+        self.for_each_live(|i, slot| {
+            if slot.flags & SLOT_RACED != 0 {
+                raced.push(out.len());
+            }
+            out.push((slot.key, slot.stats()));
+            read_slots.push(i as u32);
+        })?;
+        self.read_slots = read_slots;
+        stats.live = out.len();
+        if !raced.is_empty() {
+            self.fold_raced(out, &raced)?;
+        }
+        Ok(stats)
+    }
+
+    /// Folds the slots of each raced key into the entry of its first slot read.
+    fn fold_raced(
+        &mut self,
+        out: &mut Vec<(FlowKey, FlowStats)>,
+        raced: &[usize],
+    ) -> io::Result<()> {
+        let mut gone = vec![false; out.len()];
+        for &at in raced {
+            if gone[at] {
+                continue;
+            }
+            let key = out[at].0;
+            let positions: Vec<usize> = self
+                .live_slots(&key)?
+                .into_iter()
+                .filter_map(|s| self.read_slots.binary_search(&(s as u32)).ok())
+                .collect();
+            let Some(&keep) = positions.iter().min() else {
+                continue;
+            };
+            for &p in &positions {
+                if p != keep && !gone[p] {
+                    let other = out[p].1;
+                    out[keep].1.merge(&other);
+                    gone[p] = true;
+                }
+            }
+        }
+        let mut i = 0;
+        out.retain(|_| {
+            i += 1;
+            !gone[i - 1]
+        });
+        let mut i = 0;
+        self.read_slots.retain(|_| {
+            i += 1;
+            !gone[i - 1]
+        });
+        Ok(())
+    }
+
+    /// The live slots holding `key`.
+    fn live_slots(&self, key: &FlowKey) -> io::Result<Vec<usize>> {
+        let hash = flow_hash(key, self.layout.seed);
+        let (first, second) = buckets_of(hash, self.layout.buckets);
+        let live = tag(hash, TAG_LIVE);
+        let mut found = Vec::new();
+        for bucket in [first, second] {
+            for i in 0..BUCKET_SLOTS {
+                let s = bucket as usize * BUCKET_SLOTS + i;
+                if self.tag(s).load(Ordering::Acquire) == live && self.slot(s)?.key == *key {
+                    found.push(s);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Takes the flow `key` out of the table: programs stop adding to its slots, which are
+    /// freed after the grace period. Returns its counts at that instant (`None` if it had no
+    /// live slot).
+    pub fn take(&mut self, key: &FlowKey, now_ns: u64) -> io::Result<Option<FlowStats>> {
+        let mut total: Option<FlowStats> = None;
+        for s in self.live_slots(key)? {
+            let live = self.tag(s).load(Ordering::Acquire);
+            let dead = (live & !TAG_STATE) | TAG_DEAD;
+            if self
+                .tag(s)
+                .compare_exchange(live, dead, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue;
+            }
+            let taken = self.slot(s)?.stats();
+            self.dying.push(Dying {
+                slot: s as u32,
+                taken_ns: now_ns,
+                taken,
+            });
+            match total.as_mut() {
+                Some(t) => t.merge(&taken),
+                None => total = Some(taken),
+            }
+        }
+        Ok(total)
+    }
+
+    /// Takes every live flow out of the table (see [`KernelTable::take`]) and appends it to
+    /// `out`, with what reached slots taken earlier (nothing is freed: no grace period is left).
+    pub fn take_all(&mut self, out: &mut Vec<(FlowKey, FlowStats)>) -> io::Result<()> {
+        out.clear();
+        let mut raced = false;
+        let mut taken = Vec::new();
+        // Dead first, read after: what a program adds meanwhile is in the counts read.
+        for i in 0..self.slot_count() {
+            let live = self.tag(i).load(Ordering::Acquire);
+            if live & TAG_STATE != TAG_LIVE {
+                continue;
+            }
+            let dead = (live & !TAG_STATE) | TAG_DEAD;
+            if self
+                .tag(i)
+                .compare_exchange(live, dead, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                taken.push(i);
+            }
+        }
+        let mut next = taken.iter().peekable();
+        self.for_each_in_state(TAG_DEAD, |i, slot| {
+            if next.next_if_eq(&&i).is_some() {
+                raced |= slot.flags & SLOT_RACED != 0;
+                out.push((slot.key, slot.stats()));
+            }
+        })?;
+        for d in std::mem::take(&mut self.dying) {
+            if let Some(extra) = self.late(&d)? {
+                out.push(extra);
+            }
+        }
+        if raced {
+            // Rare: fold the slots of keys two CPUs created at once.
+            let mut first: FastMap<FlowKey, usize> = fast_map(out.len());
+            let mut folded: Vec<(FlowKey, FlowStats)> = Vec::with_capacity(out.len());
+            for (key, stats) in out.drain(..) {
+                match first.get(&key) {
+                    Some(&at) => folded[at].1.merge(&stats),
+                    None => {
+                        first.insert(key, folded.len());
+                        folded.push((key, stats));
+                    }
+                }
+            }
+            *out = folded;
+        }
+        Ok(())
+    }
+
+    /// Frees the dead slots whose grace period is over; appends what reached them after they
+    /// were taken to `late`. Returns how many were freed.
+    fn free_dead(
+        &mut self,
+        now_ns: u64,
+        late: &mut Vec<(FlowKey, FlowStats)>,
+    ) -> io::Result<usize> {
+        let mut freed = 0;
+        let mut i = 0;
+        while i < self.dying.len() {
+            let d = self.dying[i];
+            if d.taken_ns.saturating_add(GRACE_NS) > now_ns {
+                i += 1;
+                continue;
+            }
+            if let Some(extra) = self.late(&d)? {
+                late.push(extra);
+            }
+            self.tag(d.slot as usize).store(TAG_FREE, Ordering::Release);
+            self.dying.swap_remove(i);
+            freed += 1;
+        }
+        Ok(freed)
+    }
+
+    /// What programs added to a taken slot after it was taken.
+    fn late(&self, d: &Dying) -> io::Result<Option<(FlowKey, FlowStats)>> {
+        let now = self.slot(d.slot as usize)?;
+        let current = now.stats();
+        Ok((current.packets > d.taken.packets).then(|| {
+            (
+                now.key,
+                FlowStats {
+                    packets: current.packets - d.taken.packets,
+                    bytes: current.bytes.saturating_sub(d.taken.bytes),
+                    first_seen_ns: d.taken.last_seen_ns,
+                    ..current
+                },
+            )
+        }))
+    }
+
+    /// Appends the packets each interface's overflow entry gained since the previous call, as
+    /// entries of [`FlowKey::overflow`] keys. Returns the number of system calls made.
+    pub fn read_overflow(&mut self, out: &mut Vec<(FlowKey, FlowStats)>) -> io::Result<usize> {
+        let Some(overflow) = self.overflow.as_ref() else {
+            return Ok(0);
+        };
+        let (mut keys, mut values) = (
+            vec![OverflowKey::default(); 256],
+            vec![FlowStats::default(); 256 * self.cpus],
+        );
+        let seen = &mut self.overflow_seen;
+        for_each_entry(
+            overflow.as_fd(),
+            false,
+            self.cpus,
+            &mut keys,
+            &mut values,
+            |k, per_cpu| {
+                let mut now = FlowStats::default();
+                for v in per_cpu {
+                    now.merge(v);
+                }
+                let before = seen.insert(*k, now).unwrap_or_default();
+                if now.packets > before.packets {
+                    out.push((
+                        FlowKey::overflow(k),
+                        FlowStats {
+                            packets: now.packets - before.packets,
+                            bytes: now.bytes.saturating_sub(before.bytes),
+                            first_seen_ns: if before.packets == 0 {
+                                now.first_seen_ns
+                            } else {
+                                before.last_seen_ns
+                            },
+                            ..now
+                        },
+                    ));
+                }
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use flowlens_common::table::{SLOT_FLOW_FLAGS_SHIFT, TAG_BUSY};
+    use flowlens_common::FLOW_INITIATOR;
+
+    /// A table in anonymous memory that the tests write as the programs would.
+    pub(in crate::table) fn table(buckets: u32) -> KernelTable {
+        let layout = TableLayout {
+            version: 1,
+            buckets,
+            seed: 0x1234_5678,
+        };
+        KernelTable::in_memory(layout).unwrap()
+    }
+
+    pub(in crate::table) fn key(port: u16) -> FlowKey {
+        FlowKey {
+            src_addr: [1; 16],
+            dst_addr: [2; 16],
+            src_port: port,
+            dst_port: 53,
+            proto: 17,
+            ifindex: 4,
+            ..FlowKey::default()
+        }
+    }
+
+    /// Writes `key` with `packets` packets (100 bytes each) into slot `i` of its first bucket,
+    /// in `state`; returns the slot index.
+    pub(in crate::table) fn put(
+        t: &KernelTable,
+        key: &FlowKey,
+        i: usize,
+        packets: u64,
+        state: u64,
+    ) -> usize {
+        let hash = flow_hash(key, t.layout.seed);
+        let (first, _) = buckets_of(hash, t.layout.buckets);
+        let s = first as usize * BUCKET_SLOTS + i;
+        set(t, s, key, packets, 0);
+        t.tag(s).store(tag(hash, state), Ordering::Release);
+        s
+    }
+
+    fn set(t: &KernelTable, s: usize, key: &FlowKey, packets: u64, flags: u64) {
+        let slot = FlowSlot {
+            key: *key,
+            packets,
+            bytes: packets * 100,
+            first_seen_ns: 10,
+            last_seen_ns: 10 + packets,
+            flags: flags | (FLOW_INITIATOR as u64) << SLOT_FLOW_FLAGS_SHIFT,
+            ..FlowSlot::default()
+        };
+        let Slots::Memory(m) = &t.slots else {
+            unreachable!("tests keep the slots in memory")
+        };
+        // SAFETY: a writable test mapping, in bounds.
+        unsafe { std::ptr::write((m.at as *mut FlowSlot).add(s), slot) };
+    }
+
+    type Entries = Vec<(FlowKey, FlowStats)>;
+
+    fn read(t: &mut KernelTable, now: u64) -> (Entries, Entries) {
+        let (mut out, mut late) = (Vec::new(), Vec::new());
+        t.read(now, &mut out, &mut late).unwrap();
+        (out, late)
+    }
+
+    #[test]
+    fn reads_live_slots_only() {
+        let mut t = table(64);
+        put(&t, &key(1), 0, 3, TAG_LIVE);
+        put(&t, &key(2), 1, 4, TAG_BUSY);
+        put(&t, &key(3), 2, 5, TAG_DEAD);
+        let (out, late) = read(&mut t, 0);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].0, out[0].1.packets, out[0].1.bytes),
+            (key(1), 3, 300)
+        );
+        assert_eq!(out[0].1.flags, FLOW_INITIATOR);
+        assert!(late.is_empty());
+    }
+
+    #[test]
+    fn slots_of_a_flow_two_cpus_created_are_folded() {
+        let mut t = table(64);
+        let first = put(&t, &key(7), 0, 3, TAG_LIVE);
+        let second = put(&t, &key(7), 5, 2, TAG_LIVE);
+        set(&t, second, &key(7), 2, SLOT_RACED);
+        put(&t, &key(8), 6, 1, TAG_LIVE);
+        let (out, _) = read(&mut t, 0);
+        let sevens: Vec<_> = out.iter().filter(|(k, _)| *k == key(7)).collect();
+        assert_eq!(sevens.len(), 1, "{out:?}");
+        assert_eq!((sevens[0].1.packets, sevens[0].1.bytes), (5, 500));
+        assert_eq!(out.len(), 2);
+        // Taken together, both slots.
+        assert_eq!(t.take(&key(7), 0).unwrap().map(|s| s.packets), Some(5));
+        assert_eq!(t.tag(first).load(Ordering::Acquire) & TAG_STATE, TAG_DEAD);
+        assert_eq!(t.tag(second).load(Ordering::Acquire) & TAG_STATE, TAG_DEAD);
+    }
+
+    #[test]
+    fn taken_slots_leave_reads_and_are_freed_after_the_grace_period_with_late_packets() {
+        let mut t = table(64);
+        let s = put(&t, &key(9), 3, 10, TAG_LIVE);
+        assert_eq!(t.take(&key(9), 1_000).unwrap().map(|s| s.packets), Some(10));
+        assert_eq!(t.take(&key(9), 1_000).unwrap(), None, "taken once");
+        // A program that matched the tag before it turned dead adds two more packets.
+        set(&t, s, &key(9), 12, 0);
+        let (out, late) = read(&mut t, 1_000 + GRACE_NS - 1);
+        assert!(
+            out.is_empty() && late.is_empty(),
+            "still in its grace period"
+        );
+        let (out, late) = read(&mut t, 1_000 + GRACE_NS);
+        assert!(out.is_empty());
+        assert_eq!(late.len(), 1);
+        assert_eq!(
+            (late[0].0, late[0].1.packets, late[0].1.bytes),
+            (key(9), 2, 200)
+        );
+        assert_eq!(
+            late[0].1.first_seen_ns, 20,
+            "starts at the last packet taken"
+        );
+        assert_eq!(
+            t.tag(s).load(Ordering::Acquire),
+            TAG_FREE,
+            "free for a new flow"
+        );
+    }
+
+    #[test]
+    fn take_all_takes_every_live_flow_and_what_reached_taken_ones() {
+        let mut t = table(64);
+        put(&t, &key(1), 0, 1, TAG_LIVE);
+        let raced = put(&t, &key(1), 1, 2, TAG_LIVE);
+        set(&t, raced, &key(1), 2, SLOT_RACED);
+        let taken = put(&t, &key(2), 2, 5, TAG_LIVE);
+        t.take(&key(2), 0).unwrap();
+        set(&t, taken, &key(2), 6, 0);
+        let mut out = Vec::new();
+        t.take_all(&mut out).unwrap();
+        out.sort_by_key(|(k, _)| k.src_port);
+        let packets: Vec<_> = out.iter().map(|(k, s)| (k.src_port, s.packets)).collect();
+        assert_eq!(packets, vec![(1, 3), (2, 1)]);
+        let (out, _) = read(&mut t, 0);
+        assert!(out.is_empty());
+    }
+}

@@ -4,7 +4,8 @@
 //! from port 7301 inside the pair's network (UDP to 7302 and pings leave nothing);
 //! `sampling = 2`: records carry `sampling_rate = 2`; `bidirectional = false`: answers are
 //! records of their own (`reverse_*` 0, the answer's direction ingress); `table_size = 1024`:
-//! 3,000 flows overflow the kernel table (its `table_full` counter on `/metrics`);
+//! 3,000 flows overflow the kernel table (its `table_full` counter on `/metrics`, and the
+//! interface's overflow record);
 //! `idle_timeout_ms = 1000`: quiet flows leave the kernel table within seconds (its occupancy
 //! on `/metrics`); `max_in_flight = 64` still delivers every record; `socket_metrics =
 //! false`: no record of kernel drops (those come from a host-wide tracepoint the packet
@@ -130,6 +131,12 @@ fn filter_sampling_direction_table_and_log_keys_take_effect() {
         .map(|m| decode(m.payload().unwrap()).unwrap())
         .collect();
     assert!(records.len() > 100, "{} records", records.len());
+    // Packets of flows that found no room in the full table are counted in the interface's
+    // overflow record (unspecified addresses, protocol 0): present, and the only other kind.
+    let (overflow, records): (Vec<RawFlow>, Vec<RawFlow>) =
+        records.into_iter().partition(|f| f.proto == 0);
+    assert!(!overflow.is_empty(), "no overflow record for a full table");
+    assert!(overflow.iter().all(|f| f.src_port == 0 && f.packets > 0));
     for f in &records {
         assert_eq!(f.host, "keys-host");
         assert_eq!(f.sampling_rate, 2, "{f:?}");

@@ -21,6 +21,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowlens_runtime::kafka::KafkaConfig;
@@ -429,17 +431,23 @@ async fn sigkill_enricher_and_sink_at_random_moments() {
     enricher.start();
     sink.start();
 
-    const N: u32 = 60_000;
+    // Batches of 2,000 records every 1.5 s, at least 30 of them, and on until the kill schedule
+    // is done: every kill lands while records are still arriving, however slow the machine.
+    const BATCH: u32 = 2_000;
+    let kills_done = Arc::new(AtomicBool::new(false));
     let base = base_ns();
     let brokers = tansu.broker();
     let producing = {
         let (topic, partitions) = (names.raw.clone(), names.partitions);
+        let kills_done = kills_done.clone();
         tokio::spawn(async move {
-            for k in 0..30u32 {
-                let ids = k * (N / 30)..(k + 1) * (N / 30);
-                produce_to(&brokers, &topic, partitions, ids, base).await;
+            let mut k = 0u32;
+            while k < 30 || !kills_done.load(Ordering::Relaxed) {
+                produce_to(&brokers, &topic, partitions, k * BATCH..(k + 1) * BATCH, base).await;
+                k += 1;
                 tokio::time::sleep(Duration::from_millis(1_500)).await;
             }
+            k * BATCH
         })
     };
     let seed = std::time::SystemTime::now()
@@ -475,15 +483,16 @@ async fn sigkill_enricher_and_sink_at_random_moments() {
         tokio::time::sleep(Duration::from_millis(rng.next(500))).await;
         victim.start();
     }
-    producing.await.unwrap();
-    wait_rows(&ch, u64::from(N), Duration::from_secs(240), || {
+    kills_done.store(true, Ordering::Relaxed);
+    let n = producing.await.unwrap();
+    wait_rows(&ch, u64::from(n), Duration::from_secs(240), || {
         enricher.supervise();
         sink.supervise();
     })
     .await;
     // Nothing more arrives later.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_exact(&ch, N).await;
+    assert_exact(&ch, n).await;
     // The cost of the identity columns on disk (reported, not asserted): compressed bytes per
     // row of the 0005 columns against the whole row. Per-column sizes exist only in wide
     // parts: the table is merged into wide parts first.
@@ -505,8 +514,8 @@ async fn sigkill_enricher_and_sink_at_random_moments() {
         .unwrap();
     eprintln!(
         "flows on disk: {:.2} bytes/row, of which the identity columns {:.2} bytes/row",
-        all as f64 / f64::from(N),
-        identity as f64 / f64::from(N)
+        all as f64 / f64::from(n),
+        identity as f64 / f64::from(n)
     );
     let upstream: Vec<String> = sink
         .log_lines("upstream_replays")
@@ -518,7 +527,7 @@ async fn sigkill_enricher_and_sink_at_random_moments() {
         "no enricher kill left records to replay: the run proved nothing about them"
     );
     eprintln!(
-        "{N} records exactly once; enricher killed {} times, sink {} times; the sink dropped replays {} times:\n{}",
+        "{n} records exactly once; enricher killed {} times, sink {} times; the sink dropped replays {} times:\n{}",
         enricher.kills,
         sink.kills,
         upstream.len(),

@@ -19,9 +19,9 @@ use flowlens_common::table::{
 use flowlens_common::{FlowKey, FlowStats, TunnelOuter, COUNTERS_MAP, COUNTER_COUNT, TUNNELS_MAP};
 
 use crate::bpf_map::{
-    create_map, lookup_entry, map_shape, pin_object, pinned_object, tcx_link_ifindex,
-    update_entry, MapShape, BPF_F_MMAPABLE, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH,
-    BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_PERCPU_HASH,
+    create_map, lookup_entry, map_shape, pin_object, pinned_object, tcx_link_ifindex, update_entry,
+    MapShape, BPF_F_MMAPABLE, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH,
+    BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_PERCPU_HASH,
 };
 use crate::table::SlotBaseline;
 
@@ -136,7 +136,12 @@ fn expected_maps(buckets: u32) -> [(&'static str, MapShape); 8] {
         (FLOW_TAGS_MAP, shape(BPF_MAP_TYPE_ARRAY, 4, 64, buckets)),
         (
             FLOW_SLOTS_MAP,
-            shape(BPF_MAP_TYPE_ARRAY, 4, std::mem::size_of::<FlowSlot>(), slots),
+            shape(
+                BPF_MAP_TYPE_ARRAY,
+                4,
+                std::mem::size_of::<FlowSlot>(),
+                slots,
+            ),
         ),
         (
             FLOW_OVERFLOW_MAP,
@@ -180,12 +185,7 @@ fn expected_maps(buckets: u32) -> [(&'static str, MapShape); 8] {
         ),
         (
             META_MAP,
-            shape(
-                BPF_MAP_TYPE_ARRAY,
-                4,
-                std::mem::size_of::<PinnedMeta>(),
-                1,
-            ),
+            shape(BPF_MAP_TYPE_ARRAY, 4, std::mem::size_of::<PinnedMeta>(), 1),
         ),
     ]
 }

@@ -217,9 +217,9 @@ impl Programs {
                     .with_context(|| format!("opening link {}", path.display()))?;
                 let link = SchedClassifierLink::try_from(FdLink::from(pinned))
                     .with_context(|| format!("link {} is not a TCX link", path.display()))?;
-                let id = program.attach_to_link(link).with_context(|| {
-                    format!("replacing the program of link {}", path.display())
-                })?;
+                let id = program
+                    .attach_to_link(link)
+                    .with_context(|| format!("replacing the program of link {}", path.display()))?;
                 adopted += 1;
                 FdLink::try_from(program.take_link(id)?)?
             } else {

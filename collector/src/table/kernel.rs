@@ -802,7 +802,13 @@ pub(super) mod tests {
         s
     }
 
-    pub(in crate::table) fn set(t: &KernelTable, s: usize, key: &FlowKey, packets: u64, flags: u64) {
+    pub(in crate::table) fn set(
+        t: &KernelTable,
+        s: usize,
+        key: &FlowKey,
+        packets: u64,
+        flags: u64,
+    ) {
         set_seen(t, s, key, packets, flags, 10 + packets);
     }
 

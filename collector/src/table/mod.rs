@@ -374,7 +374,11 @@ mod tests {
         out.clear();
         t.scan(20_000, &mut out).unwrap();
         assert_eq!(packets(&out, 1), 5, "3 not acknowledged + 2 new");
-        assert_eq!(packets(&out, 2), 0, "the dead slot waits for its grace period");
+        assert_eq!(
+            packets(&out, 2),
+            0,
+            "the dead slot waits for its grace period"
+        );
         t.commit().unwrap();
         out.clear();
         t.scan(20_000 + GRACE_NS, &mut out).unwrap();

@@ -5,8 +5,9 @@
 //! conversation and direction, to exactly what the sockets sent and received (none lost while
 //! no collector ran, none twice). With no collector running the pinned programs go on counting
 //! into the pinned table. A collector with another `table_size` discards that table (warning
-//! and metric) and counts a second transfer exactly; removing the pin directory detaches the
-//! programs.
+//! and metric), removes a link pin of an interface it does not watch, refuses a second collector
+//! on its directory and counts a second transfer exactly; removing the pin directory detaches
+//! the programs.
 
 mod common;
 
@@ -337,8 +338,30 @@ fn a_killed_collector_loses_no_packet_and_another_layout_starts_over() {
     );
 
     // 3. Another table size: the pinned table (with those 500 packets) is discarded, with a
-    //    warning and the metric; the new table counts a transfer exactly.
+    //    warning and the metric; the new table counts a transfer exactly. A link pinned for an
+    //    interface it does not watch (any object under links/) is removed; a second collector
+    //    on the same directory is refused.
+    let stale = pins.join("links").join("999-ingress");
+    aya::maps::MapData::from_pin(pins.join("TABLE_META"))
+        .unwrap()
+        .pin(&stale)
+        .unwrap();
     let collector = Collector::start(dir.path(), 3, &config(2048));
+    assert!(!stale.exists(), "a stale link pin is removed at start");
+    {
+        let file = dir.path().join("collector-second.toml");
+        std::fs::write(&file, config(2048)).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_flowlens-collector"))
+            .arg("--config")
+            .arg(&file)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{log}");
+        assert!(log.contains("in use by another collector"), "{log}");
+    }
     assert_eq!(
         collector.metric("flowlens_collector_pinned_table_total{outcome=\"discarded\"}"),
         Some(1.0)

@@ -7,7 +7,7 @@
 //! into the pinned table. A collector with another `table_size` discards that table (warning
 //! and metric), removes a link pin of an interface it does not watch, refuses a second collector
 //! on its directory and counts a second transfer exactly; removing the pin directory detaches
-//! the programs.
+//! the programs. A `pin_path` outside a bpf filesystem stops the binary at start (exit 2).
 
 mod common;
 
@@ -221,6 +221,22 @@ fn a_killed_collector_loses_no_packet_and_another_layout_starts_over() {
             tansu.broker()
         )
     };
+
+    // 0. A pin_path that is not on a bpf filesystem stops the binary at start, naming the key.
+    {
+        let not_bpffs = config(1024).replace(&pins.display().to_string(), "/tmp/flowlens-pins");
+        let file = dir.path().join("collector-bad.toml");
+        std::fs::write(&file, not_bpffs).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_flowlens-collector"))
+            .arg("--config")
+            .arg(&file)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{said}");
+        assert!(said.contains("collector.pin_path"), "{said}");
+    }
 
     // 1. 40 conversations of 500 datagrams and 500 answers each over about 10 s; the collector
     //    is SIGKILLed three times at random moments and started again after a random pause.

@@ -1,7 +1,8 @@
 //! `collector.pin_path` through the real `flowlens-collector` binary (eBPF on a veth between two
 //! namespaces, tansu, a bpf filesystem mounted for the test): during 40 UDP conversations
 //! (20,000 datagrams and 20,000 answers) the collector is SIGKILLed three times at random
-//! moments and started again after a random pause; the records it published add up, per
+//! moments and stopped once with SIGTERM (an upgrade), each time started again after a random
+//! pause; the records it published add up, per
 //! conversation and direction, to exactly what the sockets sent and received (none lost while
 //! no collector ran, none twice). With no collector running the pinned programs go on counting
 //! into the pinned table. A collector with another `table_size` discards that table (warning
@@ -239,7 +240,8 @@ fn a_killed_collector_loses_no_packet_and_another_layout_starts_over() {
     }
 
     // 1. 40 conversations of 500 datagrams and 500 answers each over about 10 s; the collector
-    //    is SIGKILLed three times at random moments and started again after a random pause.
+    //    is SIGKILLed three times at random moments, then stopped with SIGTERM once, each time
+    //    started again after a random pause.
     let mut collector = Collector::start(dir.path(), 0, &config(1024));
     assert_eq!(
         collector.metric("flowlens_collector_pinned_table_total{outcome=\"created\"}"),
@@ -261,24 +263,25 @@ fn a_killed_collector_loses_no_packet_and_another_layout_starts_over() {
             )
         })
     };
-    for n in 1..=3u64 {
-        let at = ROUNDS * (n * 25 + random_below(10)) / 100;
+    for n in 1..=4u64 {
+        let at = ROUNDS * (n * 20 + random_below(10)) / 100;
         while progress.load(Ordering::Relaxed) < at {
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_micros(random_below(200_000)));
         let killed_at = progress.load(Ordering::Relaxed);
         let killed = Instant::now();
-        assert!(collector
-            .guard
-            .stop_with(libc::SIGKILL, Duration::from_secs(10)));
+        // The fourth stop is an upgrade's: SIGTERM (a last scan, the table left pinned).
+        let signal = if n < 4 { libc::SIGKILL } else { libc::SIGTERM };
+        assert!(collector.guard.stop_with(signal, Duration::from_secs(30)));
         std::thread::sleep(Duration::from_millis(random_below(1_000)));
         collector = Collector::start(dir.path(), n as usize, &config(1024));
         let gap = killed.elapsed();
         let during = progress.load(Ordering::Relaxed) - killed_at;
         eprintln!(
-            "kill {n}: after round {killed_at}, a collector ready again {gap:?} later, \
+            "{} {n}: after round {killed_at}, a collector ready again {gap:?} later, \
              {during} rounds ({} datagrams each way) meanwhile",
+            if n < 4 { "SIGKILL" } else { "SIGTERM" },
             during * FLOWS as u64
         );
         assert_eq!(

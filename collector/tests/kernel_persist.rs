@@ -1,8 +1,8 @@
 //! `collector.pin_path` through the real `flowlens-collector` binary (eBPF on a veth between two
 //! namespaces, tansu, a bpf filesystem mounted for the test): during 40 UDP conversations
-//! (20,000 datagrams and 20,000 answers) the collector is SIGKILLed three times at random
-//! moments and stopped once with SIGTERM (an upgrade), each time started again after a random
-//! pause; the records it published add up, per
+//! (20,000 datagrams and 20,000 answers, and 3,000 one-datagram flows that overflow the table)
+//! the collector is SIGKILLed three times between two scans and stopped once with SIGTERM (an
+//! upgrade), each time started again after a random pause; the records it published add up, per
 //! conversation and direction, to exactly what the sockets sent and received (none lost while
 //! no collector ran, none twice). With no collector running the pinned programs go on counting
 //! into the pinned table. A collector with another `table_size` discards that table (warning
@@ -93,6 +93,20 @@ impl Collector {
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
     }
 
+    /// Waits until the collector has published a scan's records.
+    fn wait_for_a_scan(&self) {
+        let series = "flowlens_collector_records_produced_total";
+        let before = self.metric(series);
+        let start = Instant::now();
+        while self.metric(series) == before {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no scan published"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -124,12 +138,14 @@ fn transfer(pair: &NetnsPair, n: u64, port: u16, pace: Duration, sent: &AtomicU6
 }
 
 /// `rounds` rounds of one datagram of `PAYLOAD` bytes on each of `flows` flows from A to
-/// B:`port`, each answered by B with `ANSWER` bytes; every datagram and answer is received
-/// before the next round, `pace` after it. `rounds_done` counts the rounds. Returns the
-/// flows' source ports.
+/// B:`port`, each answered by B with `ANSWER` bytes, and of `one_shots` flows of a single
+/// datagram from a new socket to B:`port + 10`; every datagram and answer is received before
+/// the next round, `pace` after it. `rounds_done` counts the rounds. Returns the conversations'
+/// source ports.
 fn conversations(
     pair: &NetnsPair,
     flows: usize,
+    one_shots: usize,
     rounds: u64,
     port: u16,
     pace: Duration,
@@ -137,6 +153,12 @@ fn conversations(
 ) -> Vec<u16> {
     let rx = in_netns(&pair.ns_b, || UdpSocket::bind((pair.ip_b, port)).unwrap());
     rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let rx_one = in_netns(&pair.ns_b, || {
+        UdpSocket::bind((pair.ip_b, port + 10)).unwrap()
+    });
+    rx_one
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let tx: Vec<UdpSocket> = (0..flows)
         .map(|_| {
             let s = in_netns(&pair.ns_a, || UdpSocket::bind((pair.ip_a, 0)).unwrap());
@@ -157,6 +179,14 @@ fn conversations(
         for t in &tx {
             let (len, _) = t.recv_from(&mut buf).expect("every answer arrives");
             assert_eq!(len, ANSWER);
+        }
+        for _ in 0..one_shots {
+            let t = in_netns(&pair.ns_a, || UdpSocket::bind((pair.ip_a, 0)).unwrap());
+            t.send_to(&[7u8; PAYLOAD], (pair.ip_b, port + 10)).unwrap();
+        }
+        for _ in 0..one_shots {
+            let (len, _) = rx_one.recv_from(&mut buf).expect("every datagram arrives");
+            assert_eq!(len, PAYLOAD);
         }
         rounds_done.store(round, Ordering::Relaxed);
         std::thread::sleep(pace);
@@ -190,15 +220,40 @@ fn flow_total(records: &[RawFlow], sport: u16, port: u16) -> (u64, u64, usize) {
     )
 }
 
-/// Packets counted in every slot of the pinned table `slots` (its own handle on the map).
-fn slot_packets(slots: &aya::maps::Array<aya::maps::MapData, [u64; 16]>) -> u64 {
-    (0..slots.len())
-        .map(|i| {
-            let s = slots.get(&i, 0).unwrap();
-            // FlowSlot: packets at byte 56, shared_packets at byte 96.
-            s[7] + s[12]
-        })
-        .sum()
+/// The maps of a pinned table, held by the test: slots and overflow entries.
+struct PinnedTable {
+    slots: aya::maps::Array<aya::maps::MapData, [u64; 16]>,
+    overflow: aya::maps::PerCpuHashMap<aya::maps::MapData, [u8; 8], [u64; 5]>,
+}
+
+impl PinnedTable {
+    fn open(pins: &Path) -> Self {
+        let map = |name: &str| aya::maps::MapData::from_pin(pins.join(name)).unwrap();
+        Self {
+            slots: aya::maps::Array::try_from(aya::maps::Map::Array(map("FLOW_SLOTS"))).unwrap(),
+            overflow: aya::maps::PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(map(
+                "FLOW_OVERFLOW",
+            )))
+            .unwrap(),
+        }
+    }
+
+    /// Packets counted in every slot and overflow entry.
+    fn packets(&self) -> u64 {
+        let slots: u64 = (0..self.slots.len())
+            .map(|i| {
+                let s = self.slots.get(&i, 0).unwrap();
+                // FlowSlot: packets at byte 56, shared_packets at byte 96.
+                s[7] + s[12]
+            })
+            .sum();
+        let overflow: u64 = self
+            .overflow
+            .iter()
+            .map(|e| e.unwrap().1.iter().map(|v| v[0]).sum::<u64>())
+            .sum();
+        slots + overflow
+    }
 }
 
 #[test]
@@ -212,7 +267,7 @@ fn a_killed_collector_loses_no_packet_and_another_layout_starts_over() {
     let dir = tempfile::tempdir().unwrap();
     let config = |table_size: u32| {
         format!(
-            "[collector]\ninterfaces = [\"{}\"]\nnetns = \"{}\"\nscan_interval_ms = 200\n\
+            "[collector]\ninterfaces = [\"{}\"]\nnetns = \"{}\"\nscan_interval_ms = 500\n\
              table_size = {table_size}\nsocket_metrics = false\npin_path = \"{}\"\n\
              [kafka]\nbrokers = [\"{}\"]\npartitions = 1\n\
              [kafka.topics]\nraw_flows = \"{topic}\"\ninterfaces = \"{topic}-ifaces\"\n",
@@ -240,7 +295,7 @@ fn a_killed_collector_loses_no_packet_and_another_layout_starts_over() {
     }
 
     // 1. 40 conversations of 500 datagrams and 500 answers each over about 10 s; the collector
-    //    is SIGKILLed three times at random moments, then stopped with SIGTERM once, each time
+    //    is SIGKILLed three times between two scans, then stopped with SIGTERM once, each time
     //    started again after a random pause.
     let mut collector = Collector::start(dir.path(), 0, &config(1024));
     assert_eq!(
@@ -249,6 +304,8 @@ fn a_killed_collector_loses_no_packet_and_another_layout_starts_over() {
     );
     const FLOWS: usize = 40;
     const ROUNDS: u64 = 500;
+    /// One-datagram flows per round: 3,000 in all, more than the 1,024-slot table holds.
+    const ONE_SHOTS: usize = 6;
     let progress = Arc::new(AtomicU64::new(0));
     let traffic = {
         let (pair, progress) = (pair.clone(), progress.clone());
@@ -256,6 +313,7 @@ fn a_killed_collector_loses_no_packet_and_another_layout_starts_over() {
             conversations(
                 &pair,
                 FLOWS,
+                ONE_SHOTS,
                 ROUNDS,
                 7400,
                 Duration::from_millis(20),
@@ -268,7 +326,10 @@ fn a_killed_collector_loses_no_packet_and_another_layout_starts_over() {
         while progress.load(Ordering::Relaxed) < at {
             std::thread::sleep(Duration::from_millis(1));
         }
-        std::thread::sleep(Duration::from_micros(random_below(200_000)));
+        // Between two scans: a kill while a scan's records are in flight repeats them (the
+        // at-least-once window, ARCHITECTURE.md).
+        collector.wait_for_a_scan();
+        std::thread::sleep(Duration::from_millis(100 + random_below(100)));
         let killed_at = progress.load(Ordering::Relaxed);
         let killed = Instant::now();
         // The fourth stop is an upgrade's: SIGTERM (a last scan, the table left pinned).
@@ -332,6 +393,28 @@ fn a_killed_collector_loses_no_packet_and_another_layout_starts_over() {
         .iter()
         .filter(|f| f.dst_port == 7400)
         .all(|f| f.src_ip() == IpAddr::V4(pair.ip_a) && !f.duplicate));
+    // The one-datagram flows: in records of their own or, once the table is full, in the
+    // interface's overflow record (IPv4, egress), itself carried across the restarts.
+    let one_shots = ROUNDS * ONE_SHOTS as u64;
+    let of = |keep: &dyn Fn(&RawFlow) -> bool| {
+        records
+            .iter()
+            .filter(|f| keep(f))
+            .fold((0u64, 0u64), |(p, b), f| {
+                (p + f.packets as u64, b + f.bytes as u64)
+            })
+    };
+    let own = of(&|f| f.dst_port == 7410);
+    let overflow = of(&|f| f.proto == 0 && f.etype == 0x0800 && f.direction == Direction::Egress);
+    eprintln!(
+        "{one_shots} one-datagram flows: {} packets in records of their own, {} in overflow records",
+        own.0, overflow.0
+    );
+    assert!(overflow.0 > 0, "the table never filled");
+    assert_eq!(
+        (own.0 + overflow.0, own.1 + overflow.1),
+        (one_shots, one_shots * FRAME)
+    );
     eprintln!(
         "sent {} datagrams and {} answers; in {} records: {} packets / {} bytes and {} packets / {} bytes",
         ROUNDS * FLOWS as u64,
@@ -344,17 +427,11 @@ fn a_killed_collector_loses_no_packet_and_another_layout_starts_over() {
     );
 
     // 2. With no collector running the pinned programs go on counting into the pinned table.
-    let slots_map = aya::maps::MapData::from_pin(pins.join("FLOW_SLOTS")).unwrap();
-    let slots: aya::maps::Array<_, [u64; 16]> =
-        aya::maps::Array::try_from(aya::maps::Map::Array(slots_map)).unwrap();
-    let before = slot_packets(&slots);
+    let table = PinnedTable::open(&pins);
+    let before = table.packets();
     let unwatched = AtomicU64::new(0);
     transfer(&pair, 500, 7401, Duration::ZERO, &unwatched);
-    assert_eq!(
-        slot_packets(&slots) - before,
-        500,
-        "counted with no collector"
-    );
+    assert_eq!(table.packets() - before, 500, "counted with no collector");
 
     // 3. Another table size: the pinned table (with those 500 packets) is discarded, with a
     //    warning and the metric; the new table counts a transfer exactly. A link pinned for an
@@ -410,16 +487,14 @@ fn a_killed_collector_loses_no_packet_and_another_layout_starts_over() {
     );
 
     // 4. Removing the pin directory detaches the programs: the (new) table counts no more.
-    let slots_map = aya::maps::MapData::from_pin(pins.join("FLOW_SLOTS")).unwrap();
-    let slots: aya::maps::Array<_, [u64; 16]> =
-        aya::maps::Array::try_from(aya::maps::Map::Array(slots_map)).unwrap();
+    let table = PinnedTable::open(&pins);
     std::fs::remove_dir_all(&pins).unwrap();
     // The kernel releases an unpinned object after an RCU grace period: wait for a quiet table.
     let start = Instant::now();
     loop {
-        let before = slot_packets(&slots);
+        let before = table.packets();
         transfer(&pair, 10, 7403, Duration::ZERO, &unwatched);
-        if slot_packets(&slots) == before {
+        if table.packets() == before {
             break;
         }
         assert!(
@@ -428,7 +503,7 @@ fn a_killed_collector_loses_no_packet_and_another_layout_starts_over() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let before = slot_packets(&slots);
+    let before = table.packets();
     transfer(&pair, 500, 7404, Duration::ZERO, &unwatched);
-    assert_eq!(slot_packets(&slots), before, "still counting after removal");
+    assert_eq!(table.packets(), before, "still counting after removal");
 }

@@ -443,14 +443,7 @@ async fn sigkill_enricher_and_sink_at_random_moments() {
         tokio::spawn(async move {
             let mut k = 0u32;
             while k < 30 || !kills_done.load(Ordering::Relaxed) {
-                produce_to(
-                    &brokers,
-                    &topic,
-                    partitions,
-                    k * BATCH..(k + 1) * BATCH,
-                    base,
-                )
-                .await;
+                produce_to(&brokers, &topic, partitions, k * BATCH..(k + 1) * BATCH, base).await;
                 k += 1;
                 tokio::time::sleep(Duration::from_millis(1_500)).await;
             }

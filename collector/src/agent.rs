@@ -1,6 +1,7 @@
 //! The collector's main loop: attach, publish interface metadata, then every scan interval read
 //! the kernel flow table and publish what each flow added; on shutdown drain the table, flush and
-//! detach.
+//! detach, or, with `collector.pin_path`, export one last scan and leave the table and the
+//! programs pinned for the next collector.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use crate::clock::{monotonic_now_ns, Clock};
 use crate::config::Config;
 use crate::interfaces::{self, InterfaceInfo};
 use crate::netns;
+use crate::pins::PinDir;
 use crate::programs::Programs;
 use crate::publish::{Delivery, Publisher};
 
@@ -57,7 +59,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     } else {
         netns::resolve(&c.netns)
     });
-    let mut probe = Programs::load_with_sockets(
+    let pins = if c.pin_path.is_empty() {
+        None
+    } else {
+        Some(PinDir::open(std::path::Path::new(&c.pin_path))?)
+    };
+    let mut probe = Programs::load_pinned(
         c.table_size,
         c.sampling,
         &c.filter.parse()?,
@@ -68,6 +75,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             netns_inode: netns_inode as u32,
             ..SocketOptions::default()
         },
+        pins,
     )?;
     let sockets = if c.socket_metrics {
         Some(SocketStats::new(
@@ -88,6 +96,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         }
         Ok(all)
     })?;
+    probe.remove_stale_links()?;
     let (link_events, mut link_changed) = tokio::sync::mpsc::channel(1);
     interfaces::LinkWatch::open(&c.netns, None)?.spawn(link_events)?;
     let describe = |i: &InterfaceInfo| Interface {
@@ -175,6 +184,20 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         }
     }
     alive.retire();
+    if let Some(pins) = probe.pin_dir() {
+        // The table stays: the programs go on counting into it and the next collector
+        // exports what they count from where this scan leaves it.
+        tracing::info!("last scan before exit");
+        exporter.export(&probe, &publisher, Scan::Interval).await?;
+        publisher.flush(Duration::from_secs(30))?;
+        tracing::info!(
+            pin_path = %pins.root().display(),
+            packets_exported = exporter.exported.0,
+            bytes_exported = exporter.exported.1,
+            "collector stopped; the flow table and the programs stay pinned"
+        );
+        return Ok(());
+    }
     tracing::info!("final drain before exit");
     exporter.export(&probe, &publisher, Scan::Final).await?;
     publisher.flush(Duration::from_secs(30))?;
@@ -385,6 +408,13 @@ impl Exporter {
             };
             delivery.delivered += d.delivered;
             delivery.failed += d.failed;
+            // Kept (pinned table) only while every record of the scan so far was delivered:
+            // what was not stays to be exported again by the next collector.
+            if delivery.failed == 0 {
+                self.table
+                    .commit()
+                    .context("keeping the exported counts beside the pinned table")?;
+            }
         }
         // Drops of conversations no watched interface saw in this interval.
         self.flows = flows;

@@ -62,6 +62,10 @@ pub struct CollectorConfig {
     pub socket_table_size: u32,
     /// Entries of the kernel table of dropped conversations by reason (per-CPU LRU).
     pub drop_table_size: u32,
+    /// Directory on a bpf filesystem where the flow table, what was exported of it and the TCX
+    /// links are pinned, so that they outlive the process and the next collector continues
+    /// (`crate::pins`); empty: the table lives and dies with the process.
+    pub pin_path: String,
 }
 
 impl Default for CollectorConfig {
@@ -82,6 +86,7 @@ impl Default for CollectorConfig {
             socket_metrics: true,
             socket_table_size: 32_768,
             drop_table_size: 4_096,
+            pin_path: String::new(),
         }
     }
 }
@@ -159,6 +164,24 @@ impl Validate for Config {
                 ),
             ));
         }
+        if !c.pin_path.is_empty() {
+            let path = std::path::Path::new(&c.pin_path);
+            if !path.is_absolute() {
+                return Err(ConfigError::invalid(
+                    "collector.pin_path",
+                    format!("`{}` is not an absolute path", c.pin_path),
+                ));
+            }
+            if !crate::pins::on_bpffs(path) {
+                return Err(ConfigError::invalid(
+                    "collector.pin_path",
+                    format!(
+                        "`{}` is not on a bpf filesystem (mount one: mount -t bpf bpf /sys/fs/bpf)",
+                        c.pin_path
+                    ),
+                ));
+            }
+        }
         self.kafka.validate("kafka")?;
         self.telemetry.validate("telemetry")
     }
@@ -226,6 +249,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("collector.interfaces"));
+        for bad in ["relative/pins", "/tmp"] {
+            let mut c = Config::default();
+            c.collector.pin_path = bad.into();
+            assert!(c
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("collector.pin_path"));
+        }
         let mut c = Config::default();
         c.collector.netns = "flowlens-no-such-netns".into();
         assert!(c

@@ -11,6 +11,7 @@ pub mod encode;
 pub mod filter;
 pub mod interfaces;
 pub mod netns;
+pub mod pins;
 pub mod privileges;
 pub mod programs;
 pub mod publish;

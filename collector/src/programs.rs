@@ -1,15 +1,20 @@
 //! Loading the kernel programs and maps (aya) and attaching them with TCX to the ingress and
 //! egress of the chosen interfaces; loading and attaching the socket programs (TCP RTT and
 //! retransmits, drops, socket owners: `crate::sockets`), which fail soft. Dropping the
-//! [`Programs`] detaches everything.
+//! [`Programs`] detaches everything, unless they were loaded with a pin directory
+//! (`crate::pins`): then the flow table and the TCX links stay pinned, the programs keep
+//! counting, and the next [`Programs`] adopts the table and swaps its programs into the links
+//! (one atomic link update per hook: no packet goes uncounted or is counted twice).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use aya::maps::{Map, MapData, PerCpuArray};
-use aya::programs::tc::{SchedClassifierLinkId, TcAttachType};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachType};
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use flowlens_common::sockets::{
@@ -26,6 +31,7 @@ use flowlens_common::{
 };
 
 use crate::filter::Filters;
+use crate::pins::{Outcome, PinDir, TableMaps, PROGRAM_MAPS};
 use crate::sockets::{SocketOptions, SocketPlan, SocketProbes};
 use crate::table::KernelTable;
 
@@ -42,9 +48,20 @@ pub struct Programs {
     /// Outer addresses of tunnel flows (inner key -> outer).
     tunnels: aya::maps::HashMap<MapData, FlowKey, TunnelOuter>,
     /// Attached interfaces by name, with the ingress and egress links.
-    attached: BTreeMap<String, Vec<(&'static str, SchedClassifierLinkId)>>,
+    attached: BTreeMap<String, Links>,
     /// The socket programs' maps and what is enabled, until `take_sockets` hands them over.
     sockets: Option<SocketProbes>,
+    /// Where the table and links are pinned, with the table's export maps and what became of
+    /// a previously pinned table (`None`: everything dies with the process).
+    pinned: Option<(PinDir, TableMaps, Outcome)>,
+}
+
+/// The links of one interface.
+enum Links {
+    /// Held by the programs: detached when they are dropped.
+    Owned(Vec<(&'static str, SchedClassifierLinkId)>),
+    /// Pinned (attached until the pin is removed), with our handle on each.
+    Pinned(Vec<(PathBuf, FdLink)>),
 }
 
 impl Programs {
@@ -63,16 +80,38 @@ impl Programs {
         filters: &Filters,
         sockets: &SocketOptions,
     ) -> anyhow::Result<Self> {
+        Self::load_pinned(table_size, sampling, filters, sockets, None)
+    }
+
+    /// [`Programs::load_with_sockets`] with the flow table kept in `pins` (see `crate::pins`):
+    /// the table pinned there is adopted when its layout fits (`table_size` included), else
+    /// replaced by a new one; interfaces are then attached through their pinned links.
+    pub fn load_pinned(
+        table_size: u32,
+        sampling: u32,
+        filters: &Filters,
+        sockets: &SocketOptions,
+        pins: Option<PinDir>,
+    ) -> anyhow::Result<Self> {
         let flags = filters.flags();
         let plan = SocketPlan::discover(sockets);
         let buckets = buckets_for(table_size);
-        let layout = TableLayout {
+        let fresh = TableLayout {
             version: TABLE_LAYOUT_VERSION,
             buckets,
             seed: random_seed(),
         };
+        let (layout, outcome) = match &pins {
+            Some(pins) => pins.prepare(buckets, fresh)?,
+            None => (fresh, Outcome::Created),
+        };
         let mut loader = EbpfLoader::new();
         plan.configure(&mut loader);
+        if let Some(pins) = &pins {
+            for name in PROGRAM_MAPS {
+                loader.map_pin_path(name, pins.map_path(name));
+            }
+        }
         let mut ebpf = loader
             .map_max_entries(FLOW_TAGS_MAP, buckets)
             .map_max_entries(FLOW_SLOTS_MAP, buckets * BUCKET_SLOTS as u32)
@@ -109,7 +148,15 @@ impl Programs {
             .take_map(TUNNELS_MAP)
             .with_context(|| format!("map {TUNNELS_MAP} missing"))?
             .try_into()?;
+        let pinned = match pins {
+            Some(pins) => {
+                let maps = pins.table_maps(layout, &outcome)?;
+                Some((pins, maps, outcome))
+            }
+            None => None,
+        };
         Ok(Self {
+            pinned,
             layout,
             flow_maps: [tags, slots, overflow],
             counters,
@@ -121,7 +168,12 @@ impl Programs {
     }
 
     /// Attaches ingress and egress programs to `interface` (in the calling thread's namespace).
+    /// With a pin directory the links are pinned, and a link a previous collector pinned for
+    /// the interface gets these programs in its place, atomically.
     pub fn attach(&mut self, interface: &str) -> anyhow::Result<()> {
+        if self.pinned.is_some() {
+            return self.attach_pinned(interface);
+        }
         let mut links = Vec::with_capacity(2);
         for (name, hook) in [
             (INGRESS_PROGRAM, TcAttachType::Ingress),
@@ -138,15 +190,100 @@ impl Programs {
             links.push((name, link));
         }
         tracing::info!(interface, "attached ingress and egress programs");
-        self.attached.insert(interface.to_string(), links);
+        self.attached
+            .insert(interface.to_string(), Links::Owned(links));
         Ok(())
+    }
+
+    fn attach_pinned(&mut self, interface: &str) -> anyhow::Result<()> {
+        let Some((pins, _, _)) = &self.pinned else {
+            bail!("no pin directory");
+        };
+        let ifindex = if_index(interface)?;
+        let mut links = Vec::with_capacity(2);
+        let mut adopted = 0;
+        for (name, hook, hook_name) in [
+            (INGRESS_PROGRAM, TcAttachType::Ingress, "ingress"),
+            (EGRESS_PROGRAM, TcAttachType::Egress, "egress"),
+        ] {
+            let path = pins.link_path(ifindex, hook_name);
+            let program: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name}"))?
+                .try_into()?;
+            let link = if pins.has_link(&path, ifindex)? {
+                let pinned = PinnedLink::from_pin(&path)
+                    .with_context(|| format!("opening link {}", path.display()))?;
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                    .with_context(|| format!("link {} is not a TCX link", path.display()))?;
+                let id = program
+                    .attach_to_link(link)
+                    .with_context(|| format!("replacing the program of link {}", path.display()))?;
+                adopted += 1;
+                FdLink::try_from(program.take_link(id)?)?
+            } else {
+                let id = program
+                    .attach(interface, hook)
+                    .with_context(|| format!("attaching {name} to interface {interface}"))?;
+                let link = FdLink::try_from(program.take_link(id)?)?;
+                FdLink::from(
+                    link.pin(&path)
+                        .with_context(|| format!("pinning link {}", path.display()))?,
+                )
+            };
+            links.push((path, link));
+        }
+        tracing::info!(
+            interface,
+            adopted,
+            "attached ingress and egress programs (pinned links)"
+        );
+        self.attached
+            .insert(interface.to_string(), Links::Pinned(links));
+        Ok(())
+    }
+
+    /// Removes the pinned links of interfaces this collector did not attach to (no-op without
+    /// a pin directory).
+    pub fn remove_stale_links(&self) -> anyhow::Result<()> {
+        let Some((pins, _, _)) = &self.pinned else {
+            return Ok(());
+        };
+        let keep: BTreeSet<PathBuf> = self
+            .attached
+            .values()
+            .filter_map(|l| match l {
+                Links::Pinned(links) => Some(links.iter().map(|(p, _)| p.clone())),
+                Links::Owned(_) => None,
+            })
+            .flatten()
+            .collect();
+        pins.remove_links_except(&keep)
+    }
+
+    /// The pin directory, if the table is pinned.
+    pub fn pin_dir(&self) -> Option<&PinDir> {
+        self.pinned.as_ref().map(|(p, _, _)| p)
     }
 
     /// Forgets an interface that disappeared (the kernel already removed its links) or detaches
     /// from one that is still there.
     pub fn detach(&mut self, interface: &str) {
-        let Some(links) = self.attached.remove(interface) else {
-            return;
+        let links = match self.attached.remove(interface) {
+            Some(Links::Owned(links)) => links,
+            Some(Links::Pinned(links)) => {
+                for (path, link) in links {
+                    // Without its pin and our handle the link is released (detached).
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!(link = %path.display(), error = %e, "removing a pinned link failed");
+                    }
+                    drop(link);
+                }
+                tracing::info!(interface, "detached");
+                return;
+            }
+            None => return,
         };
         for (name, link) in links {
             let program: Result<&mut SchedClassifier, _> = match self.ebpf.program_mut(name) {
@@ -234,14 +371,24 @@ impl Programs {
     pub fn flow_table(&self) -> anyhow::Result<KernelTable> {
         let [tags, slots, overflow] = &self.flow_maps;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-        KernelTable::new(
+        let table = KernelTable::new(
             self.layout,
             tags.fd().as_fd(),
             slots.fd().as_fd(),
             overflow.fd().as_fd(),
             cpus,
         )
-        .context("mapping the flow table")
+        .context("mapping the flow table")?;
+        match &self.pinned {
+            Some((_, maps, _)) => table
+                .persist(
+                    maps.exported.as_fd(),
+                    maps.overflow_exported.as_fd(),
+                    crate::clock::monotonic_now_ns(),
+                )
+                .context("resuming the pinned flow table's export state"),
+            None => Ok(table),
+        }
     }
 
     /// The outer addresses of the tunnel packets carrying the inner flow `key`, if known.
@@ -257,6 +404,18 @@ impl Programs {
         }
         Ok(out)
     }
+}
+
+/// The index of `interface` in the calling thread's network namespace.
+fn if_index(interface: &str) -> anyhow::Result<u32> {
+    let name = std::ffi::CString::new(interface)?;
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("interface {interface}"));
+    }
+    Ok(ifindex)
 }
 
 /// A random hash seed per table (keys are partly chosen by remote peers).

@@ -3,7 +3,9 @@
 //! read a window at a time (a scan costs no system call per flow, and the process never holds
 //! the whole table in its memory), single slots with a map lookup. Dead slots are freed for new
 //! flows once no program can still be adding to them. Packets of flows that found no slot are
-//! read from the per-interface overflow map.
+//! read from the per-interface overflow map. A pinned table ([`KernelTable::persist`]) also
+//! keeps, beside the slots, what each slot and overflow entry exported up to the last
+//! acknowledged chunk, so a collector started after a crash resumes from there.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -15,7 +17,8 @@ use flowlens_common::table::{
 };
 use flowlens_common::{FlowKey, FlowStats};
 
-use crate::bpf_map::{for_each_entry, lookup_entry};
+use super::ledger::Baseline;
+use crate::bpf_map::{for_each_entry, lookup_entry, update_entry};
 use crate::conversation::{fast_map, FastMap};
 
 /// How long a slot stays dead before it is reused. A program adds to a slot within
@@ -102,6 +105,45 @@ pub struct ReadStats {
     pub freed: usize,
 }
 
+/// What a slot exported up to the last acknowledged chunk, as kept in the pinned
+/// `FLOW_EXPORTED` array (one per slot, memory-mapped). It belongs to the flow whose first
+/// packet was at `first_seen_ns`: a slot freed and taken by another flow does not match it.
+/// 32 bytes.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SlotBaseline {
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+impl SlotBaseline {
+    fn of(stats: &FlowStats) -> Self {
+        Self {
+            packets: stats.packets,
+            bytes: stats.bytes,
+            first_seen_ns: stats.first_seen_ns,
+            last_seen_ns: stats.last_seen_ns,
+        }
+    }
+}
+
+/// The export state of a pinned table and the writes of the chunk being published, applied
+/// by [`KernelTable::commit`] once the broker acknowledged it.
+struct Persisted {
+    /// `FLOW_EXPORTED`: a [`SlotBaseline`] per slot.
+    exported: Mapping,
+    /// `OVERFLOW_EXPORTED`: overflow key -> counts exported (`None` in tests).
+    overflow: Option<OwnedFd>,
+    /// Baselines of the slots exported in the chunk being published.
+    slots: Vec<(u32, SlotBaseline)>,
+    /// Dead slots whose late packets are in the scan's last chunk: freed when it is committed.
+    free: Vec<u32>,
+    /// Overflow counts in the scan's last chunk.
+    overflow_seen: Vec<(OverflowKey, FlowStats)>,
+}
+
 /// Where the slots are read from.
 enum Slots {
     /// The array map: windows of it mapped while scanning, single slots looked up.
@@ -124,6 +166,11 @@ pub struct KernelTable {
     read_slots: Vec<u32>,
     /// Per-interface overflow counts at the previous read.
     overflow_seen: FastMap<OverflowKey, FlowStats>,
+    /// Raced keys of the last read: their first slot -> each of their slots with its own
+    /// counts.
+    raced_parts: FastMap<u32, Vec<(u32, FlowStats)>>,
+    /// Export state kept with a pinned table (`None`: the table dies with the process).
+    persisted: Option<Persisted>,
 }
 
 impl KernelTable {
@@ -146,6 +193,8 @@ impl KernelTable {
             dying: Vec::new(),
             read_slots: Vec::new(),
             overflow_seen: fast_map(0),
+            raced_parts: fast_map(0),
+            persisted: None,
         })
     }
 
@@ -167,11 +216,200 @@ impl KernelTable {
             dying: Vec::new(),
             read_slots: Vec::new(),
             overflow_seen: fast_map(0),
+            raced_parts: fast_map(0),
+            persisted: None,
         })
     }
 
     pub fn layout(&self) -> TableLayout {
         self.layout
+    }
+
+    /// Keeps the baselines in anonymous memory, as a pinned table does (tests).
+    #[cfg(test)]
+    pub(super) fn with_memory_baselines(mut self) -> Self {
+        let len = self.slot_count() * std::mem::size_of::<SlotBaseline>();
+        self.persisted = Some(Persisted {
+            exported: Mapping::new(None, 0, len, true).unwrap(),
+            overflow: None,
+            slots: Vec::new(),
+            free: Vec::new(),
+            overflow_seen: Vec::new(),
+        });
+        self
+    }
+
+    /// The state bits of slot `slot`'s tag (tests).
+    #[cfg(test)]
+    pub(super) fn tag_state(&self, slot: usize) -> u64 {
+        self.tag(slot).load(Ordering::Acquire) & TAG_STATE
+    }
+
+    /// Loses what only the process knew, as a collector killed at `now_ns` does, and resumes as
+    /// the next collector would from what the table keeps (tests).
+    #[cfg(test)]
+    pub(super) fn restart(mut self, now_ns: u64) -> Self {
+        self.dying.clear();
+        self.read_slots.clear();
+        self.raced_parts.clear();
+        self.overflow_seen.clear();
+        if let Some(p) = self.persisted.as_mut() {
+            p.slots.clear();
+            p.free.clear();
+            p.overflow_seen.clear();
+        }
+        self.resume_dead(now_ns).unwrap();
+        self
+    }
+
+    /// Keeps the export state in the pinned maps `exported` (the mmapable array of
+    /// [`SlotBaseline`]s, one per slot) and `overflow_exported` (hash `OverflowKey` ->
+    /// `FlowStats`), and resumes from what they hold: the overflow counts already exported, and
+    /// every dead slot (taken by a previous collector) as dying since `now_ns` from its
+    /// baseline, so what it counted past that leaves as a late record. Live slots resume from
+    /// their baselines when first read ([`KernelTable::exported_baseline`]).
+    pub fn persist(
+        mut self,
+        exported: BorrowedFd<'_>,
+        overflow_exported: BorrowedFd<'_>,
+        now_ns: u64,
+    ) -> io::Result<Self> {
+        let mapping = Mapping::new(
+            Some(exported),
+            0,
+            self.slot_count() * std::mem::size_of::<SlotBaseline>(),
+            true,
+        )?;
+        let (mut keys, mut values) = (
+            vec![OverflowKey::default(); 256],
+            vec![FlowStats::default(); 256],
+        );
+        let seen = &mut self.overflow_seen;
+        for_each_entry(
+            overflow_exported,
+            false,
+            1,
+            &mut keys,
+            &mut values,
+            |k, v| {
+                seen.insert(*k, v[0]);
+            },
+        )?;
+        self.persisted = Some(Persisted {
+            exported: mapping,
+            overflow: Some(overflow_exported.try_clone_to_owned()?),
+            slots: Vec::new(),
+            free: Vec::new(),
+            overflow_seen: Vec::new(),
+        });
+        self.resume_dead(now_ns)?;
+        Ok(self)
+    }
+
+    /// Every dead slot becomes dying since `now_ns`, taken at its baseline.
+    fn resume_dead(&mut self, now_ns: u64) -> io::Result<()> {
+        let mut dead = Vec::new();
+        self.for_each_in_state(TAG_DEAD, |i, slot| dead.push((i, slot.first_seen_ns)))?;
+        for (i, first_seen_ns) in dead {
+            let b = self.baseline(i, first_seen_ns);
+            self.dying.push(Dying {
+                slot: i as u32,
+                taken_ns: now_ns,
+                taken: FlowStats {
+                    packets: b.packets,
+                    bytes: b.bytes,
+                    first_seen_ns,
+                    last_seen_ns: if b.packets == 0 {
+                        first_seen_ns
+                    } else {
+                        b.last_seen_ns
+                    },
+                    ..FlowStats::default()
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// The baseline kept for slot `i` if it belongs to the flow that started at
+    /// `first_seen_ns`.
+    fn baseline(&self, i: usize, first_seen_ns: u64) -> SlotBaseline {
+        let Some(p) = &self.persisted else {
+            return SlotBaseline::default();
+        };
+        debug_assert!(i < self.slot_count());
+        // SAFETY: one SlotBaseline per slot in the mapping, 8-aligned; volatile: shared memory.
+        let b = unsafe { std::ptr::read_volatile((p.exported.at as *const SlotBaseline).add(i)) };
+        if b.first_seen_ns == first_seen_ns && b.packets > 0 {
+            b
+        } else {
+            SlotBaseline::default()
+        }
+    }
+
+    /// Calls `each` with the slots of entry `at` of the last read (counts `stats`), each with
+    /// its own counts.
+    fn for_each_part(&self, at: usize, stats: &FlowStats, mut each: impl FnMut(u32, &FlowStats)) {
+        let slot = self.read_slots[at];
+        match self.raced_parts.get(&slot) {
+            Some(parts) => parts.iter().for_each(|(s, own)| each(*s, own)),
+            None => each(slot, stats),
+        }
+    }
+
+    /// What entry `at` of the last read (with counts `stats`) exported up to the last
+    /// acknowledged chunk, as a previous collector left it in a pinned table (nothing
+    /// otherwise).
+    pub(super) fn exported_baseline(&self, at: usize, stats: &FlowStats) -> Baseline {
+        let mut total = Baseline::default();
+        if self.persisted.is_none() {
+            return total;
+        }
+        self.for_each_part(at, stats, |slot, own| {
+            let b = self.baseline(slot as usize, own.first_seen_ns);
+            total.packets += b.packets;
+            total.bytes += b.bytes;
+            total.last_seen_ns = total.last_seen_ns.max(b.last_seen_ns);
+        });
+        total
+    }
+
+    /// Entry `at` of the last read was exported with its counts as read (`stats`): its
+    /// baseline is written at the next [`KernelTable::commit`].
+    pub(super) fn exported(&mut self, at: usize, stats: &FlowStats) {
+        let Some(mut p) = self.persisted.take() else {
+            return;
+        };
+        self.for_each_part(at, stats, |s, own| p.slots.push((s, SlotBaseline::of(own))));
+        self.persisted = Some(p);
+    }
+
+    /// The chunk published since the previous commit was acknowledged: writes its baselines
+    /// (and, when it was the scan's last chunk, `last`, its overflow counts, and frees the dead
+    /// slots whose late packets it carried). Nothing to do for a table that is not pinned.
+    pub fn commit(&mut self, last: bool) -> io::Result<()> {
+        let Some(p) = self.persisted.as_mut() else {
+            return Ok(());
+        };
+        for (slot, b) in p.slots.drain(..) {
+            // SAFETY: one SlotBaseline per slot in the writable mapping.
+            unsafe {
+                std::ptr::write_volatile((p.exported.at as *mut SlotBaseline).add(slot as usize), b)
+            };
+        }
+        if !last {
+            return Ok(());
+        }
+        if let Some(map) = &p.overflow {
+            for (k, v) in p.overflow_seen.drain(..) {
+                update_entry(map.as_fd(), &k, &v)?;
+            }
+        }
+        let free = std::mem::take(&mut p.free);
+        for slot in free {
+            self.tag(slot as usize).store(TAG_FREE, Ordering::Release);
+        }
+        Ok(())
     }
 
     fn slot_count(&self) -> usize {
@@ -261,6 +499,7 @@ impl KernelTable {
             ..ReadStats::default()
         };
         out.clear();
+        self.raced_parts.clear();
         let mut read_slots = std::mem::take(&mut self.read_slots);
         read_slots.clear();
         let mut raced = Vec::new();
@@ -299,6 +538,11 @@ impl KernelTable {
             let Some(&keep) = positions.iter().min() else {
                 continue;
             };
+            let parts = positions
+                .iter()
+                .map(|&p| (self.read_slots[p], out[p].1))
+                .collect();
+            self.raced_parts.insert(self.read_slots[keep], parts);
             for &p in &positions {
                 if p != keep && !gone[p] {
                     let other = out[p].1;
@@ -353,6 +597,9 @@ impl KernelTable {
                 continue;
             }
             let taken = self.slot(s)?.stats();
+            if let Some(p) = self.persisted.as_mut() {
+                p.slots.push((s as u32, SlotBaseline::of(&taken)));
+            }
             self.dying.push(Dying {
                 slot: s as u32,
                 taken_ns: now_ns,
@@ -435,7 +682,11 @@ impl KernelTable {
             if let Some(extra) = self.late(&d)? {
                 late.push(extra);
             }
-            self.tag(d.slot as usize).store(TAG_FREE, Ordering::Release);
+            match self.persisted.as_mut() {
+                // Freed once the record of its late packets is acknowledged.
+                Some(p) => p.free.push(d.slot),
+                None => self.tag(d.slot as usize).store(TAG_FREE, Ordering::Release),
+            }
             self.dying.swap_remove(i);
             freed += 1;
         }
@@ -470,6 +721,7 @@ impl KernelTable {
             vec![FlowStats::default(); 256 * self.cpus],
         );
         let seen = &mut self.overflow_seen;
+        let mut pending = self.persisted.as_mut().map(|p| &mut p.overflow_seen);
         for_each_entry(
             overflow.as_fd(),
             false,
@@ -483,6 +735,9 @@ impl KernelTable {
                 }
                 let before = seen.insert(*k, now).unwrap_or_default();
                 if now.packets > before.packets {
+                    if let Some(p) = pending.as_mut() {
+                        p.push((*k, now));
+                    }
                     out.push((
                         FlowKey::overflow(k),
                         FlowStats {
@@ -547,13 +802,31 @@ pub(super) mod tests {
         s
     }
 
-    fn set(t: &KernelTable, s: usize, key: &FlowKey, packets: u64, flags: u64) {
+    pub(in crate::table) fn set(
+        t: &KernelTable,
+        s: usize,
+        key: &FlowKey,
+        packets: u64,
+        flags: u64,
+    ) {
+        set_seen(t, s, key, packets, flags, 10 + packets);
+    }
+
+    /// [`set`] with the flow's last packet at `last_seen_ns`.
+    pub(in crate::table) fn set_seen(
+        t: &KernelTable,
+        s: usize,
+        key: &FlowKey,
+        packets: u64,
+        flags: u64,
+        last_seen_ns: u64,
+    ) {
         let slot = FlowSlot {
             key: *key,
             packets,
             bytes: packets * 100,
             first_seen_ns: 10,
-            last_seen_ns: 10 + packets,
+            last_seen_ns,
             flags: flags | (FLOW_INITIATOR as u64) << SLOT_FLOW_FLAGS_SHIFT,
             ..FlowSlot::default()
         };

@@ -24,6 +24,9 @@ pub(super) struct Ledger {
     /// order).
     pub(super) read: Vec<(FlowKey, FlowStats)>,
     touched: Vec<u32>,
+    /// Positions in `read` of the entries exported since this was last emptied that stay in
+    /// the kernel table (a pinned table keeps their baselines).
+    pub(super) kept: Vec<u32>,
 }
 
 /// One conversation: its two kernel entries in the order they appeared (A and B are decided
@@ -47,10 +50,10 @@ struct Side {
 
 /// Cumulative counts of one entry already exported (`packets == 0`: nothing yet).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Baseline {
-    packets: u64,
-    bytes: u64,
-    last_seen_ns: u64,
+pub(super) struct Baseline {
+    pub(super) packets: u64,
+    pub(super) bytes: u64,
+    pub(super) last_seen_ns: u64,
 }
 
 impl Ledger {
@@ -63,6 +66,7 @@ impl Ledger {
             generation: 0,
             read: Vec::new(),
             touched: Vec::new(),
+            kept: Vec::new(),
         }
     }
 
@@ -76,14 +80,17 @@ impl Ledger {
         out: &mut Vec<Exported>,
         take: impl FnMut(&FlowKey) -> io::Result<Option<FlowStats>>,
     ) -> io::Result<usize> {
-        self.index_read();
+        self.index_read(|_, _| Baseline::default());
         self.export_touched(0..self.touched.len(), now_ns, out, take)
     }
 
     /// Files `read` (see [`Ledger::index_read`]); the touched conversations are then exported
     /// a range at a time with [`Ledger::export_touched`] or [`Ledger::export_ended`].
-    pub(super) fn file_read(&mut self) -> usize {
-        self.index_read();
+    pub(super) fn file_read(
+        &mut self,
+        exported: impl FnMut(usize, &FlowStats) -> Baseline,
+    ) -> usize {
+        self.index_read(exported);
         self.touched.len()
     }
 
@@ -160,8 +167,9 @@ impl Ledger {
     }
 
     /// Files every entry of `read` under its conversation's slot (a new entry joins the slot of
-    /// its opposite direction, or gets a new one) and lists the slots touched.
-    fn index_read(&mut self) {
+    /// its opposite direction, or gets a new one, starting from `exported(position, counts)`:
+    /// what a previous collector exported of it) and lists the slots touched.
+    fn index_read(&mut self, mut exported: impl FnMut(usize, &FlowStats) -> Baseline) {
         self.generation = self.generation.wrapping_add(1).max(1);
         let generation = self.generation;
         self.touched.clear();
@@ -170,15 +178,16 @@ impl Ledger {
             .reserve(self.read.len().saturating_sub(self.index.len()));
         for i in 0..self.read.len() {
             let key = &self.read[i].0;
-            let at = match self.index.get(key) {
-                Some(&at) => at,
+            let (at, new) = match self.index.get(key) {
+                Some(&at) => (at, false),
                 None => {
                     let key = *key;
                     let at = self.place(&key);
                     self.index.insert(key, at);
-                    at
+                    (at, true)
                 }
             };
+            let resumed = new.then(|| exported(i, &self.read[i].1));
             let slot = &mut self.slots[(at >> 1) as usize];
             if slot.generation != generation {
                 slot.generation = generation;
@@ -187,6 +196,9 @@ impl Ledger {
             let side = &mut slot.sides[(at & 1) as usize];
             side.generation = generation;
             side.read_at = i as u32;
+            if let Some(b) = resumed {
+                side.exported = b;
+            }
         }
     }
 
@@ -244,11 +256,16 @@ impl Ledger {
         let delta = self.delta(slot, current);
         for (key, counts) in [current.a_to_b, current.b_to_a].into_iter().flatten() {
             if let Some(side) = self.side(slot, &key) {
-                self.slots[slot as usize].sides[side].exported = Baseline {
+                let side = &mut self.slots[slot as usize].sides[side];
+                let now = Baseline {
                     packets: counts.packets,
                     bytes: counts.bytes,
                     last_seen_ns: counts.last_seen_ns,
                 };
+                if ending == Ending::Open && side.exported != now {
+                    self.kept.push(side.read_at);
+                }
+                side.exported = now;
             }
         }
         if let Some(conversation) = delta {

@@ -3,7 +3,8 @@
 //! per-packet path never pays a re-insert; conversations idle longer than the idle timeout, or
 //! TCP-closed (RST, FIN both ways) and quiet for the closed timeout, are taken out (each
 //! direction's slots marked dead, kernel.rs) with their last counts. At shutdown the whole
-//! table is drained.
+//! table is drained, unless it is pinned: then what each chunk exported is kept beside it once
+//! acknowledged ([`FlowTable::commit`]), and the next collector resumes from there.
 
 use std::io;
 
@@ -14,7 +15,7 @@ use crate::conversation::{Conversation, Duplicates, Ending};
 mod kernel;
 mod ledger;
 
-pub use kernel::{KernelTable, ReadStats, GRACE_NS};
+pub use kernel::{KernelTable, ReadStats, SlotBaseline, GRACE_NS};
 use ledger::Ledger;
 
 /// What one scan found.
@@ -54,6 +55,8 @@ pub struct FlowTable {
     /// Entries that are not the ledger's: what reached taken slots, overflow counts.
     extra: Vec<(FlowKey, FlowStats)>,
     scan: Option<Cursor>,
+    /// The scan's last chunk (late packets, overflow) was handed out and is not committed yet.
+    last_out: bool,
 }
 
 /// Where the scan in progress is.
@@ -86,6 +89,7 @@ impl FlowTable {
             ledger: Ledger::new(timeouts),
             extra: Vec::new(),
             scan: None,
+            last_out: false,
         }
     }
 
@@ -102,11 +106,15 @@ impl FlowTable {
         let entries = self.ledger.read.len();
         let overflow_from = self.extra.len();
         let syscalls = self.kernel.read_overflow(&mut self.extra)?;
+        let kernel = &self.kernel;
+        let touched = self
+            .ledger
+            .file_read(|at, stats| kernel.exported_baseline(at, stats));
         self.scan = Some(Cursor {
             now_ns,
             drained: false,
             next: 0,
-            touched: self.ledger.file_read(),
+            touched,
             late_ending: Ending::Idle,
             overflow_from,
             extra_done: false,
@@ -130,7 +138,7 @@ impl FlowTable {
             now_ns: u64::MAX,
             drained: true,
             next: 0,
-            touched: self.ledger.file_read(),
+            touched: self.ledger.file_read(|_, _| Default::default()),
             late_ending: Ending::Shutdown,
             overflow_from: 0,
             extra_done: false,
@@ -158,9 +166,17 @@ impl FlowTable {
                 chunk.evicted = self
                     .ledger
                     .export_touched(range, now, out, |key| kernel.take(key, now))?;
+                let mut kept = std::mem::take(&mut self.ledger.kept);
+                for &at in &kept {
+                    self.kernel
+                        .exported(at as usize, &self.ledger.read[at as usize].1);
+                }
+                kept.clear();
+                self.ledger.kept = kept;
             }
         } else if !c.extra_done {
             c.extra_done = true;
+            self.last_out = true;
             for (i, entry) in self.extra.drain(..).enumerate() {
                 let ending = match (i < c.overflow_from, c.drained) {
                     (true, _) => c.late_ending,
@@ -182,6 +198,14 @@ impl FlowTable {
         }
         self.scan = Some(c);
         Ok(chunk)
+    }
+
+    /// The chunks handed out since the previous commit were acknowledged by the broker: a
+    /// pinned table keeps what they exported (see `KernelTable::commit`); nothing to do for
+    /// one that is not pinned. Not called for chunks that were not all delivered.
+    pub fn commit(&mut self) -> io::Result<()> {
+        let last = std::mem::take(&mut self.last_out);
+        self.kernel.commit(last)
     }
 
     /// Which of the scan in progress's records repeat packets another one counts (see
@@ -255,7 +279,7 @@ impl FlowTable {
 
 #[cfg(test)]
 mod tests {
-    use super::kernel::tests::{key, put, table};
+    use super::kernel::tests::{key, put, set, set_seen, table};
     use super::*;
     use flowlens_common::table::TAG_LIVE;
 
@@ -308,5 +332,63 @@ mod tests {
         let mut again = Vec::new();
         t.scan(1, &mut again).unwrap();
         assert!(again.is_empty(), "{again:?}");
+    }
+
+    /// Packets of `port`'s flow over `exported`.
+    fn packets(exported: &[Exported], port: u16) -> u64 {
+        exported
+            .iter()
+            .filter_map(|e| e.conversation.a_to_b)
+            .filter(|(k, _)| k.src_port == port)
+            .map(|(_, s)| s.packets)
+            .sum()
+    }
+
+    #[test]
+    fn a_pinned_table_resumes_from_what_was_acknowledged() {
+        let kernel = table(64).with_memory_baselines();
+        let live = put(&kernel, &key(1), 0, 5, TAG_LIVE);
+        let ending = put(&kernel, &key(2), 1, 4, TAG_LIVE);
+        let mut t = FlowTable::new(
+            kernel,
+            Timeouts {
+                idle_ns: 1_000,
+                ..timeouts()
+            },
+        );
+        // Scan 1, acknowledged: 5 and 4 packets.
+        let mut out = Vec::new();
+        t.scan(0, &mut out).unwrap();
+        assert_eq!((packets(&out, 1), packets(&out, 2)), (5, 4));
+        t.commit().unwrap();
+        // Scan 2, never acknowledged: flow 1 grew to 8, flow 2 (idle) is taken out at 6.
+        set_seen(&t.kernel, live, &key(1), 8, 0, 9_999);
+        set(&t.kernel, ending, &key(2), 6, 0);
+        out.clear();
+        t.scan(10_000, &mut out).unwrap();
+        assert_eq!((packets(&out, 1), packets(&out, 2)), (3, 2));
+        // Killed. The programs go on: flow 1 reaches 10, a late packet reaches flow 2.
+        set_seen(&t.kernel, live, &key(1), 10, 0, 19_999);
+        set(&t.kernel, ending, &key(2), 7, 0);
+        let mut t = FlowTable::new(t.kernel.restart(20_000), timeouts());
+        out.clear();
+        t.scan(20_000, &mut out).unwrap();
+        assert_eq!(packets(&out, 1), 5, "3 not acknowledged + 2 new");
+        assert_eq!(
+            packets(&out, 2),
+            0,
+            "the dead slot waits for its grace period"
+        );
+        t.commit().unwrap();
+        out.clear();
+        t.scan(20_000 + GRACE_NS, &mut out).unwrap();
+        assert_eq!(packets(&out, 2), 3, "2 not acknowledged + 1 late");
+        assert_eq!(packets(&out, 1), 0);
+        t.commit().unwrap();
+        assert_eq!(
+            t.kernel.tag_state(ending),
+            flowlens_common::table::TAG_FREE,
+            "freed once its last record was acknowledged"
+        );
     }
 }

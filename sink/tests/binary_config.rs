@@ -354,6 +354,15 @@ async fn batch_table_schema_and_log_keys_take_effect() {
         .filter(|c| c.held && String::from_utf8_lossy(&c.sent).contains("INSERT"))
         .collect();
     assert!(held.len() >= 4, "{} INSERT attempts in 5 s", held.len());
+    eprintln!(
+        "INSERTs held (ms after the first, ms until given up): {:?}",
+        held.iter()
+            .map(|c| (
+                (c.accepted - held[0].accepted).as_millis(),
+                c.closed.map(|t| (t - c.accepted).as_millis())
+            ))
+            .collect::<Vec<_>>()
+    );
     // Each attempt is given up after timeout_ms (300 ms; the default waits 30 s).
     for c in &held[..4] {
         let waited = c.closed.expect("an INSERT never given up") - c.accepted;

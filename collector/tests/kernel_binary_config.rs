@@ -9,8 +9,9 @@
 //! `idle_timeout_ms = 4000`: quiet flows leave the kernel table within seconds (its occupancy
 //! on `/metrics`); `closed_timeout_ms = 2000`: a TCP connection refused (SYN, RST) is exported
 //! with end reason "rst" about 2 s after the refusal (librdkafka's timestamp on the record;
-//! the default would take 1 s, the idle timeout 4 s); `max_in_flight = 64` still delivers
-//! every record; `socket_metrics = false`: no record of kernel drops (those come from a
+//! the default would take 1 s, the idle timeout 4 s); `max_in_flight = 64`: no Produce
+//! request on the wire carries more records (and every record is delivered);
+//! `socket_metrics = false`: no record of kernel drops (those come from a
 //! host-wide tracepoint the packet filters do not see); `socket_table_size` /
 //! `drop_table_size`: the kernel's sizes of the collector's socket maps (their ids from
 //! /proc/PID/fdinfo, their names and sizes from the kernel); `interface_refresh_ms = 200`: the
@@ -288,6 +289,15 @@ fn filter_sampling_direction_table_and_log_keys_take_effect() {
         [Some("keys-collector".to_owned())].into(),
         "Produce requests' client ids"
     );
+    // max_in_flight = 64: never more records in the producer than that, so no Produce request
+    // carries more (the default sends the scans of this flood in requests of hundreds).
+    let sizes = wire.records_per_produce("keys-collector");
+    assert!(sizes.iter().sum::<usize>() >= messages.len(), "{sizes:?}");
+    assert!(
+        sizes.iter().all(|&n| n <= 64),
+        "records per Produce request: {sizes:?}"
+    );
+    eprintln!("records per Produce request: {sizes:?}");
     // kafka.properties reach librdkafka: its ApiVersions requests name the software so.
     let requests = wire.kafka_requests();
     let versions = requests

@@ -112,6 +112,15 @@ impl Relay {
             .collect()
     }
 
+    /// The number of records in each Produce request sent as `client_id`.
+    pub fn records_per_produce(&self, client_id: &str) -> Vec<usize> {
+        self.kafka_requests()
+            .iter()
+            .filter(|r| r.api_key == 0 && r.client_id.as_deref() == Some(client_id))
+            .filter_map(produced_records)
+            .collect()
+    }
+
     /// (topic, partitions, replication factor) of every topic a CreateTopics request asked for.
     pub fn created_topics(&self) -> Vec<(String, i32, i16)> {
         self.kafka_requests()
@@ -286,6 +295,42 @@ fn kafka_frames(mut sent: &[u8]) -> Vec<KafkaRequest> {
     out
 }
 
+/// The records of a Produce request (v3-v8, or flexible v9+): the sum of its record batches'
+/// counts.
+fn produced_records(request: &KafkaRequest) -> Option<usize> {
+    let flexible = request.api_version >= 9;
+    if request.api_version < 3 {
+        return None;
+    }
+    let mut c = Cursor(&request.rest);
+    c.tags(flexible)?;
+    c.string(flexible); // transactional id (nullable)
+    c.take(2 + 4)?; // acks, timeout
+    let mut records = 0usize;
+    for _ in 0..c.array(flexible)? {
+        c.string(flexible)?;
+        for _ in 0..c.array(flexible)? {
+            c.i32()?;
+            let len = if flexible {
+                c.uvarint()?.checked_sub(1)? as usize
+            } else {
+                usize::try_from(c.i32()?).ok()?
+            };
+            let mut batches = c.take(len)?;
+            // Record batches: base offset (8), length (4), then 45 bytes up to the count.
+            while batches.len() >= 61 {
+                let length = i32::from_be_bytes(batches[8..12].try_into().ok()?);
+                let count = i32::from_be_bytes(batches[57..61].try_into().ok()?);
+                records += usize::try_from(count).ok()?;
+                batches = batches.get(12 + usize::try_from(length).ok()?..)?;
+            }
+            c.tags(flexible)?;
+        }
+        c.tags(flexible)?;
+    }
+    Some(records)
+}
+
 /// The topics of a CreateTopics request (v0-v4, or flexible v5+).
 fn create_topics(request: &KafkaRequest) -> Vec<(String, i32, i16)> {
     let flexible = request.api_version >= 5;
@@ -349,5 +394,35 @@ mod tests {
         assert_eq!(requests.len(), 1);
         assert_eq!(requests[0].client_id.as_deref(), Some("abc"));
         assert_eq!(create_topics(&requests[0]), [("topic".into(), 3, 2)]);
+    }
+
+    #[test]
+    fn counts_the_records_of_a_produce_v7_request() {
+        let batch = |count: i32| {
+            let mut b = vec![0u8; 61];
+            b[8..12].copy_from_slice(&49i32.to_be_bytes());
+            b[57..61].copy_from_slice(&count.to_be_bytes());
+            b
+        };
+        let mut records = batch(3);
+        records.extend(batch(4));
+        let mut rest = Vec::new();
+        rest.extend_from_slice(&(-1i16).to_be_bytes()); // no transactional id
+        rest.extend_from_slice(&(-1i16).to_be_bytes()); // acks
+        rest.extend_from_slice(&30_000i32.to_be_bytes());
+        rest.extend_from_slice(&1i32.to_be_bytes());
+        rest.extend_from_slice(&1i16.to_be_bytes());
+        rest.extend_from_slice(b"t");
+        rest.extend_from_slice(&1i32.to_be_bytes());
+        rest.extend_from_slice(&0i32.to_be_bytes());
+        rest.extend_from_slice(&(records.len() as i32).to_be_bytes());
+        rest.extend_from_slice(&records);
+        let request = KafkaRequest {
+            api_key: 0,
+            api_version: 7,
+            client_id: None,
+            rest,
+        };
+        assert_eq!(produced_records(&request), Some(7));
     }
 }

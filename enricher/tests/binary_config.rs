@@ -2,8 +2,10 @@
 //! checked by what comes out: `kubernetes.source = "snapshot"` + `snapshot_path` put the pod
 //! of the snapshot on the flows; `snapshot_poll_ms` picks up a changed file (a later flow gets
 //! the address's new holder); `cluster_cidrs` makes an unknown address inside them count as in
-//! the cluster (`locality = "cluster"`, not `"external"`); `ready_timeout_ms` bounds the wait
-//! for the first view and `/readyz` names `kubernetes` until it is loaded;
+//! the cluster (`locality = "cluster"`, not `"external"`); `ready_timeout_ms = 1000` bounds the
+//! wait for a first view (the file is written only later: a flow is enriched, without pods,
+//! and the raw flows' consumer connects 1 s after the enricher's first connection, not the
+//! default 10 s) and `/readyz` names `kubernetes` until it is loaded;
 //! `kafka.create_topics` + `partitions` make the topics with that many partitions (the
 //! broker's metadata); `telemetry.log_format = "json"` makes every line JSON.
 //! The address history, with flows at past times: `history_per_ip = 2` forgets the third-last
@@ -23,7 +25,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use flowlens_runtime::testkit::{free_port, topic_partitions, wait_probe, ChildGuard, Tansu};
+use flowlens_runtime::testkit::{free_port, http, topic_partitions, wait_probe, ChildGuard, Tansu};
 use flowlens_schemas::EnrichedFlow;
 use rdkafka::{Message, Timestamp};
 use serde_json::{json, Value};
@@ -152,7 +154,7 @@ async fn kubernetes_snapshot_topic_and_log_keys_take_effect() {
         pods.extend_from_slice(rest);
         write_snapshot(&snapshot, &pods)
     };
-    snapshots(pod("web-a", "10.1.0.1", Some(1_704_067_200)), &others);
+    let first = || snapshots(pod("web-a", "10.1.0.1", Some(1_704_067_200)), &others);
     let metrics = free_port();
     let file = dir.path().join("enricher.toml");
     std::fs::write(
@@ -160,7 +162,7 @@ async fn kubernetes_snapshot_topic_and_log_keys_take_effect() {
         format!(
             "[enricher]\ngroup_id = \"{}\"\nmax_in_flight = 1\n\
              [kubernetes]\nsource = \"snapshot\"\nsnapshot_path = \"{}\"\nsnapshot_poll_ms = 100\n\
-             ready_timeout_ms = 20000\ncluster_cidrs = [\"10.1.0.0/16\"]\n\
+             ready_timeout_ms = 1000\ncluster_cidrs = [\"10.1.0.0/16\"]\n\
              history_per_ip = 2\nmax_history = 1\nhistory_retention_s = 60\n\
              [kafka]\nbrokers = [\"{}\"]\nclient_id = \"keys-enricher\"\n\
              create_topics = true\npartitions = 3\nreplication_factor = 2\n\
@@ -182,6 +184,56 @@ async fn kubernetes_snapshot_topic_and_log_keys_take_effect() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowlens-enricher"));
     cmd.arg("--config").arg(&file).env_remove("RUST_LOG");
     let mut enricher = ChildGuard::spawn("flowlens-enricher", &mut cmd, &log);
+    // No snapshot yet: not ready, naming it, but enriching after ready_timeout_ms. (The raw
+    // topic is the enricher's to create first, with its partitions.)
+    let created = format!("\"created topic\",\"topic\":\"{}\"", t.raw_flows);
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(&created)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{created} never logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publish(&brokers, &t.raw_flows, 9).await;
+    let e = enriched(&brokers, &t.enriched_flows, 9).await;
+    assert_eq!(e.src_pod, None);
+    // The consumer of raw flows is made once the wait is over: on the wire, its connections
+    // open ready_timeout_ms (1 s, not the default 10 s) after the enricher's first ones.
+    let connections: Vec<_> = wire
+        .connections()
+        .into_iter()
+        .map(|c| (c.accepted, c.kafka_requests()))
+        .filter(|(_, r)| {
+            r.first()
+                .is_some_and(|r| r.client_id.as_deref() == Some("keys-enricher"))
+        })
+        .collect();
+    let earliest = connections.iter().map(|(at, _)| *at).min().unwrap();
+    let consumer = connections
+        .iter()
+        .filter(|(_, r)| r.iter().any(|r| r.api_key == 11))
+        .map(|(at, _)| *at)
+        .min()
+        .expect("no JoinGroup");
+    let waited = consumer - earliest;
+    eprintln!("raw flows' consumer connected {waited:?} after the enricher's first connection");
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(6)).contains(&waited),
+        "the consumer came {waited:?} after the first connection\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let (status, why) = tokio::task::spawn_blocking(move || http(metrics, "GET", "/readyz", ""))
+        .await
+        .unwrap();
+    assert!(
+        status == 503 && why.contains("kubernetes"),
+        "{status} {why}"
+    );
+    first();
     tokio::task::spawn_blocking(move || {
         wait_probe(metrics, "/readyz", 200, "ready", Duration::from_secs(60))
     })
@@ -309,7 +361,7 @@ async fn kubernetes_snapshot_topic_and_log_keys_take_effect() {
     );
 
     assert!(enricher.stop_with(libc::SIGTERM, Duration::from_secs(30)));
-    // Raw flows 0, 1, 10..=17 and the burst, all on partition 0.
+    // Raw flows 0, 1, 9..=17 and the burst, all on partition 0.
     let (b, g, topic) = (
         brokers.clone(),
         c.enricher.group_id.clone(),
@@ -320,7 +372,7 @@ async fn kubernetes_snapshot_topic_and_log_keys_take_effect() {
         .unwrap();
     assert_eq!(
         done[0],
-        Some(20),
+        Some(21),
         "enricher.group_id's committed offsets: {done:?}"
     );
     let created = wire.created_topics();

@@ -25,6 +25,13 @@ pub struct Connection {
     pub sent: Vec<u8>,
 }
 
+impl Connection {
+    /// The Kafka requests the client sent on it (complete frames only).
+    pub fn kafka_requests(&self) -> Vec<KafkaRequest> {
+        kafka_frames(&self.sent)
+    }
+}
+
 #[derive(Default)]
 struct State {
     connections: Vec<Connection>,
@@ -108,7 +115,7 @@ impl Relay {
     pub fn kafka_requests(&self) -> Vec<KafkaRequest> {
         self.connections()
             .iter()
-            .flat_map(|c| kafka_frames(&c.sent))
+            .flat_map(Connection::kafka_requests)
             .collect()
     }
 

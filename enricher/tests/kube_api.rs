@@ -3,14 +3,19 @@
 //! over HTTP/1.1 itself: lists with a resourceVersion, watches as chunked JSON lines (ADDED,
 //! MODIFIED, DELETED, BOOKMARK), a `410 Gone` ERROR event for a compacted resourceVersion
 //! (which must make the client re-list), and dropped connections (which must make it resume).
-//! The client is configured through a kubeconfig file, as outside a cluster.
+//! The client is configured through a kubeconfig file, as outside a cluster. Through the
+//! binary: `kubernetes.kubeconfig` + `kubernetes.context` pick the named context's API server,
+//! not the file's current one.
 #![cfg(feature = "kube")]
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::rfc3339;
 use flowlens_enricher::config::{KubernetesConfig, Source};
 use flowlens_enricher::kubernetes::store::{SharedStore, Store};
 use flowlens_enricher::kubernetes::{api, now_ns};
@@ -309,27 +314,6 @@ async fn chunk(stream: &mut TcpStream, line: &str) -> std::io::Result<()> {
     stream.flush().await
 }
 
-fn rfc3339(unix_s: i64) -> String {
-    // Days-to-civil, enough for test timestamps.
-    let days = unix_s.div_euclid(86_400);
-    let secs = unix_s.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
 fn pod(name: &str, ip: &str, start_s: i64) -> Value {
     json!({
         "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
@@ -561,4 +545,96 @@ fn pod_lists(api: &FakeApi) -> usize {
         .iter()
         .filter(|r| !r.contains("watch="))
         .count()
+}
+
+/// The `flowlens-enricher` binary with `source = "api"`, `kubeconfig` naming a file of two
+/// contexts, each with its own fake API server where a different pod holds 10.1.0.5, and
+/// `context` naming the one that is not current: the flows get that context's pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_uses_the_kubeconfig_context() {
+    use flowlens_runtime::testkit::{free_port, wait_probe, ChildGuard, Tansu};
+    use rdkafka::Message;
+
+    let mut servers = Vec::new();
+    for name in ["current-pod", "chosen-pod"] {
+        let api = FakeApi::new();
+        api.put(
+            "/api/v1/pods",
+            name,
+            Some(pod(name, "10.1.0.5", now_ns() / S - 600)),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        servers.push(listener.local_addr().unwrap().port());
+        tokio::spawn(api.serve(listener));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let (current, chosen) = (servers[0], servers[1]);
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: current\nclusters:\n\
+             - name: current\n  cluster:\n    server: http://127.0.0.1:{current}\n\
+             - name: chosen\n  cluster:\n    server: http://127.0.0.1:{chosen}\n\
+             contexts:\n\
+             - name: current\n  context:\n    cluster: current\n    user: u\n\
+             - name: chosen\n  context:\n    cluster: chosen\n    user: u\n\
+             users:\n- name: u\n  user:\n    token: test-token\n"
+        ),
+    )
+    .unwrap();
+
+    let tansu = Tansu::start();
+    let brokers = tansu.broker();
+    let c = common::config(&brokers, true);
+    let t = &c.kafka.topics;
+    let metrics = free_port();
+    let file = dir.path().join("enricher.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[enricher]\ngroup_id = \"{}\"\n\
+             [kubernetes]\nsource = \"api\"\nkubeconfig = \"{}\"\ncontext = \"chosen\"\n\
+             [kafka]\nbrokers = [\"{brokers}\"]\npartitions = 1\n\
+             [kafka.topics]\nraw_flows = \"{}\"\ninterfaces = \"{}\"\nenriched_flows = \"{}\"\n\
+             dead_letter = \"{}\"\n\
+             [telemetry]\nmetrics_listen = \"127.0.0.1:{metrics}\"\n",
+            c.enricher.group_id,
+            kubeconfig.display(),
+            t.raw_flows,
+            t.interfaces,
+            t.enriched_flows,
+            t.dead_letter
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("enricher.log");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flowlens-enricher"));
+    cmd.arg("--config")
+        .arg(&file)
+        .env_remove("RUST_LOG")
+        .env_remove("KUBECONFIG");
+    let mut enricher = ChildGuard::spawn("flowlens-enricher", &mut cmd, &log);
+    tokio::task::spawn_blocking(move || {
+        wait_probe(metrics, "/readyz", 200, "ready", Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+
+    let mut f = common::flow("node-1", 7, 0);
+    f.src_addr = flowlens_schemas::ip_to_v6("10.1.0.5".parse().unwrap());
+    let now = now_ns();
+    (f.time_flow_start_ns, f.time_flow_end_ns, f.time_exported_ns) = (now - 1_000, now, now);
+    let input = common::producer(&brokers);
+    common::send(&input, &t.raw_flows, 0, "k8s-0", Some(&common::encoded(&f))).await;
+    let (b, topic) = (brokers.clone(), t.enriched_flows.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        common::read_topic(&b, &topic, 1, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    let e: flowlens_schemas::EnrichedFlow =
+        flowlens_schemas::decode(out[0].payload().unwrap()).unwrap();
+    assert_eq!(e.src_pod.as_deref(), Some("chosen-pod"));
+    assert!(enricher.stop_with(libc::SIGTERM, Duration::from_secs(30)));
 }

@@ -12,7 +12,9 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+mod relay;
 mod tls;
+pub use relay::{Connection, KafkaRequest, Relay};
 pub use tls::{Pki, Stunnel, STUNNEL};
 
 pub const VENV_PYTHON: &str = "/opt/flowlens-venv/bin/python";
@@ -287,6 +289,16 @@ impl Tansu {
     pub fn start_advertising(advertised: u16, extra: &[&str]) -> Self {
         let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
         Self::spawn(None, ip, Some(advertised), extra)
+    }
+
+    /// tansu behind a [`Relay`] it advertises: every request of its clients (bootstrap, then
+    /// the advertised address) passes the relay, which keeps them. Clients use
+    /// [`Relay::address`] as their broker.
+    pub fn start_behind_relay() -> (Self, Relay) {
+        let port = free_port();
+        let tansu = Self::start_advertising(port, &[]);
+        let relay = Relay::start_on(port, tansu.port);
+        (tansu, relay)
     }
 
     fn spawn(

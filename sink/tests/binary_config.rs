@@ -122,18 +122,26 @@ fn front_log_since(chdb: &Chdb, from: usize) -> String {
 /// `max_rows` and `max_age_ms` never trigger); `kafka.create_topics` + `kafka.partitions` make
 /// the dead-letter topic with that many partitions (the broker's metadata);
 /// `telemetry.log_format = "json"` makes every line JSON and `telemetry.log_level` lets the
-/// sink's debug lines through. Then `batch.max_idle_age_ms` + `small_batch_rows`: a trickle
-/// (one record every 100 ms for 6 s) with `max_age_ms = 200` becomes a handful of INSERTs, not
-/// one per 200 ms.
+/// sink's debug lines through; `sink.group_id` is the group that committed every record (the
+/// broker's committed offsets). On the wire (a relay in front of the broker keeps every
+/// request): `kafka.client_id` names the sink's clients (group membership, commits),
+/// `kafka.replication_factor` is what the CreateTopics request asks for, and
+/// `kafka.properties` reach librdkafka (`client.software.name` in its ApiVersions requests).
+/// Then `batch.max_idle_age_ms` + `small_batch_rows`: a trickle (one record every 100 ms for
+/// 6 s) with `max_age_ms = 200` becomes a handful of INSERTs, not one per 200 ms. Last,
+/// `clickhouse.timeout_ms` + `sink.retry_initial_ms` / `retry_max_ms` against a ClickHouse
+/// that stops answering (a relay that holds every request): each INSERT waits `timeout_ms`
+/// before the sink gives up on it (the relay sees the connection closed), the next comes
+/// after the backoff (doubling, capped), and nothing is lost once ClickHouse answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_table_schema_and_log_keys_take_effect() {
     use flowlens_runtime::kafka::KafkaConfig;
-    use flowlens_runtime::testkit::{topic_partitions, unique, Tansu};
+    use flowlens_runtime::testkit::{committed, topic_partitions, unique, Relay, Tansu};
     if skip() {
         return;
     }
     let chdb = Chdb::start();
-    let tansu = Tansu::start();
+    let (tansu, wire) = Tansu::start_behind_relay();
     let dir = tempfile::tempdir().unwrap();
     let migrate = dir.path().join("migrate.toml");
     std::fs::write(
@@ -164,22 +172,25 @@ async fn batch_table_schema_and_log_keys_take_effect() {
     const N: u32 = 300;
     common::produce(&kafka, &topic, 1, 0, N).await;
     let config = dir.path().join("sink.toml");
-    let write = |batch: &str, topic: &str| {
+    let write_to = |url: &str, clickhouse: &str, batch: &str, sink: &str, topic: &str| {
         std::fs::write(
             &config,
             format!(
-                "[clickhouse]\nurl = \"{}\"\ndatabase = \"keys_db\"\ntable = \"flows_copy\"\n\
-                 validation = false\ntimeout_ms = 20000\n[batch]\n{batch}\n\
-                 [sink]\ngroup_id = \"{topic}-g\"\nmigrate_on_start = false\n\
+                "[clickhouse]\nurl = \"{url}\"\ndatabase = \"keys_db\"\ntable = \"flows_copy\"\n\
+                 validation = false\n{clickhouse}\n[batch]\n{batch}\n\
+                 [sink]\ngroup_id = \"{topic}-g\"\nmigrate_on_start = false\n{sink}\n\
                  [kafka]\nbrokers = [\"{}\"]\nclient_id = \"keys-sink\"\npartitions = 3\n\
+                 replication_factor = 3\n\
+                 [kafka.properties]\n\"client.software.name\" = \"keys-props\"\n\
                  [kafka.topics]\nenriched_flows = \"{topic}\"\ndead_letter = \"{topic}.dlq\"\n\
                  [telemetry]\nlog_format = \"json\"\nlog_level = \"warn,flowlens_sink=debug\"\n",
-                chdb.url(),
-                tansu.broker()
+                wire.address()
             ),
         )
         .unwrap()
     };
+    let write =
+        |batch: &str, topic: &str| write_to(&chdb.url(), "timeout_ms = 20000", batch, "", topic);
     write(
         "max_rows = 1000000\nmax_bytes = 4096\nmax_age_ms = 60000\nmax_idle_age_ms = 60000",
         &topic,
@@ -237,6 +248,40 @@ async fn batch_table_schema_and_log_keys_take_effect() {
         partitions, 3,
         "dead-letter topic created with kafka.partitions"
     );
+    let (brokers, group, t) = (tansu.broker(), format!("{topic}-g"), topic.clone());
+    let done = tokio::task::spawn_blocking(move || committed(&brokers, &group, &t))
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        [Some(i64::from(N))],
+        "sink.group_id's committed offsets"
+    );
+    let requests = wire.kafka_requests();
+    let sink_apis: std::collections::BTreeSet<i16> = requests
+        .iter()
+        .filter(|r| r.client_id.as_deref() == Some("keys-sink"))
+        .map(|r| r.api_key)
+        .collect();
+    // 18 ApiVersions, 3 Metadata, 11 JoinGroup, 8 OffsetCommit.
+    for api in [18, 3, 11, 8] {
+        assert!(
+            sink_apis.contains(&api),
+            "no request {api} as keys-sink: {sink_apis:?}"
+        );
+    }
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.api_key == 18 && r.client_id.as_deref() == Some("keys-sink"))
+            .all(|r| r.rest.windows(10).any(|w| w == b"keys-props")),
+        "an ApiVersions request without kafka.properties' client.software.name"
+    );
+    let created = wire.created_topics();
+    assert!(
+        created.contains(&(format!("{topic}.dlq"), 3, 3)),
+        "CreateTopics without kafka.partitions / replication_factor: {created:?}"
+    );
 
     // The trickle.
     let trickle = unique("trickle");
@@ -267,5 +312,73 @@ async fn batch_table_schema_and_log_keys_take_effect() {
     assert!(
         (1..=15).contains(&inserts),
         "{inserts} INSERTs for a 6 s trickle"
+    );
+
+    // ClickHouse stops answering. The first record goes through (the partition's read-back
+    // queries, which timeout_ms does not bound, are done then); then every connection is
+    // held.
+    let front = Relay::start(chdb.port);
+    let stalls = unique("stalls");
+    kafka.ensure_topics(&[(&stalls, false)]).await.unwrap();
+    write_to(
+        &front.url(),
+        "timeout_ms = 300",
+        "max_age_ms = 100\nmax_idle_age_ms = 100",
+        "retry_initial_ms = 500\nretry_max_ms = 1000",
+        &stalls,
+    );
+    let mut run = common::spawn(&config, &[], &dir.path().join("stalls.log"));
+    common::produce(&kafka, &stalls, 1, 20_000, 20_001).await;
+    common::wait_exactly_once(
+        &ch,
+        "flows_copy",
+        u64::from(N) + 61,
+        Duration::from_secs(60),
+    )
+    .await;
+    front.hold(true);
+    common::produce(&kafka, &stalls, 1, 20_001, 20_004).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    front.hold(false);
+    common::wait_exactly_once(
+        &ch,
+        "flows_copy",
+        u64::from(N) + 64,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(run.stop_with(libc::SIGTERM, Duration::from_secs(20)));
+    let held: Vec<_> = front
+        .connections()
+        .into_iter()
+        .filter(|c| c.held && String::from_utf8_lossy(&c.sent).contains("INSERT"))
+        .collect();
+    assert!(held.len() >= 4, "{} INSERT attempts in 5 s", held.len());
+    eprintln!(
+        "INSERTs held (ms after the first, ms until given up): {:?}",
+        held.iter()
+            .map(|c| (
+                (c.accepted - held[0].accepted).as_millis(),
+                c.closed.map(|t| (t - c.accepted).as_millis())
+            ))
+            .collect::<Vec<_>>()
+    );
+    // Each attempt is given up after timeout_ms (300 ms; the default waits 30 s).
+    for c in &held[..4] {
+        let waited = c.closed.expect("an INSERT never given up") - c.accepted;
+        assert!(
+            (Duration::from_millis(280)..Duration::from_millis(1_000)).contains(&waited),
+            "an INSERT given up after {waited:?}"
+        );
+    }
+    // Attempt to attempt: 300 ms + the backoff (500 ms, then 1000 ms: doubled and capped).
+    let gaps: Vec<u128> = held
+        .windows(2)
+        .map(|w| (w[1].accepted - w[0].accepted).as_millis())
+        .take(3)
+        .collect();
+    assert!(
+        (780..1_150).contains(&gaps[0]) && gaps[1..].iter().all(|g| (1_280..1_700).contains(g)),
+        "attempts {gaps:?} ms apart"
     );
 }

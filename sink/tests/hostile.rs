@@ -14,7 +14,11 @@
 //! * `unavailable_dead_letter_topic_stops_without_committing` and `..._skips_when_told`: the
 //!   dead-letter topic is missing and the broker does not create topics; `[dead_letter]
 //!   when_unavailable` decides, checked through logs, metrics, `/readyz` and the committed
-//!   offsets (the broker's).
+//!   offsets (the broker's). With "stop", the waits between attempts stop growing at
+//!   `dead_letter.retry_max_ms` (500 ms, logged with each attempt), and the enricher, whose
+//!   interfaces reader is held at its bad record, enriches anyway once
+//!   `enricher.interfaces_ready_timeout_ms` (3 s; the default waits 10 s) has passed: its records
+//!   are in the enriched topic before the dead-letter topic exists.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -1078,6 +1082,17 @@ impl Unavailable {
         );
     }
 
+    /// The log at `log` holds `line`.
+    fn assert_logged_by(&self, log: &Path, line: &str) {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(
+            text.contains(line),
+            "{} lacks {line:?}\n{}",
+            log.display(),
+            self.stages.logs()
+        );
+    }
+
     /// Both logs hold `line`.
     fn assert_logged(&self, line: &str) {
         for log in [&self.stages.enricher_log, &self.stages.sink_log] {
@@ -1155,6 +1170,64 @@ async fn unavailable_dead_letter_topic_stops_without_committing() {
     // A few auto-commit intervals later, neither group has committed past its bad record.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let brokers = run.brokers();
+    // The interfaces reader never caught up (held at its bad record): the enricher went on
+    // after interfaces_ready_timeout_ms, so the good raw records before its own bad one are
+    // enriched already.
+    let (b, topic, host) = (
+        brokers.clone(),
+        run.names.enriched.clone(),
+        run.names.host.clone(),
+    );
+    let enriched_by_stage = tokio::task::spawn_blocking(move || {
+        read_topic(&b, &topic, 1, Duration::from_secs(10))
+            .iter()
+            .filter_map(|m| flowlens_schemas::decode::<EnrichedFlow>(m.payload()?).ok())
+            .filter(|f| f.host == host)
+            .count()
+    })
+    .await
+    .unwrap();
+    assert!(
+        enriched_by_stage > 0,
+        "nothing enriched while the interfaces reader waits\n{}",
+        run.stages.logs()
+    );
+    run.assert_logged_by(
+        &run.stages.enricher_log,
+        "interface cache not caught up in time; enriching anyway",
+    );
+    // dead_letter.retry_max_ms = 500: the waits double from 100 ms up to 500 ms, no further.
+    for log in [&run.stages.enricher_log, &run.stages.sink_log] {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        // Without terminal colours (ESC [ ... m).
+        let mut plain = String::new();
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                chars.by_ref().find(|&c| c == 'm');
+            } else {
+                plain.push(c);
+            }
+        }
+        let waits: BTreeSet<u64> = plain
+            .lines()
+            .filter(|l| l.contains("dead_letter.when_unavailable = stop"))
+            .filter_map(|l| {
+                l.split("retry_in_ms=")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        assert_eq!(
+            waits.iter().max(),
+            Some(&500),
+            "{}: waits {waits:?}",
+            log.display()
+        );
+    }
     for (group, topic) in [
         (&run.names.enricher_group, &run.names.raw),
         (&run.names.sink_group, &run.names.enriched),

@@ -704,7 +704,8 @@ pub fn committed(brokers: &str, group: &str, topic: &str) -> Vec<Option<i64>> {
 
 /// Per partition, the lag of `group` on `topic` as the broker tells it: high watermark minus
 /// the committed offset (nothing committed: from offset 0, these tests' topics keep every
-/// record). Read with the test's own clients, not the stages' lag code.
+/// record). Read with the test's own clients, not the stages' lag code. On tansu the high
+/// watermark is exact only for records produced one per batch (see [`end_offsets`]).
 pub fn broker_lag(brokers: &str, group: &str, topic: &str) -> std::collections::BTreeMap<i32, i64> {
     let ends = end_offsets(brokers, topic);
     let committed = committed(brokers, group, topic);

@@ -4,7 +4,8 @@
 //! records the test produced there and what the broker says (high watermark − the group's
 //! committed offset, read by the test's own clients); once the snapshot is written it enriches
 //! and commits, and the lag drops to 0. Then again with offsets committed: stopped, more
-//! records, started held, the lag is the new records only.
+//! records, started held, the lag is the new records only. Last, with the broker gone, the
+//! failed reads are counted and the gauges keep their last values.
 
 mod common;
 
@@ -15,7 +16,9 @@ use std::time::Duration;
 
 use common::*;
 use flowlens_enricher::Config;
-use flowlens_runtime::testkit::{free_port, require, wait_lag, ChildGuard, Tansu, TANSU};
+use flowlens_runtime::testkit::{
+    free_port, http_get, require, scraped_lag, wait_lag, ChildGuard, Tansu, TANSU,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -129,5 +132,30 @@ async fn lag_is_the_uncommitted_records_and_drops_to_zero() {
     let enriched = &c.kafka.topics.enriched_flows;
     let out = tokio::task::block_in_place(|| read_topic(&brokers, enriched, 19, TIMEOUT));
     assert!(out.len() >= 19, "{} enriched records of 19", out.len());
-    assert!(enricher.stop_with(libc::SIGTERM, Duration::from_secs(30)));
+
+    // The broker gone: reads fail and are counted, the gauges keep their last values.
+    drop(tansu);
+    let errors = tokio::task::spawn_blocking(move || {
+        let start = std::time::Instant::now();
+        loop {
+            let (_, text) = http_get(metrics, "/metrics").expect("metrics endpoint listening");
+            let errors = text.lines().find_map(|l| {
+                l.strip_prefix("flowlens_consumer_lag_read_errors_total{stage=\"enricher\"} ")?
+                    .parse::<f64>()
+                    .ok()
+            });
+            if let Some(n) = errors.filter(|&n| n >= 1.0) {
+                return (n, scraped_lag(metrics, "enricher", &raw));
+            }
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "no failed lag read counted:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(errors.1, BTreeMap::from([(0, 0), (1, 0)]), "{errors:?}");
+    assert!(!enricher.exited());
 }

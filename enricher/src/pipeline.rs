@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use flowlens_runtime::incarnation::{self, Probe, StreamId};
-use flowlens_runtime::{health, kafka_probe, DeadLetter, PolledProducer, Shutdown};
+use flowlens_runtime::{consumer_lag, health, kafka_probe, DeadLetter, PolledProducer, Shutdown};
 use flowlens_schemas::Origin;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -125,6 +125,13 @@ impl ProducerContext for Reports {
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     crate::interfaces::register_condition(&config.kafka.topics.interfaces);
     kafka_probe::watch(&config.kafka, &shutdown).await?;
+    consumer_lag::watch(
+        &config.kafka,
+        STAGE,
+        &config.enricher.group_id,
+        &config.kafka.topics.raw_flows,
+        &shutdown,
+    )?;
     let kafka = &config.kafka;
     let topics = &kafka.topics;
     let wanted = [

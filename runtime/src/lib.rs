@@ -1,7 +1,8 @@
 //! Shared plumbing for the flowlens services: configuration, Kafka client settings, telemetry
-//! (logs and Prometheus metrics) and graceful shutdown. Each stage keeps only its own logic.
+//! (logs and Prometheus metrics), consumer lag and graceful shutdown. Each stage keeps only its own logic.
 
 pub mod config;
+pub mod consumer_lag;
 pub mod dead_letter;
 pub mod health;
 pub mod incarnation;

@@ -714,6 +714,82 @@ pub fn committed(brokers: &str, group: &str, topic: &str) -> Vec<Option<i64>> {
         .collect()
 }
 
+/// Per partition, the lag of `group` on `topic` as the broker tells it: high watermark minus
+/// the committed offset (nothing committed: from offset 0, these tests' topics keep every
+/// record). Read with the test's own clients, not the stages' lag code. On tansu the high
+/// watermark is exact only for records produced one per batch (see [`end_offsets`]).
+pub fn broker_lag(brokers: &str, group: &str, topic: &str) -> std::collections::BTreeMap<i32, i64> {
+    let ends = end_offsets(brokers, topic);
+    let committed = committed(brokers, group, topic);
+    ends.iter()
+        .zip(committed)
+        .enumerate()
+        .map(|(p, (end, c))| (p as i32, end - c.unwrap_or(0)))
+        .collect()
+}
+
+/// Per partition, `flowlens_consumer_lag_records{stage, topic}` as served on `/metrics` at
+/// `port` (empty while nothing listens there or no value is exported yet).
+pub fn scraped_lag(port: u16, stage: &str, topic: &str) -> std::collections::BTreeMap<i32, i64> {
+    let Some((200, text)) = http_get(port, "/metrics") else {
+        return Default::default();
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("flowlens_consumer_lag_records{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels.split(',').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k == name).then(|| v.trim_matches('"').to_owned())
+            })
+        };
+        if label("stage").as_deref() != Some(stage) || label("topic").as_deref() != Some(topic) {
+            continue;
+        }
+        if let (Some(p), Ok(v)) = (
+            label("partition").and_then(|p| p.parse().ok()),
+            value.trim().parse::<f64>(),
+        ) {
+            out.insert(p, v as i64);
+        }
+    }
+    out
+}
+
+/// Polls the lag a stage serves at `port` until it is `want` for every partition and the
+/// broker's own view ([`broker_lag`] of `group`) is the same, at most `timeout`; panics with
+/// both last readings.
+pub fn wait_lag(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    (port, stage): (u16, &str),
+    want: &std::collections::BTreeMap<i32, i64>,
+    timeout: Duration,
+) {
+    let start = Instant::now();
+    let (mut scraped, mut broker) = Default::default();
+    while start.elapsed() < timeout {
+        scraped = scraped_lag(port, stage, topic);
+        if &scraped == want {
+            broker = broker_lag(brokers, group, topic);
+            if &broker == want {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!(
+        "{stage} lag on {topic} never became {want:?} in {timeout:?}: /metrics says {scraped:?}, \
+         the broker {broker:?}"
+    );
+}
+
 /// Value of header `name` of `message`, as text.
 pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
     use rdkafka::message::{Headers, Message};

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use flowlens_runtime::health::{self, LoopWatch};
 use flowlens_runtime::incarnation::{self, Probe, StreamId};
-use flowlens_runtime::{kafka_probe, DeadLetter, Shutdown};
+use flowlens_runtime::{consumer_lag, kafka_probe, DeadLetter, Shutdown};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -154,6 +154,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     }
     health::condition(crate::insert::INSERTS).set_ok();
     kafka_probe::watch(&config.kafka, &shutdown).await?;
+    consumer_lag::watch(
+        &config.kafka,
+        STAGE,
+        &config.sink.group_id,
+        &config.kafka.topics.enriched_flows,
+        &shutdown,
+    )?;
     crate::insert::watch(&config.clickhouse, shutdown.clone())?;
     if !prepare_schema(&config, &shutdown).await? {
         return Ok(());

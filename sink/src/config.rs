@@ -53,7 +53,8 @@ pub struct ClickHouseConfig {
     /// before the first insert and after any failed one. Turn off for servers too old to
     /// describe their columns the same way (ClickHouse < 24.x, e.g. 18.16).
     pub validation: bool,
-    /// Upper bound on one INSERT (send and server acknowledgement), in milliseconds.
+    /// Upper bound on one INSERT (send and server acknowledgement) and on each read-back query,
+    /// in milliseconds.
     pub timeout_ms: u64,
 }
 

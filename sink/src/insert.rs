@@ -115,6 +115,11 @@ impl Inserter {
         &self.client
     }
 
+    /// `clickhouse.timeout_ms`: the longest wait for one INSERT or read-back query.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Inserts `rows` in one INSERT; `Ok` only once ClickHouse acknowledged all of them.
     /// With a `token`, the INSERT carries `insert_deduplication_token` (and deduplicates the
     /// blocks pushed to the materialized views too): a replay of the same batch is a no-op

@@ -593,15 +593,25 @@ impl Sink {
         let (first_offset, commit) = (front.first_offset, front.commit);
         if !self.dedup.contains_key(&key) {
             let client = self.inserter.client().clone();
+            // A server that accepts and never answers fails the read-back after
+            // `clickhouse.timeout_ms`, and the batch is retried as a failed INSERT would be.
+            let timeout = self.inserter.timeout();
+            let answer = |what: &'static str| {
+                move |_| anyhow::anyhow!("{what}: no answer from ClickHouse in {timeout:?}")
+            };
             let queries = match &self.queries {
                 Some(q) => q.clone(),
                 None => {
-                    let q = Queries::for_table(&client, &self.table).await?;
+                    let q = tokio::time::timeout(timeout, Queries::for_table(&client, &self.table))
+                        .await
+                        .map_err(answer("reading the table's columns"))??;
                     self.queries = Some(q.clone());
                     q
                 }
             };
-            let stored = queries.stored(&client, &key.0, key.1).await?;
+            let stored = tokio::time::timeout(timeout, queries.stored(&client, &key.0, key.1))
+                .await
+                .map_err(answer("reading back what is stored of the partition"))??;
             tracing::info!(topic = %key.0, partition = key.1, streams = stored.streams.len(),
                 origins = stored.hwm.len(), "read back what is stored of the partition");
             self.dedup.insert(key.clone(), PartitionDedup::new(stored));

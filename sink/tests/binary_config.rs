@@ -130,7 +130,8 @@ fn front_log_since(chdb: &Chdb, from: usize) -> String {
 /// Then `batch.max_idle_age_ms` + `small_batch_rows`: a trickle (one record every 100 ms for
 /// 6 s) with `max_age_ms = 200` becomes a handful of INSERTs, not one per 200 ms. Last,
 /// `clickhouse.timeout_ms` + `sink.retry_initial_ms` / `retry_max_ms` against a ClickHouse
-/// that stops answering (a relay that holds every request): each INSERT waits `timeout_ms`
+/// that stops answering (a relay that holds every request): each read-back query and each
+/// INSERT waits `timeout_ms`
 /// before the sink gives up on it (the relay sees the connection closed), the next comes
 /// after the backoff (doubling, capped), and nothing is lost once ClickHouse answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,9 +315,9 @@ async fn batch_table_schema_and_log_keys_take_effect() {
         "{inserts} INSERTs for a 6 s trickle"
     );
 
-    // ClickHouse stops answering. The first record goes through (the partition's read-back
-    // queries, which timeout_ms does not bound, are done then); then every connection is
-    // held.
+    // ClickHouse stops answering once the sink has started: the partition's read-back
+    // queries (before its first INSERT) are given up after timeout_ms and retried; then the
+    // first record goes through, and every connection is held again for the INSERTs.
     let front = Relay::start(chdb.port);
     let stalls = unique("stalls");
     kafka.ensure_topics(&[(&stalls, false)]).await.unwrap();
@@ -327,8 +328,36 @@ async fn batch_table_schema_and_log_keys_take_effect() {
         "retry_initial_ms = 500\nretry_max_ms = 1000",
         &stalls,
     );
-    let mut run = common::spawn(&config, &[], &dir.path().join("stalls.log"));
+    let log = dir.path().join("stalls.log");
+    let mut run = common::spawn(&config, &[], &log);
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("sink started")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the sink never started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    front.hold(true);
     common::produce(&kafka, &stalls, 1, 20_000, 20_001).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    front.hold(false);
+    let read_back: Vec<_> = front
+        .connections()
+        .into_iter()
+        .filter(|c| {
+            let sent = String::from_utf8_lossy(&c.sent);
+            c.held && sent.contains("kafka_timestamp") && !sent.contains("INSERT")
+        })
+        .collect();
+    assert!(!read_back.is_empty(), "no read-back query was held");
+    for c in &read_back {
+        let waited = c.closed.expect("a read-back query never given up") - c.accepted;
+        assert!(
+            (Duration::from_millis(280)..Duration::from_millis(1_000)).contains(&waited),
+            "a read-back query given up after {waited:?}"
+        );
+    }
     common::wait_exactly_once(
         &ch,
         "flows_copy",

@@ -340,19 +340,29 @@ async fn batch_table_schema_and_log_keys_take_effect() {
     }
     front.hold(true);
     common::produce(&kafka, &stalls, 1, 20_000, 20_001).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The partition is assigned, its record read and its batch sealed: then its read-back
+    // queries meet the held ClickHouse, twice at least (a retry after the backoff).
+    let read_back = || -> Vec<_> {
+        front
+            .connections()
+            .into_iter()
+            .filter(|c| {
+                let sent = String::from_utf8_lossy(&c.sent);
+                c.held && c.closed.is_some() && sent.contains("kafka_timestamp")
+            })
+            .collect()
+    };
+    while read_back().len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no read-back query was held and given up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     front.hold(false);
-    let read_back: Vec<_> = front
-        .connections()
-        .into_iter()
-        .filter(|c| {
-            let sent = String::from_utf8_lossy(&c.sent);
-            c.held && sent.contains("kafka_timestamp") && !sent.contains("INSERT")
-        })
-        .collect();
-    assert!(!read_back.is_empty(), "no read-back query was held");
+    let read_back = read_back();
     for c in &read_back {
-        let waited = c.closed.expect("a read-back query never given up") - c.accepted;
+        let waited = c.closed.expect("given up") - c.accepted;
         assert!(
             (Duration::from_millis(280)..Duration::from_millis(1_000)).contains(&waited),
             "a read-back query given up after {waited:?}"

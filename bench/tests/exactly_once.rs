@@ -225,8 +225,17 @@ impl Stage {
     fn supervise(&mut self) -> bool {
         let exited = self.child.as_mut().is_none_or(|c| c.exited());
         if exited {
+            // Why: the run's last ERROR line, if any (a crash leaves none).
+            let log = self.dir.join(format!("{}-{}.log", self.name, self.runs));
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let why = text
+                .lines()
+                .map(plain)
+                .filter(|l| l.contains("ERROR"))
+                .next_back()
+                .unwrap_or_else(|| "no error logged".into());
             eprintln!(
-                "{} exited by itself (run {}); restarting",
+                "{} exited by itself (run {}): {why}; restarting",
                 self.name, self.runs
             );
             self.start();
@@ -340,8 +349,10 @@ async fn rows(ch: &clickhouse::Client) -> u64 {
         .unwrap_or(0)
 }
 
-/// Brokers and topics whose end offsets a failed wait prints.
-static DIAGNOSE: std::sync::Mutex<Option<(String, Vec<String>)>> = std::sync::Mutex::new(None);
+/// Brokers and topics whose end offsets a failed wait prints, and the broker's log directory,
+/// whose logs' last lines it prints.
+type Diagnose = (String, Vec<String>, PathBuf);
+static DIAGNOSE: std::sync::Mutex<Option<Diagnose>> = std::sync::Mutex::new(None);
 
 /// Waits (bounded) until `flows` holds `n` rows, never more; `tick` runs every poll (e.g. a
 /// supervisor).
@@ -356,12 +367,30 @@ async fn wait_rows(ch: &clickhouse::Client, n: u64, timeout: Duration, mut tick:
         if start.elapsed() >= timeout {
             let topics = DIAGNOSE.lock().unwrap().clone();
             let state = match topics {
-                Some((brokers, names)) => tokio::task::spawn_blocking(move || {
-                    names
+                Some((brokers, names, logs)) => tokio::task::spawn_blocking(move || {
+                    let ends = names
                         .iter()
                         .map(|t| format!("{t}: ends {:?}", end_offsets(&brokers, t)))
                         .collect::<Vec<_>>()
-                        .join("; ")
+                        .join("; ");
+                    let mut logs: Vec<_> = std::fs::read_dir(logs)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                        .collect();
+                    logs.sort();
+                    let tails = logs
+                        .iter()
+                        .map(|p| {
+                            let text = std::fs::read_to_string(p).unwrap_or_default();
+                            let lines: Vec<&str> = text.lines().collect();
+                            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+                            format!("\n--- {} (last lines) ---\n{tail}", p.display())
+                        })
+                        .collect::<String>();
+                    format!("{ends}{tails}")
                 })
                 .await
                 .unwrap_or_default(),
@@ -560,6 +589,7 @@ async fn broker_and_topics_reset_under_running_stages() {
     *DIAGNOSE.lock().unwrap() = Some((
         brokers.clone(),
         vec![names.raw.clone(), names.enriched.clone()],
+        tansu.log_dir(),
     ));
     let ch = clickhouse(&chdb.url());
     let base = base_ns();

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use flowlens_runtime::incarnation::{self, Probe, StreamId};
@@ -96,6 +96,11 @@ struct Input {
 
 /// Most delivery reports settled in one batch.
 const REPORT_BATCH: usize = 1024;
+/// Records in flight and not one delivery report for this long: the producer is stuck (a broker
+/// that lost its producer id and keeps refusing it, or an outage this long), and the enricher
+/// stops without committing what is not acknowledged; restarted, it gets a new producer id and
+/// reads those records again.
+pub const DELIVERY_STALL: Duration = Duration::from_secs(30);
 
 /// Producer context of the enriched topic: sends each record's delivery report, tagged with the
 /// raw record's (partition, offset) carried as the delivery opaque, to the pipeline.
@@ -311,12 +316,16 @@ impl Pipeline {
         let consumer = self.consumer.clone();
         let mut watch = tokio::time::interval(WATCH_INTERVAL);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The last delivery report, or the moment records went in flight after none were.
+        let mut progress = Instant::now();
+        let mut stalled = false;
         loop {
             alive.beat();
             tokio::select! {
                 biased;
                 _ = &mut stop => break,
                 _ = self.reports.recv_many(&mut batch, REPORT_BATCH) => {
+                    progress = Instant::now();
                     if let Err(e) = self.settle(&mut batch) {
                         failure = Some(e);
                         break;
@@ -336,6 +345,9 @@ impl Pipeline {
                                 failure = Some(self.failed(partition, offset, e));
                                 break;
                             }
+                            if self.in_flight == 0 {
+                                progress = Instant::now();
+                            }
                             self.in_flight += 1;
                         }
                         Err(e) => {
@@ -344,7 +356,20 @@ impl Pipeline {
                         }
                     }
                 }
-                _ = beat.tick() => {}
+                _ = beat.tick() => {
+                    if self.in_flight > 0 && progress.elapsed() >= DELIVERY_STALL {
+                        metrics::counter!("flowlens_enricher_delivery_stalls_total").increment(1);
+                        failure = Some(anyhow::anyhow!(
+                            "no delivery report for {:?} with {} records in flight: the producer \
+                             is stuck (a broker that lost its producer id, or unreachable); \
+                             stopping without committing them",
+                            progress.elapsed(),
+                            self.in_flight
+                        ));
+                        stalled = true;
+                        break;
+                    }
+                }
             }
             in_flight_gauge.set(self.in_flight as f64);
         }
@@ -352,7 +377,7 @@ impl Pipeline {
 
         // Stop consuming; let every record already produced be acknowledged (or fail).
         tracing::info!(in_flight = self.in_flight, "draining in-flight records");
-        while self.in_flight > 0 {
+        while self.in_flight > 0 && !stalled {
             // Never 0 (channel closed): `self.report` keeps it open.
             if self.reports.recv_many(&mut batch, REPORT_BATCH).await == 0 {
                 break;

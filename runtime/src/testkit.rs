@@ -346,6 +346,11 @@ impl Tansu {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The directory of the broker's logs (`tansu.log`, after a restart `tansu.again.log`).
+    pub fn log_dir(&self) -> PathBuf {
+        self._dir.path().to_path_buf()
+    }
+
     /// Stops this broker and starts a new one on the same port: memory storage, so every topic,
     /// record and committed offset is gone (what a broker restarted with fresh topics, or a new
     /// cluster under the same address, looks like to clients).

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{expected_flows, require_root, send_known_traffic, Pipeline};
 use flowlens_enricher::kubernetes::snapshot::serde_json;
-use flowlens_runtime::testkit::{http, read_topic, unique, Chdb, NetnsPair, Tansu};
+use flowlens_runtime::testkit::{http, read_topic, rfc3339, unique, Chdb, NetnsPair, Tansu};
 use flowlens_schemas::{v6_to_ip, EnrichedFlow};
 use serde_json::{json, Value};
 
@@ -27,26 +27,6 @@ fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as i64
-}
-
-/// RFC 3339 (UTC, whole seconds) of Unix time `s`.
-fn rfc3339(s: i64) -> String {
-    let (days, secs) = (s.div_euclid(86_400), s.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
 }
 
 /// A pod of Deployment `deployment` (through ReplicaSet `<deployment>-<hash>`) on `node`.

@@ -123,23 +123,7 @@ fn cluster(now: i64) -> (Store, InterfaceCache) {
 }
 
 fn rfc3339(ns: i64) -> String {
-    let s = ns / S;
-    let (days, secs) = (s.div_euclid(86_400), s.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    flowlens_runtime::testkit::rfc3339(ns.div_euclid(S))
 }
 
 /// Deterministic flows (xorshift), times within the last minute.

@@ -387,6 +387,27 @@ fn broker_args(cmd: &mut Command, url: &str, advertised: &str, extra: &[&str]) {
     cmd.args(extra);
 }
 
+/// RFC 3339 (UTC, whole seconds) of Unix time `unix_s`, as the Kubernetes API writes its
+/// timestamps (days-to-civil: no date library for tests).
+pub fn rfc3339(unix_s: i64) -> String {
+    let (days, secs) = (unix_s.div_euclid(86_400), unix_s.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 /// A flow time an hour ago (ns), inside every table's TTL: test records are "recent".
 pub fn hour_ago_ns() -> i64 {
     let now = std::time::SystemTime::now()

@@ -246,24 +246,4 @@ pub async fn happy_path(config: Config) {
     assert_eq!(committed, raw_end, "committed offsets == end offsets");
 }
 
-/// `unix_s` as an RFC 3339 UTC time (Kubernetes timestamps).
-pub fn rfc3339(unix_s: i64) -> String {
-    // Days-to-civil, enough for test timestamps.
-    let days = unix_s.div_euclid(86_400);
-    let secs = unix_s.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
+pub use flowlens_runtime::testkit::rfc3339;

@@ -231,8 +231,7 @@ impl Stage {
             let why = text
                 .lines()
                 .map(plain)
-                .filter(|l| l.contains("ERROR"))
-                .next_back()
+                .rfind(|l| l.contains("ERROR"))
                 .unwrap_or_else(|| "no error logged".into());
             eprintln!(
                 "{} exited by itself (run {}): {why}; restarting",

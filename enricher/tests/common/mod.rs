@@ -246,4 +246,5 @@ pub async fn happy_path(config: Config) {
     assert_eq!(committed, raw_end, "committed offsets == end offsets");
 }
 
+#[allow(unused_imports)] // not every test binary including this module uses it
 pub use flowlens_runtime::testkit::rfc3339;

@@ -495,8 +495,15 @@ async fn sigkill_enricher_and_sink_at_random_moments() {
     let ch = clickhouse(&chdb.url());
     // Both killed at least 3 times each while records are being produced, enriched and
     // inserted: each kill comes at a random moment 0.2 to 2.2 s after rows were seen arriving
-    // since the previous restart.
-    while enricher.kills < 3 || sink.kills < 3 {
+    // since the previous restart. A kill of the enricher right after its commit leaves nothing
+    // to replay: the enricher is killed again (up to 10 times) until one kill has left records
+    // the sink then dropped as replays.
+    let replayed = |sink: &Stage| {
+        sink.log_lines("upstream_replays")
+            .iter()
+            .any(|l| !l.contains("upstream_replays=0"))
+    };
+    while enricher.kills < 3 || sink.kills < 3 || (!replayed(&sink) && enricher.kills < 10) {
         let (before, since) = (rows(&ch).await, Instant::now());
         while rows(&ch).await == before {
             assert!(
@@ -506,9 +513,9 @@ async fn sigkill_enricher_and_sink_at_random_moments() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(Duration::from_millis(200 + rng.next(2_000))).await;
-        let victim = if enricher.kills >= 3 {
+        let victim = if enricher.kills >= 3 && sink.kills < 3 {
             &mut sink
-        } else if sink.kills >= 3 || rng.next(2) == 0 {
+        } else if enricher.kills >= 3 || sink.kills >= 3 || rng.next(2) == 0 {
             &mut enricher
         } else {
             &mut sink

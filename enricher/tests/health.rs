@@ -118,3 +118,100 @@ async fn broker_down_makes_it_unready_but_alive() {
     );
     assert!(enricher.stop_with(libc::SIGTERM, Duration::from_secs(30)));
 }
+
+/// A producer that delivers nothing (every Produce request answered with a retriable error, as
+/// a broker that keeps refusing the producer's id does) stops the enricher after
+/// `DELIVERY_STALL` with its records in flight, without committing them; restarted once the
+/// broker accepts again, it enriches every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_delivers_nothing_stops_it_without_committing() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let c = config(&brokers, false);
+    let t = &c.kafka.topics;
+    mock.create_topic(&t.raw_flows, 2, 1).unwrap();
+    mock.create_topic(&t.interfaces, 1, 1).unwrap();
+    mock.create_topic(&t.enriched_flows, 2, 1).unwrap();
+    mock.create_topic(&t.dead_letter, 1, 1).unwrap();
+    let p = producer(&brokers);
+    let eth = encoded(&interface("node-1", 7, "veth7"));
+    send(&p, &t.interfaces, 0, "node-1/7", Some(&eth)).await;
+    const N: i64 = 20;
+    publish_flows(&brokers, &t.raw_flows, 0, N).await;
+    drop(p);
+    // Every Produce request from now on is refused, retriably: librdkafka retries for ever
+    // (no message timeout) and no delivery report comes.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("enricher.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[enricher]\ngroup_id = \"{}\"\n[kafka]\nbrokers = [\"{brokers}\"]\n\
+             create_topics = false\n[kafka.topics]\nraw_flows = \"{}\"\ninterfaces = \"{}\"\n\
+             enriched_flows = \"{}\"\ndead_letter = \"{}\"\n\
+             [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n",
+            c.enricher.group_id, t.raw_flows, t.interfaces, t.enriched_flows, t.dead_letter
+        ),
+    )
+    .unwrap();
+    let spawn = |log: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowlens-enricher"));
+        cmd.arg("--config").arg(&file).env_remove("RUST_LOG");
+        ChildGuard::spawn("flowlens-enricher", &mut cmd, &dir.path().join(log))
+    };
+    let started = std::time::Instant::now();
+    let mut stuck = spawn("stuck.log");
+    while !stuck.exited() {
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "the enricher never gave up on its producer"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stalled_after = started.elapsed();
+    let log = std::fs::read_to_string(dir.path().join("stuck.log")).unwrap();
+    assert!(
+        log.contains("no delivery report for") && log.contains("stopping without committing"),
+        "{log}"
+    );
+    assert!(
+        stalled_after >= flowlens_enricher::pipeline::DELIVERY_STALL,
+        "gave up after {stalled_after:?}"
+    );
+    let (b, g, raw) = (
+        brokers.clone(),
+        c.enricher.group_id.clone(),
+        t.raw_flows.clone(),
+    );
+    let committed =
+        tokio::task::spawn_blocking(move || flowlens_runtime::testkit::committed(&b, &g, &raw))
+            .await
+            .unwrap();
+    // Nothing delivered: no position past a record (none, or the partitions' starts).
+    assert!(
+        committed.iter().all(|c| c.unwrap_or(0) == 0),
+        "nothing delivered, nothing committed: {committed:?}"
+    );
+    eprintln!("gave up {stalled_after:?} after its start; committed {committed:?}");
+
+    mock.clear_request_errors(RDKafkaApiKey::Produce);
+    let mut enricher = spawn("again.log");
+    let (b, topic) = (brokers.clone(), t.enriched_flows.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        read_topic(&b, &topic, N as usize, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    let keys: BTreeSet<String> = out
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.key().unwrap()).into_owned())
+        .collect();
+    assert_eq!(keys, (0..N).map(|n| format!("flow-{n}")).collect());
+    assert!(enricher.stop_with(libc::SIGTERM, Duration::from_secs(30)));
+}

@@ -6,12 +6,15 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use flowlens_enricher::config::Config;
 use flowlens_runtime::testkit::{assert_alive_for, free_port, wait_probe, ChildGuard};
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::Message;
 
 async fn wait(port: u16, path: &'static str, status: u16, needle: &'static str) -> String {
@@ -37,8 +40,9 @@ async fn publish_flows(brokers: &str, topic: &str, from: i64, to: i64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_down_makes_it_unready_but_alive() {
+/// librdkafka's mock cluster (in this process) with the enricher's four topics, node-1's
+/// interface 7 published, and the enricher's configuration for it.
+async fn cluster() -> (MockCluster<'static, DefaultProducerContext>, String, Config) {
     let mock = MockCluster::new(1).unwrap();
     let brokers = mock.bootstrap_servers();
     let c = config(&brokers, false);
@@ -50,24 +54,42 @@ async fn broker_down_makes_it_unready_but_alive() {
     let p = producer(&brokers);
     let eth = encoded(&interface("node-1", 7, "veth7"));
     send(&p, &t.interfaces, 0, "node-1/7", Some(&eth)).await;
-    const N: i64 = 300;
-    publish_flows(&brokers, &t.raw_flows, 0, N / 2).await;
+    (mock, brokers, c)
+}
 
-    let metrics = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("enricher.toml");
+/// The enricher binary's configuration file for `c` in `dir`, with `extra` TOML at its end.
+fn config_file(dir: &Path, brokers: &str, c: &Config, extra: &str) -> PathBuf {
+    let t = &c.kafka.topics;
+    let file = dir.join("enricher.toml");
     std::fs::write(
         &file,
         format!(
             "[enricher]\ngroup_id = \"{}\"\n[kafka]\nbrokers = [\"{brokers}\"]\n\
              create_topics = false\n[kafka.topics]\nraw_flows = \"{}\"\ninterfaces = \"{}\"\n\
              enriched_flows = \"{}\"\ndead_letter = \"{}\"\n\
-             [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\
-             [telemetry]\nmetrics_listen = \"127.0.0.1:{metrics}\"\n",
+             [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n{extra}",
             c.enricher.group_id, t.raw_flows, t.interfaces, t.enriched_flows, t.dead_letter
         ),
     )
     .unwrap();
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_makes_it_unready_but_alive() {
+    let (mock, brokers, c) = cluster().await;
+    let t = &c.kafka.topics;
+    const N: i64 = 300;
+    publish_flows(&brokers, &t.raw_flows, 0, N / 2).await;
+
+    let metrics = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(
+        dir.path(),
+        &brokers,
+        &c,
+        &format!("[telemetry]\nmetrics_listen = \"127.0.0.1:{metrics}\"\n"),
+    );
     let log = dir.path().join("enricher.log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowlens-enricher"));
     cmd.arg("--config").arg(&file).env_remove("RUST_LOG");
@@ -126,20 +148,10 @@ async fn broker_down_makes_it_unready_but_alive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_that_delivers_nothing_stops_it_without_committing() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-    let mock = MockCluster::new(1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    let c = config(&brokers, false);
+    let (mock, brokers, c) = cluster().await;
     let t = &c.kafka.topics;
-    mock.create_topic(&t.raw_flows, 2, 1).unwrap();
-    mock.create_topic(&t.interfaces, 1, 1).unwrap();
-    mock.create_topic(&t.enriched_flows, 2, 1).unwrap();
-    mock.create_topic(&t.dead_letter, 1, 1).unwrap();
-    let p = producer(&brokers);
-    let eth = encoded(&interface("node-1", 7, "veth7"));
-    send(&p, &t.interfaces, 0, "node-1/7", Some(&eth)).await;
     const N: i64 = 20;
     publish_flows(&brokers, &t.raw_flows, 0, N).await;
-    drop(p);
     // Every Produce request from now on is refused, retriably: librdkafka retries for ever
     // (no message timeout) and no delivery report comes.
     mock.request_errors(
@@ -148,18 +160,7 @@ async fn a_producer_that_delivers_nothing_stops_it_without_committing() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("enricher.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[enricher]\ngroup_id = \"{}\"\n[kafka]\nbrokers = [\"{brokers}\"]\n\
-             create_topics = false\n[kafka.topics]\nraw_flows = \"{}\"\ninterfaces = \"{}\"\n\
-             enriched_flows = \"{}\"\ndead_letter = \"{}\"\n\
-             [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n",
-            c.enricher.group_id, t.raw_flows, t.interfaces, t.enriched_flows, t.dead_letter
-        ),
-    )
-    .unwrap();
+    let file = config_file(dir.path(), &brokers, &c, "");
     let spawn = |log: &str| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowlens-enricher"));
         cmd.arg("--config").arg(&file).env_remove("RUST_LOG");

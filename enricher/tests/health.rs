@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::*;
 use flowlens_enricher::config::Config;
 use flowlens_runtime::testkit::{assert_alive_for, free_port, wait_probe, ChildGuard};
+use rdkafka::message::OwnedMessage;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::Message;
@@ -75,6 +76,21 @@ fn config_file(dir: &Path, brokers: &str, c: &Config, extra: &str) -> PathBuf {
     file
 }
 
+/// At least `n` records of the enriched topic, and their keys.
+async fn enriched(brokers: &str, topic: &str, n: i64) -> (Vec<OwnedMessage>, BTreeSet<String>) {
+    let (b, topic) = (brokers.to_owned(), topic.to_owned());
+    let out = tokio::task::spawn_blocking(move || {
+        read_topic(&b, &topic, n as usize, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    let keys = out
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.key().unwrap()).into_owned())
+        .collect();
+    (out, keys)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_makes_it_unready_but_alive() {
     let (mock, brokers, c) = cluster().await;
@@ -116,18 +132,8 @@ async fn broker_down_makes_it_unready_but_alive() {
     publish_flows(&brokers, &t.raw_flows, N / 2, N).await;
 
     // Every raw record came out (at least once: the enricher's guarantee), joined.
-    let (b, topic) = (brokers.clone(), t.enriched_flows.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        read_topic(&b, &topic, N as usize, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
-    let keys: BTreeSet<String> = out
-        .iter()
-        .map(|m| String::from_utf8_lossy(m.key().unwrap()).into_owned())
-        .collect();
-    let want: BTreeSet<String> = (0..N).map(|n| format!("flow-{n}")).collect();
-    assert_eq!(keys, want);
+    let (out, keys) = enriched(&brokers, &t.enriched_flows, N).await;
+    assert_eq!(keys, (0..N).map(|n| format!("flow-{n}")).collect());
     for m in &out {
         let e: flowlens_schemas::EnrichedFlow =
             flowlens_schemas::decode(m.payload().unwrap()).unwrap();
@@ -203,16 +209,7 @@ async fn a_producer_that_delivers_nothing_stops_it_without_committing() {
 
     mock.clear_request_errors(RDKafkaApiKey::Produce);
     let mut enricher = spawn("again.log");
-    let (b, topic) = (brokers.clone(), t.enriched_flows.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        read_topic(&b, &topic, N as usize, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
-    let keys: BTreeSet<String> = out
-        .iter()
-        .map(|m| String::from_utf8_lossy(m.key().unwrap()).into_owned())
-        .collect();
+    let (_, keys) = enriched(&brokers, &t.enriched_flows, N).await;
     assert_eq!(keys, (0..N).map(|n| format!("flow-{n}")).collect());
     assert!(enricher.stop_with(libc::SIGTERM, Duration::from_secs(30)));
 }

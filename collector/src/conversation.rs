@@ -202,10 +202,11 @@ fn is_a(x: &(FlowKey, FlowStats), other: Option<&(FlowKey, FlowStats)>) -> bool 
 
 /// Marks which records of one scan only repeat packets counted by another record of the host:
 /// every inner (tunnel) conversation, and, of the ends seen on several interfaces, the records
-/// of every interface but one (the interface kept is the one of the record seen first, then the
-/// lowest interface index). Records of the same ends on one interface never mark each other:
-/// they count different packets (the two directions of a conversation on a mirror port, VLANs,
-/// ICMP errors each way). Overflow records (`FlowKey::overflow`: packets of flows without a
+/// of every interface but one (the interface kept is the one whose conversation exported
+/// records before, then the one of the record seen first, then the lowest interface index).
+/// Records of the same ends on one interface never mark each other: they count different
+/// packets (the two directions of a conversation on a mirror port, VLANs, ICMP errors each
+/// way). Overflow records (`FlowKey::overflow`: packets of flows without a
 /// slot, no ends to compare) are duplicates only as tunnels' inner packets. Returns one flag per
 /// conversation.
 pub fn duplicates<'a>(
@@ -219,27 +220,40 @@ pub fn duplicates<'a>(
 /// conversation at a time (records are made a chunk at a time).
 #[derive(Debug, Default)]
 pub struct Duplicates {
-    /// Per set of ends: the interface kept, by (first packet, interface index); `None` when
-    /// every conversation is on one interface (nothing repeats another interface's records:
-    /// only tunnels' inner flows are duplicates; also `Duplicates::default()`).
-    kept: Option<FastMap<Ends, (u64, u32)>>,
+    /// Per set of ends: the interface kept, by (nothing exported before, first packet,
+    /// interface index); `None` when every conversation is on one interface (nothing repeats
+    /// another interface's records: only tunnels' inner flows are duplicates; also
+    /// `Duplicates::default()`).
+    kept: Option<FastMap<Ends, (bool, u64, u32)>>,
 }
 
 impl Duplicates {
     pub fn of<C: std::borrow::Borrow<Conversation>>(
         conversations: impl Iterator<Item = C> + Clone,
     ) -> Self {
-        let mut interfaces = conversations.clone().map(|c| c.borrow().key().ifindex);
+        Self::ranked(conversations.map(|c| (c, false)))
+    }
+
+    /// [`Duplicates::of`] over every live conversation (whether or not it has anything new in
+    /// this scan), each with whether it exported records before: the ends' interface whose
+    /// records were exported before keeps being counted. A scan is not a snapshot (a
+    /// conversation created while it runs may be read on one interface and not yet on the
+    /// other): the next scan must not count again, on the other interface, packets the first
+    /// one counted.
+    pub fn ranked<C: std::borrow::Borrow<Conversation>>(
+        conversations: impl Iterator<Item = (C, bool)> + Clone,
+    ) -> Self {
+        let mut interfaces = conversations.clone().map(|c| c.0.borrow().key().ifindex);
         let first = interfaces.next();
         if interfaces.all(|i| Some(i) == first) {
             return Self { kept: None };
         }
-        let mut kept: FastMap<Ends, (u64, u32)> = fast_map(conversations.size_hint().0);
-        for c in conversations {
+        let mut kept: FastMap<Ends, (bool, u64, u32)> = fast_map(conversations.size_hint().0);
+        for (c, exported) in conversations {
             let c = c.borrow();
             let key = c.key();
             if key.tunnel == TUNNEL_NONE && !key.is_overflow() {
-                let rank = (c.first_seen_ns(), key.ifindex);
+                let rank = (!exported, c.first_seen_ns(), key.ifindex);
                 kept.entry(Ends::of(&key))
                     .and_modify(|r| *r = (*r).min(rank))
                     .or_insert(rank);
@@ -257,7 +271,7 @@ impl Duplicates {
         match &self.kept {
             Some(kept) if !key.is_overflow() => kept
                 .get(&Ends::of(&key))
-                .is_some_and(|r| r.1 != key.ifindex),
+                .is_some_and(|r| r.2 != key.ifindex),
             _ => false,
         }
     }

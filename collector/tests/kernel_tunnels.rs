@@ -398,10 +398,14 @@ async fn a_forwarded_flow_seen_on_two_interfaces_counts_once() {
         assert_eq!(sum(&on).0, 30, "every packet on interface {i}");
     }
     let counted: Vec<_> = ours.iter().filter(|f| !f.duplicate).cloned().collect();
-    assert_eq!(sum(&counted), (30, 30 * (ETH + IPV4 + UDP + 50)));
-    // The one kept is where the packets arrived first: ingress from B.
-    assert!(
-        counted.iter().all(|f| f.direction == Direction::Ingress),
-        "{counted:#?}"
+    assert_eq!(
+        sum(&counted),
+        (30, 30 * (ETH + IPV4 + UDP + 50)),
+        "{ours:#?}"
     );
+    // Counted on one interface: where the packets arrived first (ingress from B) when one scan
+    // read both entries; a scan that ran while the flow began may have read only one of them,
+    // and the one whose records were exported first keeps being counted.
+    let counted_on: std::collections::BTreeSet<_> = counted.iter().map(|f| f.ifindex).collect();
+    assert_eq!(counted_on.len(), 1, "{counted:#?}");
 }

@@ -145,6 +145,20 @@ impl Ledger {
         self.delta(slot, conversation)
     }
 
+    /// Every conversation this scan read, as read (with or without anything new), and whether
+    /// it exported records before this scan.
+    pub(super) fn read_conversations(
+        &self,
+    ) -> impl Iterator<Item = (Conversation, bool)> + Clone + '_ {
+        self.touched.iter().map(|&slot| {
+            let exported = self.slots[slot as usize]
+                .sides
+                .iter()
+                .any(|s| s.generation == self.generation && s.exported.packets > 0);
+            (self.conversation(slot), exported)
+        })
+    }
+
     /// Exports the touched conversations `range` as ended (the table was emptied; then
     /// [`Ledger::forget_all`]).
     pub(super) fn export_ended(&mut self, range: std::ops::Range<usize>, out: &mut Vec<Exported>) {

@@ -76,7 +76,7 @@ impl Collector {
         .unwrap();
         let log = dir.join(format!("collector-{n}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowlens-collector"));
-        cmd.arg("--config").arg(&file).env_remove("RUST_LOG");
+        cmd.arg("-c").arg(&file).env_remove("RUST_LOG");
         let guard = ChildGuard::spawn("flowlens-collector", &mut cmd, &log);
         let c = Self {
             guard,

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use flowlens_enricher::config::{Config, ENV_PREFIX};
 
-/// Every enriched record used to be a few dozen small allocations; the pipeline now writes the
-/// joined fields straight into the Avro message, but decoding a RawFlow still allocates:
-/// mimalloc keeps that cheap (bench/results/enricher.md).
+/// Decoding a RawFlow allocates (the pipeline writes the joined fields straight into the Avro
+/// message, but the record it reads owns its strings): mimalloc keeps that cheap
+/// (bench/results/enricher.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -18,7 +18,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(version, about)]
 struct Cli {
     /// TOML configuration file; every key can be overridden by FLOWLENS_ENRICHER__SECTION__KEY.
-    #[arg(long, env = "FLOWLENS_ENRICHER_CONFIG")]
+    #[arg(long, short, env = "FLOWLENS_ENRICHER_CONFIG")]
     config: Option<PathBuf>,
 }
 

@@ -169,7 +169,8 @@ async fn a_producer_that_delivers_nothing_stops_it_without_committing() {
     let file = config_file(dir.path(), &brokers, &c, "");
     let spawn = |log: &str| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowlens-enricher"));
-        cmd.arg("--config").arg(&file).env_remove("RUST_LOG");
+        // The short form of --config.
+        cmd.arg("-c").arg(&file).env_remove("RUST_LOG");
         ChildGuard::spawn("flowlens-enricher", &mut cmd, &dir.path().join(log))
     };
     let started = std::time::Instant::now();

@@ -110,7 +110,7 @@ async fn enriched_topic_recreated_under_a_running_sink() {
     let log = dir.path().join("sink.log");
     let start_sink = || {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowlens-sink"));
-        cmd.arg("--config").arg(&config).env_remove("RUST_LOG");
+        cmd.arg("-c").arg(&config).env_remove("RUST_LOG");
         // Appends: every run's lines stay in the log.
         let out = std::fs::OpenOptions::new()
             .create(true)

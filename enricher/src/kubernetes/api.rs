@@ -11,7 +11,7 @@
 //!
 //! RBAC: `get`, `list`, `watch` on pods, services, nodes (core), endpointslices
 //! (discovery.k8s.io), replicasets (apps), jobs (batch); see
-//! `deploy/kubernetes/rbac-enricher.yaml`.
+//! `deploy/kubernetes/rbac.yaml`.
 
 use std::collections::HashSet;
 use std::fmt::Debug;

@@ -1,45 +1,11 @@
-//! The consume → batch → insert → commit loop, and why its effect in ClickHouse is exactly once.
-//!
-//! # Delivery rules
-//! * Offsets are committed explicitly (`enable.auto.commit=false`), and only after ClickHouse
-//!   acknowledged the INSERT holding every row up to them: at-least-once delivery. Commits are
-//!   asynchronous (in order per partition; failures logged and counted): a lost commit only
-//!   means a replay, which the recovery check below turns into a no-op.
-//! * An undecodable record (or one whose values do not fit the table) goes to the dead-letter
-//!   topic with the reason in a header, is counted, and its offset counts as handled, so it
-//!   never blocks its partition — unless the dead-letter topic is unavailable under
-//!   `dead_letter.when_unavailable = "stop"`: the loop then waits for it, committing nothing.
-//! * While an insert is being retried (capped exponential backoff) the assigned partitions are
-//!   paused and the consumer keeps being polled, so it stays in the group however long
-//!   ClickHouse is down; records already fetched still join open batches (bounded by
-//!   librdkafka's fetch queue), nothing is committed, and the loop recovers by itself.
-//! * On a rebalance the open and sealed batches of revoked partitions are dropped; their new
-//!   owner reads them again from the last committed offset. Revocations are applied right
-//!   after `recv()` returns and before its record is handled: the callback runs inside that
-//!   `recv()`, and the record it returns may already belong to the new assignment (found by
-//!   `rebalance_two_sinks`: applied after the record, that record was dropped with the
-//!   revoked batch and its offset later committed past it — a loss).
-//! * On shutdown every open batch is sealed, inserted and committed; if ClickHouse is down at
-//!   that moment the batches are abandoned uncommitted (read again later) and `run` returns `Ok`.
-//!
-//! # Exactly-once effect
-//! Delivery is at-least-once (above); a record already stored is dropped before its INSERT,
-//! by its identity (ARCHITECTURE.md, Delivery, has the argument):
-//! * every row carries where it was read (topic, partition, the topic's incarnation
-//!   `kafka_stream`, offset, broker timestamp) and its origin (`dedup`, `decode::Position`);
-//! * before the first INSERT of a partition after its assignment, what ClickHouse holds of it is
-//!   read back from the `flows` projections (`recovery`), the incarnation is checked against the
-//!   record Kafka now holds at the highest stored offset, and each batch is judged row by row in
-//!   offset order: own replays (offset <= m of the current incarnation) and upstream replays
-//!   (origin offset <= the sub-stream's high-water mark) are dropped and counted;
-//! * a batch is one `flows` partition (day) and one incarnation: one part, stored whole or not
-//!   at all; its `insert_deduplication_token` is a hash of its rows (a retry of the same rows is
-//!   stored once, also in the rollups);
-//! * a new incarnation of the topic while running (topic id changed, offsets going backwards) or
-//!   a committed position of another incarnation (commit metadata) sends the partition back to
-//!   its beginning; rows already read are stored, their offsets never committed.
-//!
-//! What remains at-least-once: dead-lettered records (a replay can send one again).
+//! The consume → batch → insert → commit loop. Offsets are committed (asynchronously, with the
+//! incarnation as commit metadata) only after ClickHouse acknowledged every row up to them;
+//! records already stored are dropped before their INSERT by their identity (`dedup`,
+//! `recovery`); undecodable records go to the dead-letter topic; while ClickHouse is down the
+//! partitions are paused and nothing is committed; revoked partitions' batches are dropped
+//! right after the `recv()` whose callback revoked them; at shutdown open batches are inserted
+//! and committed. ARCHITECTURE.md ("Delivery", "The sink's loop") has the rules and why the
+//! effect in ClickHouse is exactly once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;

@@ -114,7 +114,7 @@ query() { # file, params
   curl -fsS "$CH/?default_format=PrettyCompactMonoBlock&$2" --data-binary @"$1"
 }
 say "top talkers, last 15 minutes (sql/queries/top_talkers.sql)"
-query sql/queries/top_talkers.sql "param_minutes=15&param_limit=10"
+query sql/queries/top_talkers.sql "param_minutes=15&param_limit=10&param_namespace="
 say "traffic per interface, last 15 minutes (sql/queries/traffic_per_interface.sql)"
 query sql/queries/traffic_per_interface.sql "param_minutes=15"
 say "done. Services' logs: $RUN. Metrics were on :9101 (collector), :9102 (enricher), :9103 (sink)."

@@ -219,6 +219,11 @@ async fn every_query_subcommand_prints_what_clickhouse_answers() {
             args.extend(["--limit".into(), "20".into()]);
             params.push_str("&param_limit=20");
         }
+        // --namespace defaults to every namespace (the empty string); one namespace below.
+        let namespaced = sql.contains("{namespace:String}");
+        if namespaced {
+            params.push_str("&param_namespace=");
+        }
         let (status, direct) = http(
             chdb.port,
             "POST",
@@ -237,7 +242,28 @@ async fn every_query_subcommand_prints_what_clickhouse_answers() {
         all.extend_from_slice(&connection);
         let got = json_lines(&stdout(&flowlens(&all)));
         assert_eq!(got, expected, "{stem}");
+        if namespaced {
+            let (status, direct) = http(
+                chdb.port,
+                "POST",
+                &format!(
+                    "/?{auth}{params}shop&default_format=JSONEachRow&output_format_json_quote_64bit_integers=0"
+                ),
+                &sql,
+            );
+            assert_eq!(status, 200, "{stem}: {direct}");
+            all.extend_from_slice(&["--namespace", "shop"]);
+            let got = json_lines(&stdout(&flowlens(&all)));
+            assert_eq!(got, json_lines(&direct), "{stem} --namespace shop");
+        }
     }
+
+    // One namespace: only the DNS conversation has an end in kube-system.
+    let mut args = vec!["top", "--namespace", "kube-system", "-o", "json"];
+    args.extend_from_slice(&connection);
+    let rows = json_lines(&stdout(&flowlens(&args)));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["src"], "10.1.0.12", "{rows:?}");
 
     // The alias, the table, its sampling note; the environment stands for the flags.
     let table = Command::new(BIN)

@@ -393,7 +393,7 @@ async fn sampled_traffic_totals_estimate_the_real_traffic_everywhere() {
             &sql,
         )
     };
-    let p = "param_minutes=60&param_limit=20";
+    let p = "param_minutes=60&param_limit=20&param_namespace=";
     let traffic = [BYTES, PACKETS, RATE];
     let with_traffic: [(&str, &str, &[Reading]); 7] = [
         ("top_talkers.sql", p, &traffic),

@@ -421,7 +421,8 @@ async fn queries_on_pipeline_data() {
     }
     shutdown.trigger();
     sink.await.unwrap().unwrap();
-    let p = "param_minutes=60&param_limit=20";
+    // Every namespace (the empty string).
+    let p = "param_minutes=60&param_limit=20&param_namespace=";
 
     // Both directions, duplicates (#7, #8, #10) left out; #9 estimated: (450 + 3000) x 100
     // bytes, (3 + 2) x 100 packets; #11: 60 x 100 bytes, 100 packets.
@@ -526,6 +527,43 @@ async fn queries_on_pipeline_data() {
             "node-a\tNETFILTER_DROP\tdb/pg\t6\t9000\t2",
             "node-a\tTCP_INVALID_SEQUENCE\tshop/web\t1\t60\t1",
         ])
+    );
+    // One namespace: the rows with either end in `db`, i.e. every conversation towards
+    // db/pg-0, as the answers above show them (raw flows and the Kubernetes rollup alike).
+    let db = "param_minutes=60&param_limit=20&param_namespace=db";
+    assert_eq!(
+        run_query(&chdb, "top_talkers.sql", db),
+        tsv(&[
+            "10.1.0.11\t10.2.0.5\t345000\t500\t1\t[6]\tweb-1\tpg-0\t100",
+            "10.1.0.21\t10.2.0.5\t25000\t70\t1\t[6]\tapi-1\tpg-0\t1",
+            "10.1.0.12\t10.2.0.5\t1200\t6\t1\t[17]\tweb-2\tpg-0\t1",
+        ])
+    );
+    assert_eq!(
+        run_query(&chdb, "service_traffic_matrix.sql", db),
+        tsv(&[
+            "shop/web\tdb/pg\t346200\t506\t2\t100",
+            "shop/api\tdb/pg\t25000\t70\t1\t1",
+        ])
+    );
+    assert_eq!(
+        run_query(&chdb, "traffic_by_locality.sql", db),
+        tsv(&[
+            "cluster\tcross-namespace\t370000\t570\t2\t100",
+            "node\tcross-namespace\t1200\t6\t1\t1",
+        ])
+    );
+    assert_eq!(
+        run_query(&chdb, "tcp_health.sql", db),
+        tsv(&["db/pg\t2\t2\t3\t3\t3\t4\t0.007\t6\t['NETFILTER_DROP']\t0\t100"])
+    );
+    assert_eq!(
+        run_query(
+            &chdb,
+            "tcp_health.sql",
+            "param_minutes=60&param_limit=20&param_namespace=nowhere"
+        ),
+        ""
     );
     let select = |sql: &str| {
         let (status, body) = http(chdb.port, "POST", "/?default_format=TSV", sql);

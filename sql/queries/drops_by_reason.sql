@@ -5,7 +5,8 @@
 -- dropped (`rec` names a row: drops is also the sum's alias). Rows with duplicate = 1 are
 -- left out. Drops are counted by a kernel tracepoint on every drop, also under 1:N packet
 -- sampling: these are exact counts, never multiplied by sampling_rate.
--- Parameters: minutes (UInt32), limit (UInt32).
+-- Parameters: minutes (UInt32), limit (UInt32),
+-- namespace (String: rows with either end in that Kubernetes namespace; '' = all).
 SELECT
     host,
     drop_reason,
@@ -19,6 +20,7 @@ SELECT
 FROM flows AS rec
 WHERE time_flow_end >= now64(9) - toIntervalMinute({minutes:UInt32})
   AND rec.drops > 0 AND NOT duplicate
+  AND ({namespace:String} = '' OR src_namespace = {namespace:String} OR dst_namespace = {namespace:String})
 GROUP BY host, drop_reason, dst
 ORDER BY drops DESC, host, drop_reason, dst
 LIMIT {limit:UInt32}

@@ -7,7 +7,8 @@
 -- retransmits and drops are counted by kernel tracepoints on every event (never sampled), so
 -- the loss ratio stays an estimate of the real one; resets are records whose sampled packets
 -- carried a RST (a lower bound). max_sampling_rate is the highest N of the rows (1 = exact).
--- Parameters: minutes (UInt32), limit (UInt32).
+-- Parameters: minutes (UInt32), limit (UInt32),
+-- namespace (String: rows with either end in that Kubernetes namespace; '' = all).
 SELECT
     host,
     if_name,
@@ -25,6 +26,7 @@ SELECT
     max(sampling_rate) AS max_sampling_rate
 FROM flows
 WHERE time_flow_end >= now64(9) - toIntervalMinute({minutes:UInt32}) AND NOT duplicate
+  AND ({namespace:String} = '' OR src_namespace = {namespace:String} OR dst_namespace = {namespace:String})
 GROUP BY host, if_name, src, dst
 HAVING retransmits + drops + resets > 0
 ORDER BY retransmits + drops DESC, resets DESC, host, if_name, src, dst

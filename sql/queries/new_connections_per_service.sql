@@ -7,7 +7,8 @@
 -- sampled (and side A is the side whose packet was sampled first): the counts are what the
 -- samples showed, a lower bound, not an estimate; max_sampling_rate is the highest N of the
 -- rollup rows (1 = every packet counted, 0 = rolled up before migration 0006).
--- Parameters: minutes (UInt32), limit (UInt32).
+-- Parameters: minutes (UInt32), limit (UInt32),
+-- namespace (String: rows with either end in that Kubernetes namespace; '' = all).
 SELECT
     concat(dst_namespace, '/', dst_service) AS service,
     sum(new_connections) AS new_connections,
@@ -17,6 +18,7 @@ SELECT
 FROM flows_k8s_1m
 WHERE time >= toStartOfMinute(now() - toIntervalMinute({minutes:UInt32}))
   AND dst_service != ''
+  AND ({namespace:String} = '' OR src_namespace = {namespace:String} OR dst_namespace = {namespace:String})
 GROUP BY service
 HAVING new_connections > 0
 ORDER BY new_connections DESC, service

@@ -8,7 +8,8 @@
 -- sampling_rate) while retransmits and drops are counted on every event (never sampled);
 -- records, connections and resets count what the sampled packets showed (a SYN or RST not
 -- sampled is not seen: lower bounds). max_sampling_rate is the highest N of the rows.
--- Parameters: minutes (UInt32), limit (UInt32).
+-- Parameters: minutes (UInt32), limit (UInt32),
+-- namespace (String: rows with either end in that Kubernetes namespace; '' = all).
 SELECT
     multiIf(dst_service != '', concat(dst_namespace, '/', dst_service),
             dst_workload != '', concat(dst_namespace, '/', dst_workload),
@@ -28,6 +29,7 @@ SELECT
 FROM flows
 WHERE time_flow_end >= now64(9) - toIntervalMinute({minutes:UInt32})
   AND proto = 6 AND NOT duplicate
+  AND ({namespace:String} = '' OR src_namespace = {namespace:String} OR dst_namespace = {namespace:String})
 GROUP BY server
 ORDER BY retransmits + drops DESC, flows DESC, server
 LIMIT {limit:UInt32}

@@ -5,7 +5,8 @@
 -- and destination ports (up to 10 each, sorted). Rows with duplicate = 1 are left out.
 -- Bytes and packets are estimated under 1:N sampling (est_* = counted * sampling_rate, exact
 -- at 1:1); max_sampling_rate is the highest N of the rows summed (1 = every packet counted).
--- Parameters: minutes (UInt32), limit (UInt32).
+-- Parameters: minutes (UInt32), limit (UInt32),
+-- namespace (String: rows with either end in that Kubernetes namespace; '' = all).
 SELECT
     multiIf(src_workload != '', concat(src_namespace, '/', src_workload),
             src_pod != '', concat(src_namespace, '/', src_pod),
@@ -23,6 +24,7 @@ SELECT
     max(sampling_rate) AS max_sampling_rate
 FROM flows
 WHERE time_flow_end >= now64(9) - toIntervalMinute({minutes:UInt32}) AND NOT duplicate
+  AND ({namespace:String} = '' OR src_namespace = {namespace:String} OR dst_namespace = {namespace:String})
 GROUP BY source, source_kind, target, target_kind
 ORDER BY bytes DESC, source, target
 LIMIT {limit:UInt32}

@@ -7,7 +7,8 @@
 -- Bytes and packets are the rollup's estimates under 1:N sampling (counted * sampling_rate,
 -- exact at 1:1, migration 0006; minutes rolled up before it hold counted values and
 -- max_sampling_rate 0); max_sampling_rate is the highest N of the rows summed.
--- Parameter: minutes (UInt32).
+-- Parameters: minutes (UInt32), namespace (String: rows with either end in that Kubernetes
+-- namespace; '' = all).
 SELECT
     if(locality = '', '(unknown)', locality) AS locality,
     multiIf(src_namespace = '' OR dst_namespace = '', 'unknown',
@@ -18,5 +19,6 @@ SELECT
     max(max_sampling_rate) AS max_sampling_rate
 FROM flows_k8s_1m
 WHERE time >= toStartOfMinute(now() - toIntervalMinute({minutes:UInt32}))
+  AND ({namespace:String} = '' OR src_namespace = {namespace:String} OR dst_namespace = {namespace:String})
 GROUP BY locality, namespaces
 ORDER BY locality, namespaces

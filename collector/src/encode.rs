@@ -18,7 +18,8 @@
 
 use std::sync::LazyLock;
 
-use flowlens_schemas::{AvroRecord, Direction, Process, RawFlow, SchemaError, MAGIC};
+use flowlens_schemas::writer::{self, address, int, long, process, string};
+use flowlens_schemas::{Direction, Process, RawFlow, RecordKind, SchemaError};
 
 /// Fingerprint (single-object header byte order) of the `raw_flow.avsc` this encoder writes:
 /// RawFlow version 3. Change it only together with [`write_datum`].
@@ -26,18 +27,14 @@ pub const WRITTEN_FOR: [u8; 8] = [0x33, 0x7e, 0xe2, 0x0c, 0xa5, 0xe4, 0x9d, 0xfb
 
 /// The 10-byte single-object header, when the embedded schema is the one this encoder writes.
 static HEADER: LazyLock<Option<[u8; 10]>> = LazyLock::new(|| {
-    let fingerprint = <RawFlow as AvroRecord>::fingerprint();
-    if fingerprint != WRITTEN_FOR {
+    let header = writer::fast_header(RecordKind::RawFlow, WRITTEN_FOR);
+    if header.is_none() {
         tracing::warn!(
             "raw_flow.avsc is not the version collector/src/encode.rs was written for: \
              using the generic (slower) Avro encoder"
         );
-        return None;
     }
-    let mut header = [0u8; 10];
-    header[..2].copy_from_slice(&MAGIC);
-    header[2..].copy_from_slice(&fingerprint);
-    Some(header)
+    header
 });
 
 /// Whether [`encode_raw_flow`] takes the hand-written path (the embedded schema is [`WRITTEN_FOR`]).
@@ -150,69 +147,11 @@ fn write_datum(flow: &RawFlow, out: &mut Vec<u8>) {
     process(out, dst_process.as_ref());
     string(out, tunnel);
     long(out, *tunnel_id);
-    // ["null", IPv6Address]: branch index, then the fixed.
     for addr in [outer_src_addr, outer_dst_addr] {
-        match addr {
-            None => long(out, 0),
-            Some(a) => {
-                long(out, 1);
-                out.extend_from_slice(&a.octets());
-            }
-        }
+        address(out, *addr);
     }
     out.push(u8::from(*duplicate));
-    // ["null", Origin]: branch index, then topic, stream (fixed 16), partition, offset.
-    match origin {
-        None => long(out, 0),
-        Some(o) => {
-            long(out, 1);
-            string(out, &o.topic);
-            out.extend_from_slice(&o.stream);
-            int(out, o.partition);
-            long(out, o.offset);
-        }
-    }
-}
-
-/// `["null", Process]`: branch index, then the record's fields.
-fn process(out: &mut Vec<u8>, p: Option<&Process>) {
-    match p {
-        None => long(out, 0),
-        Some(Process {
-            pid,
-            comm,
-            cgroup_id,
-        }) => {
-            long(out, 1);
-            int(out, *pid);
-            string(out, comm);
-            long(out, *cgroup_id);
-        }
-    }
-}
-
-/// Avro `long`: zig-zag, then little-endian base-128 varint.
-#[inline]
-fn long(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push(z as u8 | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
-
-/// Avro `int`: the same encoding as `long` of the sign-extended value.
-#[inline]
-fn int(out: &mut Vec<u8>, v: i32) {
-    long(out, i64::from(v));
-}
-
-/// Avro `string`: length as `long`, then the UTF-8 bytes.
-#[inline]
-fn string(out: &mut Vec<u8>, s: &str) {
-    long(out, s.len() as i64);
-    out.extend_from_slice(s.as_bytes());
+    writer::origin(out, origin.as_ref());
 }
 
 #[cfg(test)]
@@ -220,7 +159,7 @@ mod tests {
     use std::net::Ipv6Addr;
 
     use flowlens_schemas::apache_avro::Schema;
-    use flowlens_schemas::{decode, encode, RecordKind};
+    use flowlens_schemas::{decode, encode};
 
     use super::*;
 

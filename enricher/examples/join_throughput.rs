@@ -220,7 +220,7 @@ fn main() {
     for raw in &input {
         let joined = Joined::new(raw, &interfaces, Some(k));
         out.clear();
-        joined.encode(&mut out);
+        joined.encode(&mut out).unwrap();
         let h = joined.hits();
         hits += usize::from(h.interface && h.src);
         pods += usize::from(h.dst);
@@ -307,7 +307,7 @@ fn main() {
                 cluster_cidrs: &cidrs,
             };
             out.clear();
-            Joined::new(&raw, &i, Some(k)).encode(&mut out);
+            Joined::new(&raw, &i, Some(k)).encode(&mut out).unwrap();
             std::hint::black_box(&out);
         }
     };

@@ -2,11 +2,30 @@
 //! metadata cache) gives an enriched flow. Pure, no I/O, no state: any instance of the
 //! enricher in the consumer group can enrich any record.
 
-use flowlens_schemas::{AvroRecord, Direction, EnrichedFlow, Interface, RawFlow};
+use std::sync::LazyLock;
+
+use flowlens_schemas::writer as avro;
+use flowlens_schemas::{Direction, EnrichedFlow, Interface, RawFlow, RecordKind, SchemaError};
 
 use crate::interfaces::InterfaceCache;
 use crate::kubernetes::classify::{self, Cidr};
 use crate::kubernetes::store::{Peer, PeerKind, Store};
+
+/// Fingerprint (single-object header byte order) of the `enriched_flow.avsc` that
+/// [`Joined::encode`] writes: EnrichedFlow version 4. Change it only together with that writer.
+pub const WRITTEN_FOR: [u8; 8] = [0xe8, 0x81, 0x8b, 0x81, 0x99, 0x9e, 0xb8, 0x97];
+
+/// The single-object header, when the embedded schema is the one [`Joined::encode`] writes.
+static HEADER: LazyLock<Option<[u8; 10]>> = LazyLock::new(|| {
+    let header = avro::fast_header(RecordKind::EnrichedFlow, WRITTEN_FOR);
+    if header.is_none() {
+        tracing::warn!(
+            "enriched_flow.avsc is not the version enricher/src/join.rs was written for: \
+             using the generic (slower) Avro encoder"
+        );
+    }
+    header
+});
 
 /// Which lookups found something.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -162,11 +181,17 @@ impl<'a> Joined<'a> {
 
     /// Appends the single-object Avro message of the enriched flow to `out`: the same bytes as
     /// `flowlens_schemas::encode(&enriched_flow, out)` (checked by the tests), written directly
-    /// from the record and the caches. Field order is the schema's (avro/enriched_flow.avsc).
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    /// from the record and the caches while the embedded schema is the version this writes
+    /// ([`WRITTEN_FOR`]); otherwise through the generic encoder. Field order is the schema's
+    /// (avro/enriched_flow.avsc). On error (generic encoder only) `out` is unchanged.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+        let Some(header) = &*HEADER else {
+            let mut flow = EnrichedFlow::from_raw(self.raw.clone());
+            self.fill(&mut flow);
+            return flowlens_schemas::encode(&flow, out);
+        };
         let r = self.raw;
-        out.extend_from_slice(&flowlens_schemas::MAGIC);
-        out.extend_from_slice(&<EnrichedFlow as AvroRecord>::fingerprint());
+        out.extend_from_slice(header);
         avro::string(out, &r.host);
         avro::long(out, r.ifindex.into());
         avro::long(out, matches!(r.direction, Direction::Egress).into());
@@ -228,79 +253,7 @@ impl<'a> Joined<'a> {
         out.push(r.duplicate.into());
         // Version 4.
         avro::origin(out, r.origin.as_ref());
-    }
-}
-
-/// Avro binary primitives.
-mod avro {
-    /// `int` and `long`: zig-zag, then a little-endian base-128 varint.
-    #[inline]
-    pub fn long(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        while z >= 0x80 {
-            out.push((z as u8) | 0x80);
-            z >>= 7;
-        }
-        out.push(z as u8);
-    }
-
-    #[inline]
-    pub fn string(out: &mut Vec<u8>, s: &str) {
-        long(out, s.len() as i64);
-        out.extend_from_slice(s.as_bytes());
-    }
-
-    /// `["null", "string"]`: branch index, then the string.
-    #[inline]
-    pub fn optional(out: &mut Vec<u8>, s: Option<&str>) {
-        match s {
-            None => long(out, 0),
-            Some(s) => {
-                long(out, 1);
-                string(out, s);
-            }
-        }
-    }
-
-    /// `["null", Process]`: branch index, then pid, comm, cgroup_id.
-    #[inline]
-    pub fn process(out: &mut Vec<u8>, p: Option<&flowlens_schemas::Process>) {
-        match p {
-            None => long(out, 0),
-            Some(p) => {
-                long(out, 1);
-                long(out, p.pid.into());
-                string(out, &p.comm);
-                long(out, p.cgroup_id);
-            }
-        }
-    }
-
-    /// `["null", Origin]`: branch index, then topic, stream (fixed 16), partition, offset.
-    #[inline]
-    pub fn origin(out: &mut Vec<u8>, o: Option<&flowlens_schemas::Origin>) {
-        match o {
-            None => long(out, 0),
-            Some(o) => {
-                long(out, 1);
-                string(out, &o.topic);
-                out.extend_from_slice(&o.stream);
-                long(out, o.partition.into());
-                long(out, o.offset);
-            }
-        }
-    }
-
-    /// `["null", IPv6Address]`: branch index, then the 16 bytes.
-    #[inline]
-    pub fn address(out: &mut Vec<u8>, a: Option<std::net::Ipv6Addr>) {
-        match a {
-            None => long(out, 0),
-            Some(a) => {
-                long(out, 1);
-                out.extend_from_slice(&a.octets());
-            }
-        }
+        Ok(())
     }
 }
 
@@ -372,6 +325,17 @@ mod tests {
             oper_state: "up".into(),
             time_observed_ns: 5,
         }
+    }
+
+    #[test]
+    fn written_for_the_current_schema() {
+        assert_eq!(
+            RecordKind::EnrichedFlow.fingerprint(),
+            WRITTEN_FOR,
+            "schemas/avro/enriched_flow.avsc changed: update Joined::encode and WRITTEN_FOR to \
+             the new schema; until then the enricher uses the generic encoder"
+        );
+        assert!(HEADER.is_some());
     }
 
     #[test]
@@ -572,7 +536,7 @@ mod tests {
                     for (r, k) in cases {
                         let (flow, _) = enrich(r.clone(), &cache, k);
                         let mut ours = Vec::new();
-                        Joined::new(r, &cache, k).encode(&mut ours);
+                        Joined::new(r, &cache, k).encode(&mut ours).unwrap();
                         let mut theirs = Vec::new();
                         flowlens_schemas::encode(&flow, &mut theirs).unwrap();
                         assert_eq!(ours, theirs, "{flow:?}");

@@ -578,8 +578,16 @@ impl Pipeline {
                 cluster_cidrs: &self.cidrs,
             });
             let joined = Joined::new(&raw, &cache, kubernetes);
-            joined.encode(&mut payload);
-            joined.hits()
+            joined.encode(&mut payload).map(|()| joined.hits())
+        };
+        let hits = match hits {
+            Ok(hits) => hits,
+            Err(e) => {
+                metrics::counter!("flowlens_enricher_records_invalid_total").increment(1);
+                let reason = format!("encoding EnrichedFlow: {e}");
+                tracing::warn!(topic = %self.input, partition, offset, %reason, "raw flow not enriched");
+                return self.dead_letter(message, reason, input.epoch);
+            }
         };
         if hits.interface {
             metrics::counter!("flowlens_enricher_interface_join_hits_total").increment(1);

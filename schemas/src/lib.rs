@@ -23,6 +23,7 @@ mod ip;
 pub mod json;
 mod records;
 mod schema;
+pub mod writer;
 
 pub use codec::{
     decode, decode_any, decode_value, decode_with_reader, encode, peek_fingerprint, peek_kind,

@@ -250,7 +250,7 @@ async fn sampled_traffic_totals_estimate_the_real_traffic_everywhere() {
     // other processes' drops would come as drop-only records. This UDP exchange has neither
     // retransmits nor drops to report.
     pipeline.collector.collector.socket_metrics = false;
-    pipeline.enricher.kubernetes.source = flowlens_enricher::config::Source::Snapshot;
+    pipeline.enricher.kubernetes.source = flowlens_enricher::kubernetes::config::Source::Snapshot;
     pipeline.enricher.kubernetes.snapshot_path = cluster.display().to_string();
     let raw_topic = pipeline.collector.kafka.topics.raw_flows.clone();
     let mut pipeline = pipeline.start().await;

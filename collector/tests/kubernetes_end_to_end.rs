@@ -130,7 +130,7 @@ async fn kubernetes_metadata_reaches_clickhouse_and_ip_reuse_is_attributed_by_ti
     );
 
     let mut pipeline = Pipeline::new(&broker.broker(), &clickhouse.url(), &pair, &host);
-    pipeline.enricher.kubernetes.source = flowlens_enricher::config::Source::Snapshot;
+    pipeline.enricher.kubernetes.source = flowlens_enricher::kubernetes::config::Source::Snapshot;
     pipeline.enricher.kubernetes.snapshot_path = snapshot.display().to_string();
     pipeline.enricher.kubernetes.snapshot_poll_ms = 200;
     let enriched_topic = pipeline.collector.kafka.topics.enriched_flows.clone();

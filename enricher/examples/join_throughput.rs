@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use flowlens_enricher::interfaces::InterfaceCache;
 use flowlens_enricher::join::{enrich, Joined, Kubernetes};
+use flowlens_enricher::kubernetes::history::Limits;
 use flowlens_enricher::kubernetes::model::Object;
-use flowlens_enricher::kubernetes::store::{Change, Limits, Store};
+use flowlens_enricher::kubernetes::store::{Change, Store};
 use flowlens_schemas::{ip_to_v6, Direction, Interface, RawFlow};
 use serde_json::json;
 
@@ -429,7 +430,7 @@ async fn end_to_end(encoded: Vec<Vec<u8>>, n: usize) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cluster.json");
     write_snapshot(&path);
-    config.kubernetes.source = flowlens_enricher::config::Source::Snapshot;
+    config.kubernetes.source = flowlens_enricher::kubernetes::config::Source::Snapshot;
     config.kubernetes.snapshot_path = path.display().to_string();
 
     // Load the raw topic first (the collector's producer settings), then enrich it all.

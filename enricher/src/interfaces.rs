@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::fasthash::FastMap;
 use flowlens_runtime::kafka::KafkaConfig;
 use flowlens_runtime::{health, DeadLetter, Shutdown};
 use flowlens_schemas::Interface;
@@ -36,7 +35,7 @@ pub fn register_condition(topic: &str) {
 /// Latest metadata per (host, ifindex). Nested maps so a lookup by `&str` does not allocate.
 #[derive(Debug, Default)]
 pub struct InterfaceCache {
-    by_host: FastMap<String, FastMap<i32, Interface>>,
+    by_host: foldhash::HashMap<String, foldhash::HashMap<i32, Interface>>,
     len: usize,
 }
 

@@ -9,7 +9,8 @@ use flowlens_schemas::{Direction, EnrichedFlow, Interface, RawFlow, RecordKind, 
 
 use crate::interfaces::InterfaceCache;
 use crate::kubernetes::classify::{self, Cidr};
-use crate::kubernetes::store::{Peer, PeerKind, Store};
+use crate::kubernetes::peer::{Peer, PeerKind};
+use crate::kubernetes::store::Store;
 
 /// Fingerprint (single-object header byte order) of the `enriched_flow.avsc` that
 /// [`Joined::encode`] writes: EnrichedFlow version 4. Change it only together with that writer.
@@ -453,8 +454,9 @@ mod tests {
     /// added; and the message decodes back to it.
     #[test]
     fn direct_encoding_matches_the_schema_encoder() {
+        use crate::kubernetes::history::Limits;
         use crate::kubernetes::model::Object;
-        use crate::kubernetes::store::{Change, Limits};
+        use crate::kubernetes::store::Change;
         let mut store = Store::new(Limits::default());
         let pod = |name: &str, ip: &str, node: &str| {
             Object::from_json(

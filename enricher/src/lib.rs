@@ -3,12 +3,12 @@
 //!
 //! Modules: [`config`] (settings), [`interfaces`] (interface cache fed by the compacted topic),
 //! [`kubernetes`] (pod/service/node metadata with per-address history, from the API server or a
-//! snapshot file), [`decode`] (RawFlow, fast path with apache-avro fallback), [`join`] (pure enrichment), [`offsets`] (in-order acknowledgement tracking), [`pipeline`]
-//! (the Kafka consume-produce loop).
+//! snapshot file, and its `[kubernetes]` section), [`decode`] (RawFlow, fast path with
+//! apache-avro fallback), [`join`] (pure enrichment), [`offsets`] (in-order acknowledgement
+//! tracking), [`pipeline`] (the Kafka consume-produce loop).
 
 pub mod config;
 pub mod decode;
-pub mod fasthash;
 pub mod interfaces;
 pub mod join;
 pub mod kubernetes;

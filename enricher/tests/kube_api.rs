@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::rfc3339;
-use flowlens_enricher::config::{KubernetesConfig, Source};
+use flowlens_enricher::kubernetes::config::{KubernetesConfig, Source};
 use flowlens_enricher::kubernetes::store::{SharedStore, Store};
 use flowlens_enricher::kubernetes::{api, now_ns};
 use flowlens_runtime::Shutdown;

@@ -2,8 +2,9 @@
 //! the store it feeds: no panic, hang or unbounded allocation whatever the document holds.
 #![no_main]
 
+use flowlens_enricher::kubernetes::history::Limits;
 use flowlens_enricher::kubernetes::snapshot::{parse, replace_all};
-use flowlens_enricher::kubernetes::store::{Limits, Store};
+use flowlens_enricher::kubernetes::store::Store;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| flowlens_fuzz::bounded(data.len(), || {

@@ -30,10 +30,10 @@ use kube::{Api, Client};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
+use super::config::KubernetesConfig;
 use super::model::{Kind, Object};
 use super::store::{Change, SharedStore};
 use super::{now_ns, publish_stats};
-use crate::config::KubernetesConfig;
 
 /// A client from the configured kubeconfig, else in-cluster / $KUBECONFIG / ~/.kube/config.
 pub async fn client(config: &KubernetesConfig) -> anyhow::Result<Client> {

@@ -5,7 +5,7 @@ use std::net::Ipv6Addr;
 
 use flowlens_schemas::RawFlow;
 
-use super::store::{Peer, PeerKind};
+use super::peer::{Peer, PeerKind};
 
 pub const NODE: &str = "node";
 pub const CLUSTER: &str = "cluster";

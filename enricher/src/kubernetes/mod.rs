@@ -1,12 +1,18 @@
 //! Kubernetes metadata for the join: a cache of pods, services, EndpointSlices, nodes and the
-//! owner chain ([`store`]), fed by one of two sources: the API server through kube-rs watches
-//! (`api`, cargo feature `kube`, on by default) or a `kubectl get -o json` snapshot file
-//! ([`snapshot`]). [`classify`] derives locality and roles.
+//! owner chain ([`store`]) with the per-address [`history`] of what each address resolved to
+//! ([`peer`]), fed by one of two sources: the API server through kube-rs watches (`api`,
+//! cargo feature `kube`, on by default) or a `kubectl get -o json` snapshot file
+//! ([`snapshot`]), as the `[kubernetes]` section ([`config`]) says. [`classify`] derives
+//! locality and roles.
 
+mod addressed;
 #[cfg(feature = "kube")]
 pub mod api;
 pub mod classify;
+pub mod config;
+pub mod history;
 pub mod model;
+pub mod peer;
 pub mod snapshot;
 pub mod store;
 
@@ -16,7 +22,7 @@ use flowlens_runtime::Shutdown;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{KubernetesConfig, Source};
+use config::{KubernetesConfig, Source};
 use store::{SharedStore, Stats, Store};
 
 /// Wall-clock time in Unix epoch nanoseconds (the flows' clock).

@@ -207,7 +207,8 @@ mod tests {
     async fn follows_the_file() {
         use std::sync::{Arc, RwLock};
 
-        use crate::kubernetes::store::{Limits, Store};
+        use crate::kubernetes::history::Limits;
+        use crate::kubernetes::store::Store;
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.json");

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use plotters::prelude::*;
 
-use crate::run::{Report, Sample, StageCost};
+use crate::monitor::Sample;
+use crate::results::{Report, StageCost};
 
 /// Fonts tried for plot text (Debian: fonts-dejavu-core); `FLOWLENS_BENCH_FONT` goes first.
 const FONTS: &[&str] = &[

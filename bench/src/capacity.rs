@@ -232,7 +232,7 @@ mod tests {
     #[test]
     fn costs_come_from_a_report() {
         let mut g = crate::gen::Generator::new(Default::default(), "bench_x", 1, 3);
-        let codec = crate::run::codec_costs(&mut g, 2000).unwrap();
+        let codec = crate::codec::codec_costs(&mut g, 2000).unwrap();
         assert!(codec.enriched_bytes_avg > codec.raw_bytes_avg && codec.raw_bytes_avg > 50.0);
         let cost = |name: &str, v: f64| serde_json::json!({"name": name, "cpu_s_per_million": v});
         let report = serde_json::json!({

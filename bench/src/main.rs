@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use flowlens_bench::capacity::{self, Costs, Params};
 use flowlens_bench::gen::Shape;
+use flowlens_bench::services::{ClickHouseTarget, Engine};
 use flowlens_bench::{report, run};
 use flowlens_runtime::telemetry::{init_logging, init_metrics};
 use flowlens_runtime::{load_config, Shutdown};
@@ -97,8 +98,8 @@ struct RunArgs {
     /// front, the project's migrations with their rollups) or `server18` (Debian's native
     /// clickhouse-server 18.16, the byte-compatible table of sql/clickhouse18/flows_minimal.sql,
     /// no rollups). The report's default name gets a `-server18` suffix for the latter.
-    #[arg(long, value_enum, default_value_t = run::Engine::Chdb)]
-    clickhouse: run::Engine,
+    #[arg(long, value_enum, default_value_t = Engine::Chdb)]
+    clickhouse: Engine,
     /// An existing ClickHouse (http://host:port) instead of the local chdb front; the sink
     /// creates the `flows` table there if missing. Rows of the run stay (host bench_<pid>_...).
     #[arg(long)]
@@ -220,7 +221,7 @@ fn bench(a: RunArgs) -> anyhow::Result<()> {
         progress: !a.no_progress,
         quick: a.quick,
         brokers: a.brokers.clone(),
-        clickhouse: a.clickhouse_url.clone().map(|url| run::ClickHouseTarget {
+        clickhouse: a.clickhouse_url.clone().map(|url| ClickHouseTarget {
             url,
             database: a.clickhouse_database.clone(),
             user: a.clickhouse_user.clone(),
@@ -231,8 +232,8 @@ fn bench(a: RunArgs) -> anyhow::Result<()> {
     let name = a.name.unwrap_or_else(|| {
         let base = if a.quick { "quick" } else { "full" };
         match a.clickhouse {
-            run::Engine::Chdb => base.to_string(),
-            run::Engine::Server18 => format!("{base}-server18"),
+            Engine::Chdb => base.to_string(),
+            Engine::Server18 => format!("{base}-server18"),
         }
     });
     let r = run::run(&opts)?;

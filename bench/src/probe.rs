@@ -1,11 +1,10 @@
-//! What the harness reads while a run goes on: CPU time and memory of processes (/proc), the
-//! stages' Prometheus counters, and ClickHouse over its HTTP interface.
+//! What the harness reads while a run goes on: CPU time and memory of processes and of the
+//! machine (/proc), the stages' Prometheus counters, and ClickHouse over its HTTP interface.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::Context;
+use flowlens_runtime::testkit::http_to;
 
 /// CPU seconds (user + system) and resident memory of one process.
 #[derive(Debug, Clone, Copy, Default)]
@@ -88,36 +87,6 @@ pub fn child_pids(comm: &str) -> Vec<u32> {
     out
 }
 
-/// A plain HTTP/1.0 request to `host:port`; returns (status, body).
-pub fn http(
-    addr: &str,
-    method: &str,
-    path_and_query: &str,
-    body: &str,
-    timeout: Duration,
-) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "{method} {path_and_query} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 /// ClickHouse over HTTP (`http://host:port`, optional user/password).
 #[derive(Debug, Clone)]
 pub struct ClickHouse {
@@ -148,7 +117,8 @@ impl ClickHouse {
         if !self.user.is_empty() {
             path.push_str(&format!("&user={}&password={}", self.user, self.password));
         }
-        let (status, body) = http(&self.addr, "POST", &path, sql, Duration::from_secs(60))?;
+        let (status, body) = http_to(&self.addr, "POST", &path, sql, Duration::from_secs(60))
+            .with_context(|| format!("ClickHouse at {}", self.addr))?;
         anyhow::ensure!(status == 200, "ClickHouse {status} for `{sql}`: {body}");
         Ok(body)
     }
@@ -183,7 +153,7 @@ pub fn metric_sum(exposition: &str, name: &str) -> f64 {
 
 /// Scrapes `127.0.0.1:port/metrics`; empty text when the endpoint does not answer.
 pub fn scrape(port: u16) -> String {
-    http(
+    http_to(
         &format!("127.0.0.1:{port}"),
         "GET",
         "/metrics",
@@ -192,6 +162,48 @@ pub fn scrape(port: u16) -> String {
     )
     .map(|(_, body)| body)
     .unwrap_or_default()
+}
+
+/// The machine as the report names it: cores, CPU model, memory, kernel.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} cores ({cpu}), {mem_gib:.0} GiB, Linux {}",
+        kernel.trim()
+    )
+}
+
+/// /proc/loadavg's 1, 5 and 15 minute averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// The time now, UTC, to the second (`date -u`).
+pub fn utc_now() -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

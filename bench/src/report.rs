@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use plotters::prelude::*;
 
-use crate::run::{Report, Sample, StageCost};
+use crate::monitor::Sample;
+use crate::results::{Report, StageCost};
 
 /// Fonts tried for plot text (Debian: fonts-dejavu-core); `FLOWLENS_BENCH_FONT` goes first.
 const FONTS: &[&str] = &[
@@ -75,6 +76,20 @@ fn cost_table(out: &mut String, costs: &[StageCost]) {
 pub fn markdown(r: &Report, name: &str) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "# flowlens bench: {name}\n");
+    header(&mut o, r);
+    summary(&mut o, r);
+    phase_tables(&mut o, r);
+    codec_table(&mut o, r);
+    let _ = writeln!(o, "\n![throughput]({name}-throughput.png)\n");
+    let _ = writeln!(o, "![consumer lag]({name}-lag.png)\n");
+    let _ = writeln!(o, "![latency]({name}-latency.png)\n");
+    let _ = writeln!(o, "![cpu]({name}-cpu.png)\n");
+    method(&mut o);
+    o
+}
+
+/// The run's circumstances: machine, load, services, topics, the command, the notes.
+fn header(o: &mut String, r: &Report) {
     if r.quick {
         let _ = writeln!(
             o,
@@ -112,7 +127,10 @@ pub fn markdown(r: &Report, name: &str) -> String {
         let _ = writeln!(o, "- {note}");
     }
     o.push('\n');
+}
 
+/// The summary table: throughput against the broker alone, cores, latency, losses.
+fn summary(o: &mut String, r: &Report) {
     let l = &r.losses;
     let verdict = if l.missing == 0 && l.delivery_failures == 0 {
         "**zero losses**"
@@ -210,25 +228,32 @@ pub fn markdown(r: &Report, name: &str) -> String {
         l.delivery_failures,
         l.dead_lettered.abs()
     );
+}
 
+/// Per-process costs of each phase.
+fn phase_tables(o: &mut String, r: &Report) {
     let _ = writeln!(
         o,
         "## Broker alone ({} records, {:.1} s; the best repetition)\n",
         r.baseline.records, r.baseline.seconds
     );
-    cost_table(&mut o, &r.baseline.costs);
+    cost_table(o, &r.baseline.costs);
     let _ = writeln!(
         o,
         "\n## Pipeline at saturation ({} records, {:.1} s)\n",
         r.saturation.records, r.saturation.seconds
     );
-    cost_table(&mut o, &r.saturation.costs);
+    cost_table(o, &r.saturation.costs);
     let _ = writeln!(
         o,
         "\n## Sustained rate ({:.0} records/s, {} records, {:.1} s)\n",
         r.sustained.target_rate, r.sustained.records, r.sustained.seconds
     );
-    cost_table(&mut o, &r.sustained.costs);
+    cost_table(o, &r.sustained.costs);
+}
+
+/// The codec costs measured in the load generator's process.
+fn codec_table(o: &mut String, r: &Report) {
     let c = &r.codec;
     let _ = writeln!(
         o,
@@ -261,10 +286,10 @@ pub fn markdown(r: &Report, name: &str) -> String {
         c.enricher_decode_raw_us + c.enricher_join_encode_us,
         c.sink_write_row_us,
     );
-    let _ = writeln!(o, "\n![throughput]({name}-throughput.png)\n");
-    let _ = writeln!(o, "![consumer lag]({name}-lag.png)\n");
-    let _ = writeln!(o, "![latency]({name}-latency.png)\n");
-    let _ = writeln!(o, "![cpu]({name}-cpu.png)\n");
+}
+
+/// How the numbers are measured.
+fn method(o: &mut String) {
     o.push_str(
         "## How it is measured\n\n\
          - Records are synthetic raw flows (Zipf-distributed hosts, pods, services and ports; \
@@ -291,7 +316,6 @@ pub fn markdown(r: &Report, name: &str) -> String {
          by the pipeline's: what the throughput ratio is when both phases get the same cores, \
          whatever share other work leaves them (the \"cores used\" rows).\n",
     );
-    o
 }
 
 fn rates(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> Vec<(f64, f64)> {

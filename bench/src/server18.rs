@@ -1,7 +1,8 @@
-//! The second ClickHouse engine of a run (`--clickhouse server18`): Debian's genuine
-//! clickhouse-server 18.16, a native server, started through scripts/stack/clickhouse18.sh in a
-//! temporary directory on free ports, with the `flows` table of sql/clickhouse18/flows_minimal.sql
-//! (byte-compatible with the sink's RowBinary rows, no rollups).
+//! What the second ClickHouse engine of a run (`--clickhouse server18`) needs besides the
+//! server: Debian's genuine clickhouse-server 18.16, a native server (started by the test kit's
+//! `ClickHouse18`, scripts/stack/clickhouse18.sh on free ports), gets the `flows` table of
+//! sql/clickhouse18/flows_minimal.sql (byte-compatible with the sink's RowBinary rows, no
+//! rollups).
 //!
 //! Two things the sink needs are absent from 18.16, and the run supplies them without changing
 //! the sink:
@@ -21,17 +22,14 @@
 
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::Context;
-use flowlens_runtime::testkit;
+use flowlens_runtime::testkit::{self, ChildGuard};
 
 use crate::probe::ClickHouse;
-
-/// Where Debian's package puts the server.
-pub const SERVER: &str = "/usr/sbin/clickhouse-server";
 
 /// Query parameters (settings) the sink sends that 18.16 does not know.
 pub const UNKNOWN_TO_18: &[&str] = &[
@@ -39,69 +37,25 @@ pub const UNKNOWN_TO_18: &[&str] = &[
     "deduplicate_blocks_in_dependent_materialized_views",
 ];
 
-/// clickhouse-server 18.16 in a temporary stack directory; stopped on drop.
-pub struct Server18 {
-    pub http_port: u16,
-    tcp_port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Server18 {
-    fn script(&self, action: &str) -> anyhow::Result<std::process::Output> {
-        Command::new("bash")
-            .arg(testkit::repo_root().join("scripts/stack/clickhouse18.sh"))
-            .arg(action)
-            .env("FLOWLENS_STACK_DIR", self.dir.path())
-            .env("FLOWLENS_CH18_HTTP_PORT", self.http_port.to_string())
-            .env("FLOWLENS_CH18_TCP_PORT", self.tcp_port.to_string())
-            .stdin(Stdio::null())
-            .output()
-            .context("running scripts/stack/clickhouse18.sh")
-    }
-
-    pub fn start() -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            Path::new(SERVER).exists(),
-            "{SERVER} is missing: run scripts/setup.sh (Debian's clickhouse-server)"
-        );
-        let me = Self {
-            http_port: testkit::free_port(),
-            tcp_port: testkit::free_port(),
-            dir: tempfile::tempdir()?,
-        };
-        let out = me.script("start")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "clickhouse18.sh start failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(me)
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
-    }
-
-    /// The server's process id (the script's pid file; the server is not our child).
-    pub fn pid(&self) -> Option<u32> {
-        std::fs::read_to_string(
-            self.dir
-                .path()
-                .join("clickhouse18")
-                .join("clickhouse-server.pid"),
-        )
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-    }
-}
-
-impl Drop for Server18 {
-    fn drop(&mut self) {
-        let _ = self.script("stop");
-    }
+/// The report's notes on a run with this engine.
+pub fn notes() -> Vec<String> {
+    vec![
+        "ClickHouse is Debian's clickhouse-server 18.16 with the byte-compatible `flows` \
+         table of sql/clickhouse18/flows_minimal.sql: no rollup tables or materialized \
+         views (the chdb runs feed four rollups per row), the sink with \
+         `sink.migrate_on_start = false` and `clickhouse.validation = false`."
+            .to_string(),
+        format!(
+            "18.16 refuses the settings {:?} the sink sends with every INSERT: the sink \
+             writes through `flowlens-bench settings-filter`, a relay in a process of its \
+             own that drops them; its CPU is the row \"settings filter\", not counted as \
+             ClickHouse's.",
+            UNKNOWN_TO_18
+        ),
+        "Latency: 18.16's `time_inserted` is `now()` in whole seconds (no now64): each \
+         row's latency is taken at the midpoint of its second, ± 500 ms."
+            .to_string(),
+    ]
 }
 
 /// Creates `flows` from sql/clickhouse18/flows_minimal.sql and records every migration the
@@ -132,55 +86,34 @@ pub fn prepare(clickhouse: &ClickHouse) -> anyhow::Result<()> {
 /// subcommand), listening on a free port; killed on drop.
 pub struct FilterProcess {
     pub port: u16,
-    child: Child,
-    log: PathBuf,
+    guard: ChildGuard,
 }
 
 impl FilterProcess {
-    pub fn spawn(upstream: &str, dir: &Path) -> anyhow::Result<Self> {
+    /// Starts the filter in front of `upstream` (`host:port`) and waits until it listens; its
+    /// log goes to `dir`.
+    pub fn spawn(upstream: &str, dir: &Path) -> Self {
         let port = testkit::free_port();
         let log = dir.join("settings-filter.log");
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(std::env::current_exe()?)
-            .args(["settings-filter", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["--upstream", upstream])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting the settings filter")?;
-        let mut me = Self { port, child, log };
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = me.child.try_wait()? {
-                anyhow::bail!(
-                    "settings filter exited ({status}): {}",
-                    std::fs::read_to_string(&me.log).unwrap_or_default()
-                );
-            }
-            anyhow::ensure!(
-                start.elapsed() < Duration::from_secs(10),
-                "settings filter not listening"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(me)
+        let exe = std::env::current_exe().expect("the harness's own executable");
+        let mut guard = ChildGuard::spawn(
+            "settings filter",
+            Command::new(exe)
+                .args(["settings-filter", "--listen"])
+                .arg(format!("127.0.0.1:{port}"))
+                .args(["--upstream", upstream]),
+            &log,
+        );
+        testkit::wait_port(port, &mut guard, &log, Duration::from_secs(10));
+        Self { port, guard }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.guard.id()
     }
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for FilterProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -144,7 +144,9 @@ impl Drop for ChildGuard {
     }
 }
 
-fn wait_port(port: u16, guard: &mut ChildGuard, log: &Path, timeout: Duration) {
+/// Waits until something listens on 127.0.0.1:`port`; panics with `log` if the child of
+/// `guard` exits first or nothing listens after `timeout`.
+pub fn wait_port(port: u16, guard: &mut ChildGuard, log: &Path, timeout: Duration) {
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         guard.assert_running(log);
@@ -159,19 +161,32 @@ fn wait_port(port: u16, guard: &mut ChildGuard, log: &Path, timeout: Duration) {
     }
 }
 
-/// One HTTP/1.0 request; returns (status, body).
+/// One HTTP/1.0 request to 127.0.0.1:`port`; returns (status, body).
 pub fn http(port: u16, method: &str, path_and_query: &str, body: &str) -> (u16, String) {
+    let addr = format!("127.0.0.1:{port}");
+    http_to(&addr, method, path_and_query, body, Duration::from_secs(20)).unwrap()
+}
+
+/// One HTTP/1.0 request to `addr` (`host:port`), each read and write bounded by `timeout`;
+/// returns (status, body), or the connection's error.
+pub fn http_to(
+    addr: &str,
+    method: &str,
+    path_and_query: &str,
+    body: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
     write!(
         s,
-        "{method} {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path_and_query} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    )?;
     let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    s.read_to_string(&mut resp)?;
     let status = resp
         .split_whitespace()
         .nth(1)
@@ -181,7 +196,7 @@ pub fn http(port: u16, method: &str, path_and_query: &str, body: &str) -> (u16, 
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// `GET path` on 127.0.0.1:`port`: `(status, body)`, `None` while nothing listens there.
@@ -469,6 +484,16 @@ impl ClickHouse18 {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The server's process id, from the script's pid file (the server is not a child of this
+    /// process); `None` while there is none.
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join("clickhouse18/clickhouse-server.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 }
 

@@ -76,7 +76,7 @@ pub fn codec_costs(generator: &mut Generator, n: u64) -> anyhow::Result<CodecCos
     let mut bufs = Vec::with_capacity(fast.len());
     for raw in &fast {
         let mut buf = Vec::with_capacity(320);
-        Joined::new(raw, &cache, None).encode(&mut buf);
+        Joined::new(raw, &cache, None).encode(&mut buf)?;
         bufs.push(buf);
     }
     let enricher_join_encode_us = per(t);

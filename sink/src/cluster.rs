@@ -343,10 +343,11 @@ impl Cluster {
         Ok(apply_edits(statement, edits))
     }
 
-    /// `CREATE OR REPLACE TABLE <t>_distributed ON CLUSTER ... AS <t> ENGINE = Distributed(...)`
-    /// for each table of `tables`, sharded by [`SHARDING_KEY`] for `sink_table` and unsharded
-    /// (reads only: a write through it is refused on several shards) for the others.
-    pub fn read_tables(&self, tables: &[String], sink_table: &str) -> Vec<(String, String)> {
+    /// For each table of `tables`: its Distributed read table `<t>_distributed` and the
+    /// statements (re)creating it from the local table (`DROP` then `CREATE`, which every
+    /// server version has), sharded by [`SHARDING_KEY`] for `sink_table` and unsharded for the
+    /// others (read only: a write through those is refused on several shards).
+    pub fn read_tables(&self, tables: &[String], sink_table: &str) -> Vec<(String, [String; 2])> {
         tables
             .iter()
             .map(|t| {
@@ -356,13 +357,15 @@ impl Cluster {
                 } else {
                     String::new()
                 };
-                let sql = format!(
-                    "CREATE OR REPLACE TABLE `{db}`.`{name}` ON CLUSTER {c} AS `{db}`.`{t}` \
-                     ENGINE = Distributed('{c}', '{db}', '{t}'{key})",
-                    db = self.database,
-                    c = self.name,
-                );
-                (name, sql)
+                let (db, c) = (&self.database, &self.name);
+                let statements = [
+                    format!("DROP TABLE IF EXISTS `{db}`.`{name}` ON CLUSTER {c}"),
+                    format!(
+                        "CREATE TABLE `{db}`.`{name}` ON CLUSTER {c} AS `{db}`.`{t}` \
+                         ENGINE = Distributed('{c}', '{db}', '{t}'{key})"
+                    ),
+                ];
+                (name, statements)
             })
             .collect()
     }
@@ -625,18 +628,18 @@ mod tests {
     fn read_tables_shard_the_sink_table_by_kafka_partition() {
         let tables = vec!["flows".to_owned(), "flows_iface_1m".to_owned()];
         let read = cluster().read_tables(&tables, "flows");
+        assert_eq!(read[0].0, "flows_distributed");
         assert_eq!(
-            read[0],
-            (
-                "flows_distributed".to_owned(),
-                "CREATE OR REPLACE TABLE `flowlens`.`flows_distributed` ON CLUSTER flows_cluster \
-                 AS `flowlens`.`flows` ENGINE = Distributed('flows_cluster', 'flowlens', 'flows', \
+            read[0].1,
+            [
+                "DROP TABLE IF EXISTS `flowlens`.`flows_distributed` ON CLUSTER flows_cluster",
+                "CREATE TABLE `flowlens`.`flows_distributed` ON CLUSTER flows_cluster AS \
+                 `flowlens`.`flows` ENGINE = Distributed('flows_cluster', 'flowlens', 'flows', \
                  kafka_partition)"
-                    .to_owned()
-            )
+            ]
         );
-        assert!(read[1]
-            .1
-            .ends_with("Distributed('flows_cluster', 'flowlens', 'flows_iface_1m')"));
+        assert!(
+            read[1].1[1].ends_with("Distributed('flows_cluster', 'flowlens', 'flows_iface_1m')")
+        );
     }
 }

@@ -248,11 +248,7 @@ pub async fn apply(
             > 0;
     if !has_migrations_table {
         server
-            .query_raw(&for_server(format!(
-                "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} \
-                 (version UInt32, name String, applied_at DateTime) \
-                 ENGINE = MergeTree ORDER BY version"
-            ))?)
+            .query_raw(&for_server(migrations_table_statement())?)
             .execute()
             .await
             .with_context(|| format!("creating `{MIGRATIONS_TABLE}` on {}", config.endpoint()))?;
@@ -296,7 +292,7 @@ pub async fn apply(
                 .iter()
                 .flat_map(|m| m.statements.iter().map(String::as_str)),
         );
-        for (name, sql) in c.read_tables(&tables, &config.table) {
+        for (name, statements) in c.read_tables(&tables, &config.table) {
             let missing = count(
                 &server,
                 "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?",
@@ -307,15 +303,26 @@ pub async fn apply(
                 == 0;
             if missing || !now_applied.is_empty() {
                 tracing::info!(table = %name, cluster = %c.name, "creating the distributed read table");
-                server
-                    .query_raw(&sql)
-                    .execute()
-                    .await
-                    .with_context(|| format!("creating `{name}` on cluster `{}`", c.name))?;
+                for sql in &statements {
+                    server
+                        .query_raw(sql)
+                        .execute()
+                        .await
+                        .with_context(|| format!("creating `{name}` on cluster `{}`", c.name))?;
+                }
             }
         }
     }
     Ok(now_applied)
+}
+
+/// The statement creating `schema_migrations` (on one server).
+pub fn migrations_table_statement() -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} \
+         (version UInt32, name String, applied_at DateTime) \
+         ENGINE = MergeTree ORDER BY version"
+    )
 }
 
 /// The single number `sql` (with one `?` bound to `value`) answers.

@@ -312,11 +312,14 @@ impl Cluster {
                 self.name
             )
         })?;
+        // Where ON CLUSTER would go: after the name, anywhere in a RENAME (it goes last there).
+        let named = if s.is(0, "RENAME") {
+            (0..s.tokens.len()).any(|i| s.keywords(i, &["ON", "CLUSTER"]).is_some())
+        } else {
+            s.keywords(target.after + 1, &["ON", "CLUSTER"]).is_some()
+        };
         anyhow::ensure!(
-            !s.tokens
-                .iter()
-                .enumerate()
-                .any(|(i, _)| s.keywords(i, &["ON", "CLUSTER"]).is_some()),
+            !named,
             "statement `{}...` already names a cluster (migrations are written for one server)",
             shown()
         );
@@ -505,6 +508,12 @@ mod tests {
              ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/other/r', '{replica}', ver) \
              ORDER BY v"
         );
+        // A join condition on a column named `cluster` is not a cluster clause.
+        assert_eq!(
+            c.rewrite("CREATE VIEW v AS SELECT * FROM a JOIN b ON cluster = b.c")
+                .unwrap(),
+            "CREATE VIEW v ON CLUSTER flows_cluster AS SELECT * FROM a JOIN b ON cluster = b.c"
+        );
         // Other engines, and a column or comment merely named like one, are left alone.
         assert_eq!(
             c.rewrite(
@@ -532,6 +541,7 @@ mod tests {
             "SELECT 1",
             "SYSTEM SYNC REPLICA flows",
             "ALTER TABLE flows ON CLUSTER c DROP COLUMN x",
+            "RENAME TABLE a TO b ON CLUSTER c",
         ] {
             let e = c.rewrite(bad).unwrap_err();
             assert!(

@@ -217,15 +217,7 @@ pub async fn apply(
         ..config.clone()
     })?
     .with_validation(false);
-    let has_database = cluster.is_some()
-        && count(
-            &no_database,
-            "SELECT count() FROM system.databases WHERE name = ?",
-            db,
-        )
-        .await
-        .with_context(|| format!("looking for database `{db}` on {}", config.endpoint()))?
-            > 0;
+    let has_database = cluster.is_some() && has(&no_database, HAS_DATABASE, db, config).await?;
     if !has_database {
         no_database
             .query_raw(&for_server(format!(
@@ -237,15 +229,8 @@ pub async fn apply(
     }
     server = server.with_database(db);
 
-    let has_migrations_table = cluster.is_some()
-        && count(
-            &server,
-            "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?",
-            MIGRATIONS_TABLE,
-        )
-        .await
-        .with_context(|| format!("looking for `{MIGRATIONS_TABLE}` on {}", config.endpoint()))?
-            > 0;
+    let has_migrations_table =
+        cluster.is_some() && has(&server, HAS_TABLE, MIGRATIONS_TABLE, config).await?;
     if !has_migrations_table {
         server
             .query_raw(&for_server(migrations_table_statement())?)
@@ -293,15 +278,7 @@ pub async fn apply(
                 .flat_map(|m| m.statements.iter().map(String::as_str)),
         );
         for (name, statements) in c.read_tables(&tables, &config.table) {
-            let missing = count(
-                &server,
-                "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?",
-                &name,
-            )
-            .await
-            .with_context(|| format!("looking for `{name}` on {}", config.endpoint()))?
-                == 0;
-            if missing || !now_applied.is_empty() {
+            if !now_applied.is_empty() || !has(&server, HAS_TABLE, &name, config).await? {
                 tracing::info!(table = %name, cluster = %c.name, "creating the distributed read table");
                 for sql in &statements {
                     server
@@ -325,9 +302,27 @@ pub fn migrations_table_statement() -> String {
     )
 }
 
-/// The single number `sql` (with one `?` bound to `value`) answers.
-async fn count(server: &Client, sql: &str, value: &str) -> anyhow::Result<u64> {
-    Ok(server.query(sql).bind(value).fetch_one::<u64>().await?)
+/// [`has`]: a database of the server.
+const HAS_DATABASE: &str = "SELECT count() FROM system.databases WHERE name = ?";
+/// [`has`]: a table or view of the current database.
+const HAS_TABLE: &str =
+    "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?";
+
+/// Whether the server of `config` has `name`, looked up with `lookup` ([`HAS_DATABASE`] or
+/// [`HAS_TABLE`]).
+async fn has(
+    server: &Client,
+    lookup: &str,
+    name: &str,
+    config: &ClickHouseConfig,
+) -> anyhow::Result<bool> {
+    let n: u64 = server
+        .query(lookup)
+        .bind(name)
+        .fetch_one()
+        .await
+        .with_context(|| format!("looking for `{name}` on {}", config.endpoint()))?;
+    Ok(n > 0)
 }
 
 /// Without migrating: checks that every migration of `migrations` is recorded in
@@ -353,13 +348,10 @@ async fn check_versions(
     migrations: &[Migration],
 ) -> anyhow::Result<Result<(), String>> {
     let server = crate::insert::client(config)?.with_validation(false);
-    let exists: u64 = server
-        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?")
-        .bind(MIGRATIONS_TABLE)
-        .fetch_one()
+    let applied = if has(&server, HAS_TABLE, MIGRATIONS_TABLE, config)
         .await
-        .with_context(|| format!("checking the schema on {}", config.endpoint()))?;
-    let applied = if exists > 0 {
+        .context("checking the schema")?
+    {
         applied_versions(&server).await?
     } else {
         Vec::new()

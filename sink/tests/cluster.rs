@@ -7,7 +7,7 @@
 mod common;
 
 use common::{run as sink, text};
-use flowlens_runtime::testkit::{http, require, Chdb, VENV_PYTHON};
+use flowlens_runtime::testkit::{require, Chdb, VENV_PYTHON};
 use flowlens_sink::cluster::{replicated_tables, Cluster};
 use flowlens_sink::migrate::{embedded, for_cluster, migrations_table_statement};
 
@@ -40,16 +40,18 @@ fn rewritten_migrations_parse_with_clickhouse_26_9() {
     for (_, read) in cluster.read_tables(&tables, "flows") {
         statements.extend(read);
     }
+    let client = clickhouse::Client::default().with_url(chdb.url());
+    let rt = tokio::runtime::Runtime::new().unwrap();
     let mut replicated = 0;
     for s in &statements {
-        let quoted = s.replace('\\', "\\\\").replace('\'', "\\'");
-        let (status, formatted) = http(
-            chdb.port,
-            "POST",
-            "/",
-            &format!("SELECT formatQuery('{quoted}') FORMAT TSVRaw"),
-        );
-        assert_eq!(status, 200, "{s}: {formatted}");
+        let formatted: String = rt
+            .block_on(
+                client
+                    .query("SELECT formatQuery(?)")
+                    .bind(s.as_str())
+                    .fetch_one(),
+            )
+            .unwrap_or_else(|e| panic!("{s}: {e}"));
         assert!(
             formatted.contains("ON CLUSTER flows_cluster"),
             "{s}\n=> {formatted}"

@@ -11,7 +11,7 @@
 //! * `non_replicated_deduplication_window` becomes `replicated_deduplication_window` (the
 //!   insert deduplication window of a replicated table, kept in ZooKeeper per shard).
 //! * [`Cluster::read_tables`]: `<table>_distributed` over every replicated table of the
-//!   migrations, recreated from the local table so it always has its columns.
+//!   migrations, created from the local table (again after each migration: its columns).
 
 use anyhow::Context as _;
 

@@ -12,7 +12,7 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 # tshark, tcpreplay and python3-scapy: the replay suite (collector/tests/replay.rs) and the
 # script that writes its captures. libssl-dev: rdkafka's TLS/SASL (system OpenSSL); openssl +
 # stunnel4: the TLS tests' certificates and TLS endpoints.
-APT_PKGS=(llvm-22-dev clickhouse-server iproute2 iputils-ping ethtool procps curl util-linux python3-venv fonts-dejavu-core nftables tshark tcpreplay python3-scapy libssl-dev openssl stunnel4)
+APT_PKGS=(llvm-22-dev clickhouse-server iproute2 iputils-ping ethtool procps curl util-linux python3-venv fonts-dejavu-core nftables tshark tcpreplay python3-scapy libssl-dev openssl stunnel4 zookeeper)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,6 +28,8 @@ fi
 systemctl disable --now clickhouse-server >/dev/null 2>&1 || true
 # Likewise stunnel4: the tests start their own relays.
 systemctl disable --now stunnel4 >/dev/null 2>&1 || true
+# And zookeeper: the ClickHouse cluster test starts its own (runtime testkit ZooKeeper).
+systemctl disable --now zookeeper >/dev/null 2>&1 || true
 
 if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
   log "rustup: adding rust-src to nightly"

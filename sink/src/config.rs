@@ -35,7 +35,13 @@ pub struct ClickHouseConfig {
     /// HTTP interface, e.g. `http://127.0.0.1:8123` or `https://clickhouse:8443`.
     pub url: String,
     pub database: String,
+    /// The table the sink inserts into and reads back from. With `cluster`, the local
+    /// replicated table of the shard `url` points to (see `cluster`).
     pub table: String,
+    /// Name of a cluster of the server's `remote_servers` ([A-Za-z_][A-Za-z0-9_]*); empty: one
+    /// server. Set, the migrations run `ON CLUSTER` with Replicated* engines and create a
+    /// Distributed `<table>_distributed` for reads of every table (sql/README.md, Cluster).
+    pub cluster: String,
     pub user: String,
     /// Never logged; best set through `FLOWLENS_SINK__CLICKHOUSE__PASSWORD` or read from
     /// `password_file`.
@@ -64,6 +70,7 @@ impl Default for ClickHouseConfig {
             url: "http://127.0.0.1:8123".into(),
             database: "default".into(),
             table: "flows".into(),
+            cluster: String::new(),
             user: "default".into(),
             password: Secret::default(),
             password_file: String::new(),
@@ -201,6 +208,20 @@ impl Validate for Config {
                     format!("`{value}` must be a non-empty identifier [A-Za-z0-9_]"),
                 ));
             }
+        }
+        let mut cluster = ch.cluster.chars();
+        let plain = cluster
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && cluster.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ch.cluster.is_empty() && !plain {
+            return Err(ConfigError::invalid(
+                "clickhouse.cluster",
+                format!(
+                    "`{}` must be empty (one server) or a cluster name [A-Za-z_][A-Za-z0-9_]*",
+                    ch.cluster
+                ),
+            ));
         }
         check_range("clickhouse.timeout_ms", ch.timeout_ms, 100, 3_600_000)?;
         // At most ClickHouse's default max_insert_block_size: a batch is one block, so one part,
@@ -351,6 +372,27 @@ mod tests {
         let f = write("[clickhouse]\ntable = \"flows; DROP\"\n");
         let e = Config::load(Some(f.path())).unwrap_err().to_string();
         assert!(e.contains("clickhouse.table"), "{e}");
+
+        for bad in [
+            "9lives",
+            "a-b",
+            "a.b",
+            "`a`",
+            "c' ON CLUSTER x",
+            "ünï",
+            " c",
+        ] {
+            let f = write(&format!("[clickhouse]\ncluster = {bad:?}\n"));
+            let e = Config::load(Some(f.path())).unwrap_err().to_string();
+            assert!(e.contains("clickhouse.cluster"), "{bad}: {e}");
+        }
+        for good in ["flows_cluster", "_c", "C2"] {
+            let f = write(&format!("[clickhouse]\ncluster = {good:?}\n"));
+            assert_eq!(
+                Config::load(Some(f.path())).unwrap().clickhouse.cluster,
+                good
+            );
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! batches, committing offsets only after ClickHouse acknowledged the insert.
 
 pub mod batch;
+pub mod cluster;
 pub mod config;
 pub mod decode;
 pub mod dedup;

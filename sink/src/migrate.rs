@@ -7,6 +7,7 @@ use clickhouse::{Client, Row};
 use flowlens_runtime::health;
 use serde::Deserialize;
 
+use crate::cluster::Cluster;
 use crate::config::{ClickHouseConfig, RetentionConfig};
 
 /// `(file name, contents)` of every `sql/migrations/*.sql`, sorted by file name (see build.rs).
@@ -68,6 +69,30 @@ pub fn parse_all(files: &[(&str, &str)]) -> anyhow::Result<Vec<Migration>> {
         );
     }
     Ok(all)
+}
+
+/// `migrations` with every statement rewritten for `cluster` (an error names the migration and
+/// statement that cannot run on a cluster).
+pub fn for_cluster(migrations: &[Migration], cluster: &Cluster) -> anyhow::Result<Vec<Migration>> {
+    migrations
+        .iter()
+        .map(|m| {
+            let statements = m
+                .statements
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    cluster.rewrite(s).with_context(|| {
+                        format!("migration {:04}_{} statement {}", m.version, m.name, i + 1)
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
+            Ok(Migration {
+                statements,
+                ..m.clone()
+            })
+        })
+        .collect()
 }
 
 /// The embedded migrations, parsed and ordered.
@@ -163,37 +188,59 @@ pub async fn migrate(
 
 /// Creates the database if needed, then applies every migration of `migrations` not yet in
 /// `schema_migrations`, in version order. Returns the versions applied now.
+///
+/// With `clickhouse.cluster`, every statement runs `ON CLUSTER` with Replicated* engines
+/// (`cluster::Cluster::rewrite`, all rewritten before anything runs), `schema_migrations` is
+/// replicated too, and the Distributed read tables are (re)created after a migration was
+/// applied or when one is missing. An `ON CLUSTER` statement waits for every host of the
+/// cluster, so the database and `schema_migrations` are only created when this server lacks
+/// them: a start with nothing to migrate needs only this server.
 pub async fn apply(
     config: &ClickHouseConfig,
     migrations: &[Migration],
 ) -> anyhow::Result<Vec<u32>> {
+    let cluster = Cluster::of(config);
+    let for_server = |statement: String| match &cluster {
+        Some(c) => c.rewrite(&statement),
+        None => Ok(statement),
+    };
+    let prepared = match &cluster {
+        Some(c) => for_cluster(migrations, c)?,
+        None => migrations.to_vec(),
+    };
     // Statements are sent verbatim (query_raw: no `?` binding) and without row validation.
     let mut server = crate::insert::client(config)?.with_validation(false);
     let db = &config.database;
     // The database may not exist yet: create it through a client without a default database.
-    crate::insert::client(&ClickHouseConfig {
+    let no_database = crate::insert::client(&ClickHouseConfig {
         database: String::new(),
         ..config.clone()
     })?
-    .with_validation(false)
-    .query_raw(&format!("CREATE DATABASE IF NOT EXISTS `{db}`"))
-    .execute()
-    .await
-    .with_context(|| format!("creating database `{db}` on {}", config.endpoint()))?;
+    .with_validation(false);
+    let has_database = cluster.is_some() && has(&no_database, HAS_DATABASE, db, config).await?;
+    if !has_database {
+        no_database
+            .query_raw(&for_server(format!(
+                "CREATE DATABASE IF NOT EXISTS `{db}`"
+            ))?)
+            .execute()
+            .await
+            .with_context(|| format!("creating database `{db}` on {}", config.endpoint()))?;
+    }
     server = server.with_database(db);
 
-    server
-        .query_raw(&format!(
-            "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} \
-             (version UInt32, name String, applied_at DateTime) \
-             ENGINE = MergeTree ORDER BY version"
-        ))
-        .execute()
-        .await
-        .with_context(|| format!("creating `{MIGRATIONS_TABLE}` on {}", config.endpoint()))?;
+    let has_migrations_table =
+        cluster.is_some() && has(&server, HAS_TABLE, MIGRATIONS_TABLE, config).await?;
+    if !has_migrations_table {
+        server
+            .query_raw(&for_server(migrations_table_statement())?)
+            .execute()
+            .await
+            .with_context(|| format!("creating `{MIGRATIONS_TABLE}` on {}", config.endpoint()))?;
+    }
     let applied = applied_versions(&server).await?;
     let mut now_applied = Vec::new();
-    for m in migrations {
+    for m in &prepared {
         if applied.contains(&m.version) {
             tracing::debug!(version = m.version, name = %m.name, "migration already applied");
             continue;
@@ -224,7 +271,58 @@ pub async fn apply(
             .with_context(|| format!("recording migration {}", m.version))?;
         now_applied.push(m.version);
     }
+    if let Some(c) = &cluster {
+        let tables = crate::cluster::replicated_tables(
+            migrations
+                .iter()
+                .flat_map(|m| m.statements.iter().map(String::as_str)),
+        );
+        for (name, statements) in c.read_tables(&tables, &config.table) {
+            if !now_applied.is_empty() || !has(&server, HAS_TABLE, &name, config).await? {
+                tracing::info!(table = %name, cluster = %c.name, "creating the distributed read table");
+                for sql in &statements {
+                    server
+                        .query_raw(sql)
+                        .execute()
+                        .await
+                        .with_context(|| format!("creating `{name}` on cluster `{}`", c.name))?;
+                }
+            }
+        }
+    }
     Ok(now_applied)
+}
+
+/// The statement creating `schema_migrations` (on one server).
+pub fn migrations_table_statement() -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} \
+         (version UInt32, name String, applied_at DateTime) \
+         ENGINE = MergeTree ORDER BY version"
+    )
+}
+
+/// [`has`]: a database of the server.
+const HAS_DATABASE: &str = "SELECT count() FROM system.databases WHERE name = ?";
+/// [`has`]: a table or view of the current database.
+const HAS_TABLE: &str =
+    "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?";
+
+/// Whether the server of `config` has `name`, looked up with `lookup` ([`HAS_DATABASE`] or
+/// [`HAS_TABLE`]).
+async fn has(
+    server: &Client,
+    lookup: &str,
+    name: &str,
+    config: &ClickHouseConfig,
+) -> anyhow::Result<bool> {
+    let n: u64 = server
+        .query(lookup)
+        .bind(name)
+        .fetch_one()
+        .await
+        .with_context(|| format!("looking for `{name}` on {}", config.endpoint()))?;
+    Ok(n > 0)
 }
 
 /// Without migrating: checks that every migration of `migrations` is recorded in
@@ -250,13 +348,10 @@ async fn check_versions(
     migrations: &[Migration],
 ) -> anyhow::Result<Result<(), String>> {
     let server = crate::insert::client(config)?.with_validation(false);
-    let exists: u64 = server
-        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?")
-        .bind(MIGRATIONS_TABLE)
-        .fetch_one()
+    let applied = if has(&server, HAS_TABLE, MIGRATIONS_TABLE, config)
         .await
-        .with_context(|| format!("checking the schema on {}", config.endpoint()))?;
-    let applied = if exists > 0 {
+        .context("checking the schema")?
+    {
         applied_versions(&server).await?
     } else {
         Vec::new()
@@ -341,8 +436,13 @@ pub async fn apply_retention(
             continue;
         }
         tracing::info!(table, %ttl, "applying retention");
+        let alter = format!("ALTER TABLE `{table}` MODIFY TTL {ttl}");
+        let alter = match Cluster::of(config) {
+            Some(c) => c.rewrite(&alter)?,
+            None => alter,
+        };
         server
-            .query_raw(&format!("ALTER TABLE `{table}` MODIFY TTL {ttl}"))
+            .query_raw(&alter)
             .execute()
             .await
             .with_context(|| format!("setting the TTL of `{table}`"))?;

@@ -335,6 +335,7 @@ mod tests {
             top.params,
             vec![
                 ("minutes".to_string(), "UInt32".to_string()),
+                ("namespace".to_string(), "String".to_string()),
                 ("limit".to_string(), "UInt32".to_string())
             ]
         );

@@ -28,7 +28,7 @@ fi
 systemctl disable --now clickhouse-server >/dev/null 2>&1 || true
 # Likewise stunnel4: the tests start their own relays.
 systemctl disable --now stunnel4 >/dev/null 2>&1 || true
-# And zookeeper: the ClickHouse cluster test starts its own (runtime testkit ZooKeeper).
+# And zookeeper: the ClickHouse cluster test starts its own (testkit crate, ZooKeeper).
 systemctl disable --now zookeeper >/dev/null 2>&1 || true
 
 if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use flowlens_runtime::testkit::http_to;
+use flowlens_testkit::http_to;
 
 /// CPU seconds (user + system) and resident memory of one process.
 #[derive(Debug, Clone, Copy, Default)]

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowlens_runtime::testkit;
+use flowlens_testkit as testkit;
 
 use crate::baseline::BrokerAlone;
 use crate::codec::codec_costs;

@@ -27,7 +27,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
-use flowlens_runtime::testkit::{self, ChildGuard};
+use flowlens_testkit::{self as testkit, ChildGuard};
 
 use crate::probe::ClickHouse;
 

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use flowlens_runtime::testkit::{self, Chdb, ClickHouse18, Tansu};
+use flowlens_testkit::{self as testkit, Chdb, ClickHouse18, Tansu};
 
 use crate::probe::{self, ClickHouse};
 use crate::progress::Progress;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::testkit;
+use flowlens_testkit as testkit;
 
 use crate::probe::{self, metric_sum};
 

@@ -26,10 +26,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::testkit::{
+use flowlens_schemas::{ip_to_v6, Direction, RawFlow};
+use flowlens_testkit::{
     delete_topics, end_offsets, require, unique, Chdb, ChildGuard, Tansu, TANSU, VENV_PYTHON,
 };
-use flowlens_schemas::{ip_to_v6, Direction, RawFlow};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 fn skip() -> bool {
@@ -70,7 +70,7 @@ fn raw(i: u32, base_ns: i64) -> RawFlow {
 }
 
 fn base_ns() -> i64 {
-    flowlens_runtime::testkit::hour_ago_ns()
+    flowlens_testkit::hour_ago_ns()
 }
 
 /// Names and settings of one run.

@@ -2,7 +2,7 @@
 //! the report, its JSON and plots are written, and ClickHouse holds every record exactly once.
 //! Checks counts and the report's shape only, never timings.
 
-use flowlens_runtime::testkit::{require, Chdb, TANSU, VENV_PYTHON};
+use flowlens_testkit::{require, Chdb, TANSU, VENV_PYTHON};
 
 /// Losses judged by ClickHouse, not by the report: the run writes into a chdb front of this
 /// test's own (`--clickhouse-url`), whose `flows` must then hold the records generated (the

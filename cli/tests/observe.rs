@@ -10,10 +10,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flowlens_runtime::testkit::{producer, require, unique, Tansu, TANSU};
 use flowlens_schemas::apache_avro::types::Value;
 use flowlens_schemas::apache_avro::{GenericSingleObjectWriter, Schema};
 use flowlens_schemas::{ip_to_v6, EnrichedFlow, RawFlow, ENRICHED_FLOW_V2_AVSC};
+use flowlens_testkit::{producer, require, unique, Tansu, TANSU};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value as Json;

@@ -11,12 +11,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::testkit::{
-    http, repo_root, require, unique, Chdb, Tansu, TANSU, VENV_PYTHON,
-};
 use flowlens_runtime::Shutdown;
 use flowlens_schemas::{ip_to_v6, EnrichedFlow, RawFlow};
 use flowlens_sink::config::{BatchConfig, ClickHouseConfig, SinkConfig};
+use flowlens_testkit::{http, repo_root, require, unique, Chdb, Tansu, TANSU, VENV_PYTHON};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value as Json;
 

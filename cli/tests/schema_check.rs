@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use flowlens_runtime::testkit::{repo_root, require};
+use flowlens_testkit::{repo_root, require};
 use serde_json::Value as Json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flowlens");

@@ -251,7 +251,7 @@ fn main() -> anyhow::Result<()> {
     let broker = match args.get(4) {
         Some(b) => b.clone(),
         None => {
-            tansu = flowlens_runtime::testkit::Tansu::start();
+            tansu = flowlens_testkit::Tansu::start();
             tansu.broker()
         }
     };
@@ -259,7 +259,7 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let topic = flowlens_runtime::testkit::unique("export_bench");
+    let topic = flowlens_testkit::unique("export_bench");
     let kafka = KafkaConfig {
         brokers: vec![broker.clone()],
         ..KafkaConfig::default()

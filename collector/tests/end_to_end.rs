@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{
     between_pair, expected_flows, require_root, send_known_traffic, FlowId, Pipeline, Totals,
 };
-use flowlens_runtime::testkit::{http, unique, Chdb, NetnsPair, Tansu};
+use flowlens_testkit::{http, unique, Chdb, NetnsPair, Tansu};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packets_become_clickhouse_rows() {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use common::{require_root, Pipeline};
 use flowlens_collector::filter::FilterConfig;
 use flowlens_enricher::kubernetes::snapshot::serde_json::{self, json, Value};
-use flowlens_runtime::testkit::{
+use flowlens_testkit::{
     dashboard_queries, end_offsets, http, in_netns, repo_root, unique, Chdb, NetnsPair, PanelQuery,
     Tansu,
 };

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{between_pair, expected_flows, run_collector, send_known_traffic, totals, PINGS};
-use flowlens_runtime::testkit::in_netns;
+use flowlens_testkit::in_netns;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_counts_for_udp_tcp_icmp_on_veth() {
@@ -187,7 +187,7 @@ async fn drops_with_reason_reach_the_records() {
             format!("add chain inet fl {hook} {{ type filter hook {hook} priority 0 ; }}"),
             format!("add rule inet fl {hook} udp dport {port} drop"),
         ] {
-            flowlens_runtime::testkit::NetnsPair::exec(ns, &["nft", &cmd]);
+            flowlens_testkit::NetnsPair::exec(ns, &["nft", &cmd]);
         }
     };
     let run = run_collector(
@@ -337,14 +337,14 @@ async fn drops_in_other_namespaces_are_not_drop_only_records() {
             format!("add chain inet fl {hook} {{ type filter hook {hook} priority 0 ; }}"),
             format!("add rule inet fl {hook} udp dport {port} counter drop"),
         ] {
-            flowlens_runtime::testkit::NetnsPair::exec(ns, &["nft", &cmd]);
+            flowlens_testkit::NetnsPair::exec(ns, &["nft", &cmd]);
         }
     };
     let run = run_collector(
         "e",
         |_| {},
         move |p| {
-            let other = flowlens_runtime::testkit::NetnsPair::new("x");
+            let other = flowlens_testkit::NetnsPair::new("x");
             nft(&other.ns_b, "input", 6500);
             nft(&p.ns_a, "output", 6501);
             let elsewhere = in_netns(&other.ns_a, || {
@@ -359,7 +359,7 @@ async fn drops_in_other_namespaces_are_not_drop_only_records() {
                 let _ = here.send_to(&[2u8; 60], (p.ip_b, 6501));
             }
             std::thread::sleep(Duration::from_millis(700));
-            let rules = flowlens_runtime::testkit::NetnsPair::exec(
+            let rules = flowlens_testkit::NetnsPair::exec(
                 &other.ns_b,
                 &["nft", "list", "chain", "inet", "fl", "input"],
             );

@@ -29,10 +29,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::require_root;
-use flowlens_runtime::testkit::{
+use flowlens_schemas::{decode, Direction, RawFlow};
+use flowlens_testkit::{
     free_port, http, in_netns, read_topic, unique, wait_probe, ChildGuard, NetnsPair, Tansu,
 };
-use flowlens_schemas::{decode, Direction, RawFlow};
 use rdkafka::{Message, Timestamp};
 
 /// (name, max_entries) of every BPF map process `pid` holds a descriptor of.

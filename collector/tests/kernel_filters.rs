@@ -98,11 +98,10 @@ async fn filters_apply_to_dropped_packets() {
             "add chain inet fl output { type filter hook output priority 0 ; }",
             "add rule inet fl output udp dport { 6600, 6601 } drop",
         ] {
-            flowlens_runtime::testkit::NetnsPair::exec(&p.ns_a, &["nft", cmd]);
+            flowlens_testkit::NetnsPair::exec(&p.ns_a, &["nft", cmd]);
         }
-        let tx = flowlens_runtime::testkit::in_netns(&p.ns_a, || {
-            std::net::UdpSocket::bind((p.ip_a, 0)).unwrap()
-        });
+        let tx =
+            flowlens_testkit::in_netns(&p.ns_a, || std::net::UdpSocket::bind((p.ip_a, 0)).unwrap());
         for port in [6600, 6601] {
             for _ in 0..10 {
                 // A drop in the sender's own output is reported to it (EPERM).

@@ -11,10 +11,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::require_root;
-use flowlens_runtime::testkit::{
+use flowlens_schemas::{decode, RawFlow};
+use flowlens_testkit::{
     assert_alive_for, free_port, in_netns, read_topic, unique, wait_probe, ChildGuard, NetnsPair,
 };
-use flowlens_schemas::{decode, RawFlow};
 use rdkafka::mocking::MockCluster;
 use rdkafka::Message;
 

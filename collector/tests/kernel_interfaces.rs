@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::require_root;
 use flowlens_collector::config::Config;
-use flowlens_runtime::testkit::{in_netns, read_topic, unique, NetnsPair, Tansu};
 use flowlens_runtime::Shutdown;
 use flowlens_schemas::{decode, Interface, RawFlow};
+use flowlens_testkit::{in_netns, read_topic, unique, NetnsPair, Tansu};
 use rdkafka::Message;
 
 fn ip(args: &[&str]) {

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use common::require_root;
 use flowlens_collector::interfaces::{self, LinkEvent, LinkWatch};
-use flowlens_runtime::testkit::unique;
+use flowlens_testkit::unique;
 
 struct Netns(String);
 

@@ -20,10 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::require_root;
-use flowlens_runtime::testkit::{
+use flowlens_schemas::{decode, Direction, RawFlow};
+use flowlens_testkit::{
     free_port, http, in_netns, read_topic, unique, wait_probe, ChildGuard, NetnsPair, Tansu,
 };
-use flowlens_schemas::{decode, Direction, RawFlow};
 use rdkafka::Message;
 
 const PAYLOAD: usize = 100;

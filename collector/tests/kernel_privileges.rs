@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::require_root;
-use flowlens_runtime::testkit::{in_netns, read_topic, unique, NetnsPair, Tansu};
 use flowlens_schemas::{decode, RawFlow};
+use flowlens_testkit::{in_netns, read_topic, unique, NetnsPair, Tansu};
 use rdkafka::Message;
 
 const COLLECTOR: &str = env!("CARGO_BIN_EXE_flowlens-collector");

@@ -26,7 +26,7 @@ use common::require_root;
 use flowlens_collector::filter::FilterConfig;
 use flowlens_collector::programs::Programs;
 use flowlens_collector::sockets::{ConnExtras, Endpoint, ProcessInfo, SocketOptions, SocketStats};
-use flowlens_runtime::testkit::{in_netns, NetnsPair};
+use flowlens_testkit::{in_netns, NetnsPair};
 
 /// One test at a time: each loads its own host-wide programs, and the machine has two cores.
 static SERIAL: Mutex<()> = Mutex::new(());

@@ -11,8 +11,8 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use common::run_collector;
-use flowlens_runtime::testkit::{in_netns, NetnsPair};
 use flowlens_schemas::{Direction, RawFlow};
+use flowlens_testkit::{in_netns, NetnsPair};
 
 const ETH: i64 = 14;
 const IPV4: i64 = 20;

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::{expected_flows, require_root, send_known_traffic, Pipeline};
 use flowlens_enricher::kubernetes::snapshot::serde_json;
-use flowlens_runtime::testkit::{http, read_topic, rfc3339, unique, Chdb, NetnsPair, Tansu};
 use flowlens_schemas::{v6_to_ip, EnrichedFlow};
+use flowlens_testkit::{http, read_topic, rfc3339, unique, Chdb, NetnsPair, Tansu};
 use serde_json::{json, Value};
 
 const NS: &str = "shop";

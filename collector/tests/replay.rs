@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use common::{require_root, Pipeline};
 use expect::{Counts, Expected, Row};
-use flowlens_runtime::testkit::{http, unique, Chdb, NetnsPair, Tansu};
+use flowlens_testkit::{http, unique, Chdb, NetnsPair, Tansu};
 
 /// The captures, one traffic shape each, in replay order.
 const CAPTURES: &[&str] = &[

@@ -18,7 +18,7 @@ Prints `  ok    ...` / `  FAIL  ...` lines; exits 1 if anything failed.
 
 --emit-sql checks nothing: it prints every ClickHouse query of the dashboards with the macros
 replaced, as a JSON list of {"dashboard", "panel", "refId", "sql"}, for tests that run them
-on known data and check their values (runtime testkit `dashboard_queries`, used by
+on known data and check their values (testkit crate `dashboard_queries`, used by
 sink/tests/queries.rs and collector/tests/end_to_end_sampling.rs).
 """
 

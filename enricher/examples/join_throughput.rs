@@ -124,7 +124,7 @@ fn cluster(now: i64) -> (Store, InterfaceCache) {
 }
 
 fn rfc3339(ns: i64) -> String {
-    flowlens_runtime::testkit::rfc3339(ns.div_euclid(S))
+    flowlens_testkit::rfc3339(ns.div_euclid(S))
 }
 
 /// Deterministic flows (xorshift), times within the last minute.
@@ -333,7 +333,7 @@ fn main() {
     );
 
     // 3. End to end through tansu.
-    let tansu_bin = flowlens_runtime::testkit::TANSU;
+    let tansu_bin = flowlens_testkit::TANSU;
     if !std::path::Path::new(tansu_bin).exists() {
         println!("end to end: skipped ({tansu_bin} missing; run scripts/setup.sh)");
         return;
@@ -401,7 +401,7 @@ impl metrics::Recorder for OutCounter {
 }
 
 async fn end_to_end(encoded: Vec<Vec<u8>>, n: usize) {
-    use flowlens_runtime::testkit::{unique, Tansu};
+    use flowlens_testkit::{unique, Tansu};
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     let tansu = Tansu::start();

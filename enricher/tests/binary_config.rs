@@ -25,8 +25,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use flowlens_runtime::testkit::{free_port, http, topic_partitions, wait_probe, ChildGuard, Tansu};
 use flowlens_schemas::EnrichedFlow;
+use flowlens_testkit::{free_port, http, topic_partitions, wait_probe, ChildGuard, Tansu};
 use rdkafka::{Message, Timestamp};
 use serde_json::{json, Value};
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::*;
 use flowlens_enricher::Config;
-use flowlens_runtime::testkit::{
+use flowlens_testkit::{
     free_port, http_get, require, scraped_lag, wait_lag, ChildGuard, Tansu, TANSU,
 };
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use flowlens_enricher::config::Config;
-use flowlens_runtime::testkit::{assert_alive_for, free_port, wait_probe, ChildGuard};
+use flowlens_testkit::{assert_alive_for, free_port, wait_probe, ChildGuard};
 use rdkafka::message::OwnedMessage;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -197,10 +197,9 @@ async fn a_producer_that_delivers_nothing_stops_it_without_committing() {
         c.enricher.group_id.clone(),
         t.raw_flows.clone(),
     );
-    let committed =
-        tokio::task::spawn_blocking(move || flowlens_runtime::testkit::committed(&b, &g, &raw))
-            .await
-            .unwrap();
+    let committed = tokio::task::spawn_blocking(move || flowlens_testkit::committed(&b, &g, &raw))
+        .await
+        .unwrap();
     // Nothing delivered: no position past a record (none, or the partitions' starts).
     assert!(
         committed.iter().all(|c| c.unwrap_or(0) == 0),

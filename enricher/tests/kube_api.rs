@@ -552,7 +552,7 @@ fn pod_lists(api: &FakeApi) -> usize {
 /// `context` naming the one that is not current: the flows get that context's pod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_uses_the_kubeconfig_context() {
-    use flowlens_runtime::testkit::{free_port, wait_probe, ChildGuard, Tansu};
+    use flowlens_testkit::{free_port, wait_probe, ChildGuard, Tansu};
     use rdkafka::Message;
 
     let mut servers = Vec::new();

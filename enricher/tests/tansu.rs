@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use flowlens_runtime::testkit::{require, Tansu, TANSU};
+use flowlens_testkit::{require, Tansu, TANSU};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enriches_dead_letters_and_commits_everything_on_tansu() {

@@ -12,8 +12,6 @@ pub mod polled_producer;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
-#[cfg(feature = "testkit")]
-pub mod testkit;
 
 pub use config::{load_config, ConfigError, Secret, Validate};
 pub use dead_letter::{DeadLetter, DeadLetterConfig};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use flowlens_runtime::incarnation::{fallback_id, Probe};
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::testkit::{delete_topics, producer, require, send, unique, Tansu, TANSU};
+use flowlens_testkit::{delete_topics, producer, require, send, unique, Tansu, TANSU};
 
 fn kafka(tansu: &Tansu, topic: &str) -> KafkaConfig {
     let mut k = KafkaConfig {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{run as sink, text};
-use flowlens_runtime::testkit::{require, Chdb, TANSU, VENV_PYTHON};
+use flowlens_testkit::{require, Chdb, TANSU, VENV_PYTHON};
 
 fn skip() -> bool {
     require(VENV_PYTHON, "CHDB") || require(TANSU, "CHDB")
@@ -137,7 +137,7 @@ fn front_log_since(chdb: &Chdb, from: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_table_schema_and_log_keys_take_effect() {
     use flowlens_runtime::kafka::KafkaConfig;
-    use flowlens_runtime::testkit::{committed, topic_partitions, unique, Relay, Tansu};
+    use flowlens_testkit::{committed, topic_partitions, unique, Relay, Tansu};
     if skip() {
         return;
     }

@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::testkit::{
-    require, send_tracking_ends, unique, Chdb, Outgoing, Tansu, TANSU, VENV_PYTHON,
-};
 use flowlens_runtime::Shutdown;
 use flowlens_sink::config::{BatchConfig, ClickHouseConfig, SinkConfig};
 use flowlens_sink::row::sample_flow_at;
 use flowlens_sink::Config;
+use flowlens_testkit::{
+    require, send_tracking_ends, unique, Chdb, Outgoing, Tansu, TANSU, VENV_PYTHON,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureProducer;

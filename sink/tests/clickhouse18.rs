@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flowlens_runtime::testkit::{http, repo_root, require, ClickHouse18, ZooKeeper, ZOOKEEPER_JAR};
 use flowlens_sink::cluster::Cluster;
 use flowlens_sink::config::ClickHouseConfig;
 use flowlens_sink::insert::Inserter;
 use flowlens_sink::migrate::split_statements;
 use flowlens_sink::row::{sample_flow, FlowRow};
+use flowlens_testkit::{http, repo_root, require, ClickHouse18, ZooKeeper, ZOOKEEPER_JAR};
 
 fn query_tsv(port: u16, sql: &str) -> String {
     let (status, body) = http(port, "POST", "/", sql);
@@ -283,7 +283,7 @@ fn two_replicas_keep_every_row_once_through_replica_crashes() {
     let replicas = [ClickHouse18::unstarted(), ClickHouse18::unstarted()];
     let tcp_ports = [replicas[0].tcp_port, replicas[1].tcp_port];
     for (server, name) in replicas.iter().zip(["a", "b"]) {
-        let interserver = flowlens_runtime::testkit::free_port();
+        let interserver = flowlens_testkit::free_port();
         server.add_config(
             "cluster",
             &cluster_xml(zookeeper.port, tcp_ports, interserver, name),

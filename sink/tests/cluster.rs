@@ -7,9 +7,9 @@
 mod common;
 
 use common::{run as sink, text};
-use flowlens_runtime::testkit::{require, Chdb, VENV_PYTHON};
 use flowlens_sink::cluster::{replicated_tables, Cluster};
 use flowlens_sink::migrate::{embedded, for_cluster, migrations_table_statement};
+use flowlens_testkit::{require, Chdb, VENV_PYTHON};
 
 /// Every statement the sink sends with `clickhouse.cluster` set: the database, the replicated
 /// `schema_migrations`, every statement of every embedded migration, and the Distributed read

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use common::{base_ns, spawn, wait_exactly_once};
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::testkit::{
+use flowlens_sink::row::sample_flow_at;
+use flowlens_testkit::{
     committed, free_port, producer, require, send, unique, wait_lag, Chdb, Tansu, TANSU,
     VENV_PYTHON,
 };
-use flowlens_sink::row::sample_flow_at;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 

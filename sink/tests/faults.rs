@@ -26,12 +26,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::testkit::{
+use flowlens_runtime::Shutdown;
+use flowlens_sink::row::sample_flow_at;
+use flowlens_testkit::{
     committed, header, read_topic, require, send_tracking_ends, unique, Chdb, ChildGuard, Outgoing,
     Tansu, TANSU, VENV_PYTHON,
 };
-use flowlens_runtime::Shutdown;
-use flowlens_sink::row::sample_flow_at;
 use rdkafka::producer::FutureProducer;
 
 const POISON: &[u8] = b"\xC3\x01poison: not an avro record";
@@ -536,7 +536,7 @@ async fn password_from_env_never_logged() {
         return;
     }
     const SECRET: &str = "s3cr3t-Pa55-xyzzy";
-    let chdb = flowlens_runtime::testkit::Chdb::start_with_auth("flowlens_sink", SECRET);
+    let chdb = flowlens_testkit::Chdb::start_with_auth("flowlens_sink", SECRET);
     let tansu = Tansu::start();
     let url = chdb.url();
     let setup = Setup::new(tansu.broker(), url.clone(), 1, 1_000);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{produce, spawn, wait_exactly_once};
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::testkit::{
+use flowlens_testkit::{
     assert_alive_for, free_port, require, unique, wait_probe, Chdb, TANSU, VENV_PYTHON,
 };
 

@@ -30,11 +30,11 @@ use flowlens_runtime::dead_letter::{
     HEADER_TRUNCATED,
 };
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::testkit::{
-    committed, free_port, header, http, read_topic, stage_binary, unique, Chdb, ChildGuard, Tansu,
-};
 use flowlens_schemas::{
     encode, ip_to_v6, AvroRecord, Direction, EnrichedFlow, Interface, RawFlow, RecordKind,
+};
+use flowlens_testkit::{
+    committed, free_port, header, http, read_topic, stage_binary, unique, Chdb, ChildGuard, Tansu,
 };
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -19,18 +19,18 @@ use std::time::{Duration, Instant};
 
 use flowlens_runtime::incarnation::{hex, Probe};
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::testkit::{
+use flowlens_sink::row::sample_flow_at;
+use flowlens_testkit::{
     delete_topics, require, send_tracking_ends, unique, Chdb, ChildGuard, Outgoing, Tansu, TANSU,
     VENV_PYTHON,
 };
-use flowlens_sink::row::sample_flow_at;
 
 fn skip() -> bool {
     require(VENV_PYTHON, "CHDB") || require(TANSU, "CHDB")
 }
 
 fn base_ns() -> i64 {
-    flowlens_runtime::testkit::hour_ago_ns()
+    flowlens_testkit::hour_ago_ns()
 }
 
 async fn produce(kafka: &KafkaConfig, ids: std::ops::Range<u32>, base: i64) {

@@ -16,13 +16,13 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::testkit::{
-    dashboard_queries, http, repo_root, require, unique, Chdb, Tansu, TANSU, VENV_PYTHON,
-};
 use flowlens_runtime::Shutdown;
 use flowlens_schemas::{ip_to_v6, Direction, EnrichedFlow, RawFlow};
 use flowlens_sink::config::{BatchConfig, ClickHouseConfig, SinkConfig};
 use flowlens_sink::Config;
+use flowlens_testkit::{
+    dashboard_queries, http, repo_root, require, unique, Chdb, Tansu, TANSU, VENV_PYTHON,
+};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// One end of a flow: address and Kubernetes metadata ("" = unknown).

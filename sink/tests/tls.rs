@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{produce, run, spawn, text, wait_exactly_once};
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::testkit::{
+use flowlens_testkit::{
     free_port, require, unique, Chdb, Pki, Stunnel, Tansu, STUNNEL, TANSU, VENV_PYTHON,
 };
 

@@ -9,9 +9,9 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use flowlens_collector::config::Config;
-use flowlens_runtime::testkit::{in_netns, read_topic, unique, NetnsPair, Tansu};
 use flowlens_runtime::Shutdown;
 use flowlens_schemas::{decode, Direction, Interface, RawFlow};
+use flowlens_testkit::{in_netns, read_topic, unique, NetnsPair, Tansu};
 use rdkafka::Message;
 
 const ETH: u64 = 14;
@@ -398,7 +398,7 @@ impl CollectorProcess {
     /// Starts the binary with `config`'s Kafka settings and topics, host, namespace,
     /// interfaces and scan interval.
     pub fn spawn(config: &Config) -> Self {
-        let metrics_port = flowlens_runtime::testkit::free_port();
+        let metrics_port = flowlens_testkit::free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let (c, k) = (&config.collector, &config.kafka);
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_flowlens-collector"))
@@ -449,8 +449,7 @@ impl CollectorProcess {
     /// The value of metric `name` with exactly `labels` (e.g. `reason="malformed"`) on its
     /// /metrics endpoint, if it is there.
     pub fn metric(&self, name: &str, labels: &str) -> Option<f64> {
-        let (status, text) =
-            flowlens_runtime::testkit::http(self.metrics_port, "GET", "/metrics", "");
+        let (status, text) = flowlens_testkit::http(self.metrics_port, "GET", "/metrics", "");
         assert_eq!(status, 200, "GET /metrics: {text}");
         let series = if labels.is_empty() {
             format!("{name} ")

@@ -16,9 +16,6 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::testkit::{
-    http, repo_root, require, unique, Chdb, Tansu, TANSU, VENV_PYTHON,
-};
 use flowlens_runtime::Shutdown;
 use flowlens_schemas::apache_avro::types::Value;
 use flowlens_schemas::apache_avro::{GenericSingleObjectWriter, Schema};
@@ -27,6 +24,7 @@ use flowlens_schemas::{
     ENRICHED_FLOW_V2_AVSC,
 };
 use flowlens_sink::config::{BatchConfig, ClickHouseConfig, SinkConfig};
+use flowlens_testkit::{http, repo_root, require, unique, Chdb, Tansu, TANSU, VENV_PYTHON};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Map, Value as Json};
 

@@ -7,11 +7,9 @@ use std::time::Duration;
 use rdkafka::Message;
 
 use flowlens_enricher::Config;
-#[allow(unused_imports)]
-pub use flowlens_runtime::testkit::{
-    committed, end_offsets, header, producer, read_topic, send, unique,
-};
 use flowlens_schemas::{ip_to_v6, Direction, Interface, RawFlow};
+#[allow(unused_imports)]
+pub use flowlens_testkit::{committed, end_offsets, header, producer, read_topic, send, unique};
 
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -247,4 +245,4 @@ pub async fn happy_path(config: Config) {
 }
 
 #[allow(unused_imports)] // not every test binary including this module uses it
-pub use flowlens_runtime::testkit::rfc3339;
+pub use flowlens_testkit::rfc3339;

@@ -7,8 +7,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use flowlens_runtime::kafka::KafkaConfig;
-use flowlens_runtime::testkit::{send_tracking_ends, ChildGuard, Outgoing};
 use flowlens_sink::row::sample_flow_at;
+use flowlens_testkit::{send_tracking_ends, ChildGuard, Outgoing};
 use rdkafka::producer::FutureProducer;
 
 pub const SINK: &str = env!("CARGO_BIN_EXE_flowlens-sink");

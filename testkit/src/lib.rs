@@ -1,4 +1,4 @@
-//! Test support shared by every crate's integration tests (feature `testkit`): starts the real
+//! Test support shared by every crate's integration tests and bench (dev-only crate): starts the real
 //! local services (tansu, the chdb HTTP front, ClickHouse 18.16, ZooKeeper) on free ports with temporary
 //! data, builds network namespace pairs joined by veth, and reads topics back. Everything it
 //! starts is stopped on drop.

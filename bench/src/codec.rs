@@ -24,7 +24,7 @@ pub struct CodecCosts {
     pub encode_raw_us: f64,
     /// Generic Avro decode of a RawFlow (the enricher's path before its fast decoder).
     pub decode_raw_us: f64,
-    /// The enricher's RawFlow decoder (`flowlens_enricher::decode::raw_flow`).
+    /// The enricher's RawFlow decoder (`flowlens_schemas::reader::raw_flow`).
     pub enricher_decode_raw_us: f64,
     /// The enricher's join with the interface cache and its direct encode of the EnrichedFlow
     /// (`join::Joined::new(..).encode`, no Kubernetes metadata: as the bench runs it).
@@ -64,7 +64,7 @@ pub fn codec_costs(generator: &mut Generator, n: u64) -> anyhow::Result<CodecCos
     let t = Instant::now();
     let fast: Vec<RawFlow> = raws
         .iter()
-        .map(|b| flowlens_enricher::decode::raw_flow(b))
+        .map(|b| flowlens_schemas::reader::raw_flow(b))
         .collect::<Result<_, _>>()?;
     let enricher_decode_raw_us = per(t);
     anyhow::ensure!(fast == decoded, "the enricher's decoder disagrees");

@@ -262,7 +262,7 @@ fn codec_table(o: &mut String, r: &Report) {
          generated records (µs per record; the stages' CPU per record above is the same unit):\n\n\
          | stage | step | path | µs per record |\n|---|---|---|---:|\n\
          | load generator | RawFlow → Avro (`flowlens_schemas::encode`) | generic (the collector has its own encoder) | {:.2} |\n\
-         | enricher | Avro → RawFlow (`decode::raw_flow`) | **as it runs** | {:.2} |\n\
+         | enricher | Avro → RawFlow (`reader::raw_flow`) | **as it runs** | {:.2} |\n\
          | enricher | interface join + EnrichedFlow written straight to Avro (`join::Joined::new(..).encode`) | **as it runs** | {:.2} |\n\
          | sink | Avro → RowBinary row (`decode::write_row`) | **as it runs** | {:.2} |\n\
          | sink | Avro → `FlowRow` (`decode::flow_row`) | fast decoder, owned row | {:.2} |\n\

@@ -287,7 +287,7 @@ fn main() {
     let generic = t.elapsed();
     let t = Instant::now();
     for m in &encoded {
-        std::hint::black_box(flowlens_enricher::decode::raw_flow(m).unwrap());
+        std::hint::black_box(flowlens_schemas::reader::raw_flow(m).unwrap());
     }
     let fast = t.elapsed();
     println!(
@@ -300,7 +300,7 @@ fn main() {
     let work = |msgs: &[Vec<u8>]| {
         let mut out = Vec::with_capacity(512);
         for m in msgs {
-            let raw: RawFlow = flowlens_enricher::decode::raw_flow(m).unwrap();
+            let raw: RawFlow = flowlens_schemas::reader::raw_flow(m).unwrap();
             let i = interfaces.read().unwrap();
             let s = store.read().unwrap();
             let k = Kubernetes {

@@ -8,7 +8,6 @@
 //! tracking), [`pipeline`] (the Kafka consume-produce loop).
 
 pub mod config;
-pub mod decode;
 pub mod interfaces;
 pub mod join;
 pub mod kubernetes;

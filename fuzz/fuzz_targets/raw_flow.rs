@@ -7,7 +7,7 @@ use flowlens_schemas::RawFlow;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| flowlens_fuzz::bounded(data.len(), || {
-    let decoded = flowlens_enricher::decode::raw_flow(data);
+    let decoded = flowlens_schemas::reader::raw_flow(data);
     let judge = flowlens_schemas::decode::<RawFlow>(data);
     assert_eq!(decoded.ok(), judge.ok());
 }));

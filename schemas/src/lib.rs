@@ -21,6 +21,7 @@ mod codec;
 mod error;
 mod ip;
 pub mod json;
+pub mod reader;
 mod records;
 mod schema;
 pub mod writer;

@@ -1,24 +1,23 @@
 //! RawFlow decoding for the pipeline: a hand-written reader for the known writer versions, with
-//! `flowlens_schemas::decode` (apache-avro) as the fallback and the judge.
+//! `crate::decode` (apache-avro) as the fallback and the judge.
 //!
-//! apache-avro builds a `Value` tree and then deserializes it: ~5 µs per RawFlow on this
-//! machine, most of the enricher's CPU per record (bench/results/enricher.md). This reader
-//! goes straight from the datum to a `RawFlow` (one allocation, the host name, plus any
-//! non-empty v2 string). It knows RawFlow version 1 (19 fields) and version 2 (35 fields) and
-//! takes a writer whose field names and kinds are exactly the current schema's first 19 or 35
-//! (checked once per writer fingerprint); fields a version lacks keep `RawFlow::default()`,
+//! apache-avro builds a `Value` tree and then deserializes it: ~5 µs per RawFlow, most of the
+//! enricher's CPU per record (bench/results/enricher.md). This reader goes straight from the
+//! datum to a `RawFlow` (one allocation, the host name, plus any non-empty newer string). It
+//! knows RawFlow versions 1 (19 fields), 2 (35) and 3 (36) and takes a writer whose field names
+//! and kinds are exactly the current schema's first 19, 35 or 36 (checked once per writer
+//! fingerprint, [`super::WriterPlans`]); fields a version lacks keep `RawFlow::default()`,
 //! which are the schema defaults (checked too). Anything it does not accept exactly — an
 //! unknown fingerprint, truncation, trailing bytes, invalid UTF-8, an int or enum index out of
 //! range — goes to apache-avro, which decodes or words the error for the dead-letter header.
-//! `fast_path_matches_apache_avro` checks both give the same record on random records of both
-//! versions and that the fast path declines whatever apache-avro rejects.
+//! `fast_path_matches_apache_avro` checks both give the same record on random records of every
+//! version and that the fast path declines whatever apache-avro rejects.
 
 use std::sync::OnceLock;
 
-use flowlens_schemas::binary::{kind, zero_default, Kind, Reader};
-use flowlens_schemas::{
-    Direction, Origin, Process, RawFlow, RecordKind, SchemaError, HEADER_LEN, MAGIC,
-};
+use super::{field_kinds, WriterPlans};
+use crate::binary::{Kind, Reader};
+use crate::{Direction, Origin, Process, RawFlow, RecordKind, SchemaError};
 
 /// Fields of RawFlow version 1; version 2 has `V2_FIELDS`, version 3 `V3_FIELDS`.
 const V1_FIELDS: usize = 19;
@@ -29,41 +28,21 @@ const V3_FIELDS: usize = 36;
 pub fn raw_flow(payload: &[u8]) -> Result<RawFlow, SchemaError> {
     match fast(payload) {
         Some(flow) => Ok(flow),
-        None => flowlens_schemas::decode::<RawFlow>(payload),
+        None => crate::decode::<RawFlow>(payload),
     }
 }
 
-/// How many fields the writer with this fingerprint has, if the fast path reads it.
-fn fields_of(fingerprint: &[u8]) -> Option<usize> {
-    static WRITERS: OnceLock<Vec<([u8; 8], Option<usize>)>> = OnceLock::new();
-    WRITERS
-        .get_or_init(|| {
-            let current = field_kinds(RecordKind::RawFlow.schema());
-            RecordKind::known_writers()
-                .filter(|w| w.0 == RecordKind::RawFlow)
-                .map(|(_, _, fp, schema)| (fp, readable(&field_kinds(schema), &current)))
-                .collect()
+/// How many fields the payload's writer has, and its datum, if the fast path reads it.
+fn datum(payload: &[u8]) -> Option<(usize, &[u8])> {
+    static WRITERS: OnceLock<WriterPlans<usize>> = OnceLock::new();
+    let writers = WRITERS.get_or_init(|| {
+        WriterPlans::new(RecordKind::RawFlow, |writer, current| {
+            readable(&field_kinds(writer), &field_kinds(current))
         })
-        .iter()
-        .find(|(fp, _)| fp[..] == *fingerprint)
-        .and_then(|(_, n)| *n)
-}
-
-/// (name, kind, whether the default is a zero value) of each field of a record schema; empty
-/// if it is not one the kinds describe.
-fn field_kinds(schema: &flowlens_schemas::apache_avro::Schema) -> Vec<(String, Kind, bool)> {
-    let flowlens_schemas::apache_avro::Schema::Record(r) = schema else {
-        return Vec::new();
-    };
-    let mut named = Vec::new();
-    let mut out = Vec::new();
-    for f in &r.fields {
-        let Some(k) = kind(&f.schema, &mut named) else {
-            return Vec::new();
-        };
-        out.push((f.name.clone(), k, zero_default(f)));
-    }
-    out
+    });
+    writers
+        .datum(payload)
+        .map(|(fields, datum)| (*fields, datum))
 }
 
 /// The writer's field count if the fast path can read it: the current schema has the layout
@@ -111,11 +90,8 @@ fn origin(r: &mut Reader<'_>) -> Option<Option<Origin>> {
 
 /// The fast path: `None` for anything it does not read exactly (see the module docs).
 fn fast(payload: &[u8]) -> Option<RawFlow> {
-    if payload.len() < HEADER_LEN || payload[..2] != MAGIC {
-        return None;
-    }
-    let fields = fields_of(&payload[2..HEADER_LEN])?;
-    let mut r = Reader::new(&payload[HEADER_LEN..]);
+    let (fields, datum) = datum(payload)?;
+    let mut r = Reader::new(datum);
     // Field by field in schema order (struct expressions evaluate in source order).
     let mut flow = RawFlow {
         host: r.str()?.to_owned(),
@@ -171,8 +147,8 @@ fn fast(payload: &[u8]) -> Option<RawFlow> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flowlens_schemas::apache_avro::{types::Value, GenericSingleObjectWriter, Schema};
-    use flowlens_schemas::{ip_to_v6, RAW_FLOW_V1_AVSC, RAW_FLOW_V2_AVSC};
+    use crate::apache_avro::{types::Value, GenericSingleObjectWriter, Schema};
+    use crate::{ip_to_v6, HEADER_LEN, RAW_FLOW_V1_AVSC, RAW_FLOW_V2_AVSC};
 
     /// xorshift64*: reproducible random records without a dependency.
     struct Rng(u64);
@@ -298,7 +274,7 @@ mod tests {
         let Schema::Record(record) = &v1 else {
             panic!("not a record")
         };
-        let Value::Record(fields) = flowlens_schemas::apache_avro::to_value(f).unwrap() else {
+        let Value::Record(fields) = crate::apache_avro::to_value(f).unwrap() else {
             panic!("not a record")
         };
         let fields = fields
@@ -314,23 +290,21 @@ mod tests {
 
     #[test]
     fn fast_path_matches_apache_avro() {
-        assert_eq!(
-            fields_of(&RecordKind::RawFlow.fingerprint()),
-            Some(V3_FIELDS)
-        );
+        let header = [&crate::MAGIC[..], &RecordKind::RawFlow.fingerprint()].concat();
+        assert_eq!(datum(&header).map(|d| d.0), Some(V3_FIELDS));
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         for i in 0..3_000 {
             let f = rng.raw();
             let mut v3 = Vec::new();
-            flowlens_schemas::encode(&f, &mut v3).unwrap();
+            crate::encode(&f, &mut v3).unwrap();
             let v2 = older(&f, RAW_FLOW_V2_AVSC);
-            assert_eq!(fields_of(&v2[2..HEADER_LEN]), Some(V2_FIELDS));
+            assert_eq!(datum(&v2).map(|d| d.0), Some(V2_FIELDS));
             let v1 = v1(&f);
-            assert_eq!(fields_of(&v1[2..HEADER_LEN]), Some(V1_FIELDS));
+            assert_eq!(datum(&v1).map(|d| d.0), Some(V1_FIELDS));
             for (msg, version) in [(&v3, 3), (&v2, 2), (&v1, 1)] {
                 // apache-avro is the judge (schemas/tests/evolution.rs checks what it makes of
                 // an older record: the fields added since at their defaults).
-                let generic: RawFlow = flowlens_schemas::decode(msg).unwrap();
+                let generic: RawFlow = crate::decode(msg).unwrap();
                 if version == 3 {
                     assert_eq!(generic, f, "record {i}");
                 } else if version == 2 {
@@ -367,10 +341,10 @@ mod tests {
         let mut rng = Rng(7);
         for _ in 0..3_000 {
             let mut msg = Vec::new();
-            flowlens_schemas::encode(&rng.raw(), &mut msg).unwrap();
+            crate::encode(&rng.raw(), &mut msg).unwrap();
             let at = HEADER_LEN + (rng.next() as usize) % (msg.len() - HEADER_LEN);
             msg[at] = rng.next() as u8;
-            let generic = flowlens_schemas::decode::<RawFlow>(&msg);
+            let generic = crate::decode::<RawFlow>(&msg);
             match fast(&msg) {
                 Some(f) => assert_eq!(generic.as_ref().ok(), Some(&f)),
                 None => assert_eq!(raw_flow(&msg).ok(), generic.ok()),
@@ -378,7 +352,7 @@ mod tests {
         }
         // Another record type, an unknown fingerprint, garbage: the fallback's errors.
         let mut other = Vec::new();
-        flowlens_schemas::encode(&rng.raw(), &mut other).unwrap();
+        crate::encode(&rng.raw(), &mut other).unwrap();
         other[5] ^= 0xff;
         assert!(fast(&other).is_none());
         assert!(matches!(

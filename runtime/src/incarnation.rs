@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::client::Client;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -339,13 +339,37 @@ impl Probe {
     /// The stream id of `topic`/`partition`: the topic id, or else [`fallback_id`] of its
     /// earliest record (`None`: no topic id and an empty partition).
     pub fn stream_id(&self, topic: &str, partition: i32) -> anyhow::Result<Option<StreamId>> {
-        if let Some(id) = self.topic_id(topic)? {
-            return Ok(Some(id));
-        }
-        Ok(self
-            .earliest(topic, partition)?
-            .map(|r| fallback_id(topic, partition, r.timestamp_ms, &r.value)))
+        Ok(self.name(topic, partition)?.map(|(id, _)| id))
     }
+
+    /// [`Probe::stream_id`] and whether it is the topic id (which [`topic_ids`] can watch).
+    pub fn name(&self, topic: &str, partition: i32) -> anyhow::Result<Option<(StreamId, bool)>> {
+        if let Some(id) = self.topic_id(topic)? {
+            return Ok(Some((id, true)));
+        }
+        Ok(self.earliest(topic, partition)?.map(|r| {
+            (
+                fallback_id(topic, partition, r.timestamp_ms, &r.value),
+                false,
+            )
+        }))
+    }
+}
+
+/// The incarnation the group's committed position of `topic`/`partition` was stored under
+/// (its commit metadata); `None` if nothing is committed, the metadata is not one, or the
+/// broker did not answer within `timeout`.
+pub fn committed_under<C: ConsumerContext + 'static>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Option<StreamId> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let got = consumer.committed_offsets(tpl, timeout).ok()?;
+    let entry = got.find_partition(topic, partition)?;
+    parse_hex(entry.metadata())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use crate::conversation::{Conversation, Duplicates, Ending};
 
 mod kernel;
 mod ledger;
+mod mapping;
 
 pub use kernel::{KernelTable, ReadStats, SlotBaseline, GRACE_NS};
 use ledger::Ledger;

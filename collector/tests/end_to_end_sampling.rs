@@ -384,7 +384,7 @@ async fn sampled_traffic_totals_estimate_the_real_traffic_everywhere() {
     }
 
     // Every ready query showing this traffic; the others find none (UDP without retransmits
-    // or drops) and are checked exactly on designed rows in sink/tests/queries.rs.
+    // or drops) and are checked exactly on designed rows in sink/tests/queries/.
     let query = |file: &str, params: &str| {
         let sql = std::fs::read_to_string(repo_root().join("sql/queries").join(file)).unwrap();
         rows(

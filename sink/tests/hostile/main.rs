@@ -34,7 +34,8 @@ use flowlens_schemas::{
     encode, ip_to_v6, AvroRecord, Direction, EnrichedFlow, Interface, RawFlow, RecordKind,
 };
 use flowlens_testkit::{
-    committed, free_port, header, http, read_topic, stage_binary, unique, Chdb, ChildGuard, Tansu,
+    committed, free_port, header, http, http_get, read_topic, stage_binary, unique, Chdb,
+    ChildGuard, Tansu,
 };
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -366,7 +367,10 @@ impl Unavailable {
                 [self.names.enricher_metrics, self.names.sink_metrics]
                     .iter()
                     .all(|&port| {
-                        let (status, text) = http(port, "GET", "/readyz", "");
+                        // Nothing listening yet (the stage is still starting): not ready.
+                        let Some((status, text)) = http_get(port, "/readyz") else {
+                            return false;
+                        };
                         if ready {
                             status == 200
                         } else {

@@ -45,6 +45,8 @@ struct Side {
     generation: u32,
     /// Its position in `Ledger::read` when `generation` is the current scan.
     read_at: u32,
+    /// Whether the current scan is the first to read the entry.
+    new: bool,
     exported: Baseline,
 }
 
@@ -109,9 +111,7 @@ impl Ledger {
             let slot = self.touched[i];
             let mut conversation = self.conversation(slot);
             let ending = conversation.ending(now_ns, t.idle_ns, t.closed_ns);
-            if ending == Ending::Open && conversation.tcp_end().is_some() {
-                // Closing: hold the last counts back (at most the closed timeout) so they
-                // leave with the end reason in one record; the exported baseline stays.
+            if self.held_back(slot, &conversation, ending) {
                 continue;
             }
             if ending != Ending::Open {
@@ -139,10 +139,31 @@ impl Ledger {
         let slot = self.touched[i];
         let conversation = self.conversation(slot);
         let ending = conversation.ending(now_ns, t.idle_ns, t.closed_ns);
-        if ending == Ending::Open && conversation.tcp_end().is_some() {
+        if self.held_back(slot, &conversation, ending) {
             return None;
         }
         self.delta(slot, conversation)
+    }
+
+    /// Whether an open conversation's counts wait for a later scan (the exported baselines
+    /// stay, so nothing is lost):
+    /// - closing (TCP end seen, not yet quiet for the closed timeout): its last counts leave
+    ///   with the end reason in one record;
+    /// - a lone answer read for the first time: its A->B entry existed when the answer's was
+    ///   created (else the kernel would have marked the answer `FLOW_INITIATOR`), so it is in
+    ///   the table and the walk passed its place before it was created (a scan is not a
+    ///   snapshot). The next scan reads both and records the conversation as A->B, with A's
+    ///   direction, rather than guessing the direction from the answer alone.
+    fn held_back(&self, slot: u32, conversation: &Conversation, ending: Ending) -> bool {
+        if ending != Ending::Open {
+            return false;
+        }
+        let lone_new_answer = conversation.a_to_b.is_none()
+            && self.slots[slot as usize]
+                .sides
+                .iter()
+                .all(|s| s.generation != self.generation || s.new);
+        conversation.tcp_end().is_some() || lone_new_answer
     }
 
     /// Every conversation this scan read, as read (with or without anything new), and whether
@@ -210,6 +231,7 @@ impl Ledger {
             let side = &mut slot.sides[(at & 1) as usize];
             side.generation = generation;
             side.read_at = i as u32;
+            side.new = new;
             if let Some(b) = resumed {
                 side.exported = b;
             }
@@ -483,6 +505,39 @@ mod tests {
         assert_eq!(c.a_to_b, None);
         assert_eq!(c.b_to_a.map(|(_, s)| s.packets), Some(3));
         assert_eq!(c.key(), client, "A = client, direction ingress");
+    }
+
+    #[test]
+    fn answer_read_before_its_initiator_waits_one_scan_and_joins_it() {
+        // Mirror port: both directions ingress. The walk passed the client's place before its
+        // entry was created and read the server's answer, created after it (so not marked
+        // initiator), alone.
+        let client = key(1, 40000, 2, 80, DIRECTION_INGRESS);
+        let server = key(2, 80, 1, 40000, DIRECTION_INGRESS);
+        let initiator = FlowStats {
+            flags: FLOW_INITIATOR,
+            ..stats(1, 74, 10, 10)
+        };
+        let mut l = ledger(true);
+        let read = vec![(server, stats(1, 74, 20, 20))];
+        let mut kernel = vec![(client, initiator), read[0]];
+        assert!(scan_read(&mut l, read, &mut kernel, 100).0.is_empty());
+        let (out, _) = scan(&mut l, &mut kernel, 100);
+        assert_eq!(out.len(), 1);
+        let c = out[0].conversation;
+        assert_eq!(c.key(), client, "A = client, direction ingress");
+        assert_eq!(c.b_to_a.map(|(k, s)| (k, s.packets)), Some((server, 1)));
+
+        // An answer that stays alone (its initiator's entry is gone) is exported one scan
+        // later, oriented as on a host's own interface; an ending one at once.
+        let lone = key(3, 80, 1, 40001, DIRECTION_INGRESS);
+        let mut kernel = vec![(lone, stats(2, 148, 30, 30))];
+        assert!(scan(&mut l, &mut kernel, 100).0.is_empty());
+        let (out, _) = scan(&mut l, &mut kernel, 100);
+        assert_eq!(out[0].conversation.b_to_a.map(|(_, s)| s.packets), Some(2));
+        let ending = key(4, 80, 1, 40002, DIRECTION_INGRESS);
+        let (out, _) = scan(&mut l, &mut vec![(ending, stats(1, 74, 30, 30))], 5_000);
+        assert_eq!(out[0].ending, Ending::Idle);
     }
 
     #[test]

@@ -29,6 +29,7 @@ use anyhow::Context as _;
 use flowlens_runtime::incarnation::{self, Probe, StreamId};
 use flowlens_runtime::{consumer_lag, health, kafka_probe, DeadLetter, PolledProducer, Shutdown};
 use flowlens_schemas::Origin;
+use futures::FutureExt as _;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -48,6 +49,9 @@ use crate::kubernetes::MetadataSource;
 use crate::offsets::OffsetTracker;
 
 mod partitions;
+mod record_metrics;
+
+use record_metrics::RecordMetrics;
 
 /// Stage name in dead-letter headers and metric labels.
 pub const STAGE: &str = "enricher";
@@ -98,6 +102,8 @@ struct Input {
 
 /// Most delivery reports settled in one batch.
 const REPORT_BATCH: usize = 1024;
+/// Most records taken from the consumer in one pass of the loop.
+const CONSUME_BATCH: usize = 256;
 /// Records in flight and not one delivery report for this long: the producer is stuck (a broker
 /// that lost its producer id and keeps refusing it, or an outage this long), and the enricher
 /// stops without committing what is not acknowledged; restarted, it gets a new producer id and
@@ -240,6 +246,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         inputs: HashMap::new(),
         next_epoch: 0,
         output_partitions: output_partitions as i32,
+        metrics: RecordMetrics::new(),
     };
     let result = pipeline.run(&shutdown).await;
     reader.stop().await;
@@ -302,6 +309,7 @@ struct Pipeline {
     next_epoch: u32,
     /// Partitions of the enriched topic (a record without a key goes to one chosen by its origin).
     output_partitions: i32,
+    metrics: RecordMetrics,
 }
 
 impl Pipeline {
@@ -335,15 +343,25 @@ impl Pipeline {
                 }
                 _ = watch.tick() => self.watch_topic_id(),
                 message = consumer.recv(), if self.in_flight < self.max_in_flight => {
-                    self.apply_revocations();
-                    match message {
-                        Ok(message) => {
-                            let (partition, offset) = (message.partition(), message.offset());
-                            let Some(input) = self.admit(partition, offset) else {
-                                continue;
-                            };
+                    // The records already fetched are taken in the same pass (one wakeup of
+                    // the loop, one clock read), up to CONSUME_BATCH.
+                    let mut next = Some(message);
+                    let mut taken = 0;
+                    let now_ns = crate::kubernetes::now_ns();
+                    while let Some(received) = next.take() {
+                        self.apply_revocations();
+                        let message = match received {
+                            Ok(message) => message,
+                            Err(e) => {
+                                tracing::warn!(topic = %self.input, error = %e, "consume error");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                break;
+                            }
+                        };
+                        let (partition, offset) = (message.partition(), message.offset());
+                        if let Some(input) = self.admit(partition, offset) {
                             self.tracker.consumed(partition, offset);
-                            if let Err(e) = self.process(&message, input).await {
+                            if let Err(e) = self.process(&message, input, now_ns).await {
                                 failure = Some(self.failed(partition, offset, e));
                                 break;
                             }
@@ -352,10 +370,13 @@ impl Pipeline {
                             }
                             self.in_flight += 1;
                         }
-                        Err(e) => {
-                            tracing::warn!(topic = %self.input, error = %e, "consume error");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        taken += 1;
+                        if taken < CONSUME_BATCH && self.in_flight < self.max_in_flight {
+                            next = consumer.recv().now_or_never();
                         }
+                    }
+                    if failure.is_some() {
+                        break;
                     }
                 }
                 _ = beat.tick() => {
@@ -402,16 +423,22 @@ impl Pipeline {
 
     /// Decodes, joins and produces one raw record (or sends it to the dead-letter topic); its
     /// delivery report comes later through `reports`. An error means it could not be queued.
-    async fn process(&self, message: &BorrowedMessage<'_>, input: Input) -> anyhow::Result<()> {
+    /// `now_ns`: the wall clock (Unix ns) for the record's lag.
+    async fn process(
+        &self,
+        message: &BorrowedMessage<'_>,
+        input: Input,
+        now_ns: i64,
+    ) -> anyhow::Result<()> {
         let (partition, offset) = (message.partition(), message.offset());
-        metrics::counter!("flowlens_enricher_records_in_total").increment(1);
+        self.metrics.records_in.increment(1);
 
         let mut raw = match flowlens_schemas::reader::raw_flow(
             message.payload().unwrap_or_default(),
         ) {
             Ok(raw) => raw,
             Err(e) => {
-                metrics::counter!("flowlens_enricher_records_invalid_total").increment(1);
+                self.metrics.invalid.increment(1);
                 let reason = format!("decoding RawFlow: {e}");
                 tracing::warn!(topic = %self.input, partition, offset, %reason, "invalid raw flow");
                 return self.dead_letter(message, reason, input.epoch);
@@ -426,8 +453,8 @@ impl Pipeline {
         let routed = (u64::from_le_bytes(origin.stream[..8].try_into().unwrap())
             ^ origin.partition as u64)
             % self.output_partitions as u64;
-        let lag_s = (crate::kubernetes::now_ns() - raw.time_exported_ns) as f64 / 1e9;
-        metrics::histogram!("flowlens_enricher_record_lag_seconds").record(lag_s);
+        let lag_s = (now_ns - raw.time_exported_ns) as f64 / 1e9;
+        self.metrics.lag.record(lag_s);
         // Join and encode in one pass, straight from the caches into the message.
         let mut payload = Vec::with_capacity(320);
         let hits = {
@@ -446,24 +473,13 @@ impl Pipeline {
         let hits = match hits {
             Ok(hits) => hits,
             Err(e) => {
-                metrics::counter!("flowlens_enricher_records_invalid_total").increment(1);
+                self.metrics.invalid.increment(1);
                 let reason = format!("encoding EnrichedFlow: {e}");
                 tracing::warn!(topic = %self.input, partition, offset, %reason, "raw flow not enriched");
                 return self.dead_letter(message, reason, input.epoch);
             }
         };
-        if hits.interface {
-            metrics::counter!("flowlens_enricher_interface_join_hits_total").increment(1);
-        } else {
-            metrics::counter!("flowlens_enricher_interface_join_misses_total").increment(1);
-        }
-        if self.kubernetes.is_some() {
-            for (end, hit) in [("src", hits.src), ("dst", hits.dst)] {
-                let result = if hit { "hit" } else { "miss" };
-                metrics::counter!("flowlens_enricher_kubernetes_lookups_total", "end" => end, "result" => result)
-                    .increment(1);
-            }
-        }
+        self.metrics.joined(hits, self.kubernetes.is_some());
 
         let mut record = BaseRecord::<[u8], [u8], _>::with_opaque_to(
             &self.output,
@@ -485,7 +501,7 @@ impl Pipeline {
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
                     // A raw record the join made too big for the producer (long strings).
-                    metrics::counter!("flowlens_enricher_records_invalid_total").increment(1);
+                    self.metrics.invalid.increment(1);
                     let reason = format!(
                         "enriched record of {} bytes exceeds the producer's message.max.bytes",
                         payload.len()

@@ -475,15 +475,15 @@ async fn end_to_end(encoded: Vec<Vec<u8>>, n: usize) {
     metrics::set_global_recorder(OutCounter(out.clone())).expect("first recorder");
     let shutdown = flowlens_runtime::Shutdown::new();
     let task = tokio::spawn(flowlens_enricher::run(config, shutdown.clone()));
-    let mut first: Option<(Instant, usize)> = None;
-    let mut last = (Instant::now(), 0usize);
+    let mut first: Option<(Instant, usize, f64)> = None;
+    let mut last = (Instant::now(), 0usize, 0.0);
     let done = loop {
         let c = out.load(std::sync::atomic::Ordering::Relaxed) as usize;
         if c > 0 && first.is_none() {
-            first = Some((Instant::now(), c));
+            first = Some((Instant::now(), c, process_cpu_s()));
         }
         if c != last.1 {
-            last = (Instant::now(), c);
+            last = (Instant::now(), c, process_cpu_s());
         }
         if c >= n || last.0.elapsed() > Duration::from_secs(10) {
             break last;
@@ -493,12 +493,29 @@ async fn end_to_end(encoded: Vec<Vec<u8>>, n: usize) {
     println!("end to end: {} of {n} records enriched", done.1);
     shutdown.trigger();
     task.await.unwrap().unwrap();
-    let (t0, c0) = first.expect("enriched records");
+    let (t0, c0, cpu0) = first.expect("enriched records");
+    println!(
+        "end to end: enricher CPU {:.2} µs per record (this process between the first and the \
+         last record out: the stage's threads and librdkafka's; the broker not included)",
+        (done.2 - cpu0) * 1e6 / (done.1 - c0).max(1) as f64
+    );
     println!(
         "end to end: {} records enriched through tansu (consume, join, produce, acks, offsets) at {:.0} records/s",
         done.1,
         rate(done.1 - c0, done.0 - t0)
     );
+}
+
+/// CPU seconds (user and system) this process has used so far.
+fn process_cpu_s() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(usage.ru_utime) + s(usage.ru_stime)
 }
 
 /// The cluster's current pods, services, nodes and owners as a kubectl-style List file.

@@ -8,13 +8,14 @@
 //! effect in ClickHouse is exactly once.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use flowlens_runtime::health::{self, LoopWatch};
 use flowlens_runtime::incarnation::{self, Probe, StreamId};
 use flowlens_runtime::{consumer_lag, kafka_probe, DeadLetter, Shutdown};
+use futures::FutureExt as _;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -29,6 +30,9 @@ use crate::insert::{Backoff, Inserter};
 use crate::recovery::Queries;
 
 mod partitions;
+
+/// Most records taken from the consumer in one pass of the loop.
+const CONSUME_BATCH: usize = 256;
 
 /// How often the input topic's id is read again to notice a new incarnation.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
@@ -181,7 +185,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let probe = Probe::new(&config.kafka, PROBE_TIMEOUT)?;
     let mut sink = Sink {
         alive,
-        consumer,
+        consumer: Arc::new(consumer),
         inserter: Inserter::new(&config.clickhouse)?,
         table: config.clickhouse.table.clone(),
         batches: Batches::new(config.batch.clone()),
@@ -194,6 +198,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         dead_letter,
         shutdown,
         scratch: Vec::with_capacity(512),
+        received: metrics::counter!("flowlens_sink_records_received_total"),
         inserts: 0,
         crash_after_inserts: std::env::var(CRASH_AFTER_INSERTS_ENV)
             .ok()
@@ -242,7 +247,8 @@ async fn prepare_schema(config: &Config, shutdown: &Shutdown) -> anyhow::Result<
 struct Sink {
     /// Liveness: beaten by every pass of the loops below.
     alive: LoopWatch,
-    consumer: SinkConsumer,
+    /// Shared with the loops, whose records borrow it while `self` is changed.
+    consumer: Arc<SinkConsumer>,
     inserter: Inserter,
     table: String,
     batches: Batches,
@@ -260,6 +266,8 @@ struct Sink {
     shutdown: Shutdown,
     /// Reused buffer for one decoded record (RowBinary).
     scratch: Vec<u8>,
+    /// `flowlens_sink_records_received_total` (resolved once: a lookup per record otherwise).
+    received: metrics::Counter,
     /// Acknowledged INSERTs so far, for the `CRASH_AFTER_INSERTS_ENV` failpoint.
     inserts: u64,
     crash_after_inserts: Option<u64>,
@@ -267,6 +275,7 @@ struct Sink {
 
 impl Sink {
     async fn run_loop(&mut self) -> anyhow::Result<()> {
+        let consumer = self.consumer.clone();
         let mut beat = tokio::time::interval(Duration::from_secs(1));
         let mut watch = tokio::time::interval(WATCH_INTERVAL);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -286,20 +295,33 @@ impl Sink {
                     self.batches.seal_expired(Instant::now());
                 }
                 _ = watch.tick() => self.watch_topic_ids(),
-                received = self.consumer.recv() => match received {
-                    Ok(message) => {
-                        let message = message.detach();
-                        // A rebalance served inside this recv() came before this record (which
-                        // may already be from the new assignment): forget the revoked
-                        // partitions first, or the record would be dropped with them.
-                        self.apply_revocations();
-                        self.handle(&message).await?;
+                received = consumer.recv() => {
+                    // The records already fetched are taken in the same pass (one wakeup, one
+                    // timer), up to CONSUME_BATCH or until a batch is sealed.
+                    let mut next = Some(received);
+                    let mut taken = 0;
+                    while let Some(received) = next.take() {
+                        match received {
+                            Ok(message) => {
+                                // A rebalance served inside this recv() came before this record
+                                // (which may already be from the new assignment): forget the
+                                // revoked partitions first, or the record would be dropped with
+                                // them.
+                                self.apply_revocations();
+                                self.handle(&message).await?;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "Kafka consumer error");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                break;
+                            }
+                        }
+                        taken += 1;
+                        if taken < CONSUME_BATCH && self.batches.sealed_len() == 0 {
+                            next = consumer.recv().now_or_never();
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Kafka consumer error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
+                }
             }
             self.apply_revocations();
             self.batches.seal_expired(Instant::now());
@@ -317,7 +339,7 @@ impl Sink {
 
     /// Decodes one record into its partition's batch, or dead-letters it.
     async fn handle<M: Message>(&mut self, message: &M) -> anyhow::Result<()> {
-        metrics::counter!("flowlens_sink_records_received_total").increment(1);
+        self.received.increment(1);
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         let key = (topic.to_owned(), partition);
         let Some(stream) = self.admit(&key, offset).await else {
@@ -547,14 +569,14 @@ impl Sink {
     /// Keeps the consumer alive for `delay`: serves rebalances, adds any record that arrives.
     async fn poll_while_waiting(&mut self, delay: Duration) -> anyhow::Result<()> {
         let until = tokio::time::Instant::now() + delay;
+        let consumer = self.consumer.clone();
         loop {
             self.alive.beat();
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
                 _ = self.shutdown.cancelled() => break,
-                received = self.consumer.recv() => match received {
+                received = consumer.recv() => match received {
                     Ok(message) => {
-                        let message = message.detach();
                         if self.apply_revocations() {
                             self.pause();
                         }

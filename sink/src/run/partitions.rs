@@ -41,7 +41,7 @@ impl Sink {
             None
         } else {
             tokio::task::block_in_place(|| {
-                incarnation::committed_under(&self.consumer, topic, partition, PROBE_TIMEOUT)
+                incarnation::committed_under(&*self.consumer, topic, partition, PROBE_TIMEOUT)
             })
         };
         tracing::info!(topic, partition, offset, stream = %incarnation::hex(&base), from_topic_id,

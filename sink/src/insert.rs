@@ -1,17 +1,20 @@
-//! The ClickHouse side: one `INSERT INTO table(columns) FORMAT RowBinary` per batch (LZ4
-//! compressed), successful only when the server acknowledged it, and the capped exponential
-//! backoff used between failed attempts (the retry loop itself lives in `run.rs`, which keeps
-//! the Kafka consumer polled while it waits).
+//! The ClickHouse side: one `INSERT INTO table(columns)` per batch (LZ4 compressed), successful
+//! only when the server acknowledged it, and the capped exponential backoff used between failed
+//! attempts (the retry loop itself lives in `run.rs`, which keeps the Kafka consumer polled
+//! while it waits).
 //!
 //! Rows arrive already in RowBinary (`decode::write_row`, or `FlowRow::write_row_binary`), one
 //! buffer per batch, and are sent with the crate's `insert_formatted_with`. With
 //! `clickhouse.validation` the column types of the table are checked once against
 //! `row::COLUMN_TYPES` (again after any failed insert, as the table may have changed) instead
 //! of per row by the crate's validating serializer, which cost ~40 % of the insert CPU
-//! (bench/results/sink.md).
+//! (bench/results/sink.md); knowing them, the batch goes as one Native block (`FORMAT Native`,
+//! `row::NativeLayout`), which the server parses for less CPU per row
+//! (bench/results/insert-formats.md). Without validation (a server whose types are not
+//! checked, e.g. 18.16) it goes as `FORMAT RowBinary`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -19,7 +22,7 @@ use clickhouse::{Client, Compression, Row as _};
 use flowlens_runtime::{health, Shutdown};
 
 use crate::config::{ClickHouseConfig, SinkConfig};
-use crate::row::{FlowRow, COLUMN_TYPES};
+use crate::row::{FlowRow, NativeLayout, COLUMN_TYPES};
 
 /// Builds the client for `config`: URL (TLS for https://, see `tls`), database, credentials,
 /// LZ4, validation.
@@ -87,6 +90,9 @@ pub struct Inserter {
     validation: bool,
     /// The table's column types were checked and match (reset after a failed insert).
     checked: Arc<AtomicBool>,
+    /// The table's columns as a Native block names them, once checked (`None`: RowBinary).
+    native: Arc<Mutex<Option<NativeLayout>>>,
+    /// `INSERT INTO table(columns) FORMAT ` (the format's name follows).
     sql: String,
 }
 
@@ -103,8 +109,9 @@ impl Inserter {
             timeout: Duration::from_millis(config.timeout_ms),
             validation: config.validation,
             checked: Arc::new(AtomicBool::new(false)),
+            native: Arc::new(Mutex::new(None)),
             sql: format!(
-                "INSERT INTO `{}`({}) FORMAT RowBinary",
+                "INSERT INTO `{}`({}) FORMAT ",
                 config.table,
                 columns.join(",")
             ),
@@ -146,12 +153,12 @@ impl Inserter {
         }
         let started = Instant::now();
         let result = self
-            .write_inner(data, token)
+            .write_inner(data, rows, token)
             .await
             .with_context(|| format!("inserting into `{}` at {}", self.table, self.endpoint));
         let elapsed = started.elapsed();
         match &result {
-            Ok(()) => {
+            Ok(format) => {
                 health::condition(INSERTS).set_ok();
                 metrics::histogram!("flowlens_sink_insert_duration_seconds")
                     .record(elapsed.as_secs_f64());
@@ -160,6 +167,7 @@ impl Inserter {
                 tracing::debug!(
                     table = %self.table,
                     rows,
+                    format,
                     ms = elapsed.as_millis() as u64,
                     "batch inserted"
                 );
@@ -172,7 +180,7 @@ impl Inserter {
                 self.checked.store(false, Ordering::Relaxed);
             }
         }
-        result
+        result.map(|_| ())
     }
 
     /// Compares the table's columns with `COLUMN_TYPES`; an error names every mismatch.
@@ -204,17 +212,42 @@ impl Inserter {
             self.table,
             wrong.join("; ")
         );
+        let native = NativeLayout::for_table(&columns);
+        tracing::info!(table = %self.table, format = if native.is_some() { "Native" } else { "RowBinary" },
+            "table columns checked; insert format chosen");
+        *self.native.lock().unwrap_or_else(|p| p.into_inner()) = native;
         Ok(())
     }
 
-    async fn write_inner(&self, data: &[u8], token: Option<&str>) -> anyhow::Result<()> {
+    /// The INSERT's format and body for `rows` RowBinary rows `data`.
+    fn body(&self, data: &[u8], rows: usize) -> anyhow::Result<(&'static str, bytes::Bytes)> {
+        let native = self.native.lock().unwrap_or_else(|p| p.into_inner());
+        match native.as_ref() {
+            Some(layout) if self.validation => {
+                let mut block = Vec::new();
+                layout
+                    .write_block(data, rows, &mut block)
+                    .context("writing the batch as a Native block")?;
+                Ok(("Native", block.into()))
+            }
+            _ => Ok(("RowBinary", bytes::Bytes::copy_from_slice(data))),
+        }
+    }
+
+    async fn write_inner(
+        &self,
+        data: &[u8],
+        rows: usize,
+        token: Option<&str>,
+    ) -> anyhow::Result<&'static str> {
         if self.validation && !self.checked.load(Ordering::Relaxed) {
             self.check_columns().await?;
             self.checked.store(true, Ordering::Relaxed);
         }
+        let (format, body) = self.body(data, rows)?;
         let mut insert = self
             .client
-            .insert_formatted_with(self.sql.clone())
+            .insert_formatted_with(format!("{}{format}", self.sql))
             .with_timeouts(Some(self.timeout), Some(self.timeout));
         if let Some(token) = token {
             insert = insert
@@ -222,9 +255,9 @@ impl Inserter {
                 .with_setting("insert_deduplication_token", token)
                 .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
         }
-        insert.send(bytes::Bytes::copy_from_slice(data)).await?;
+        insert.send(body).await?;
         insert.end().await?;
-        Ok(())
+        Ok(format)
     }
 }
 

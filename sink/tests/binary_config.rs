@@ -116,7 +116,8 @@ fn front_log_since(chdb: &Chdb, from: usize) -> String {
 
 /// Keys whose effect shows outside the sink, through the binary: the rows go to
 /// `clickhouse.table` of `clickhouse.database` (not `flows`); `clickhouse.validation = false`
-/// sends no column check (the front's request log has no `system.columns` query);
+/// sends no column check (the front's request log has no `system.columns` query) and the
+/// batches go as RowBinary;
 /// `sink.migrate_on_start = false` creates nothing and reads `schema_migrations`;
 /// `batch.max_bytes` cuts the batches (many INSERTs for one partition's records although
 /// `max_rows` and `max_age_ms` never trigger); `kafka.create_topics` + `kafka.partitions` make
@@ -226,7 +227,7 @@ async fn batch_table_schema_and_log_keys_take_effect() {
     assert!(!requests.contains("CREATE"), "{requests}");
     assert!(requests.contains("schema_migrations"), "{requests}");
     let logged = std::fs::read_to_string(&log).unwrap();
-    let mut debug = 0;
+    let (mut debug, mut batches) = (0, 0);
     for line in logged.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -237,10 +238,16 @@ async fn batch_table_schema_and_log_keys_take_effect() {
         if v["level"] == "DEBUG" && ours {
             debug += 1;
         }
+        // validation = false: the table's types are unknown, the batches go as RowBinary.
+        if v["message"] == "batch inserted" {
+            assert_eq!(v["format"], "RowBinary", "{line}");
+            batches += 1;
+        }
         // warn for everything else: no info line from librdkafka or the runtime.
         assert!(ours || v["level"] != "INFO", "{line}");
     }
     assert!(debug > 0, "no debug line:\n{logged}");
+    assert!(batches >= 10, "{batches} batches logged:\n{logged}");
     let (brokers, dlq) = (tansu.broker(), format!("{topic}.dlq"));
     let partitions = tokio::task::spawn_blocking(move || topic_partitions(&brokers, &dlq))
         .await

@@ -1,6 +1,6 @@
 //! `FlowRow`: one `flows` table row in column order, built from an `EnrichedFlow` with range checks;
-//! its column list (`columns`), its RowBinary writer (`binary`) and a sample flow for tests
-//! (`sample`).
+//! its column list (`columns`), its RowBinary writer (`binary`), a batch of its rows as one
+//! Native block (`native`) and a sample flow for tests (`sample`).
 //!
 //! RowBinary mapping: DateTime64(9) is `i64` nanoseconds, IPv6 is `Ipv6Addr` (16 bytes, network
 //! order), `Enum8('ingress'=0,'egress'=1)` is an `i8` (serde_repr), Bool is one byte 0/1, unknown
@@ -16,12 +16,14 @@ use serde_repr::Serialize_repr;
 
 mod binary;
 mod columns;
+mod native;
 mod sample;
 #[cfg(test)]
 mod tests;
 
 pub use binary::RowRef;
 pub use columns::COLUMN_TYPES;
+pub use native::NativeLayout;
 #[doc(hidden)]
 pub use sample::{sample_flow, sample_flow_at, SAMPLE_BASE_NS};
 

@@ -587,6 +587,15 @@ async fn unavailable_dead_letter_topic_skips_when_told() {
         run.metrics("flowlens_dead_letter_skipped_total"),
         (2.0, 1.0)
     );
+    // clickhouse.validation on (the default): the columns checked, the batches go as Native.
+    let sink_log = std::fs::read_to_string(&run.stages.sink_log).unwrap();
+    let chosen = sink_log
+        .lines()
+        .find(|l| l.contains("insert format chosen"));
+    assert!(
+        chosen.is_some_and(|l| l.contains("Native")),
+        "{chosen:?}\n{sink_log}"
+    );
     run.stages.assert_up();
 
     run.create_dead_letter_topic().await;

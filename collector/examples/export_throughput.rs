@@ -36,16 +36,8 @@ use flowlens_collector::encode::encode_raw_flow;
 use flowlens_collector::publish::{Delivery, Publisher, DEFAULT_MAX_IN_FLIGHT};
 use flowlens_runtime::kafka::KafkaConfig;
 use flowlens_schemas::{encode, ip_to_v6, Direction, Process, RawFlow};
+use flowlens_testkit::cpu_time;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-
-/// CPU time (user + system) of the calling thread (`RUSAGE_THREAD`) or the whole process.
-fn cpu_time(who: libc::c_int) -> Duration {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid `who`, valid out pointer.
-    unsafe { libc::getrusage(who, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
 
 /// A `kB` line of /proc/self/status, in MB.
 fn status_mb(field: &str) -> f64 {

@@ -20,6 +20,7 @@ use flowlens_enricher::kubernetes::history::Limits;
 use flowlens_enricher::kubernetes::model::Object;
 use flowlens_enricher::kubernetes::store::{Change, Store};
 use flowlens_schemas::{ip_to_v6, Direction, Interface, RawFlow};
+use flowlens_testkit::cpu_time;
 use serde_json::json;
 
 /// The allocator of the `flowlens-enricher` binary (src/main.rs), so the numbers are the
@@ -480,10 +481,10 @@ async fn end_to_end(encoded: Vec<Vec<u8>>, n: usize) {
     let done = loop {
         let c = out.load(std::sync::atomic::Ordering::Relaxed) as usize;
         if c > 0 && first.is_none() {
-            first = Some((Instant::now(), c, process_cpu_s()));
+            first = Some((Instant::now(), c, cpu_time(libc::RUSAGE_SELF).as_secs_f64()));
         }
         if c != last.1 {
-            last = (Instant::now(), c, process_cpu_s());
+            last = (Instant::now(), c, cpu_time(libc::RUSAGE_SELF).as_secs_f64());
         }
         if c >= n || last.0.elapsed() > Duration::from_secs(10) {
             break last;
@@ -504,18 +505,6 @@ async fn end_to_end(encoded: Vec<Vec<u8>>, n: usize) {
         done.1,
         rate(done.1 - c0, done.0 - t0)
     );
-}
-
-/// CPU seconds (user and system) this process has used so far.
-fn process_cpu_s() -> f64 {
-    // SAFETY: getrusage fills the struct it is given.
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    s(usage.ru_utime) + s(usage.ru_stime)
 }
 
 /// The cluster's current pods, services, nodes and owners as a kubectl-style List file.

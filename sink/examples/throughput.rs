@@ -16,13 +16,7 @@ use std::time::{Duration, Instant};
 use flowlens_sink::config::ClickHouseConfig;
 use flowlens_sink::insert::Inserter;
 use flowlens_sink::row::{sample_flow_at, FlowRow};
-
-fn cpu_time() -> Duration {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
+use flowlens_testkit::cpu_time;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -52,15 +46,15 @@ async fn main() -> anyhow::Result<()> {
 
     // The generic decoder (apache-avro `Value`), on a sample, for comparison.
     let sample = n.min(100_000);
-    let cpu0 = cpu_time();
+    let cpu0 = cpu_time(libc::RUSAGE_SELF);
     for m in &messages[..sample] {
         let flow = flowlens_schemas::decode::<flowlens_schemas::EnrichedFlow>(m)?;
         std::hint::black_box(FlowRow::try_from(flow)?);
     }
-    let generic_per_core = sample as f64 / (cpu_time() - cpu0).as_secs_f64();
+    let generic_per_core = sample as f64 / (cpu_time(libc::RUSAGE_SELF) - cpu0).as_secs_f64();
 
     // Decode: what `Sink::handle` does per record: Avro → RowBinary appended to the batch.
-    let (cpu0, wall0) = (cpu_time(), Instant::now());
+    let (cpu0, wall0) = (cpu_time(libc::RUSAGE_SELF), Instant::now());
     let mut batches: Vec<(Vec<u8>, usize)> = Vec::new();
     for (k, chunk) in messages.chunks(batch).enumerate() {
         let mut data = Vec::with_capacity(chunk.len() * 256);
@@ -78,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
         }
         batches.push((data, chunk.len()));
     }
-    let (decode_cpu, decode_wall) = (cpu_time() - cpu0, wall0.elapsed());
+    let (decode_cpu, decode_wall) = (cpu_time(libc::RUSAGE_SELF) - cpu0, wall0.elapsed());
 
     // Insert: one INSERT per batch with its token, into a fresh database.
     let config = ClickHouseConfig {
@@ -96,12 +90,12 @@ async fn main() -> anyhow::Result<()> {
         .query("TRUNCATE TABLE flows")
         .execute()
         .await?;
-    let (cpu0, wall0) = (cpu_time(), Instant::now());
+    let (cpu0, wall0) = (cpu_time(libc::RUSAGE_SELF), Instant::now());
     for (k, (data, len)) in batches.iter().enumerate() {
         let token = format!("bench/0/{}-{}", k * batch, k * batch + len - 1);
         inserter.write_encoded(data, *len, Some(&token)).await?;
     }
-    let (insert_cpu, insert_wall) = (cpu_time() - cpu0, wall0.elapsed());
+    let (insert_cpu, insert_wall) = (cpu_time(libc::RUSAGE_SELF) - cpu0, wall0.elapsed());
     let stored: u64 = inserter
         .client()
         .query("SELECT count() FROM flows")

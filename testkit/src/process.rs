@@ -5,6 +5,19 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// CPU time (user + system) of the calling thread (`libc::RUSAGE_THREAD`) or of the whole
+/// process, all threads (`libc::RUSAGE_SELF`), for the harnesses that measure CPU per record.
+pub fn cpu_time(who: libc::c_int) -> Duration {
+    // SAFETY: getrusage fills the struct it is given; `who` is one of the values above.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(who, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 /// A child process killed (and reaped) on drop.
 pub struct ChildGuard {
     pub name: &'static str,

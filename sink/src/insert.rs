@@ -219,11 +219,12 @@ impl Inserter {
         Ok(())
     }
 
-    /// The INSERT's format and body for `rows` RowBinary rows `data`.
+    /// The INSERT's format and body for `rows` RowBinary rows `data`: Native once the table's
+    /// columns were checked and all have a Native layout (only with `clickhouse.validation`).
     fn body(&self, data: &[u8], rows: usize) -> anyhow::Result<(&'static str, bytes::Bytes)> {
         let native = self.native.lock().unwrap_or_else(|p| p.into_inner());
         match native.as_ref() {
-            Some(layout) if self.validation => {
+            Some(layout) => {
                 let mut block = Vec::new();
                 layout
                     .write_block(data, rows, &mut block)

@@ -123,12 +123,7 @@ impl RowRef<'_> {
     /// `clickhouse` crate's serde serializer writes for the same `FlowRow`.
     pub fn write_row_binary(&self, out: &mut Vec<u8>) {
         fn string(out: &mut Vec<u8>, s: &str) {
-            let mut n = s.len();
-            while n >= 0x80 {
-                out.push((n as u8) | 0x80);
-                n >>= 7;
-            }
-            out.push(n as u8);
+            write_varint(out, s.len());
             out.extend_from_slice(s.as_bytes());
         }
         out.extend_from_slice(&self.time_flow_start.to_le_bytes());
@@ -354,6 +349,27 @@ impl FlowRow {
     pub fn write_row_binary(&self, out: &mut Vec<u8>) {
         self.as_ref().write_row_binary(out);
     }
+}
+
+/// Appends `n` as RowBinary writes lengths (unsigned LEB128; Native uses the same).
+pub(super) fn write_varint(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// The length at the start of `b` as [`write_varint`] writes it, and how many bytes it took.
+pub(super) fn read_varint(b: &[u8]) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for (i, byte) in b.iter().enumerate().take(10) {
+        value |= ((byte & 0x7f) as usize) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
 }
 
 pub(super) fn varint_len(mut n: usize) -> usize {

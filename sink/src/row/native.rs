@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Context};
 
+use super::binary::{read_varint, write_varint};
 use super::COLUMN_TYPES;
 
 /// How one column's value is laid out in RowBinary and in Native.
@@ -83,7 +84,7 @@ impl NativeLayout {
                 let len = match wire {
                     Wire::Fixed(n) => *n,
                     Wire::String => {
-                        let (n, prefix) = leb128(&data[at.min(data.len())..])
+                        let (n, prefix) = read_varint(&data[at.min(data.len())..])
                             .with_context(|| format!("row {row}: a string's length"))?;
                         prefix + n
                     }
@@ -99,37 +100,17 @@ impl NativeLayout {
             bail!("{} bytes after {rows} rows", data.len() - at);
         }
         out.reserve(data.len() + 32 * self.columns.len());
-        write_leb128(out, self.columns.len());
-        write_leb128(out, rows);
+        write_varint(out, self.columns.len());
+        write_varint(out, rows);
         for ((name, header, _), column) in self.columns.iter().zip(columns) {
             for s in [name.as_bytes(), header.as_bytes()] {
-                write_leb128(out, s.len());
+                write_varint(out, s.len());
                 out.extend_from_slice(s);
             }
             out.extend_from_slice(&column);
         }
         Ok(())
     }
-}
-
-/// A LEB128 value at the start of `b` and its length in bytes.
-fn leb128(b: &[u8]) -> Option<(usize, usize)> {
-    let mut value = 0usize;
-    for (i, byte) in b.iter().enumerate().take(10) {
-        value |= ((byte & 0x7f) as usize) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
-}
-
-fn write_leb128(out: &mut Vec<u8>, mut n: usize) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
 }
 
 #[cfg(test)]
@@ -166,7 +147,7 @@ mod tests {
         // Column `host` (the fourth): header, then the three values in row order.
         let mut expected = Vec::new();
         for s in ["host", "String", "host-0", "host-1", "host-2"] {
-            write_leb128(&mut expected, s.len());
+            write_varint(&mut expected, s.len());
             expected.extend_from_slice(s.as_bytes());
         }
         let found = block.windows(expected.len()).any(|w| w == expected);

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use flowlens_runtime::incarnation::{self, Probe, StreamId};
+use flowlens_runtime::kafka::CONSUME_BATCH;
 use flowlens_runtime::{consumer_lag, health, kafka_probe, DeadLetter, PolledProducer, Shutdown};
 use flowlens_schemas::Origin;
 use futures::FutureExt as _;
@@ -102,8 +103,6 @@ struct Input {
 
 /// Most delivery reports settled in one batch.
 const REPORT_BATCH: usize = 1024;
-/// Most records taken from the consumer in one pass of the loop.
-const CONSUME_BATCH: usize = 256;
 /// Records in flight and not one delivery report for this long: the producer is stuck (a broker
 /// that lost its producer id and keeps refusing it, or an outage this long), and the enricher
 /// stops without committing what is not acknowledged; restarted, it gets a new producer id and

@@ -13,6 +13,11 @@ use serde::Deserialize;
 use crate::config::{check_file, read_secret_file, Secret};
 use crate::ConfigError;
 
+/// Most records a stage's loop takes from its consumer in one pass: after the record it waited
+/// for, those librdkafka has already fetched (`recv().now_or_never()`), so a busy stage pays
+/// one wakeup and one timer per pass rather than per record.
+pub const CONSUME_BATCH: usize = 256;
+
 /// `[kafka]` section: where the brokers are, how to authenticate, librdkafka pass-through
 /// properties.
 #[derive(Debug, Clone, Deserialize)]

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use flowlens_runtime::health::{self, LoopWatch};
 use flowlens_runtime::incarnation::{self, Probe, StreamId};
+use flowlens_runtime::kafka::CONSUME_BATCH;
 use flowlens_runtime::{consumer_lag, kafka_probe, DeadLetter, Shutdown};
 use futures::FutureExt as _;
 use rdkafka::consumer::{
@@ -30,9 +31,6 @@ use crate::insert::{Backoff, Inserter};
 use crate::recovery::Queries;
 
 mod partitions;
-
-/// Most records taken from the consumer in one pass of the loop.
-const CONSUME_BATCH: usize = 256;
 
 /// How often the input topic's id is read again to notice a new incarnation.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);

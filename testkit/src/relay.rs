@@ -2,16 +2,20 @@
 //! received it: the oracle for settings that only show on the wire (the Kafka client id and
 //! the replication factor of created topics in the request bytes; how long an HTTP client
 //! waits for an answer that never comes, and when it tries again). `hold` turns it into a
-//! server that accepts, reads and never answers.
+//! server that accepts, reads and never answers; `delay` into a slow link towards the service
+//! (each request reaches the service late: an INSERT lands long after it was sent).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Bytes of each connection's client side that are kept.
 const KEPT: usize = 4 << 20;
+
+/// A client quiet this long before it sends again starts a new request (for `delay`).
+pub const QUIET: Duration = Duration::from_millis(20);
 
 /// One client connection.
 #[derive(Debug, Clone)]
@@ -44,6 +48,8 @@ pub struct Relay {
     pub port: u16,
     state: Arc<Mutex<State>>,
     held: Arc<AtomicBool>,
+    /// Milliseconds each request waits before it is forwarded.
+    delay_ms: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -70,15 +76,18 @@ impl Relay {
             port,
             state: Arc::default(),
             held: Arc::default(),
+            delay_ms: Arc::default(),
             stop: Arc::default(),
         };
         let (state, held, stop) = (relay.state.clone(), relay.held.clone(), relay.stop.clone());
+        let delay_ms = relay.delay_ms.clone();
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
                         client.set_nonblocking(false).unwrap();
-                        accept(&state, client, target, held.load(Ordering::SeqCst));
+                        let held = held.load(Ordering::SeqCst);
+                        accept(&state, client, target, held, delay_ms.clone());
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -104,6 +113,13 @@ impl Relay {
                 let _ = stream.shutdown(Shutdown::Both);
             }
         }
+    }
+
+    /// Each request a client sends from now on (what it sends after [`QUIET`] without
+    /// sending) waits `delay` before it is forwarded; the rest of it follows at once.
+    pub fn delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Every connection so far, in the order they were accepted.
@@ -147,7 +163,13 @@ impl Drop for Relay {
     }
 }
 
-fn accept(state: &Arc<Mutex<State>>, client: TcpStream, target: u16, held: bool) {
+fn accept(
+    state: &Arc<Mutex<State>>,
+    client: TcpStream,
+    target: u16,
+    held: bool,
+    delay_ms: Arc<AtomicU64>,
+) {
     let index = {
         let mut s = state.lock().unwrap();
         s.connections.push(Connection {
@@ -183,6 +205,7 @@ fn accept(state: &Arc<Mutex<State>>, client: TcpStream, target: u16, held: bool)
     std::thread::spawn(move || {
         let mut upstream = upstream;
         let mut buf = [0u8; 64 * 1024];
+        let mut last = Instant::now() - QUIET;
         loop {
             let n = match client.read(&mut buf) {
                 Ok(0) | Err(_) => break,
@@ -195,6 +218,11 @@ fn accept(state: &Arc<Mutex<State>>, client: TcpStream, target: u16, held: bool)
                 sent.extend_from_slice(&buf[..room]);
             }
             if let Some(u) = &mut upstream {
+                let delay = delay_ms.load(Ordering::SeqCst);
+                if delay > 0 && last.elapsed() >= QUIET {
+                    std::thread::sleep(Duration::from_millis(delay));
+                }
+                last = Instant::now();
                 if u.write_all(&buf[..n]).is_err() {
                     break;
                 }

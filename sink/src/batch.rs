@@ -365,6 +365,11 @@ impl Batches {
         self.sealed.pop_front()
     }
 
+    /// Puts a batch taken by [`Batches::pop_front`] back in front (its INSERT failed).
+    pub fn push_front(&mut self, batch: Sealed) {
+        self.sealed.push_front(batch);
+    }
+
     pub fn sealed_len(&self) -> usize {
         self.sealed.len()
     }

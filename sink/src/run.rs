@@ -1,11 +1,12 @@
-//! The consume → batch → insert → commit loop. Offsets are committed (asynchronously, with the
-//! incarnation as commit metadata) only after ClickHouse acknowledged every row up to them;
-//! records already stored are dropped before their INSERT by their identity (`dedup`,
-//! `recovery`); undecodable records go to the dead-letter topic; while ClickHouse is down the
-//! partitions are paused and nothing is committed; revoked partitions' batches are dropped
-//! right after the `recv()` whose callback revoked them; at shutdown open batches are inserted
-//! and committed. ARCHITECTURE.md ("Delivery", "The sink's loop") has the rules and why the
-//! effect in ClickHouse is exactly once.
+//! The consume → batch → insert → commit loop, consuming on while one INSERT is in flight
+//! (`in_flight`). Offsets are committed (asynchronously, with the incarnation as commit
+//! metadata) only after ClickHouse acknowledged every row up to them; records already stored
+//! are dropped before their INSERT by their identity (`dedup`, `recovery`); undecodable records
+//! go to the dead-letter topic; while ClickHouse is down the partitions are paused and nothing
+//! is committed; a revocation waits for the INSERT in flight of its partitions, and revoked
+//! partitions' batches are dropped right after the `recv()` whose callback revoked them; at
+//! shutdown open batches are inserted and committed. ARCHITECTURE.md ("Delivery", "The sink's
+//! loop") has the rules and why the effect in ClickHouse is exactly once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -23,14 +24,17 @@ use rdkafka::consumer::{
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::batch::{content_token, Batches, PartitionKey};
+use crate::batch::{content_token, Batches, PartitionKey, Sealed};
 use crate::config::Config;
 use crate::decode::Position;
 use crate::dedup::{self, Check, PartitionDedup, Verdict};
 use crate::insert::{Backoff, Inserter};
 use crate::recovery::Queries;
 
+mod in_flight;
 mod partitions;
+
+use in_flight::{InFlight, InsertGate, Outcome};
 
 /// How often the input topic's id is read again to notice a new incarnation.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
@@ -64,10 +68,15 @@ const LIVENESS_MARGIN: Duration = Duration::from_secs(30);
 /// The stage name in dead-letter headers and logs.
 pub const STAGE: &str = "sink";
 
-/// Consumer context remembering revoked partitions until the loop drops their pending rows.
-#[derive(Default)]
+/// Sealed batches that may wait behind the INSERT in flight before consumption pauses: with
+/// one open batch per partition and the batch in flight, the bound on the rows held.
+const SEALED_AHEAD: usize = 4;
+
+/// Consumer context remembering revoked partitions until the loop drops their pending rows;
+/// a revocation first waits for the INSERT in flight of a revoked partition (`InsertGate`).
 pub struct SinkContext {
     revoked: Mutex<Vec<PartitionKey>>,
+    gate: Arc<InsertGate>,
 }
 
 impl ClientContext for SinkContext {}
@@ -82,6 +91,7 @@ impl ConsumerContext for SinkContext {
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
                 tracing::info!(partitions = ?gone, "partitions revoked");
+                self.gate.wait_before_revoking(&gone);
                 self.revoked.lock().unwrap().extend(gone);
             }
             Rebalance::Assign(tpl) => {
@@ -153,8 +163,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             consumer_config.set(k, v);
         }
     }
+    // An INSERT ends within its two timeouts (body sent, answer read) and its column check.
+    let insert_limit = Duration::from_millis(3 * config.clickhouse.timeout_ms) + LIVENESS_MARGIN;
+    let gate = Arc::new(InsertGate::new(insert_limit));
     let consumer: SinkConsumer = consumer_config
-        .create_with_context(SinkContext::default())
+        .create_with_context(SinkContext {
+            revoked: Mutex::default(),
+            gate: gate.clone(),
+        })
         .context("creating Kafka consumer")?;
     consumer
         .subscribe(&[topics.enriched_flows.as_str()])
@@ -184,6 +200,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut sink = Sink {
         alive,
         consumer: Arc::new(consumer),
+        gate,
+        in_flight: None,
         inserter: Inserter::new(&config.clickhouse)?,
         table: config.clickhouse.table.clone(),
         batches: Batches::new(config.batch.clone()),
@@ -247,6 +265,9 @@ struct Sink {
     alive: LoopWatch,
     /// Shared with the loops, whose records borrow it while `self` is changed.
     consumer: Arc<SinkConsumer>,
+    gate: Arc<InsertGate>,
+    /// The front batch's INSERT while the loop consumes on (out of `batches` meanwhile).
+    in_flight: Option<InFlight>,
     inserter: Inserter,
     table: String,
     batches: Batches,
@@ -279,11 +300,13 @@ impl Sink {
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.alive.beat();
-            if self.batches.sealed_len() > 0 {
-                if !self.flush_sealed().await? {
-                    break;
+            if self.in_flight.is_none() && self.batches.sealed_len() > 0 {
+                if let Err(e) = self.start_front().await {
+                    if !self.flush_sealed(Some(e)).await? {
+                        break;
+                    }
+                    continue;
                 }
-                continue;
             }
             let deadline = self.batches.deadline();
             tokio::select! {
@@ -293,9 +316,16 @@ impl Sink {
                     self.batches.seal_expired(Instant::now());
                 }
                 _ = watch.tick() => self.watch_topic_ids(),
-                received = consumer.recv() => {
+                outcome = in_flight::ended(&mut self.in_flight) => {
+                    if let Err(e) = self.finish_insert(outcome)? {
+                        if !self.flush_sealed(Some(e)).await? {
+                            break;
+                        }
+                    }
+                }
+                received = consumer.recv(), if self.consuming() => {
                     // The records already fetched are taken in the same pass (one wakeup, one
-                    // timer), up to CONSUME_BATCH or until a batch is sealed.
+                    // timer), up to CONSUME_BATCH or until a sealed batch waits for its INSERT.
                     let mut next = Some(received);
                     let mut taken = 0;
                     while let Some(received) = next.take() {
@@ -315,7 +345,8 @@ impl Sink {
                             }
                         }
                         taken += 1;
-                        if taken < CONSUME_BATCH && self.batches.sealed_len() == 0 {
+                        let waiting = self.batches.sealed_len() > 0 && self.in_flight.is_none();
+                        if taken < CONSUME_BATCH && !waiting && self.consuming() {
                             next = consumer.recv().now_or_never();
                         }
                     }
@@ -324,8 +355,13 @@ impl Sink {
             self.apply_revocations();
             self.batches.seal_expired(Instant::now());
         }
+        if self.in_flight.is_some() {
+            let outcome = in_flight::ended(&mut self.in_flight).await;
+            // A failed INSERT is back at the front of the queue, retried below.
+            let _ = self.finish_insert(outcome)?;
+        }
         self.batches.seal_all();
-        if self.flush_sealed().await? && self.batches.is_empty() {
+        if self.flush_sealed(None).await? && self.batches.is_empty() {
             tracing::info!("sink stopped, pending rows flushed and committed");
         } else {
             tracing::warn!(
@@ -335,6 +371,59 @@ impl Sink {
         Ok(())
     }
 
+    /// Whether the loop takes records: not while `SEALED_AHEAD` sealed batches wait.
+    fn consuming(&self) -> bool {
+        self.batches.sealed_len() < SEALED_AHEAD
+    }
+
+    /// Judges the front batch and starts its INSERT in its own task (`in_flight`); a front
+    /// batch left without rows is committed at once, and the next one taken.
+    async fn start_front(&mut self) -> anyhow::Result<()> {
+        while self.prepare_front().await? {
+            let front = self.batches.front().expect("prepared");
+            if front.inserted || front.rows.is_empty() {
+                self.commit_front();
+                continue;
+            }
+            let batch = self.batches.pop_front().expect("prepared");
+            self.in_flight = Some(InFlight::start(batch, &self.inserter, &self.gate));
+            break;
+        }
+        Ok(())
+    }
+
+    /// The INSERT in flight ended: acknowledged, its offset is committed; failed, its batch
+    /// goes back to the front of the queue and the error is returned (`Ok(Err)`), for the
+    /// retries of `flush_sealed`. A batch whose partition was revoked meanwhile is forgotten
+    /// either way: its next owner reads it again from the committed offset.
+    fn finish_insert(&mut self, outcome: Outcome) -> anyhow::Result<Result<(), anyhow::Error>> {
+        // A revocation served since the INSERT started concerns it.
+        self.apply_revocations();
+        let flight = self.in_flight.take().expect("an INSERT in flight");
+        let (data, result) = outcome.context("the INSERT's task")?;
+        let mut batch = flight.batch;
+        batch.rows.data = data;
+        if flight.revoked {
+            tracing::debug!(topic = %batch.topic, partition = batch.partition, ok = result.is_ok(),
+                "INSERT of a revoked partition ended; its next owner reads it again");
+            return Ok(Ok(()));
+        }
+        match result {
+            Ok(()) => {
+                self.acknowledged(batch.rows.len(), batch.rows.bytes());
+                batch.inserted = true;
+                self.backoff.reset();
+                self.commit(batch);
+                Ok(Ok(()))
+            }
+            Err(e) => {
+                self.batches.push_front(batch);
+                Ok(Err(e))
+            }
+        }
+    }
+
+    /// Decodes one record into its partition's batch, or dead-letters it.
     /// Decodes one record into its partition's batch, or dead-letters it.
     async fn handle<M: Message>(&mut self, message: &M) -> anyhow::Result<()> {
         self.received.increment(1);
@@ -374,72 +463,95 @@ impl Sink {
         Ok(())
     }
 
-    /// Inserts and commits the sealed batches in order, retrying the front one (capped
-    /// backoff, consumption paused) until it succeeds. `Ok(false)`: shutdown while failing.
-    async fn flush_sealed(&mut self) -> anyhow::Result<bool> {
+    /// Inserts and commits the sealed batches in order, one at a time, retrying the front one
+    /// (capped backoff, consumption paused) until it succeeds; `failed`: the front batch's
+    /// last attempt failed with it. `Ok(false)`: shutdown while failing.
+    async fn flush_sealed(&mut self, mut failed: Option<anyhow::Error>) -> anyhow::Result<bool> {
         let mut paused = false;
-        while self.batches.sealed_len() > 0 {
+        loop {
+            // Revocations served by the last poll (also one whose select then ended by the
+            // timer or the shutdown) come before any INSERT: a revoked partition's batches are
+            // its next owner's to store.
+            if self.apply_revocations() && paused {
+                self.pause();
+            }
+            if let Some(e) = failed.take() {
+                if self.shutdown.is_triggered() {
+                    self.resume(paused);
+                    return Ok(false);
+                }
+                let delay = self.backoff.next_delay();
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    rows = self.batches.rows_held(),
+                    attempt = self.backoff.attempts(),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "ClickHouse insert failed; offsets not committed, retrying"
+                );
+                self.pause();
+                paused = true;
+                self.poll_while_waiting(delay).await?;
+            }
+            if self.batches.sealed_len() == 0 {
+                break;
+            }
             match self.store_front().await {
                 Ok(()) => {
                     self.backoff.reset();
                     self.commit_front();
                 }
-                Err(e) => {
-                    if self.shutdown.is_triggered() {
-                        self.resume(paused);
-                        return Ok(false);
-                    }
-                    let delay = self.backoff.next_delay();
-                    tracing::error!(
-                        error = format!("{e:#}"),
-                        rows = self.batches.rows_held(),
-                        attempt = self.backoff.attempts(),
-                        retry_in_ms = delay.as_millis() as u64,
-                        "ClickHouse insert failed; offsets not committed, retrying"
-                    );
-                    self.pause();
-                    paused = true;
-                    self.poll_while_waiting(delay).await?;
-                }
+                Err(e) => failed = Some(e),
             }
         }
         self.resume(paused);
         Ok(true)
     }
 
-    /// Judges the front batch's rows (first: what ClickHouse holds of the partition, and its
-    /// incarnation), then INSERTs the rows not yet stored, with their deduplication token.
+    /// Judges the front batch, if any, then INSERTs the rows not yet stored, with their
+    /// deduplication token, and waits for the acknowledgement.
     async fn store_front(&mut self) -> anyhow::Result<()> {
-        let Some(front) = self.batches.front() else {
-            return Ok(());
-        };
-        if front.inserted {
+        if !self.prepare_front().await? {
             return Ok(());
         }
-        if !front.judged && !self.judge_front().await? {
-            return Ok(());
-        }
-        let Some(front) = self.batches.front() else {
-            return Ok(());
-        };
+        let front = self.batches.front().expect("prepared");
         let (rows, bytes) = (front.rows.len(), front.rows.bytes());
-        if rows > 0 {
+        if !front.inserted && rows > 0 {
             self.inserter
                 .write_encoded(&front.rows.data, rows, front.token.as_deref())
                 .await?;
-            metrics::histogram!("flowlens_sink_batch_rows").record(rows as f64);
-            metrics::histogram!("flowlens_sink_batch_bytes").record(bytes as f64);
-            self.inserts += 1;
-            if self.crash_after_inserts == Some(self.inserts) {
-                eprintln!(
-                    "{CRASH_AFTER_INSERTS_ENV}: aborting after insert {}",
-                    self.inserts
-                );
-                std::process::abort();
+            front.inserted = true;
+            self.acknowledged(rows, bytes);
+        }
+        Ok(())
+    }
+
+    /// Judges the front batch (first: what ClickHouse holds of the partition, and its
+    /// incarnation) unless it was. `Ok(false)`: no batch is left (a partition sent back to be
+    /// read again drops its batches, and the next front is judged in its place).
+    async fn prepare_front(&mut self) -> anyhow::Result<bool> {
+        loop {
+            let Some(front) = self.batches.front() else {
+                return Ok(false);
+            };
+            if front.judged || self.judge_front().await? {
+                return Ok(true);
             }
         }
-        front.inserted = true;
-        Ok(())
+    }
+
+    /// Counts an acknowledged INSERT of `rows` rows in `bytes` bytes (RowBinary); the
+    /// `CRASH_AFTER_INSERTS_ENV` failpoint.
+    fn acknowledged(&mut self, rows: usize, bytes: usize) {
+        metrics::histogram!("flowlens_sink_batch_rows").record(rows as f64);
+        metrics::histogram!("flowlens_sink_batch_bytes").record(bytes as f64);
+        self.inserts += 1;
+        if self.crash_after_inserts == Some(self.inserts) {
+            eprintln!(
+                "{CRASH_AFTER_INSERTS_ENV}: aborting after insert {}",
+                self.inserts
+            );
+            std::process::abort();
+        }
     }
 
     /// Drops the front batch's rows already stored and fixes its token. `Ok(false)`: the
@@ -618,15 +730,19 @@ impl Sink {
         }
     }
 
-    /// Commits the front batch's next offset (asynchronously) and drops the batch. A commit
-    /// that fails is logged and counted (`commit_callback`): the rows are in ClickHouse, and
-    /// the recovery check skips them when they are read again. Not synchronous: librdkafka's
-    /// synchronous commit waits without a time limit, and was seen never returning after the
-    /// group coordinator restarted (`broker_restart` in tests/faults.rs), which froze the sink.
+    /// Commits the front batch's next offset and drops the batch (see [`Sink::commit`]).
     fn commit_front(&mut self) {
-        let Some(done) = self.batches.pop_front() else {
-            return;
-        };
+        if let Some(done) = self.batches.pop_front() {
+            self.commit(done);
+        }
+    }
+
+    /// Commits a stored batch's next offset (asynchronously). A commit that fails is logged
+    /// and counted (`commit_callback`): the rows are in ClickHouse, and the recovery check
+    /// skips them when they are read again. Not synchronous: librdkafka's synchronous commit
+    /// waits without a time limit, and was seen never returning after the group coordinator
+    /// restarted (`broker_restart` in tests/faults.rs), which froze the sink.
+    fn commit(&mut self, done: Sealed) {
         if !done.commit {
             tracing::debug!(topic = %done.topic, partition = done.partition,
                 next_offset = done.next_offset, "stored, not committed: an ended incarnation");

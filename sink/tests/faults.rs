@@ -10,6 +10,10 @@
 //!   same data and port while the sink binary keeps running.
 //! * `rebalance_two_sinks`: a second sink process joins the group mid-stream, then the first
 //!   one leaves (SIGTERM): partitions move twice.
+//! * `rebalance_mid_insert`: the first sink reaches ClickHouse through a slow link (its
+//!   INSERTs land seconds after they are sent, and the sink consumes on meanwhile) when a
+//!   second sink, with other batch sizes (so that no deduplication token can hide a repeat),
+//!   joins the group: the partitions move while an INSERT of theirs is in flight.
 //! * `broker_restart`: librdkafka's mock cluster (in-process, real protocol) takes its broker
 //!   down and up while the sink (in-process here) consumes and commits. tansu, the real
 //!   broker used elsewhere, keeps everything in memory, so restarting it would lose the topic.
@@ -30,7 +34,7 @@ use flowlens_runtime::Shutdown;
 use flowlens_sink::row::sample_flow_at;
 use flowlens_testkit::{
     committed, header, read_topic, require, send_tracking_ends, unique, Chdb, ChildGuard, Outgoing,
-    Tansu, TANSU, VENV_PYTHON,
+    Relay, Tansu, TANSU, VENV_PYTHON,
 };
 use rdkafka::producer::FutureProducer;
 
@@ -452,6 +456,95 @@ async fn rebalance_two_sinks() {
     assert!(text_a.contains("partitions revoked"), "{text_a}");
     eprintln!(
         "rebalance_two_sinks: {N} records exactly once in {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_mid_insert() {
+    if skip() {
+        return;
+    }
+    let started = Instant::now();
+    let chdb = Chdb::start();
+    let tansu = Tansu::start();
+    let setup = Setup::new(tansu.broker(), chdb.url(), 2, 2_000);
+    const N: u32 = 12_000;
+    create_topics(&setup).await;
+    let base = base_ns();
+    let mut ends = Ends::new();
+    produce(&setup, 0, N, true, base, &mut ends).await;
+
+    // A reaches ClickHouse through a relay that, once A stored its first batch, holds each
+    // request 10 s on the way; B joins while the next INSERT of A is held: it lands long after
+    // it was sent (after B read back what is stored, had A's revocation not waited for it).
+    let slow = Relay::start(chdb.port);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config_a = Setup {
+        clickhouse: slow.url(),
+        ..setup.clone()
+    }
+    .write_config(dir_a.path());
+    // A's INSERTs take 10 s to land and must not time out: an INSERT whose answer never came
+    // may land at any later moment, which no sink can wait for (ARCHITECTURE.md).
+    let text = std::fs::read_to_string(&config_a).unwrap();
+    std::fs::write(
+        &config_a,
+        text.replace("timeout_ms = 10000", "timeout_ms = 30000"),
+    )
+    .unwrap();
+    let log_a = dir_a.path().join("sink-a.log");
+    let _a = spawn_sink(&config_a, &log_a, None);
+    let ch = client(&setup.clickhouse);
+    wait_rows(&ch, 2_000, u64::from(N), Duration::from_secs(60)).await;
+    let inserts_sent = || -> usize {
+        slow.connections()
+            .iter()
+            .map(|c| c.sent.windows(12).filter(|w| w == b"query=INSERT").count())
+            .sum()
+    };
+    slow.delay(Duration::from_secs(10));
+    let before = inserts_sent();
+    let start = Instant::now();
+    while inserts_sent() == before {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "A sent no INSERT"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // B, straight to ClickHouse, batches of 1,500: a repeat of A's rows would be another
+    // block, not deduplicated by token.
+    let config_b = Setup {
+        max_rows: 1_500,
+        ..setup.clone()
+    }
+    .write_config(dir_b.path());
+    let log_b = dir_b.path().join("sink-b.log");
+    let _b = spawn_sink(&config_b, &log_b, None);
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log_b)
+        .unwrap()
+        .contains("read back what is stored of the partition")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "B stored nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    slow.delay(Duration::ZERO);
+    assert_exactly_once(&setup, &ends, N, Duration::from_secs(120)).await;
+    assert_poison_dead_lettered(&setup).await;
+    let text_a = std::fs::read_to_string(&log_a).unwrap();
+    assert!(text_a.contains("partitions revoked"), "{text_a}");
+    assert!(
+        text_a.contains("revocation waited for the INSERT in flight"),
+        "A gave up no partition mid-INSERT: {text_a}"
+    );
+    eprintln!(
+        "rebalance_mid_insert: {N} records exactly once in {:?}",
         started.elapsed()
     );
 }

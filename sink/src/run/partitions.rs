@@ -98,6 +98,9 @@ impl Sink {
         tracing::warn!(topic = %key.0, partition = key.1, reason,
             "new incarnation of the input topic: reading the partition from its beginning; rows read before are stored, not committed");
         self.batches.end_incarnation(key);
+        if let Some(flight) = self.in_flight.as_mut().filter(|f| f.is_of(key)) {
+            flight.batch.commit = false;
+        }
         self.inputs.remove(key);
         self.restarted.insert(key.clone());
         self.seek(key, Offset::Beginning);
@@ -115,6 +118,9 @@ impl Sink {
             return false;
         }
         for k in &revoked {
+            if let Some(flight) = self.in_flight.as_mut().filter(|f| f.is_of(k)) {
+                flight.revoked = true;
+            }
             self.dedup.remove(k);
             self.inputs.remove(k);
             self.restarted.remove(k);

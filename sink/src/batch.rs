@@ -183,10 +183,13 @@ impl Batches {
         }
     }
 
-    fn open_mut(&mut self, topic: &str, partition: i32) -> &mut Open {
-        let key = (topic.to_owned(), partition);
-        let age = self.limits.max_age();
-        self.open.entry(key).or_insert_with(|| Open::new(age))
+    /// The partition's open batch (created empty; the key is copied only then).
+    fn open_mut(&mut self, key: &PartitionKey) -> &mut Open {
+        if !self.open.contains_key(key) {
+            let age = self.limits.max_age();
+            self.open.insert(key.clone(), Open::new(age));
+        }
+        self.open.get_mut(key).expect("inserted above")
     }
 
     /// Whether the partition has nothing open (the next record starts a batch).
@@ -196,21 +199,15 @@ impl Batches {
             .is_none_or(Open::is_empty)
     }
 
-    /// Seals the open batch of (`topic`, `partition`) first if it holds rows of another
-    /// incarnation or (with `day`) of another day.
-    fn seal_at_boundary(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        stream: StreamId,
-        day: Option<i64>,
-    ) {
-        let open = self.open_mut(topic, partition);
+    /// Seals the open batch of partition `key` first if it holds rows of another incarnation
+    /// or (with `day`) of another day.
+    fn seal_at_boundary(&mut self, key: &PartitionKey, stream: StreamId, day: Option<i64>) {
+        let open = self.open_mut(key);
         let other_day = day.is_some() && open.day.is_some() && open.day != day;
         if !open.is_empty() && (open.stream != stream || other_day) {
-            self.seal(&(topic.to_owned(), partition), SealReason::Boundary);
+            self.seal(key, SealReason::Boundary);
         }
-        let open = self.open_mut(topic, partition);
+        let open = self.open_mut(key);
         open.stream = stream;
         if day.is_some() {
             open.day = day;
@@ -219,46 +216,37 @@ impl Batches {
 
     /// Adds a row read at `offset` of incarnation `stream`, with identity `origin`, already
     /// encoded (RowBinary); seals the batch if that made it ready.
-    #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
-        topic: &str,
-        partition: i32,
+        key: &PartitionKey,
         stream: StreamId,
         offset: i64,
         origin: OriginKey,
         row: &[u8],
         now: Instant,
     ) {
-        self.seal_at_boundary(topic, partition, stream, day_of(row));
-        let open = self.open_mut(topic, partition);
+        self.seal_at_boundary(key, stream, day_of(row));
+        let open = self.open_mut(key);
         open.rows.push(offset, origin, row);
         if open.first_offset < 0 {
             open.first_offset = offset;
         }
         open.last_offset = open.last_offset.max(offset);
         open.started.get_or_insert(now);
-        self.seal_if_ready(topic, partition, now);
+        self.seal_if_ready(key, now);
     }
 
     /// Records an offset of incarnation `stream` handled without a row (dead-lettered); seals
     /// if that made it ready.
-    pub fn skip(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        stream: StreamId,
-        offset: i64,
-        now: Instant,
-    ) {
-        self.seal_at_boundary(topic, partition, stream, None);
-        let open = self.open_mut(topic, partition);
+    pub fn skip(&mut self, key: &PartitionKey, stream: StreamId, offset: i64, now: Instant) {
+        self.seal_at_boundary(key, stream, None);
+        let open = self.open_mut(key);
         if open.first_offset < 0 {
             open.first_offset = offset;
         }
         open.last_offset = open.last_offset.max(offset);
         open.started.get_or_insert(now);
-        self.seal_if_ready(topic, partition, now);
+        self.seal_if_ready(key, now);
     }
 
     fn ready(&self, open: &Open, now: Instant) -> Option<SealReason> {
@@ -277,11 +265,10 @@ impl Batches {
         None
     }
 
-    fn seal_if_ready(&mut self, topic: &str, partition: i32, now: Instant) {
-        let key = (topic.to_owned(), partition);
-        let reason = self.open.get(&key).and_then(|o| self.ready(o, now));
+    fn seal_if_ready(&mut self, key: &PartitionKey, now: Instant) {
+        let reason = self.open.get(key).and_then(|o| self.ready(o, now));
         if let Some(reason) = reason {
-            self.seal(&key, reason);
+            self.seal(key, reason);
         }
     }
 
@@ -413,6 +400,10 @@ mod tests {
 
     const S: StreamId = [5; 16];
 
+    fn key(partition: i32) -> PartitionKey {
+        ("t".to_owned(), partition)
+    }
+
     fn row(i: u32) -> Vec<u8> {
         let mut out = Vec::new();
         FlowRow::try_from(sample_flow(i))
@@ -440,11 +431,11 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Batches::new(limits(2, 1 << 30, 60_000));
         assert!(b.is_empty() && b.deadline().is_none());
-        b.push("t", 0, S, 10, origin(10), &row(1), t0);
-        b.push("t", 1, S, 5, origin(5), &row(3), t0);
+        b.push(&key(0), S, 10, origin(10), &row(1), t0);
+        b.push(&key(1), S, 5, origin(5), &row(3), t0);
         assert_eq!(b.sealed_len(), 0);
-        b.skip("t", 0, S, 11, t0);
-        b.push("t", 0, S, 12, origin(12), &row(2), t0);
+        b.skip(&key(0), S, 11, t0);
+        b.push(&key(0), S, 12, origin(12), &row(2), t0);
         assert_eq!(b.sealed_len(), 1);
         let s = b.pop_front().unwrap();
         assert_eq!((s.partition, s.rows.len(), s.next_offset), (0, 2, 13));
@@ -463,10 +454,10 @@ mod tests {
         let t0 = Instant::now();
         let one = row(1).len();
         let mut b = Batches::new(limits(1000, one * 2 + 1, 60_000));
-        b.push("t", 0, S, 0, origin(0), &row(1), t0);
-        b.push("t", 0, S, 1, origin(1), &row(1), t0);
+        b.push(&key(0), S, 0, origin(0), &row(1), t0);
+        b.push(&key(0), S, 1, origin(1), &row(1), t0);
         assert_eq!(b.sealed_len(), 0);
-        b.push("t", 0, S, 2, origin(2), &row(1), t0);
+        b.push(&key(0), S, 2, origin(2), &row(1), t0);
         assert_eq!(b.pop_front().unwrap().reason, SealReason::Bytes);
     }
 
@@ -486,17 +477,17 @@ mod tests {
                 .write_row_binary(&mut out);
             out
         };
-        b.push("t", 0, S, 0, origin(0), &at(midnight - 1_500_000_000), t0);
-        b.push("t", 0, S, 1, origin(1), &at(midnight - 1_400_000_000), t0);
+        b.push(&key(0), S, 0, origin(0), &at(midnight - 1_500_000_000), t0);
+        b.push(&key(0), S, 1, origin(1), &at(midnight - 1_400_000_000), t0);
         assert_eq!(b.sealed_len(), 0);
-        b.push("t", 0, S, 2, origin(2), &at(midnight - 500_000_000), t0);
+        b.push(&key(0), S, 2, origin(2), &at(midnight - 500_000_000), t0);
         let s = b.pop_front().unwrap();
         assert_eq!(
             (s.reason, s.rows.len(), s.next_offset),
             (SealReason::Boundary, 2, 2)
         );
         // Another incarnation: sealed before its first record.
-        b.skip("t", 0, [6; 16], 0, t0);
+        b.skip(&key(0), [6; 16], 0, t0);
         let s = b.pop_front().unwrap();
         assert_eq!((s.stream, s.rows.len(), s.first_offset), (S, 1, 2));
         b.seal_all();
@@ -507,10 +498,10 @@ mod tests {
     fn an_ended_incarnation_commits_nothing() {
         let t0 = Instant::now();
         let mut b = Batches::new(limits(1, 1 << 30, 60_000));
-        b.push("t", 0, S, 0, origin(0), &row(1), t0);
-        b.push("t", 0, S, 1, origin(1), &row(1), t0);
-        b.skip("t", 0, S, 2, t0);
-        b.push("t", 1, S, 0, origin(0), &row(1), t0);
+        b.push(&key(0), S, 0, origin(0), &row(1), t0);
+        b.push(&key(0), S, 1, origin(1), &row(1), t0);
+        b.skip(&key(0), S, 2, t0);
+        b.push(&key(1), S, 0, origin(0), &row(1), t0);
         b.end_incarnation(&("t".into(), 0));
         let commits: Vec<(i32, bool)> = std::iter::from_fn(|| b.pop_front())
             .map(|s| (s.partition, s.commit))
@@ -523,7 +514,7 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut b = Batches::new(limits(1000, 1 << 30, 100));
-        b.skip("t", 2, S, 41, t0);
+        b.skip(&key(2), S, 41, t0);
         assert_eq!(b.deadline(), Some(t0 + ms(100)));
         b.seal_expired(t0 + ms(99));
         assert_eq!(b.sealed_len(), 0);
@@ -534,7 +525,7 @@ mod tests {
         // Small batches double the age limit up to max_idle_age (400 ms).
         let mut t = t0 + ms(200);
         for want in [200, 400, 400] {
-            b.push("t", 2, S, 50, origin(50), &row(1), t);
+            b.push(&key(2), S, 50, origin(50), &row(1), t);
             assert_eq!(b.deadline(), Some(t + ms(want)));
             t += ms(want);
             b.seal_expired(t);
@@ -585,10 +576,10 @@ mod tests {
     fn revoked_partitions_are_dropped() {
         let t0 = Instant::now();
         let mut b = Batches::new(limits(2, 1 << 30, 100));
-        b.push("t", 0, S, 1, origin(1), &row(1), t0);
-        b.push("t", 0, S, 2, origin(2), &row(3), t0);
-        b.push("t", 1, S, 1, origin(1), &row(2), t0);
-        b.push("t", 0, S, 3, origin(3), &row(4), t0);
+        b.push(&key(0), S, 1, origin(1), &row(1), t0);
+        b.push(&key(0), S, 2, origin(2), &row(3), t0);
+        b.push(&key(1), S, 1, origin(1), &row(2), t0);
+        b.push(&key(0), S, 3, origin(3), &row(4), t0);
         assert_eq!(b.rows_held(), 4);
         assert_eq!(b.drop_partitions(&[("t".into(), 0)]), 3);
         assert_eq!(b.rows_held(), 1);

@@ -214,6 +214,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         dead_letter,
         shutdown,
         scratch: Vec::with_capacity(512),
+        key: PartitionKey::default(),
         received: metrics::counter!("flowlens_sink_records_received_total"),
         inserts: 0,
         crash_after_inserts: std::env::var(CRASH_AFTER_INSERTS_ENV)
@@ -285,6 +286,8 @@ struct Sink {
     shutdown: Shutdown,
     /// Reused buffer for one decoded record (RowBinary).
     scratch: Vec<u8>,
+    /// The partition of the last record handled (`handle`).
+    key: PartitionKey,
     /// `flowlens_sink_records_received_total` (resolved once: a lookup per record otherwise).
     received: metrics::Counter,
     /// Acknowledged INSERTs so far, for the `CRASH_AFTER_INSERTS_ENV` failpoint.
@@ -427,9 +430,24 @@ impl Sink {
     /// Decodes one record into its partition's batch, or dead-letters it.
     async fn handle<M: Message>(&mut self, message: &M) -> anyhow::Result<()> {
         self.received.increment(1);
+        let (topic, partition) = (message.topic(), message.partition());
+        // The partition's key, made once per run of records of one partition.
+        let mut key = std::mem::take(&mut self.key);
+        if key.1 != partition || key.0 != topic {
+            key = (topic.to_owned(), partition);
+        }
+        let handled = self.handle_of(&key, message).await;
+        self.key = key;
+        handled
+    }
+
+    async fn handle_of<M: Message>(
+        &mut self,
+        key: &PartitionKey,
+        message: &M,
+    ) -> anyhow::Result<()> {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-        let key = (topic.to_owned(), partition);
-        let Some(stream) = self.admit(&key, offset).await else {
+        let Some(stream) = self.admit(key, offset).await else {
             return Ok(());
         };
         let at = Position {
@@ -446,10 +464,9 @@ impl Sink {
         };
         let now = Instant::now();
         match outcome {
-            Ok(origin) => {
-                self.batches
-                    .push(topic, partition, stream, offset, origin, &self.scratch, now)
-            }
+            Ok(origin) => self
+                .batches
+                .push(key, stream, offset, origin, &self.scratch, now),
             Err((kind, reason)) => {
                 metrics::counter!("flowlens_sink_records_invalid_total", "reason" => kind)
                     .increment(1);
@@ -457,7 +474,7 @@ impl Sink {
                     .send(message, &reason)
                     .await
                     .context("record not dead-lettered; stopping without committing it")?;
-                self.batches.skip(topic, partition, stream, offset, now);
+                self.batches.skip(key, stream, offset, now);
             }
         }
         Ok(())

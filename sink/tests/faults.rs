@@ -172,6 +172,15 @@ async fn produce(setup: &Setup, from: u32, to: u32, poison: bool, base: i64, end
     send_tracking_ends(&producer, &setup.topic, records, ends).await;
 }
 
+/// Waits (bounded) until the log file `log` contains `needle`; `what` names the failure.
+async fn wait_log(log: &Path, needle: &str, timeout: Duration, what: &str) {
+    let start = Instant::now();
+    while !std::fs::read_to_string(log).unwrap().contains(needle) {
+        assert!(start.elapsed() < timeout, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn client(url: &str) -> clickhouse::Client {
     clickhouse::Client::default().with_url(url)
 }
@@ -374,17 +383,13 @@ async fn clickhouse_down_30s() {
     produce(&setup, N / 2, N, false, base, &mut ends).await;
     // Let the sink hit the outage, then take the committed offsets: they must not move while
     // ClickHouse is down, and stay short of the end.
-    let start = Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap()
-        .contains("ClickHouse insert failed")
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no failed insert"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_log(
+        &log,
+        "ClickHouse insert failed",
+        Duration::from_secs(20),
+        "no failed insert",
+    )
+    .await;
     let during = committed(&setup.brokers, &setup.group, &setup.topic);
     let rss_kb = std::fs::read_to_string(format!("/proc/{}/status", sink.id()))
         .unwrap()
@@ -438,14 +443,13 @@ async fn rebalance_two_sinks() {
     let log_b = dir.path().join("sink-b.log");
     let _b = spawn_sink(&config, &log_b, None);
     produce(&setup, N / 3, 2 * N / 3, true, base, &mut ends).await;
-    let start = Instant::now();
-    while !std::fs::read_to_string(&log_b)
-        .unwrap()
-        .contains("partitions assigned")
-    {
-        assert!(start.elapsed() < Duration::from_secs(30), "B never joined");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_log(
+        &log_b,
+        "partitions assigned",
+        Duration::from_secs(30),
+        "B never joined",
+    )
+    .await;
     wait_rows(&ch, u64::from(N / 2), u64::from(N), Duration::from_secs(60)).await;
     // A leaves: B takes every partition.
     assert!(a.stop_with(libc::SIGTERM, Duration::from_secs(20)));
@@ -523,17 +527,13 @@ async fn rebalance_mid_insert() {
     .write_config(dir_b.path());
     let log_b = dir_b.path().join("sink-b.log");
     let _b = spawn_sink(&config_b, &log_b, None);
-    let start = Instant::now();
-    while !std::fs::read_to_string(&log_b)
-        .unwrap()
-        .contains("read back what is stored of the partition")
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "B stored nothing"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_log(
+        &log_b,
+        "read back what is stored of the partition",
+        Duration::from_secs(60),
+        "B stored nothing",
+    )
+    .await;
     slow.delay(Duration::ZERO);
     assert_exactly_once(&setup, &ends, N, Duration::from_secs(120)).await;
     assert_poison_dead_lettered(&setup).await;
@@ -648,17 +648,13 @@ async fn password_from_env_never_logged() {
         .env("FLOWLENS_SINK__CLICKHOUSE__USER", "flowlens_sink")
         .env("FLOWLENS_SINK__CLICKHOUSE__PASSWORD", "wrong-Pa55");
     let mut bad = ChildGuard::spawn("flowlens-sink", &mut cmd, &log_bad);
-    let start = Instant::now();
-    while !std::fs::read_to_string(&log_bad)
-        .unwrap()
-        .contains("AUTHENTICATION_FAILED")
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no auth error logged"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_log(
+        &log_bad,
+        "AUTHENTICATION_FAILED",
+        Duration::from_secs(30),
+        "no auth error logged",
+    )
+    .await;
     bad.stop_with(libc::SIGTERM, Duration::from_secs(10));
     let text = std::fs::read_to_string(&log_bad).unwrap();
     assert!(!text.contains("wrong-Pa55"), "password in the log:\n{text}");

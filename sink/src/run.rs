@@ -427,7 +427,6 @@ impl Sink {
     }
 
     /// Decodes one record into its partition's batch, or dead-letters it.
-    /// Decodes one record into its partition's batch, or dead-letters it.
     async fn handle<M: Message>(&mut self, message: &M) -> anyhow::Result<()> {
         self.received.increment(1);
         let (topic, partition) = (message.topic(), message.partition());
@@ -441,6 +440,7 @@ impl Sink {
         handled
     }
 
+    /// [`Sink::handle`] for a record of partition `key`.
     async fn handle_of<M: Message>(
         &mut self,
         key: &PartitionKey,

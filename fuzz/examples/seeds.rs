@@ -10,7 +10,7 @@ use std::path::Path;
 use flowlens_schemas::apache_avro::types::Value;
 use flowlens_schemas::apache_avro::{to_value, GenericSingleObjectWriter, Schema};
 use flowlens_schemas::{
-    encode, ip_to_v6, Direction, EnrichedFlow, Interface, Process, RawFlow, RecordKind,
+    encode, ip_to_v6, Direction, Dns, EnrichedFlow, Interface, Process, RawFlow, RecordKind,
 };
 
 fn raw(host: &str, conversation: bool) -> RawFlow {
@@ -48,6 +48,19 @@ fn raw(host: &str, conversation: bool) -> RawFlow {
         f.tunnel = "vxlan".into();
         f.outer_dst_addr = Some("2001:db8::ff".parse().unwrap());
         f.duplicate = true;
+        f.dns = Some(Dns {
+            queries: 3,
+            responses: 3,
+            noerror: 2,
+            nxdomain: 1,
+            answered: 3,
+            latency_sum_ns: 1_500_000,
+            latency_max_ns: 900_000,
+            latencies_us: vec![200, 400, 900],
+            last_query: Some("web.shop.svc.cluster.local".into()),
+            last_query_type: 28,
+            ..Dns::default()
+        });
     }
     f
 }

@@ -22,6 +22,8 @@ pub enum Kind {
     Enum(Vec<String>),
     Fixed(usize),
     Union(Vec<Kind>),
+    /// Array with its items' kind.
+    Array(Box<Kind>),
     /// Record with its fields' kinds.
     Record(Vec<Kind>),
 }
@@ -65,6 +67,7 @@ pub fn kind(s: &apache_avro::Schema, named: &mut Vec<(String, Kind)>) -> Option<
             named.push((r.name.fullname(None), k.clone()));
             k
         }
+        Schema::Array(a) => Kind::Array(Box::new(kind(&a.items, named)?)),
         Schema::Ref { name } => {
             let full = name.fullname(None);
             named.iter().find(|(n, _)| *n == full)?.1.clone()
@@ -173,11 +176,55 @@ impl<'a> Reader<'a> {
                 let i = usize::try_from(self.long()?).ok()?;
                 self.skip(variants.get(i)?)?;
             }
+            Kind::Array(items) => {
+                let count = self.block()?;
+                if count > 0 {
+                    for _ in 0..count {
+                        self.skip(items)?;
+                    }
+                    self.block_end()?;
+                }
+            }
             Kind::Record(fields) => {
                 for f in fields {
                     self.skip(f)?;
                 }
             }
+        }
+        Some(())
+    }
+
+    /// The item count of an array written as one block (count, items, then a 0 count), as
+    /// every flowlens writer writes arrays: reads the count here and the closing 0 after the
+    /// items, before the caller reads them. An empty array is the 0 count alone. Arrays of
+    /// several blocks or with a negative count (a block with its byte size) are declined, and
+    /// so is a count larger than the bytes left (each item of a flowlens array takes one at
+    /// least).
+    pub fn block(&mut self) -> Option<usize> {
+        let count = usize::try_from(self.long()?).ok()?;
+        if count == 0 {
+            return Some(0);
+        }
+        if count > self.buf.len() {
+            return None;
+        }
+        Some(count)
+    }
+
+    /// The closing 0 count of a one-block array whose items were read ([`Reader::block`]).
+    pub fn block_end(&mut self) -> Option<()> {
+        (self.long()? == 0).then_some(())
+    }
+
+    /// An array of `long` written as one block ([`Reader::block`]), appended to `out`.
+    pub fn longs(&mut self, out: &mut Vec<i64>) -> Option<()> {
+        let count = self.block()?;
+        if count > 0 {
+            out.reserve(count);
+            for _ in 0..count {
+                out.push(self.long()?);
+            }
+            self.block_end()?;
         }
         Some(())
     }
@@ -214,7 +261,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Where a datum's string or bytes length runs past the end of the datum.
+/// Where a datum's string or bytes length, or an array's item count, runs past the end of the datum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LengthPastEnd {
     /// Offset of the length's varint in the datum.
@@ -226,7 +273,7 @@ pub struct LengthPastEnd {
 }
 
 /// Walks `datum` as apache-avro 0.21 reads a value of `kind` and returns the first string or
-/// bytes length that claims more bytes than are left, if any. apache-avro allocates a buffer of
+/// bytes length (or array block count) that claims more bytes (items) than are left, if any. apache-avro allocates a buffer of
 /// the claimed size before it reads (up to 512 MiB, whatever the datum's size): running this
 /// first bounds what decoding a datum holds by the datum's own size.
 ///
@@ -306,7 +353,38 @@ impl Walk<'_> {
                 let i = usize::try_from(self.long()?).map_err(|_| Stop::Unreadable)?;
                 self.value(variants.get(i).ok_or(Stop::Unreadable)?)
             }
+            Kind::Array(items) => self.array(items),
             Kind::Record(fields) => fields.iter().try_for_each(|f| self.value(f)),
+        }
+    }
+
+    /// Blocks as apache-avro reads them: a count (0 ends the array; a negative one is followed
+    /// by the block's size in bytes, which apache-avro reads and ignores), then the items.
+    /// apache-avro reserves room for a block's items before reading them, so a count larger
+    /// than the bytes left is reported like a length (no item of a flowlens array is empty).
+    fn array(&mut self, items: &Kind) -> Result<(), Stop> {
+        loop {
+            let at = self.pos;
+            let count = self.long()?;
+            let count = match count {
+                0 => return Ok(()),
+                c if c < 0 => {
+                    self.long()?;
+                    c.checked_neg().ok_or(Stop::Unreadable)?
+                }
+                c => c,
+            };
+            let left = self.left();
+            if count as u64 > left as u64 {
+                return Err(Stop::PastEnd(LengthPastEnd {
+                    at,
+                    claimed: count as u64,
+                    left,
+                }));
+            }
+            for _ in 0..count {
+                self.value(items)?;
+            }
         }
     }
 }

@@ -21,18 +21,19 @@ pub enum SchemaError {
         part: &'static str,
     },
 
-    /// A string or bytes length in the datum claims more bytes than the message has left (a
-    /// cut-off message or a corrupt length); refused before anything is allocated for it.
+    /// A string or bytes length (or an array's item count) in the datum claims more bytes (or
+    /// items) than the message has left (a cut-off message or a corrupt length); refused before
+    /// anything is allocated for it.
     #[error(
-        "truncated message: a length of {claimed} bytes at datum byte {at} runs past the end of \
-         the {len}-byte message ({left} bytes left)"
+        "truncated message: a length of {claimed} bytes (items for an array) at datum byte {at} \
+         runs past the end of the {len}-byte message ({left} bytes left)"
     )]
     LengthPastEnd {
         /// Length of the message that was given.
         len: usize,
         /// Offset of the length in the datum (after the 10-byte header).
         at: usize,
-        /// The length the datum claims.
+        /// The length (or item count) the datum claims.
         claimed: u64,
         /// Bytes the message has after that length.
         left: usize,

@@ -32,10 +32,11 @@ pub use codec::{
 };
 pub use error::SchemaError;
 pub use ip::{ip_to_v6, v6_to_ip};
-pub use records::{Direction, EnrichedFlow, Interface, Origin, Process, RawFlow};
+pub use records::{Direction, Dns, EnrichedFlow, Interface, Origin, Process, RawFlow};
 pub use schema::{
     AvroRecord, RecordKind, ENRICHED_FLOW_AVSC, ENRICHED_FLOW_V1_AVSC, ENRICHED_FLOW_V2_AVSC,
-    ENRICHED_FLOW_V3_AVSC, INTERFACE_AVSC, RAW_FLOW_AVSC, RAW_FLOW_V1_AVSC, RAW_FLOW_V2_AVSC,
+    ENRICHED_FLOW_V3_AVSC, ENRICHED_FLOW_V4_AVSC, INTERFACE_AVSC, RAW_FLOW_AVSC, RAW_FLOW_V1_AVSC,
+    RAW_FLOW_V2_AVSC, RAW_FLOW_V3_AVSC,
 };
 
 /// Re-export of the apache-avro version the contract is built with.

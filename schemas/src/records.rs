@@ -1,4 +1,5 @@
-//! Typed Rust records mirroring the `.avsc` files: `RawFlow`, `Interface`, `EnrichedFlow`, `Direction`.
+//! Typed Rust records mirroring the `.avsc` files: `RawFlow`, `Interface`, `EnrichedFlow`, `Direction`, and the
+//! nested `Process`, `Origin`, `Dns`.
 //!
 //! Field order and enum variant order MUST match the schemas: apache-avro's serde writer
 //! emits fields in Rust declaration order and enum symbols by variant index
@@ -74,6 +75,9 @@ pub struct RawFlow {
     // Version 3.
     /// The record's identity when its producer gives one; `None`: its raw-topic position is.
     pub origin: Option<Origin>,
+    // Version 4.
+    /// The conversation's DNS statistics in the interval; `None` when it carried no DNS.
+    pub dns: Option<Dns>,
 }
 
 /// Where a record first entered flowlens' Kafka streams (`io.flowlens.Origin`): (stream,
@@ -86,6 +90,31 @@ pub struct Origin {
     pub stream: [u8; 16],
     pub partition: i32,
     pub offset: i64,
+}
+
+/// What DNS traffic one conversation carried in one scan interval (`io.flowlens.Dns`); see
+/// `avro/raw_flow.avsc` for field docs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dns {
+    /// Queries (QR = 0), either direction.
+    pub queries: i64,
+    /// Responses (QR = 1), either direction; the five RCODE counts below add up to it.
+    pub responses: i64,
+    pub noerror: i64,
+    pub nxdomain: i64,
+    pub servfail: i64,
+    pub refused: i64,
+    pub other_rcode: i64,
+    /// Responses matched to an earlier query of the conversation by transaction id.
+    pub answered: i64,
+    pub latency_sum_ns: i64,
+    pub latency_max_ns: i64,
+    /// The interval's first 64 matched latencies, microseconds.
+    pub latencies_us: Vec<i64>,
+    /// QNAME of the last query (lower-case, dotted, no trailing dot); `None` without a query.
+    pub last_query: Option<String>,
+    /// QTYPE of the last query, 0 without a query.
+    pub last_query_type: i32,
 }
 
 /// A local process owning one end's socket (`io.flowlens.Process`).
@@ -136,6 +165,7 @@ impl Default for RawFlow {
             outer_dst_addr: None,
             duplicate: false,
             origin: None,
+            dns: None,
         }
     }
 }
@@ -168,8 +198,8 @@ pub struct Interface {
 }
 
 /// A `RawFlow` flattened together with interface and Kubernetes metadata (`io.flowlens.EnrichedFlow`):
-/// the RawFlow fields of version 1, the join results, then (version 3) the fields RawFlow
-/// version 2 appended; see `avro/enriched_flow.avsc`.
+/// the RawFlow fields of version 1, the join results, then the fields RawFlow versions 2, 3
+/// and 4 appended; see `avro/enriched_flow.avsc`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrichedFlow {
     pub host: String,
@@ -248,6 +278,9 @@ pub struct EnrichedFlow {
     /// Identity of the raw record this one was made from; `None` (older enrichers, other
     /// producers): this record's own enriched-topic position is its identity.
     pub origin: Option<Origin>,
+    // Version 5: the field RawFlow version 4 added.
+    /// The conversation's DNS statistics in the interval; `None` when it carried no DNS.
+    pub dns: Option<Dns>,
 }
 
 impl EnrichedFlow {
@@ -291,6 +324,7 @@ impl EnrichedFlow {
             outer_dst_addr,
             duplicate,
             origin,
+            dns,
         } = raw;
         EnrichedFlow {
             host,
@@ -352,6 +386,7 @@ impl EnrichedFlow {
             outer_dst_addr,
             duplicate,
             origin,
+            dns,
         }
     }
 

@@ -27,6 +27,12 @@ pub const ENRICHED_FLOW_V2_AVSC: &str = include_str!("../avro/history/enriched_f
 /// Text of `avro/history/enriched_flow.v3.avsc`: version 3 of `EnrichedFlow` (before `origin`).
 pub const ENRICHED_FLOW_V3_AVSC: &str = include_str!("../avro/history/enriched_flow.v3.avsc");
 
+/// Text of `avro/history/enriched_flow.v4.avsc`: version 4 of `EnrichedFlow` (before `dns`).
+pub const ENRICHED_FLOW_V4_AVSC: &str = include_str!("../avro/history/enriched_flow.v4.avsc");
+
+/// Text of `avro/history/raw_flow.v3.avsc`: version 3 of `RawFlow` (before `dns`).
+pub const RAW_FLOW_V3_AVSC: &str = include_str!("../avro/history/raw_flow.v3.avsc");
+
 /// Text of `avro/history/raw_flow.v2.avsc`: version 2 of `RawFlow` (before `origin`).
 pub const RAW_FLOW_V2_AVSC: &str = include_str!("../avro/history/raw_flow.v2.avsc");
 
@@ -105,8 +111,9 @@ impl RecordKind {
                 ENRICHED_FLOW_V1_AVSC,
                 ENRICHED_FLOW_V2_AVSC,
                 ENRICHED_FLOW_V3_AVSC,
+                ENRICHED_FLOW_V4_AVSC,
             ],
-            RecordKind::RawFlow => &[RAW_FLOW_V1_AVSC, RAW_FLOW_V2_AVSC],
+            RecordKind::RawFlow => &[RAW_FLOW_V1_AVSC, RAW_FLOW_V2_AVSC, RAW_FLOW_V3_AVSC],
             RecordKind::Interface => &[],
         }
     }

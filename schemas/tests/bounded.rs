@@ -1,4 +1,4 @@
-//! Hostile lengths: a string length anywhere up to 2^62 in an otherwise valid message (known
+//! Hostile lengths: a string length (or array item count) anywhere up to 2^62 in an otherwise valid message (known
 //! fingerprint, every writer version) ends as a clean error, and decoding it never holds more
 //! memory than a small multiple of the message's size. The oracle is the allocator itself: this
 //! test binary counts every byte the decoding thread holds.
@@ -7,7 +7,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use flowlens_schemas::apache_avro::Schema;
-use flowlens_schemas::{decode_any, decode_with_reader, RecordKind, SchemaError, HEADER_LEN};
+use flowlens_schemas::{
+    decode_any, decode_with_reader, encode, Dns, RawFlow, RecordKind, SchemaError, HEADER_LEN,
+};
 
 /// The system allocator, counting the bytes each thread holds and their peak.
 struct Counting;
@@ -135,6 +137,42 @@ fn huge_lengths_are_clean_errors_within_the_message_size() {
         checked,
         RecordKind::known_writers().count() * LENGTHS.len() * 2
     );
+}
+
+/// The same for an array's item count (`dns.latencies_us`, RawFlow version 4): apache-avro
+/// reserves room for a block's items before reading them, so a count past the end is refused
+/// first, written as a plain count or as a negative one followed by the block's byte size.
+#[test]
+fn huge_array_counts_are_clean_errors_within_the_message_size() {
+    let flow = RawFlow {
+        dns: Some(Dns::default()),
+        ..RawFlow::default()
+    };
+    let mut valid = Vec::new();
+    encode(&flow, &mut valid).unwrap();
+    // The datum ends with the empty array (0), the null last_query (0) and last_query_type (0).
+    assert_eq!(valid[valid.len() - 3..], [0, 0, 0]);
+    let _ = decode_any(&valid);
+    for length in LENGTHS {
+        for negative in [false, true] {
+            let mut message = valid[..valid.len() - 3].to_vec();
+            if negative {
+                varint(-length, &mut message);
+                varint(8, &mut message);
+            } else {
+                varint(length, &mut message);
+            }
+            message.extend(std::iter::repeat_n(2u8, 40));
+            let bound = 16 * 1024 + 8 * message.len();
+            let (result, peak) = peak_during(|| decode_any(&message));
+            let err = result.expect_err("a count past the end cannot decode");
+            assert!(
+                matches!(err, SchemaError::LengthPastEnd { claimed, .. } if claimed == length as u64),
+                "count {length} (negative: {negative}): {err}"
+            );
+            assert!(peak <= bound, "count {length}: {peak} bytes held");
+        }
+    }
 }
 
 /// A varint longer than 64 bits as the length: an error, not a wrap-around to a small length.

@@ -1,6 +1,6 @@
 //! Schema evolution: every version only appended defaulted fields to the one before
-//! (`avro/history/*.avsc`): `RawFlow` v1 → v2 → v3 (current), `EnrichedFlow` v1 → v2 → v3 → v4
-//! (current).
+//! (`avro/history/*.avsc`): `RawFlow` v1 → v2 → v3 → v4 (current), `EnrichedFlow` v1 → v2 → v3
+//! → v4 → v5 (current).
 //! Newer readers read older records, older readers read newer records, both through Avro
 //! schema resolution by writer fingerprint, with this crate and with apache-avro's generic API.
 
@@ -15,7 +15,8 @@ use apache_avro::{GenericSingleObjectWriter, Schema};
 use flowlens_schemas::{
     decode, decode_any, decode_with_reader, encode, AnyRecord, AvroRecord, Direction, EnrichedFlow,
     RawFlow, RecordKind, SchemaError, ENRICHED_FLOW_V1_AVSC, ENRICHED_FLOW_V2_AVSC,
-    ENRICHED_FLOW_V3_AVSC, RAW_FLOW_V1_AVSC, RAW_FLOW_V2_AVSC,
+    ENRICHED_FLOW_V3_AVSC, ENRICHED_FLOW_V4_AVSC, RAW_FLOW_V1_AVSC, RAW_FLOW_V2_AVSC,
+    RAW_FLOW_V3_AVSC,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -129,9 +130,10 @@ fn old_message(record: &impl Serialize, old_avsc: &str) -> Vec<u8> {
 
 /// Every historic version: (kind, version, text, fingerprint in header byte order). The
 /// fingerprints are what every producer of that version wrote into its headers: never change.
-const HISTORY: [(RecordKind, u32, &str, &str); 5] = [
+const HISTORY: [(RecordKind, u32, &str, &str); 7] = [
     (RecordKind::RawFlow, 1, RAW_FLOW_V1_AVSC, "909dc005034a79f3"),
     (RecordKind::RawFlow, 2, RAW_FLOW_V2_AVSC, "ac958de73512cd5c"),
+    (RecordKind::RawFlow, 3, RAW_FLOW_V3_AVSC, "337ee20ca5e49dfb"),
     (
         RecordKind::EnrichedFlow,
         1,
@@ -149,6 +151,12 @@ const HISTORY: [(RecordKind, u32, &str, &str); 5] = [
         3,
         ENRICHED_FLOW_V3_AVSC,
         "f4f3d2708b134f11",
+    ),
+    (
+        RecordKind::EnrichedFlow,
+        4,
+        ENRICHED_FLOW_V4_AVSC,
+        "e8818b81999eb897",
     ),
 ];
 
@@ -182,8 +190,8 @@ fn history_is_frozen_and_known() {
         expected.push((expected.len() as u32 + 1, kind.fingerprint()));
         assert_eq!(writers, expected, "{kind:?}");
     }
-    assert_eq!(RecordKind::RawFlow.history().len(), 2);
-    assert_eq!(RecordKind::EnrichedFlow.history().len(), 3);
+    assert_eq!(RecordKind::RawFlow.history().len(), 3);
+    assert_eq!(RecordKind::EnrichedFlow.history().len(), 4);
     assert_eq!(RecordKind::Interface.history().len(), 0);
 }
 
@@ -271,7 +279,14 @@ fn newer_reader_reads_older_records() {
         &common::raw_v6(),
         any_raw,
     );
-    // RawFlow v2 -> v3: a v2 record has no origin.
+    // RawFlow v3 -> v4: a v3 record has no dns.
+    newer_reader_reads(
+        &common::raw_conversation(),
+        RAW_FLOW_V3_AVSC,
+        &common::raw_conversation_v3(),
+        any_raw,
+    );
+    // RawFlow v2 -> v4: a v2 record has no origin either.
     newer_reader_reads(
         &common::raw_conversation(),
         RAW_FLOW_V2_AVSC,
@@ -279,17 +294,21 @@ fn newer_reader_reads_older_records() {
         any_raw,
     );
 
-    // EnrichedFlow v3 -> v4: no origin either.
+    // EnrichedFlow v4 -> v5: no dns.
     let any_enriched: fn(EnrichedFlow) -> AnyRecord = AnyRecord::EnrichedFlow;
     let full = common::enriched_full();
+    let v4_part = common::enriched(common::raw_conversation_v3());
+    newer_reader_reads(&full, ENRICHED_FLOW_V4_AVSC, &v4_part, any_enriched);
+
+    // EnrichedFlow v3 -> v5: no origin either.
     let v3_part = common::enriched(common::raw_conversation_v2());
     newer_reader_reads(&full, ENRICHED_FLOW_V3_AVSC, &v3_part, any_enriched);
 
-    // EnrichedFlow v2 -> v4: the same for the RawFlow v2 fields EnrichedFlow v3 carries.
+    // EnrichedFlow v2 -> v5: the same for the RawFlow v2 fields EnrichedFlow v3 carries.
     let v2_part = common::enriched(common::raw_v4());
     newer_reader_reads(&full, ENRICHED_FLOW_V2_AVSC, &v2_part, any_enriched);
 
-    // EnrichedFlow v1 -> v3: the fields version 2 added are `None` too.
+    // EnrichedFlow v1 -> v5: the fields version 2 added are `None` too.
     let mut v1_part = v2_part.clone();
     v1_part.src_pod_uid = None;
     v1_part.dst_pod_uid = None;
@@ -306,6 +325,7 @@ fn newer_reader_reads_older_records() {
         ENRICHED_FLOW_V1_AVSC,
         ENRICHED_FLOW_V2_AVSC,
         ENRICHED_FLOW_V3_AVSC,
+        ENRICHED_FLOW_V4_AVSC,
     ] {
         newer_reader_reads(&bare, old, &bare, any_enriched);
     }
@@ -358,6 +378,7 @@ fn older_reader_reads_newer_records() {
         (ENRICHED_FLOW_V1_AVSC, 35),
         (ENRICHED_FLOW_V2_AVSC, 42),
         (ENRICHED_FLOW_V3_AVSC, 58),
+        (ENRICHED_FLOW_V4_AVSC, 59),
     ] {
         let value = apache_avro::from_avro_datum(
             EnrichedFlow::schema(),
@@ -369,7 +390,10 @@ fn older_reader_reads_newer_records() {
             panic!("{value:?}")
         };
         assert_eq!(f.len(), fields);
-        assert!(f.iter().all(|(n, _)| n != "origin"));
+        assert!(f.iter().all(|(n, _)| n != "dns"));
+        if fields < 59 {
+            assert!(f.iter().all(|(n, _)| n != "origin"));
+        }
         if fields < 58 {
             assert!(f
                 .iter()
@@ -390,6 +414,18 @@ fn older_reader_reads_newer_records() {
     };
     assert_eq!(f.len(), 35);
     assert!(f.iter().all(|(n, _)| n != "origin"));
+    // A RawFlow version 3 reader gets its 36 fields, without dns.
+    let value = apache_avro::from_avro_datum(
+        RawFlow::schema(),
+        &mut &raw[10..],
+        Some(&schema(RAW_FLOW_V3_AVSC)),
+    )
+    .unwrap();
+    let Value::Record(f) = &value else {
+        panic!("{value:?}")
+    };
+    assert_eq!(f.len(), 36);
+    assert_eq!(f[35].0, "origin");
     let v1: RawFlowV1 = decode_with_reader(
         &{
             let mut m = Vec::new();

@@ -9,8 +9,8 @@
 
 mod raw_flow;
 
-use crate::binary::{kind, zero_default, Kind};
-use crate::{RecordKind, HEADER_LEN, MAGIC};
+use crate::binary::{kind, zero_default, Kind, Reader};
+use crate::{Dns, RecordKind, HEADER_LEN, MAGIC};
 
 pub use raw_flow::raw_flow;
 
@@ -61,4 +61,32 @@ pub fn field_kinds(schema: &apache_avro::Schema) -> Vec<(String, Kind, bool)> {
         out.push((f.name.clone(), k, zero_default(f)));
     }
     out
+}
+
+/// `["null", Dns]` (RawFlow version 4, EnrichedFlow version 5): the union index, then the
+/// thirteen fields in schema order; `latencies_us` as one block ([`Reader::longs`]).
+pub fn dns(r: &mut Reader<'_>) -> Option<Option<Dns>> {
+    if !r.present()? {
+        return Some(None);
+    }
+    let mut dns = Dns {
+        queries: r.long()?,
+        responses: r.long()?,
+        noerror: r.long()?,
+        nxdomain: r.long()?,
+        servfail: r.long()?,
+        refused: r.long()?,
+        other_rcode: r.long()?,
+        answered: r.long()?,
+        latency_sum_ns: r.long()?,
+        latency_max_ns: r.long()?,
+        ..Dns::default()
+    };
+    r.longs(&mut dns.latencies_us)?;
+    dns.last_query = match r.present()? {
+        true => Some(r.str()?.to_owned()),
+        false => None,
+    };
+    dns.last_query_type = r.int()?;
+    Some(Some(dns))
 }

@@ -3,9 +3,10 @@
 //!
 //! apache-avro builds a `Value` tree and then deserializes it: ~5 µs per RawFlow, most of the
 //! enricher's CPU per record (bench/results/enricher.md). This reader goes straight from the
-//! datum to a `RawFlow` (one allocation, the host name, plus any non-empty newer string). It
-//! knows RawFlow versions 1 (19 fields), 2 (35) and 3 (36) and takes a writer whose field names
-//! and kinds are exactly the current schema's first 19, 35 or 36 (checked once per writer
+//! datum to a `RawFlow` (one allocation, the host name, plus any non-empty newer string or
+//! array). It knows RawFlow versions 1 (19 fields), 2 (35), 3 (36) and 4 (37) and takes a writer
+//! whose field names and kinds are exactly the current schema's first 19, 35, 36 or 37 (checked
+//! once per writer
 //! fingerprint, [`super::WriterPlans`]); fields a version lacks keep `RawFlow::default()`,
 //! which are the schema defaults (checked too). Anything it does not accept exactly — an
 //! unknown fingerprint, truncation, trailing bytes, invalid UTF-8, an int or enum index out of
@@ -15,14 +16,16 @@
 
 use std::sync::OnceLock;
 
-use super::{field_kinds, WriterPlans};
+use super::{dns, field_kinds, WriterPlans};
 use crate::binary::{Kind, Reader};
 use crate::{Direction, Origin, Process, RawFlow, RecordKind, SchemaError};
 
-/// Fields of RawFlow version 1; version 2 has `V2_FIELDS`, version 3 `V3_FIELDS`.
+/// Fields of RawFlow version 1; version 2 has `V2_FIELDS`, version 3 `V3_FIELDS`, version 4
+/// `V4_FIELDS`.
 const V1_FIELDS: usize = 19;
 const V2_FIELDS: usize = 35;
 const V3_FIELDS: usize = 36;
+const V4_FIELDS: usize = 37;
 
 /// Decodes one Kafka payload holding a RawFlow of any known version.
 pub fn raw_flow(payload: &[u8]) -> Result<RawFlow, SchemaError> {
@@ -46,17 +49,17 @@ fn datum(payload: &[u8]) -> Option<(usize, &[u8])> {
 }
 
 /// The writer's field count if the fast path can read it: the current schema has the layout
-/// `fast` reads (36 fields whose defaults past the 19th are zero values), and the writer's
-/// fields are its first 19, 35 or 36, same names and kinds.
+/// `fast` reads (37 fields whose defaults past the 19th are zero values), and the writer's
+/// fields are its first 19, 35, 36 or 37, same names and kinds.
 fn readable(writer: &[(String, Kind, bool)], current: &[(String, Kind, bool)]) -> Option<usize> {
-    let layout_known = current.len() == V3_FIELDS && current[V1_FIELDS..].iter().all(|f| f.2);
+    let layout_known = current.len() == V4_FIELDS && current[V1_FIELDS..].iter().all(|f| f.2);
     let prefix = writer.len() <= current.len()
         && writer
             .iter()
             .zip(current)
             .all(|(w, c)| w.0 == c.0 && w.1 == c.1);
-    (layout_known && prefix && [V1_FIELDS, V2_FIELDS, V3_FIELDS].contains(&writer.len()))
-        .then_some(writer.len())
+    let versions = [V1_FIELDS, V2_FIELDS, V3_FIELDS, V4_FIELDS];
+    (layout_known && prefix && versions.contains(&writer.len())).then_some(writer.len())
 }
 
 fn process(r: &mut Reader<'_>) -> Option<Option<Process>> {
@@ -140,6 +143,9 @@ fn fast(payload: &[u8]) -> Option<RawFlow> {
     if fields >= V3_FIELDS {
         flow.origin = origin(&mut r)?;
     }
+    if fields >= V4_FIELDS {
+        flow.dns = dns(&mut r)?;
+    }
     // One message is exactly one datum.
     r.rest().is_empty().then_some(flow)
 }
@@ -148,7 +154,7 @@ fn fast(payload: &[u8]) -> Option<RawFlow> {
 mod tests {
     use super::*;
     use crate::apache_avro::{types::Value, GenericSingleObjectWriter, Schema};
-    use crate::{ip_to_v6, HEADER_LEN, RAW_FLOW_V1_AVSC, RAW_FLOW_V2_AVSC};
+    use crate::{ip_to_v6, Dns, HEADER_LEN, RAW_FLOW_V1_AVSC, RAW_FLOW_V2_AVSC, RAW_FLOW_V3_AVSC};
 
     /// xorshift64*: reproducible random records without a dependency.
     struct Rng(u64);
@@ -258,6 +264,26 @@ mod tests {
                     partition: r.int(),
                     offset: r.long(),
                 }),
+                dns: self.maybe(Rng::dns),
+            }
+        }
+
+        fn dns(&mut self) -> Dns {
+            let answered = self.next() % 70;
+            Dns {
+                queries: self.long(),
+                responses: self.long(),
+                noerror: self.long(),
+                nxdomain: self.long(),
+                servfail: self.long(),
+                refused: self.long(),
+                other_rcode: self.long(),
+                answered: answered as i64,
+                latency_sum_ns: self.long(),
+                latency_max_ns: self.long(),
+                latencies_us: (0..answered.min(64)).map(|_| self.long()).collect(),
+                last_query: self.maybe(Rng::string),
+                last_query_type: self.int(),
             }
         }
     }
@@ -291,25 +317,34 @@ mod tests {
     #[test]
     fn fast_path_matches_apache_avro() {
         let header = [&crate::MAGIC[..], &RecordKind::RawFlow.fingerprint()].concat();
-        assert_eq!(datum(&header).map(|d| d.0), Some(V3_FIELDS));
+        assert_eq!(datum(&header).map(|d| d.0), Some(V4_FIELDS));
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         for i in 0..3_000 {
             let f = rng.raw();
-            let mut v3 = Vec::new();
-            crate::encode(&f, &mut v3).unwrap();
+            let mut v4 = Vec::new();
+            crate::encode(&f, &mut v4).unwrap();
+            let v3 = older(&f, RAW_FLOW_V3_AVSC);
+            assert_eq!(datum(&v3).map(|d| d.0), Some(V3_FIELDS));
             let v2 = older(&f, RAW_FLOW_V2_AVSC);
             assert_eq!(datum(&v2).map(|d| d.0), Some(V2_FIELDS));
             let v1 = v1(&f);
             assert_eq!(datum(&v1).map(|d| d.0), Some(V1_FIELDS));
-            for (msg, version) in [(&v3, 3), (&v2, 2), (&v1, 1)] {
+            for (msg, version) in [(&v4, 4), (&v3, 3), (&v2, 2), (&v1, 1)] {
                 // apache-avro is the judge (schemas/tests/evolution.rs checks what it makes of
                 // an older record: the fields added since at their defaults).
                 let generic: RawFlow = crate::decode(msg).unwrap();
-                if version == 3 {
+                if version == 4 {
                     assert_eq!(generic, f, "record {i}");
+                } else if version == 3 {
+                    let without = RawFlow {
+                        dns: None,
+                        ..f.clone()
+                    };
+                    assert_eq!(generic, without, "record {i}");
                 } else if version == 2 {
                     let without = RawFlow {
                         origin: None,
+                        dns: None,
                         ..f.clone()
                     };
                     assert_eq!(generic, without, "record {i}");

@@ -1,7 +1,9 @@
 //! Sample records shared by the integration tests.
 #![allow(dead_code)]
 
-use flowlens_schemas::{ip_to_v6, Direction, EnrichedFlow, Interface, Origin, Process, RawFlow};
+use flowlens_schemas::{
+    ip_to_v6, Direction, Dns, EnrichedFlow, Interface, Origin, Process, RawFlow,
+};
 
 pub fn raw_v4() -> RawFlow {
     RawFlow {
@@ -28,9 +30,10 @@ pub fn raw_v4() -> RawFlow {
     }
 }
 
-/// `raw_v4` as one conversation with every field RawFlow versions 2 and 3 added set (processes,
-/// outer addresses, origin included): its version 1 projection is exactly `raw_v4()`, its
-/// version 2 projection `raw_conversation_v2()`.
+/// `raw_v4` as one conversation with every field RawFlow versions 2, 3 and 4 added set
+/// (processes, outer addresses, origin, dns included): its version 1 projection is exactly
+/// `raw_v4()`, its version 2 projection `raw_conversation_v2()`, its version 3 projection
+/// `raw_conversation_v3()`.
 pub fn raw_conversation() -> RawFlow {
     RawFlow {
         reverse_packets: 9,
@@ -58,7 +61,36 @@ pub fn raw_conversation() -> RawFlow {
         outer_dst_addr: Some("2001:db8::ff".parse().unwrap()),
         duplicate: true,
         origin: Some(origin()),
+        dns: Some(dns()),
         ..raw_v4()
+    }
+}
+
+/// DNS statistics with every field set (latencies beyond 32 bits of nanoseconds, a name with
+/// a non-ASCII label, a QTYPE above 255).
+pub fn dns() -> Dns {
+    Dns {
+        queries: 5,
+        responses: 4,
+        noerror: 1,
+        nxdomain: 1,
+        servfail: 1,
+        refused: 0,
+        other_rcode: 1,
+        answered: 3,
+        latency_sum_ns: 7_300_000_000,
+        latency_max_ns: 5_000_000_000,
+        latencies_us: vec![300_000, 2_000_000, 5_000_000],
+        last_query: Some("api.shop.svc.cluster.local".into()),
+        last_query_type: 65,
+    }
+}
+
+/// `raw_conversation()` as RawFlow version 3 had it: without dns.
+pub fn raw_conversation_v3() -> RawFlow {
+    RawFlow {
+        dns: None,
+        ..raw_conversation()
     }
 }
 
@@ -77,7 +109,7 @@ pub fn origin() -> Origin {
 pub fn raw_conversation_v2() -> RawFlow {
     RawFlow {
         origin: None,
-        ..raw_conversation()
+        ..raw_conversation_v3()
     }
 }
 

@@ -5,7 +5,7 @@
 //! 1M flows per scan that was most of the collector's CPU (bench/results/collector.md). This
 //! module writes the datum directly: zig-zag varints for int/long/enum index/union index,
 //! length-prefixed UTF-8 for strings, raw bytes for the `IPv6Address` fixed, one byte for the
-//! boolean, fields in schema order. It allocates nothing (it only appends to `out`).
+//! boolean, arrays as one block (count, items, 0), fields in schema order. It allocates nothing (it only appends to `out`).
 //!
 //! Safety net against schema drift:
 //! * the writer destructures `RawFlow` without `..`, so a field added to the struct does not
@@ -19,11 +19,11 @@
 use std::sync::LazyLock;
 
 use flowlens_schemas::writer::{self, address, int, long, process, string};
-use flowlens_schemas::{Direction, Process, RawFlow, RecordKind, SchemaError};
+use flowlens_schemas::{Direction, Dns, Process, RawFlow, RecordKind, SchemaError};
 
 /// Fingerprint (single-object header byte order) of the `raw_flow.avsc` this encoder writes:
-/// RawFlow version 3. Change it only together with [`write_datum`].
-pub const WRITTEN_FOR: [u8; 8] = [0x33, 0x7e, 0xe2, 0x0c, 0xa5, 0xe4, 0x9d, 0xfb];
+/// RawFlow version 4. Change it only together with [`write_datum`].
+pub const WRITTEN_FOR: [u8; 8] = [0x3d, 0x9e, 0xaa, 0x79, 0x3d, 0xc2, 0xf8, 0x37];
 
 /// The 10-byte single-object header, when the embedded schema is the one this encoder writes.
 static HEADER: LazyLock<Option<[u8; 10]>> = LazyLock::new(|| {
@@ -55,7 +55,7 @@ pub fn encode_raw_flow(flow: &RawFlow, out: &mut Vec<u8>) -> Result<(), SchemaEr
     }
 }
 
-/// Writes the Avro binary datum of `flow` (RawFlow v3, fields in schema order).
+/// Writes the Avro binary datum of `flow` (RawFlow v4, fields in schema order).
 fn write_datum(flow: &RawFlow, out: &mut Vec<u8>) {
     // No `..`: a field added to RawFlow must be written here before this compiles.
     let RawFlow {
@@ -95,11 +95,18 @@ fn write_datum(flow: &RawFlow, out: &mut Vec<u8>) {
         outer_dst_addr,
         duplicate,
         origin,
+        dns,
     } = flow;
-    // At most 40 varints of at most 10 bytes, 4 addresses, the boolean, and the strings' bytes.
+    // At most 60 varints of at most 10 bytes, 4 addresses, the boolean, the strings' bytes and
+    // the DNS latencies.
     let comm_len = |p: &Option<Process>| p.as_ref().map_or(0, |p| p.comm.len());
+    let dns_len = |d: &Option<Dns>| {
+        d.as_ref().map_or(0, |d| {
+            10 * d.latencies_us.len() + d.last_query.as_ref().map_or(0, String::len)
+        })
+    };
     out.reserve(
-        40 * 10
+        60 * 10
             + 4 * 16
             + 1
             + host.len()
@@ -107,7 +114,8 @@ fn write_datum(flow: &RawFlow, out: &mut Vec<u8>) {
             + drop_reason.len()
             + tunnel.len()
             + comm_len(src_process)
-            + comm_len(dst_process),
+            + comm_len(dst_process)
+            + dns_len(dns),
     );
     string(out, host);
     int(out, *ifindex);
@@ -152,6 +160,7 @@ fn write_datum(flow: &RawFlow, out: &mut Vec<u8>) {
     }
     out.push(u8::from(*duplicate));
     writer::origin(out, origin.as_ref());
+    writer::dns(out, dns.as_ref());
 }
 
 #[cfg(test)]
@@ -245,6 +254,26 @@ mod tests {
                 partition: 3,
                 offset: 1 << 40,
             }),
+            dns: Some(every_dns_field_set()),
+        }
+    }
+
+    /// DNS statistics with every field non-default, latencies across varint lengths.
+    fn every_dns_field_set() -> Dns {
+        Dns {
+            queries: 12,
+            responses: 11,
+            noerror: 6,
+            nxdomain: 2,
+            servfail: 1,
+            refused: 1,
+            other_rcode: 1,
+            answered: 10,
+            latency_sum_ns: 123_456_789,
+            latency_max_ns: 98_765_432,
+            latencies_us: vec![1, 63, 64, 8_191, 8_192, 98_765, 1 << 40, -1],
+            last_query: Some("api.shop.svc.cluster.local".into()),
+            last_query_type: 28,
         }
     }
 
@@ -260,7 +289,7 @@ mod tests {
     }
 
     /// The fields `write_datum` writes, in order, with the Avro type it writes them as.
-    const FIELDS: [(&str, &str); 36] = [
+    const FIELDS: [(&str, &str); 37] = [
         ("host", "string"),
         ("ifindex", "int"),
         ("direction", "enum[INGRESS,EGRESS]"),
@@ -306,6 +335,12 @@ mod tests {
             "origin",
             "null|record{topic:string,stream:fixed16,partition:int,offset:long}",
         ),
+        (
+            "dns",
+            "null|record{queries:long,responses:long,noerror:long,nxdomain:long,servfail:long,\
+             refused:long,other_rcode:long,answered:long,latency_sum_ns:long,latency_max_ns:long,\
+             latencies_us:array[long],last_query:null|string,last_query_type:int}",
+        ),
     ];
 
     /// A short type description of `s`, resolving references to named types defined earlier.
@@ -336,6 +371,7 @@ mod tests {
                 named.push((r.name.fullname(None), d.clone()));
                 d
             }
+            Schema::Array(a) => format!("array[{}]", describe(&a.items, named)),
             Schema::Union(u) => u
                 .variants()
                 .iter()
@@ -419,6 +455,7 @@ mod tests {
             flow.outer_dst_addr != d.outer_dst_addr,
             flow.duplicate != d.duplicate,
             flow.origin != d.origin,
+            flow.dns != d.dns,
         ];
         assert_eq!(differs.len(), FIELDS.len());
         assert!(differs.iter().all(|d| *d), "{differs:?}");
@@ -449,11 +486,46 @@ mod tests {
             f.dst_process.as_mut().unwrap().cgroup_id = i64v;
             assert_same(&f);
         }
+        let dns = f.dns.as_mut().unwrap();
+        dns.queries = i64::MIN;
+        dns.latency_max_ns = i64::MAX;
+        dns.last_query_type = i32::MIN;
+        assert_same(&f);
         f.host = "x".repeat(300); // length varint of two bytes
         f.src_addr = Ipv6Addr::from([0xff; 16]);
         f.src_process = None;
         f.outer_dst_addr = None;
         assert_same(&f);
+    }
+
+    /// `dns` null, present with every field set, present and empty (no latencies: the array is
+    /// its closing 0 alone; no query name), with a full array of 64 latencies and a 253-byte
+    /// name: the same bytes as apache-avro's writer each time.
+    #[test]
+    fn dns_none_and_some_match_generic() {
+        let mut f = every_field_set();
+        f.dns = None;
+        assert_same(&f);
+        // Null is the union index 0 alone, the datum's last byte.
+        assert_eq!(fast(&f).last(), Some(&0));
+        f.dns = Some(every_dns_field_set());
+        assert_same(&f);
+        f.dns = Some(Dns::default());
+        assert_same(&f);
+        f.dns = Some(Dns {
+            latencies_us: (0..64).map(|i| i * 997).collect(),
+            last_query: Some(format!("{}.example", "a".repeat(245))),
+            ..every_dns_field_set()
+        });
+        assert_eq!(
+            f.dns.as_ref().unwrap().last_query.as_ref().unwrap().len(),
+            253
+        );
+        assert_same(&f);
+        assert_same(&RawFlow {
+            dns: Some(every_dns_field_set()),
+            ..RawFlow::default()
+        });
     }
 
     /// splitmix64: deterministic, no dependency.
@@ -578,6 +650,26 @@ mod tests {
                     partition: self.i32(),
                     offset: self.i64(),
                 }),
+                dns: self.bool().then(|| self.dns()),
+            }
+        }
+
+        fn dns(&mut self) -> Dns {
+            let latencies = (self.next() % 66) as usize;
+            Dns {
+                queries: self.i64(),
+                responses: self.i64(),
+                noerror: self.i64(),
+                nxdomain: self.i64(),
+                servfail: self.i64(),
+                refused: self.i64(),
+                other_rcode: self.i64(),
+                answered: self.i64(),
+                latency_sum_ns: self.i64(),
+                latency_max_ns: self.i64(),
+                latencies_us: (0..latencies).map(|_| self.i64()).collect(),
+                last_query: self.bool().then(|| self.string()),
+                last_query_type: self.i32(),
             }
         }
     }

@@ -13,8 +13,8 @@ use crate::kubernetes::peer::{Peer, PeerKind};
 use crate::kubernetes::store::Store;
 
 /// Fingerprint (single-object header byte order) of the `enriched_flow.avsc` that
-/// [`Joined::encode`] writes: EnrichedFlow version 4. Change it only together with that writer.
-pub const WRITTEN_FOR: [u8; 8] = [0xe8, 0x81, 0x8b, 0x81, 0x99, 0x9e, 0xb8, 0x97];
+/// [`Joined::encode`] writes: EnrichedFlow version 5. Change it only together with that writer.
+pub const WRITTEN_FOR: [u8; 8] = [0x1d, 0x10, 0x84, 0xa8, 0xee, 0x8c, 0xb8, 0x65];
 
 /// The single-object header, when the embedded schema is the one [`Joined::encode`] writes.
 static HEADER: LazyLock<Option<[u8; 10]>> = LazyLock::new(|| {
@@ -254,6 +254,8 @@ impl<'a> Joined<'a> {
         out.push(r.duplicate.into());
         // Version 4.
         avro::origin(out, r.origin.as_ref());
+        // Version 5: the field RawFlow version 4 appended.
+        avro::dns(out, r.dns.as_ref());
         Ok(())
     }
 }
@@ -381,7 +383,7 @@ mod tests {
         assert_eq!(cache.len(), 0);
     }
 
-    /// Sets every field RawFlow version 2 added, differently for each `i` (0..6): processes
+    /// Sets every field RawFlow versions 2 to 4 added, differently for each `i` (0..6): processes
     /// and outer addresses present or absent, IPv4-mapped or IPv6, Unicode, extreme values.
     fn fill_conversation(r: &mut RawFlow, i: usize) {
         use flowlens_schemas::Process;
@@ -446,12 +448,76 @@ mod tests {
             partition: [0, 1, i32::MAX, 7, 3, -1][i],
             offset: [0, 1, i64::MAX, 1 << 40, 5, -1][i],
         });
+        r.dns = (!i.is_multiple_of(3)).then(|| dns(i));
+    }
+
+    /// DNS statistics that differ with `i`: latencies none, a few or the full 64, a query
+    /// name or none, extreme values.
+    fn dns(i: usize) -> flowlens_schemas::Dns {
+        flowlens_schemas::Dns {
+            queries: [0, 1, 64, i64::MAX, 7, 3][i],
+            responses: [1, 1, 63, i64::MIN, 7, 0][i],
+            noerror: [0, 1, 60, 2, 4, 0][i],
+            nxdomain: [1, 0, 2, 0, 1, 0][i],
+            servfail: [0, 0, 1, 0, 1, 0][i],
+            refused: [0, 0, 0, 0, 1, 0][i],
+            other_rcode: [0, 0, 0, 0, 0, -1][i],
+            answered: [0, 1, 63, 0, 5, 0][i],
+            latency_sum_ns: [0, 250_000, 1 << 40, 0, 5_000_000, -1][i],
+            latency_max_ns: [0, 250_000, 1 << 33, 0, 2_000_000, i64::MAX][i],
+            latencies_us: match i {
+                1 => vec![250],
+                2 => (0..64).map(|l| l * 1_000).collect(),
+                4 => vec![500, 2_000, 1_000, 1_000, 500],
+                _ => Vec::new(),
+            },
+            last_query: [
+                None,
+                Some("db.nä.svc.cluster.local"),
+                Some(""),
+                None,
+                Some("a.b"),
+                None,
+            ][i]
+                .map(str::to_string),
+            last_query_type: [0, 1, 28, 0, 33, i32::MAX][i],
+        }
+    }
+
+    /// A raw flow's DNS statistics come out unchanged in the enriched flow, through `enrich`
+    /// and through the direct encoder (decoded back), known interface and Kubernetes or not.
+    #[test]
+    fn dns_is_carried_unchanged() {
+        let mut cache = InterfaceCache::default();
+        cache.upsert(iface("node-1", 7, "veth7"));
+        let store = Store::new(crate::kubernetes::history::Limits::default());
+        let cidrs: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let kubernetes = Kubernetes {
+            store: &store,
+            cluster_cidrs: &cidrs,
+        };
+        for i in [1, 2, 4] {
+            for (ifindex, k) in [(7, None), (8, Some(kubernetes))] {
+                let mut r = raw("node-1", ifindex);
+                (r.proto, r.src_port, r.dst_port) = (17, 40_000, 53);
+                r.dns = Some(dns(i));
+                let (flow, _) = enrich(r.clone(), &cache, k);
+                assert_eq!(flow.dns, r.dns);
+                let mut msg = Vec::new();
+                Joined::new(&r, &cache, k).encode(&mut msg).unwrap();
+                let back: EnrichedFlow = flowlens_schemas::decode(&msg).unwrap();
+                assert_eq!(back.dns, Some(dns(i)));
+                assert_eq!(back, flow);
+            }
+        }
+        let (flow, _) = join(raw("node-1", 7), &cache);
+        assert_eq!(flow.dns, None);
     }
 
     /// The pipeline's direct encoder writes exactly what the schemas crate writes for the
     /// enriched flow `enrich` builds, over every combination of known/unknown interface and
-    /// ends, IPv4/IPv6, extreme values, Unicode, with and without every field RawFlow version 2
-    /// added; and the message decodes back to it.
+    /// ends, IPv4/IPv6, extreme values, Unicode, with and without every field RawFlow versions
+    /// 2 to 4 added; and the message decodes back to it.
     #[test]
     fn direct_encoding_matches_the_schema_encoder() {
         use crate::kubernetes::history::Limits;

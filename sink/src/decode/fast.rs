@@ -6,7 +6,7 @@ use std::net::Ipv6Addr;
 use flowlens_schemas::binary::Reader;
 
 use super::plan::{plan, Target};
-use crate::row::{DirectionColumn, RowRef};
+use crate::row::{DirectionColumn, Latencies, RowRef};
 
 /// The row and whether the record carries an origin.
 pub(super) fn fast(payload: &[u8]) -> Option<(RowRef<'_>, bool)> {
@@ -62,6 +62,12 @@ pub(super) fn fast(payload: &[u8]) -> Option<(RowRef<'_>, bool)> {
         origin_stream: [0; 16],
         origin_partition: 0,
         origin_offset: 0,
+        dns_counts: [0; 8],
+        dns_latency_sum_ns: 0,
+        dns_latency_max_ns: 0,
+        dns_latencies_us: Latencies::EMPTY,
+        dns_last_query: "",
+        dns_last_query_type: 0,
     };
     let mut has_origin = false;
     for (kind, target) in plan {
@@ -137,9 +143,37 @@ pub(super) fn fast(payload: &[u8]) -> Option<(RowRef<'_>, bool)> {
                     row.origin_offset = r.long()?;
                 }
             }
+            Target::Dns => {
+                if r.present()? {
+                    dns(&mut r, &mut row)?;
+                }
+            }
             Target::Skip => r.skip(kind)?,
         }
     }
     // One message is exactly one datum.
     r.rest().is_empty().then_some((row, has_origin))
+}
+
+/// The fields of a present `Dns` into the row's dns_* columns; the latencies stay in the datum
+/// (checked here to fit `UInt32`), read again when the row is written.
+fn dns<'a>(r: &mut Reader<'a>, row: &mut RowRef<'a>) -> Option<()> {
+    for count in &mut row.dns_counts {
+        *count = u32::try_from(r.long()?).ok()?;
+    }
+    row.dns_latency_sum_ns = u64::try_from(r.long()?).ok()?;
+    row.dns_latency_max_ns = u64::try_from(r.long()?).ok()?;
+    let count = r.block()?;
+    if count > 0 {
+        let items = r.rest();
+        for _ in 0..count {
+            u32::try_from(r.long()?).ok()?;
+        }
+        let items = &items[..items.len() - r.rest().len()];
+        r.block_end()?;
+        row.dns_latencies_us = Latencies::Avro { count, items };
+    }
+    row.dns_last_query = r.opt_str()?;
+    row.dns_last_query_type = u16::try_from(r.int()?).ok()?;
+    Some(())
 }

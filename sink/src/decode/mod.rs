@@ -3,7 +3,7 @@
 //! The generic path (`flowlens_schemas::decode`, then `FlowRow::try_from`) goes through
 //! apache-avro's `Value` tree: ~5 µs per record, most of a sink's CPU on that path
 //! (bench/results/sink.md). Records written with the current schema or an
-//! earlier version the schemas crate keeps (by fingerprint: v1, v2, v3) are read here straight
+//! earlier version the schemas crate keeps (by fingerprint: v1 to v4) are read here straight
 //! from the Avro binary datum into a `RowRef` (strings borrowed from the payload) and written as
 //! RowBinary into the batch buffer: no allocation per record. The reading follows a plan
 //! derived once from each writer schema (field order and types; fields without a column are

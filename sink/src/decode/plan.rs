@@ -56,6 +56,8 @@ pub(super) enum Target {
     Duplicate,
     /// `["null", Origin]`: origin_topic, origin_stream, origin_partition, origin_offset.
     Origin,
+    /// `["null", Dns]`: the dns_* columns (migration 0007).
+    Dns,
     /// A field the table has no column for: read and dropped.
     Skip,
 }
@@ -156,6 +158,15 @@ fn target(name: &str) -> (Target, Option<Kind>) {
         "origin" => {
             let origin = Kind::Record(vec![Kind::Str, Kind::Fixed(16), Kind::Int, Kind::Long]);
             return (Target::Origin, opt(origin));
+        }
+        "dns" => {
+            let mut fields = vec![Kind::Long; 10];
+            fields.extend([
+                Kind::Array(Box::new(Kind::Long)),
+                Kind::Union(vec![Kind::Null, Kind::Str]),
+                Kind::Int,
+            ]);
+            return (Target::Dns, opt(Kind::Record(fields)));
         }
         name => {
             return match (

@@ -4,7 +4,8 @@ use super::plan::{plan, Step, Target};
 use super::*;
 use crate::row::sample_flow;
 use flowlens_schemas::{
-    AvroRecord, ENRICHED_FLOW_V1_AVSC, ENRICHED_FLOW_V2_AVSC, ENRICHED_FLOW_V3_AVSC, MAGIC,
+    AvroRecord, Dns, ENRICHED_FLOW_V1_AVSC, ENRICHED_FLOW_V2_AVSC, ENRICHED_FLOW_V3_AVSC,
+    ENRICHED_FLOW_V4_AVSC, MAGIC,
 };
 
 /// The plan for the writer with this fingerprint (a header with an empty datum).
@@ -42,7 +43,8 @@ fn old_message(f: &EnrichedFlow, avsc: &str) -> Vec<u8> {
 }
 
 /// Records that exercise every column: sample flows, Unicode and extremes, conversations
-/// with reverse traffic, duplicates, both processes, no process, IPv6 outer addresses.
+/// with reverse traffic, duplicates, both processes, no process, IPv6 outer addresses, DNS
+/// statistics at their bounds (64 latencies, an empty one, no query name, an empty name).
 fn variants() -> Vec<EnrichedFlow> {
     let mut variants = Vec::new();
     for i in [0u32, 1, 7, 127, 128, 300, 65_535, 1 << 20, u32::MAX] {
@@ -89,6 +91,35 @@ fn variants() -> Vec<EnrichedFlow> {
         stream: [0xfe; 16],
         partition: i32::MAX,
         offset: i64::MAX,
+    });
+    variants.push(f);
+    let mut f = sample_flow(16);
+    f.dns = Some(Dns {
+        queries: u32::MAX.into(),
+        responses: 70,
+        noerror: 60,
+        nxdomain: 5,
+        servfail: 3,
+        refused: 1,
+        other_rcode: 1,
+        answered: 68,
+        latency_sum_ns: i64::MAX,
+        latency_max_ns: 1 << 40,
+        latencies_us: (0..64).map(|i| i << 26).chain([u32::MAX.into()]).collect(),
+        last_query: Some(format!("{}.ëxample", "a".repeat(240))),
+        last_query_type: u16::MAX.into(),
+    });
+    variants.push(f);
+    let mut f = sample_flow(17);
+    f.dns = Some(Dns::default());
+    variants.push(f);
+    let mut f = sample_flow(18);
+    f.dns = Some(Dns {
+        responses: 1,
+        servfail: 1,
+        last_query: Some(String::new()),
+        latencies_us: vec![0],
+        ..Dns::default()
     });
     variants.push(f);
     variants
@@ -144,11 +175,12 @@ fn check_fast_matches_generic(buf: &[u8], what: &str) {
 #[test]
 fn fast_path_matches_generic_decoder() {
     for f in &variants() {
-        check_fast_matches_generic(&encoded(f), &format!("v4 {f:?}"));
+        check_fast_matches_generic(&encoded(f), &format!("v5 {f:?}"));
         for (v, avsc) in [
             (1, ENRICHED_FLOW_V1_AVSC),
             (2, ENRICHED_FLOW_V2_AVSC),
             (3, ENRICHED_FLOW_V3_AVSC),
+            (4, ENRICHED_FLOW_V4_AVSC),
         ] {
             check_fast_matches_generic(&old_message(f, avsc), &format!("v{v} {f:?}"));
         }
@@ -158,8 +190,8 @@ fn fast_path_matches_generic_decoder() {
 /// The current schema's plan reads every field into a column (none skipped, none missing).
 #[test]
 fn current_plan_feeds_every_column() {
-    let current = plan_of(&<EnrichedFlow as AvroRecord>::fingerprint()).expect("a plan for v4");
-    assert_eq!(current.len(), 59);
+    let current = plan_of(&<EnrichedFlow as AvroRecord>::fingerprint()).expect("a plan for v5");
+    assert_eq!(current.len(), 60);
     assert!(current.iter().all(|(_, t)| *t != Target::Skip));
     for (i, (_, a)) in current.iter().enumerate() {
         assert!(current[..i].iter().all(|(_, b)| b != a), "{a:?} twice");
@@ -168,6 +200,7 @@ fn current_plan_feeds_every_column() {
         (1, ENRICHED_FLOW_V1_AVSC),
         (2, ENRICHED_FLOW_V2_AVSC),
         (3, ENRICHED_FLOW_V3_AVSC),
+        (4, ENRICHED_FLOW_V4_AVSC),
     ] {
         let fp = flowlens_schemas::apache_avro::Schema::parse_str(avsc)
             .unwrap()
@@ -179,7 +212,15 @@ fn current_plan_feeds_every_column() {
 
 #[test]
 fn older_records_get_empty_newer_columns() {
-    let f = variants().pop().unwrap();
+    // Version 4: the DNS columns are zeros, [] and "".
+    let mut f = sample_flow(5);
+    assert!(f.dns.is_some());
+    let row = flow_row(&old_message(&f, ENRICHED_FLOW_V4_AVSC)).unwrap();
+    f.dns = None;
+    assert_eq!(row, FlowRow::try_from(f).unwrap());
+    assert!(row.dns_latencies_us.is_empty() && row.dns_last_query.is_empty());
+    let f = variants()[11].clone();
+    assert!(f.origin.is_some());
     let full = FlowRow::try_from(f.clone()).unwrap();
     // Version 2: the version 3 columns are zero, "" and `::`.
     let row = flow_row(&old_message(&f, ENRICHED_FLOW_V2_AVSC)).unwrap();
@@ -208,7 +249,11 @@ fn older_records_get_empty_newer_columns() {
     assert_ne!(row, full);
     // Version 1: the version 2 columns too.
     let row = flow_row(&old_message(&sample_flow(5), ENRICHED_FLOW_V1_AVSC)).unwrap();
-    want = FlowRow::try_from(sample_flow(5)).unwrap();
+    want = FlowRow::try_from(EnrichedFlow {
+        dns: None,
+        ..sample_flow(5)
+    })
+    .unwrap();
     assert_eq!(want.locality, "external");
     for c in [
         &mut want.src_pod_uid,
@@ -264,6 +309,24 @@ fn everything_else_goes_to_the_generic_path() {
         ),
         ("drops", |f| f.drops = 1 << 32),
         ("tunnel_id", |f| f.tunnel_id = 1 << 32),
+        ("dns", |f| {
+            f.dns = Some(Dns {
+                nxdomain: 1 << 32,
+                ..Dns::default()
+            })
+        }),
+        ("dns", |f| {
+            f.dns = Some(Dns {
+                latencies_us: vec![5, -1],
+                ..Dns::default()
+            })
+        }),
+        ("dns", |f| {
+            f.dns = Some(Dns {
+                last_query_type: -1,
+                ..Dns::default()
+            })
+        }),
         ("src_process", |f| {
             f.src_process = Some(flowlens_schemas::Process {
                 pid: -7,

@@ -3,6 +3,8 @@
 
 use std::net::Ipv6Addr;
 
+use flowlens_schemas::binary::Reader;
+
 use super::{DirectionColumn, FlowRow};
 
 /// Fixed RowBinary size of a row: everything except the strings' bytes and length prefixes.
@@ -11,7 +13,9 @@ pub(super) const FIXED_LEN: usize = 3 * 8 + 4 + 1 + 2 + 2 + 1 + 16 + 16 + 2 + 2 
     // processes' pid and cgroup, tunnel_id, outer addresses, duplicate
     + 8 + 8 + 2 + 8 + 4 + 4 + 8 + 2 * (4 + 8) + 4 + 16 + 16 + 1
     // version 4 / migration 0005: kafka_stream, kafka_timestamp, origin stream, partition, offset
-    + 16 + 8 + 16 + 4 + 8;
+    + 16 + 8 + 16 + 4 + 8
+    // version 5 / migration 0007: the eight DNS counts, latency sum and max, last query type
+    + 8 * 4 + 8 + 8 + 2;
 
 impl FlowRow {
     /// Exact RowBinary size of this row (what the batch byte limit counts).
@@ -48,14 +52,67 @@ impl FlowRow {
             &self.dst_comm,
             &self.tunnel,
             &self.origin_topic,
+            &self.dns_last_query,
         ];
+        let latencies = &self.dns_latencies_us;
         FIXED_LEN
             + strings
                 .iter()
                 .map(|s| varint_len(s.len()) + s.len())
                 .sum::<usize>()
+            + varint_len(latencies.len())
+            + 4 * latencies.len()
     }
 }
+
+/// The values of `dns_latencies_us` without a copy: borrowed from a `FlowRow`, or still in the
+/// Avro datum they were read from (zig-zag varints the fast path checked to fit `UInt32`).
+#[derive(Debug, Clone, Copy)]
+pub enum Latencies<'a> {
+    Values(&'a [u32]),
+    /// `count` Avro longs, each known to fit a `u32`, in `items`.
+    Avro {
+        count: usize,
+        items: &'a [u8],
+    },
+}
+
+impl<'a> Latencies<'a> {
+    /// No latency.
+    pub const EMPTY: Latencies<'static> = Latencies::Values(&[]);
+
+    pub fn len(&self) -> usize {
+        match self {
+            Latencies::Values(v) => v.len(),
+            Latencies::Avro { count, .. } => *count,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values in order.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + 'a {
+        let (values, count, items): (&'a [u32], usize, &'a [u8]) = match *self {
+            Latencies::Values(v) => (v, 0, &[]),
+            Latencies::Avro { count, items } => (&[], count, items),
+        };
+        let mut avro = Reader::new(items);
+        values
+            .iter()
+            .copied()
+            .chain((0..count).map(move |_| avro.long().map_or(0, |v| v as u32)))
+    }
+}
+
+impl PartialEq for Latencies<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Latencies<'_> {}
 
 /// A row whose strings are borrowed (from a decoded Kafka payload or a `FlowRow`): what the
 /// sink writes as RowBinary without allocating per row.
@@ -116,6 +173,14 @@ pub struct RowRef<'a> {
     pub origin_stream: [u8; 16],
     pub origin_partition: i32,
     pub origin_offset: i64,
+    /// Migration 0007 (EnrichedFlow version 5 `dns`): queries, responses, noerror, nxdomain,
+    /// servfail, refused, other_rcode, answered; then the rest as in `FlowRow`.
+    pub dns_counts: [u32; 8],
+    pub dns_latency_sum_ns: u64,
+    pub dns_latency_max_ns: u64,
+    pub dns_latencies_us: Latencies<'a>,
+    pub dns_last_query: &'a str,
+    pub dns_last_query_type: u16,
 }
 
 impl RowRef<'_> {
@@ -183,6 +248,17 @@ impl RowRef<'_> {
         out.extend_from_slice(&self.origin_stream);
         out.extend_from_slice(&self.origin_partition.to_le_bytes());
         out.extend_from_slice(&self.origin_offset.to_le_bytes());
+        for count in self.dns_counts {
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+        out.extend_from_slice(&self.dns_latency_sum_ns.to_le_bytes());
+        out.extend_from_slice(&self.dns_latency_max_ns.to_le_bytes());
+        write_varint(out, self.dns_latencies_us.len());
+        for latency in self.dns_latencies_us.iter() {
+            out.extend_from_slice(&latency.to_le_bytes());
+        }
+        string(out, self.dns_last_query);
+        out.extend_from_slice(&self.dns_last_query_type.to_le_bytes());
     }
 
     /// The owned row.
@@ -261,6 +337,19 @@ impl RowRef<'_> {
             origin_stream: self.origin_stream,
             origin_partition: self.origin_partition,
             origin_offset: self.origin_offset,
+            dns_queries: self.dns_counts[0],
+            dns_responses: self.dns_counts[1],
+            dns_noerror: self.dns_counts[2],
+            dns_nxdomain: self.dns_counts[3],
+            dns_servfail: self.dns_counts[4],
+            dns_refused: self.dns_counts[5],
+            dns_other_rcode: self.dns_counts[6],
+            dns_answered: self.dns_counts[7],
+            dns_latency_sum_ns: self.dns_latency_sum_ns,
+            dns_latency_max_ns: self.dns_latency_max_ns,
+            dns_latencies_us: self.dns_latencies_us.iter().collect(),
+            dns_last_query: self.dns_last_query.to_owned(),
+            dns_last_query_type: self.dns_last_query_type,
         }
     }
 }
@@ -342,6 +431,21 @@ impl FlowRow {
             origin_stream: self.origin_stream,
             origin_partition: self.origin_partition,
             origin_offset: self.origin_offset,
+            dns_counts: [
+                self.dns_queries,
+                self.dns_responses,
+                self.dns_noerror,
+                self.dns_nxdomain,
+                self.dns_servfail,
+                self.dns_refused,
+                self.dns_other_rcode,
+                self.dns_answered,
+            ],
+            dns_latency_sum_ns: self.dns_latency_sum_ns,
+            dns_latency_max_ns: self.dns_latency_max_ns,
+            dns_latencies_us: Latencies::Values(&self.dns_latencies_us),
+            dns_last_query: &self.dns_last_query,
+            dns_last_query_type: self.dns_last_query_type,
         }
     }
 

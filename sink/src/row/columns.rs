@@ -2,7 +2,7 @@
 
 /// Table column types `FlowRow` writes, in column order: (name, accepted types). Strings go to
 /// `String` or `LowCardinality(String)` alike (same RowBinary encoding).
-pub const COLUMN_TYPES: [(&str, &[&str]); 71] = {
+pub const COLUMN_TYPES: [(&str, &[&str]); 84] = {
     const S: &[&str] = &["String", "LowCardinality(String)"];
     const NS: &[&str] = &["DateTime64(9)", "DateTime64(9, 'UTC')"];
     [
@@ -80,5 +80,18 @@ pub const COLUMN_TYPES: [(&str, &[&str]); 71] = {
         ("origin_stream", &["FixedString(16)"]),
         ("origin_partition", &["Int32"]),
         ("origin_offset", &["Int64"]),
+        ("dns_queries", &["UInt32"]),
+        ("dns_responses", &["UInt32"]),
+        ("dns_noerror", &["UInt32"]),
+        ("dns_nxdomain", &["UInt32"]),
+        ("dns_servfail", &["UInt32"]),
+        ("dns_refused", &["UInt32"]),
+        ("dns_other_rcode", &["UInt32"]),
+        ("dns_answered", &["UInt32"]),
+        ("dns_latency_sum_ns", &["UInt64"]),
+        ("dns_latency_max_ns", &["UInt64"]),
+        ("dns_latencies_us", &["Array(UInt32)"]),
+        ("dns_last_query", S),
+        ("dns_last_query_type", &["UInt16"]),
     ]
 };

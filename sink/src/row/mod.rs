@@ -5,7 +5,8 @@
 //! RowBinary mapping: DateTime64(9) is `i64` nanoseconds, IPv6 is `Ipv6Addr` (16 bytes, network
 //! order), `Enum8('ingress'=0,'egress'=1)` is an `i8` (serde_repr), Bool is one byte 0/1, unknown
 //! Kubernetes metadata is "". A null process is pid 0, comm "", cgroup 0; a null outer address
-//! is `::`.
+//! is `::`; a null `dns` is zeros, no latency and "" (`Array(UInt32)` is a length varint, then
+//! the values).
 
 use std::net::Ipv6Addr;
 
@@ -21,7 +22,7 @@ mod sample;
 #[cfg(test)]
 mod tests;
 
-pub use binary::RowRef;
+pub use binary::{Latencies, RowRef};
 pub use columns::COLUMN_TYPES;
 pub use native::NativeLayout;
 #[doc(hidden)]
@@ -46,8 +47,8 @@ impl From<Direction> for DirectionColumn {
 
 /// A row of the `flows` table (sql/migrations/0001_flows.sql and later), fields in the order the
 /// sink names the columns in its INSERT: the table's order up to `dst_service`, then the
-/// columns of 0002 (kafka_*), 0003 and 0004 in `COLUMN_TYPES` order (0002's retransmits/drops
-/// among 0004's). `time_inserted` is left to its `DEFAULT now64(3)`.
+/// columns of 0002 (kafka_*), 0003, 0004, 0005 and 0007 in `COLUMN_TYPES` order (0002's
+/// retransmits/drops among 0004's). `time_inserted` is left to its `DEFAULT now64(3)`.
 #[derive(Debug, Clone, PartialEq, Eq, Row, Serialize)]
 pub struct FlowRow {
     pub time_flow_start: i64,
@@ -130,6 +131,23 @@ pub struct FlowRow {
     pub origin_stream: [u8; 16],
     pub origin_partition: i32,
     pub origin_offset: i64,
+    /// EnrichedFlow v5 `dns` (migration 0007): zeros, no latency and "" for a record without
+    /// one (or from an older version).
+    pub dns_queries: u32,
+    pub dns_responses: u32,
+    pub dns_noerror: u32,
+    pub dns_nxdomain: u32,
+    pub dns_servfail: u32,
+    pub dns_refused: u32,
+    pub dns_other_rcode: u32,
+    pub dns_answered: u32,
+    pub dns_latency_sum_ns: u64,
+    pub dns_latency_max_ns: u64,
+    /// The interval's first matched latencies (µs, at most 64 from the collector).
+    pub dns_latencies_us: Vec<u32>,
+    /// "" when the conversation carried no query.
+    pub dns_last_query: String,
+    pub dns_last_query_type: u16,
 }
 
 /// A decoded record whose values do not fit the table's column types.
@@ -167,6 +185,13 @@ impl TryFrom<EnrichedFlow> for FlowRow {
         };
         let (src_pid, src_comm, src_cgroup_id) = process(f.src_process, "src_process")?;
         let (dst_pid, dst_comm, dst_cgroup_id) = process(f.dst_process, "dst_process")?;
+        let dns = f.dns.unwrap_or_default();
+        let count = |value: i64| fit("dns", value, "UInt32");
+        let dns_latencies_us = dns
+            .latencies_us
+            .iter()
+            .map(|l| fit("dns", *l, "UInt32"))
+            .collect::<Result<_, _>>()?;
         Ok(FlowRow {
             time_flow_start: f.time_flow_start_ns,
             time_flow_end: f.time_flow_end_ns,
@@ -243,6 +268,19 @@ impl TryFrom<EnrichedFlow> for FlowRow {
             origin_stream: f.origin.as_ref().map_or([0; 16], |o| o.stream),
             origin_partition: f.origin.as_ref().map_or(0, |o| o.partition),
             origin_offset: f.origin.as_ref().map_or(0, |o| o.offset),
+            dns_queries: count(dns.queries)?,
+            dns_responses: count(dns.responses)?,
+            dns_noerror: count(dns.noerror)?,
+            dns_nxdomain: count(dns.nxdomain)?,
+            dns_servfail: count(dns.servfail)?,
+            dns_refused: count(dns.refused)?,
+            dns_other_rcode: count(dns.other_rcode)?,
+            dns_answered: count(dns.answered)?,
+            dns_latency_sum_ns: fit("dns", dns.latency_sum_ns, "UInt64")?,
+            dns_latency_max_ns: fit("dns", dns.latency_max_ns, "UInt64")?,
+            dns_latencies_us,
+            dns_last_query: dns.last_query.unwrap_or_default(),
+            dns_last_query_type: fit("dns", dns.last_query_type.into(), "UInt16")?,
         })
     }
 }

@@ -1,7 +1,9 @@
 //! A batch of RowBinary rows (`FlowRow` column order) rewritten as one Native block: the same
 //! values, column by column. Fixed-width values and length-prefixed strings are encoded alike in
-//! both formats, so the rewrite only moves bytes; ClickHouse parses Native for less CPU per row
-//! (bench/results/insert-formats.md).
+//! both formats, so the rewrite only moves bytes; an array of fixed-width values (RowBinary: its
+//! length, then the values) becomes Native's offsets (the running total of the lengths, one
+//! UInt64 per row) followed by every row's values. ClickHouse parses Native for less CPU per
+//! row (bench/results/insert-formats.md).
 
 use anyhow::{bail, Context};
 
@@ -15,12 +17,20 @@ enum Wire {
     Fixed(usize),
     /// LEB128 length, then the bytes.
     String,
+    /// `Array` of values of this fixed size: in RowBinary a LEB128 count, then the values.
+    Array(usize),
 }
 
 impl Wire {
     /// The layout of a value of ClickHouse type `t`; `None` for a type this writer does not
     /// know (the batch then goes as RowBinary).
     fn of(t: &str) -> Option<Self> {
+        if let Some(items) = t.strip_prefix("Array(").and_then(|t| t.strip_suffix(')')) {
+            return match Wire::of(items)? {
+                Wire::Fixed(n) => Some(Wire::Array(n)),
+                _ => None,
+            };
+        }
         let fixed = match t {
             "String" | "LowCardinality(String)" => return Some(Wire::String),
             "UInt8" | "Int8" | "Bool" => 1,
@@ -70,26 +80,37 @@ impl NativeLayout {
     /// Appends `rows` RowBinary rows of `data` to `out` as one Native block. An error means
     /// `data` does not hold `rows` whole rows of this layout.
     pub fn write_block(&self, data: &[u8], rows: usize, out: &mut Vec<u8>) -> anyhow::Result<()> {
-        let mut columns: Vec<Vec<u8>> = self
+        // Per column: its values, and for an array the offsets and the running total.
+        let mut columns: Vec<(Vec<u8>, Vec<u8>, u64)> = self
             .columns
             .iter()
             .map(|(_, _, wire)| match wire {
-                Wire::Fixed(n) => Vec::with_capacity(n * rows),
-                Wire::String => Vec::with_capacity(8 * rows),
+                Wire::Fixed(n) => (Vec::with_capacity(n * rows), Vec::new(), 0),
+                Wire::String => (Vec::with_capacity(8 * rows), Vec::new(), 0),
+                Wire::Array(_) => (Vec::new(), Vec::with_capacity(8 * rows), 0),
             })
             .collect();
         let mut at = 0;
         for row in 0..rows {
-            for (column, (_, _, wire)) in columns.iter_mut().zip(&self.columns) {
-                let len = match wire {
-                    Wire::Fixed(n) => *n,
+            for ((column, offsets, total), (_, _, wire)) in columns.iter_mut().zip(&self.columns) {
+                let (skip, len) = match wire {
+                    Wire::Fixed(n) => (0, *n),
                     Wire::String => {
                         let (n, prefix) = read_varint(&data[at.min(data.len())..])
                             .with_context(|| format!("row {row}: a string's length"))?;
-                        prefix + n
+                        (0, prefix + n)
+                    }
+                    Wire::Array(size) => {
+                        let (n, prefix) = read_varint(&data[at.min(data.len())..])
+                            .with_context(|| format!("row {row}: an array's length"))?;
+                        *total += n as u64;
+                        offsets.extend_from_slice(&total.to_le_bytes());
+                        let len = n.checked_mul(*size).context("an array's length")?;
+                        (prefix, len)
                     }
                 };
-                let Some(value) = data.get(at..at + len) else {
+                at += skip;
+                let Some(value) = data.get(at..at.saturating_add(len)) else {
                     bail!("row {row}: the data ends inside a value");
                 };
                 column.extend_from_slice(value);
@@ -102,11 +123,12 @@ impl NativeLayout {
         out.reserve(data.len() + 32 * self.columns.len());
         write_varint(out, self.columns.len());
         write_varint(out, rows);
-        for ((name, header, _), column) in self.columns.iter().zip(columns) {
+        for ((name, header, _), (column, offsets, _)) in self.columns.iter().zip(columns) {
             for s in [name.as_bytes(), header.as_bytes()] {
                 write_varint(out, s.len());
                 out.extend_from_slice(s);
             }
+            out.extend_from_slice(&offsets);
             out.extend_from_slice(&column);
         }
         Ok(())
@@ -144,6 +166,24 @@ mod tests {
         let mut block = Vec::new();
         layout.write_block(&data, rows.len(), &mut block).unwrap();
         assert_eq!(&block[..2], &[COLUMN_TYPES.len() as u8, 3]);
+        // dns_latencies_us (an array): three offsets, then the values of the three rows.
+        let mut expected = Vec::new();
+        for s in ["dns_latencies_us", "Array(UInt32)"] {
+            write_varint(&mut expected, s.len());
+            expected.extend_from_slice(s.as_bytes());
+        }
+        let mut total = 0u64;
+        for row in &rows {
+            total += row.dns_latencies_us.len() as u64;
+            expected.extend_from_slice(&total.to_le_bytes());
+        }
+        for row in &rows {
+            for l in &row.dns_latencies_us {
+                expected.extend_from_slice(&l.to_le_bytes());
+            }
+        }
+        assert!(total > 0, "some row has latencies");
+        assert!(block.windows(expected.len()).any(|w| w == expected));
         // Column `host` (the fourth): header, then the three values in row order.
         let mut expected = Vec::new();
         for s in ["host", "String", "host-0", "host-1", "host-2"] {
@@ -152,6 +192,8 @@ mod tests {
         }
         let found = block.windows(expected.len()).any(|w| w == expected);
         assert!(found, "the host column, whole and in order");
+        // The same bytes, plus the headers, with an 8-byte offset in place of each array
+        // length varint.
         assert_eq!(
             block.len(),
             data.len()
@@ -160,6 +202,10 @@ mod tests {
                     .columns
                     .iter()
                     .map(|(n, t, _)| 2 + n.len() + t.len())
+                    .sum::<usize>()
+                + rows
+                    .iter()
+                    .map(|r| 8 - super::super::binary::varint_len(r.dns_latencies_us.len()))
                     .sum::<usize>()
         );
         // Truncated data is an error, not a short block.
@@ -177,6 +223,12 @@ mod tests {
         types.remove(1);
         assert!(NativeLayout::for_table(&types).is_none());
         assert_eq!(Wire::of("FixedString(16)"), Some(Wire::Fixed(16)));
+        assert_eq!(Wire::of("Array(UInt32)"), Some(Wire::Array(4)));
+        assert_eq!(
+            Wire::of("Array(String)"),
+            None,
+            "only arrays of fixed-width values"
+        );
         assert_eq!(
             Wire::of("DateTime64(9, 'UTC')"),
             Some(Wire::Fixed(8)),

@@ -9,7 +9,8 @@ pub const SAMPLE_BASE_NS: i64 = 1_700_000_000_123_456_789;
 /// Test and benchmark helper: a plausible flow with every field set, starting at
 /// `SAMPLE_BASE_NS + i µs`. B never answers and no record is a duplicate (reverse counters 0,
 /// `duplicate` false), so that every rollup sums to the `flows` totals; the other version 3
-/// fields are set (processes, tunnel and outer addresses on some records).
+/// fields are set (processes, tunnel and outer addresses on some records), and one record in
+/// four (`i % 4 == 1`) carries DNS statistics.
 #[doc(hidden)]
 pub fn sample_flow(i: u32) -> EnrichedFlow {
     sample_flow_at(i, SAMPLE_BASE_NS)
@@ -74,6 +75,22 @@ pub fn sample_flow_at(i: u32, base_ns: i64) -> EnrichedFlow {
         f.tunnel_id = 42;
         f.outer_src_addr = Some(ip_to_v6(std::net::Ipv4Addr::new(192, 168, 0, 1).into()));
         f.outer_dst_addr = Some(ip_to_v6(std::net::Ipv4Addr::new(192, 168, 0, 2).into()));
+    }
+    if i % 4 == 1 {
+        let latencies = vec![200 + i64::from(i % 1000), 1_500];
+        f.dns = Some(flowlens_schemas::Dns {
+            queries: 2,
+            responses: 2,
+            noerror: 1,
+            nxdomain: 1,
+            answered: 2,
+            latency_sum_ns: latencies.iter().sum::<i64>() * 1_000,
+            latency_max_ns: 1_500_000,
+            latencies_us: latencies,
+            last_query: Some("api.shop.svc.cluster.local".into()),
+            last_query_type: 28,
+            ..Default::default()
+        });
     }
     f
 }

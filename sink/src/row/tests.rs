@@ -67,6 +67,39 @@ fn maps_every_field() {
     );
     assert!(row.duplicate);
     assert_eq!(row.end_reason, "rst");
+    // Version 5: dns, or zeros, [] and "" without it.
+    assert_eq!(row.dns_queries, 2, "sample 1 carries DNS");
+    assert_eq!(
+        (row.dns_responses, row.dns_noerror, row.dns_nxdomain),
+        (2, 1, 1)
+    );
+    assert_eq!(
+        (row.dns_servfail, row.dns_refused, row.dns_other_rcode),
+        (0, 0, 0)
+    );
+    assert_eq!(
+        (
+            row.dns_answered,
+            row.dns_latency_sum_ns,
+            row.dns_latency_max_ns
+        ),
+        (2, 1_701_000, 1_500_000)
+    );
+    assert_eq!(row.dns_latencies_us, [201, 1_500]);
+    assert_eq!(
+        (row.dns_last_query.as_str(), row.dns_last_query_type),
+        ("api.shop.svc.cluster.local", 28)
+    );
+    let row = FlowRow::try_from(sample_flow(7)).unwrap();
+    assert_eq!(
+        (row.dns_queries, row.dns_answered, row.dns_latency_max_ns),
+        (0, 0, 0)
+    );
+    assert!(row.dns_latencies_us.is_empty());
+    assert_eq!(
+        (row.dns_last_query.as_str(), row.dns_last_query_type),
+        ("", 0)
+    );
 }
 
 #[test]
@@ -96,6 +129,18 @@ fn out_of_range_values_are_rejected_with_the_field() {
         set(&mut f);
         assert_eq!(FlowRow::try_from(f).unwrap_err().field, field);
     }
+    for set in [
+        (|d| d.queries = 1 << 32) as fn(&mut flowlens_schemas::Dns),
+        |d| d.answered = -1,
+        |d| d.latency_sum_ns = -1,
+        |d| d.latencies_us.push(1 << 32),
+        |d| d.latencies_us.push(-1),
+        |d| d.last_query_type = 65_536,
+    ] {
+        let mut f = sample_flow(1);
+        set(f.dns.as_mut().unwrap());
+        assert_eq!(FlowRow::try_from(f).unwrap_err().field, "dns");
+    }
     let mut f = sample_flow(1);
     f.ifindex = -3;
     assert!(FlowRow::try_from(f)
@@ -114,7 +159,7 @@ fn direction_is_the_enum8_value() {
 fn columns_are_in_table_order() {
     use clickhouse::Row as _;
     let cols = FlowRow::COLUMN_NAMES;
-    assert_eq!(cols.len(), 71);
+    assert_eq!(cols.len(), 84);
     assert_eq!(
         &cols[..4],
         &["time_flow_start", "time_flow_end", "time_exported", "host"]
@@ -143,7 +188,7 @@ fn columns_are_in_table_order() {
     assert_eq!(cols[64], "duplicate");
     // Then the record identity (0005).
     assert_eq!(
-        &cols[65..],
+        &cols[65..71],
         &[
             "kafka_stream",
             "kafka_timestamp",
@@ -153,6 +198,10 @@ fn columns_are_in_table_order() {
             "origin_offset"
         ]
     );
+    // Then the DNS statistics (0007).
+    assert_eq!(cols[71], "dns_queries");
+    assert_eq!(cols[81], "dns_latencies_us");
+    assert_eq!(cols[83], "dns_last_query_type");
 }
 
 #[test]
@@ -171,9 +220,29 @@ fn row_binary_has_the_encoded_len() {
     assert_eq!(out.len(), row.encoded_len());
     assert_eq!(row.as_ref().to_row(), row);
     assert_eq!(&out[..8], &row.time_flow_start.to_le_bytes());
-    // The last columns are outer_dst_addr (`::`: 300 is no tunnel record), duplicate, then
-    // the identity: zeros and "" before the sink sets them.
-    assert_eq!(&out[out.len() - 70..], &[0u8; 70]);
+    // The last columns are outer_dst_addr (`::`: 300 is no tunnel record), duplicate, the
+    // identity (zeros and "" before the sink sets them), then the DNS columns: 300 carries no
+    // DNS, so zeros, an empty array and "".
+    assert_eq!(&out[out.len() - 70 - 52..], &[0u8; 70 + 52]);
+    // With DNS: the counts, sum and max, the array (length, then the values), the name, the type.
+    let row = FlowRow::try_from(sample_flow(301)).unwrap();
+    let mut out = Vec::new();
+    row.write_row_binary(&mut out);
+    assert_eq!(out.len(), row.encoded_len());
+    let name = b"api.shop.svc.cluster.local";
+    let mut tail = Vec::new();
+    for count in [2u32, 2, 1, 1, 0, 0, 0, 2] {
+        tail.extend_from_slice(&count.to_le_bytes());
+    }
+    tail.extend_from_slice(&2_001_000u64.to_le_bytes());
+    tail.extend_from_slice(&1_500_000u64.to_le_bytes());
+    tail.push(2);
+    tail.extend_from_slice(&501u32.to_le_bytes());
+    tail.extend_from_slice(&1_500u32.to_le_bytes());
+    tail.push(name.len() as u8);
+    tail.extend_from_slice(name);
+    tail.extend_from_slice(&28u16.to_le_bytes());
+    assert_eq!(&out[out.len() - tail.len()..], &tail[..]);
 }
 
 /// Rows of every shape: long strings (two-byte length varints), non-ASCII text, tunnel and
@@ -192,6 +261,16 @@ fn varied_rows() -> Vec<FlowRow> {
                 cgroup_id: i64::MAX,
             });
             f.packets = i64::from(u32::MAX) * i64::from(i + 1);
+            if i % 5 == 2 {
+                f.dns = Some(flowlens_schemas::Dns {
+                    queries: i64::from(u32::MAX),
+                    latency_max_ns: i64::MAX,
+                    latencies_us: (0..i64::from(i) * 2).map(|l| l << 24).collect(),
+                    last_query: Some(format!("{}.ëxample", "q".repeat(i as usize * 6))),
+                    last_query_type: u16::MAX.into(),
+                    ..Default::default()
+                });
+            }
             let mut row = FlowRow::try_from(f).unwrap();
             row.kafka_topic = format!("topic-{}", "é".repeat(i as usize * 5));
             row.kafka_partition = u16::MAX - i as u16;
@@ -315,8 +394,19 @@ fn encoded_len_counts_strings() {
         + "shop".len()
         + "curl".len()
         + "vxlan".len();
-    assert_eq!(row.encoded_len(), FIXED_LEN + 31 + strings);
-    assert_eq!(FIXED_LEN, 259);
+    assert_eq!(row.encoded_len(), FIXED_LEN + 32 + 1 + strings);
+    assert_eq!(FIXED_LEN, 309);
+    // A row with DNS: the name, and the array's length and four bytes per value.
+    let with_dns = FlowRow::try_from(sample_flow(5)).unwrap();
+    let without = FlowRow {
+        dns_latencies_us: Vec::new(),
+        dns_last_query: String::new(),
+        ..with_dns.clone()
+    };
+    assert_eq!(
+        with_dns.encoded_len() - without.encoded_len(),
+        "api.shop.svc.cluster.local".len() + 2 * 4
+    );
     assert_eq!(varint_len(127), 1);
     assert_eq!(varint_len(128), 2);
 }

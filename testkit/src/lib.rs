@@ -1,13 +1,15 @@
-//! Test support shared by every crate's integration tests and bench (dev-only crate): starts the real
-//! local services (tansu, the chdb HTTP front, ClickHouse 18.16, ZooKeeper) on free ports with temporary
-//! data, builds network namespace pairs joined by veth, and reads topics back. Everything it
-//! starts is stopped on drop.
+//! Test support shared by every crate's integration tests and bench (dev-only crate): starts the
+//! real local services (tansu, the chdb HTTP front, ClickHouse 18.16, ZooKeeper) on free ports
+//! with temporary data, builds network namespace pairs joined by veth (and a delay line), runs
+//! DNS servers and dig in them, and reads topics back. Everything it starts is stopped on drop.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod clickhouse;
+mod delay_line;
+mod dns;
 mod http;
 mod kafka;
 mod netns;
@@ -17,6 +19,8 @@ mod tls;
 mod zookeeper;
 
 pub use clickhouse::*;
+pub use delay_line::DelayLine;
+pub use dns::{dig, dnsmasq, unbound, Dig, DnsServer};
 pub use http::*;
 pub use kafka::*;
 pub use netns::*;

@@ -4,12 +4,14 @@
 //! is marked as the conversation's initiator when its opposite direction has no entry yet (seen
 //! either way across the interface: mirror ports deliver both directions as ingress). They
 //! never drop or change a packet: every path returns TC_ACT_UNSPEC (TCX "next"), and packets
-//! that cannot be parsed are only counted.
+//! that cannot be parsed are only counted. Packets of watched ports (DNS) are also copied to
+//! user space (l7.rs).
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]
 
 mod atomic;
+mod l7;
 mod parse;
 mod sockets;
 mod table;
@@ -86,6 +88,9 @@ fn account(ctx: &TcContext, direction: u8) {
         count(COUNTER_SAMPLED_OUT);
         return;
     }
+    // Before the packet is counted: an event is in the ring buffer when its packet is in the
+    // table (user space reads the table, then the ring buffer).
+    l7::tap(ctx, packet);
     // The tick-resolution clock (CLOCK_MONOTONIC_COARSE): a fraction of the cost of the
     // precise one, and flow times need no more than milliseconds.
     let now = unsafe { bpf_ktime_get_coarse_ns() };

@@ -57,6 +57,9 @@ pub struct Packet {
     /// Bytes of a VLAN tag kept in the skb instead of the frame (0 or 4), per packet: counted
     /// in `bytes`, not in the header offsets.
     pub offloaded_tag: u64,
+    /// Where the TCP or UDP payload starts (0: not known here: other protocols, fragments,
+    /// tunnel packets).
+    pub payload: u64,
 }
 
 /// Where the transport header starts and whether it is present in this packet.
@@ -214,6 +217,13 @@ impl Headers {
 #[map]
 static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 
+/// The packet [`parse`] left in this CPU's slot in this program run.
+#[inline(always)]
+pub fn current() -> Option<&'static Packet> {
+    // SAFETY: per-CPU slot written by `parse` earlier in this program run.
+    Some(unsafe { &*PACKET.get_ptr(0)? })
+}
+
 /// Parses the packet into this CPU's [`PACKET`] slot; `None` when it is not recorded (the
 /// reason is counted).
 #[inline(always)]
@@ -309,6 +319,14 @@ pub fn parse(ctx: &TcContext, direction: u8) -> Option<&'static Packet> {
     packet.offloaded_tag = offloaded_tag;
     packet.tcp_flags = l4.tcp_flags;
     packet.tunnel = tunneled;
+    packet.payload = match key.proto {
+        IPPROTO_TCP | IPPROTO_UDP
+            if l4.header_len > 0 && !tunneled && !t.later_fragment && !t.first_fragment =>
+        {
+            headers_end as u64
+        }
+        _ => 0,
+    };
     Some(packet)
 }
 

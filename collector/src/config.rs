@@ -62,6 +62,9 @@ pub struct CollectorConfig {
     pub socket_table_size: u32,
     /// Entries of the kernel table of dropped conversations by reason (per-CPU LRU).
     pub drop_table_size: u32,
+    /// UDP and TCP ports whose packets are parsed as DNS (at most 8; empty: DNS visibility
+    /// off): queries, responses by code, latency and the last query name per conversation.
+    pub dns_ports: Vec<u16>,
     /// Directory on a bpf filesystem where the flow table, what was exported of it and the TCX
     /// links are pinned, so that they outlive the process and the next collector continues
     /// (`crate::pins`); empty: the table lives and dies with the process.
@@ -86,6 +89,7 @@ impl Default for CollectorConfig {
             socket_metrics: true,
             socket_table_size: 32_768,
             drop_table_size: 4_096,
+            dns_ports: vec![53],
             pin_path: String::new(),
         }
     }
@@ -144,6 +148,19 @@ impl Validate for Config {
         )?;
         flowlens_runtime::config::check_range("collector.sampling", c.sampling.into(), 1, 1 << 20)?;
         c.filter.parse()?;
+        let max = flowlens_common::l7::L7_MAX_PORTS;
+        let mut ports = c.dns_ports.clone();
+        ports.sort_unstable();
+        ports.dedup();
+        if c.dns_ports.len() > max || ports.len() < c.dns_ports.len() || ports.contains(&0) {
+            return Err(ConfigError::invalid(
+                "collector.dns_ports",
+                format!(
+                    "{:?}: at most {max} ports, each once, none of them 0",
+                    c.dns_ports
+                ),
+            ));
+        }
         if let Some(bad) = c
             .interfaces
             .iter()
@@ -226,11 +243,13 @@ mod tests {
             std::env::set_var("FLOWLENS_COLLECTOR_T1__COLLECTOR__INTERFACES", "eth0,eth1");
             std::env::set_var("FLOWLENS_COLLECTOR_T1__KAFKA__BROKERS", "a:1,b:2");
             std::env::set_var("FLOWLENS_COLLECTOR_T1__COLLECTOR__SCAN_INTERVAL_MS", "2000");
+            std::env::set_var("FLOWLENS_COLLECTOR_T1__COLLECTOR__DNS_PORTS", "53, 5353");
         }
         let c: Config = flowlens_runtime::load_config(None, "FLOWLENS_COLLECTOR_T1").unwrap();
         assert_eq!(c.collector.interfaces, vec!["eth0", "eth1"]);
         assert_eq!(c.kafka.brokers, vec!["a:1", "b:2"]);
         assert_eq!(c.collector.scan_interval_ms, 2000);
+        assert_eq!(c.collector.dns_ports, vec![53, 5353]);
     }
 
     #[test]
@@ -257,6 +276,15 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("collector.pin_path"));
+        }
+        for bad in [vec![0], vec![53, 53], (1..=9).collect()] {
+            let mut c = Config::default();
+            c.collector.dns_ports = bad;
+            assert!(c
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("collector.dns_ports"));
         }
         let mut c = Config::default();
         c.collector.netns = "flowlens-no-such-netns".into();

@@ -10,6 +10,7 @@ pub mod conversation;
 pub mod encode;
 pub mod filter;
 pub mod interfaces;
+pub mod l7;
 pub mod netns;
 pub mod pins;
 pub mod privileges;

@@ -17,6 +17,7 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachType};
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
+use flowlens_common::l7::{L7Ports, L7_EVENTS_MAP, L7_MAX_PORTS, L7_PORTS_GLOBAL};
 use flowlens_common::sockets::{
     KFREE_SKB_PROGRAM, SOCK_OWNER_KPROBE_PROGRAM, SOCK_OWNER_PROGRAM, TCP_PROBE_PROGRAM,
     TCP_RETRANSMIT_ERR_PROGRAM, TCP_RETRANSMIT_PROGRAM,
@@ -51,6 +52,8 @@ pub struct Programs {
     attached: BTreeMap<String, Links>,
     /// The socket programs' maps and what is enabled, until `take_sockets` hands them over.
     sockets: Option<SocketProbes>,
+    /// The L7 tap's ring buffer, until `take_l7` hands it over.
+    l7: Option<aya::maps::RingBuf<MapData>>,
     /// Where the table and links are pinned, with the table's export maps and what became of
     /// a previously pinned table (`None`: everything dies with the process).
     pinned: Option<(PinDir, TableMaps, Outcome)>,
@@ -80,20 +83,27 @@ impl Programs {
         filters: &Filters,
         sockets: &SocketOptions,
     ) -> anyhow::Result<Self> {
-        Self::load_pinned(table_size, sampling, filters, sockets, None)
+        Self::load_pinned(table_size, sampling, filters, sockets, &[], None)
     }
 
     /// [`Programs::load_with_sockets`] with the flow table kept in `pins` (see `crate::pins`):
     /// the table pinned there is adopted when its layout fits (`table_size` included), else
-    /// replaced by a new one; interfaces are then attached through their pinned links.
+    /// replaced by a new one; interfaces are then attached through their pinned links. Packets
+    /// to or from `l7_ports` (at most `L7_MAX_PORTS`; none: the tap is off) go to the L7 tap.
     pub fn load_pinned(
         table_size: u32,
         sampling: u32,
         filters: &Filters,
         sockets: &SocketOptions,
+        l7_ports: &[u16],
         pins: Option<PinDir>,
     ) -> anyhow::Result<Self> {
         let flags = filters.flags();
+        if l7_ports.len() > L7_MAX_PORTS || l7_ports.contains(&0) {
+            bail!("at most {L7_MAX_PORTS} L7 ports, none of them 0: {l7_ports:?}");
+        }
+        let mut l7 = L7Ports::default();
+        l7.ports[..l7_ports.len()].copy_from_slice(l7_ports);
         let plan = SocketPlan::discover(sockets);
         let buckets = buckets_for(table_size);
         let fresh = TableLayout {
@@ -118,6 +128,7 @@ impl Programs {
             .override_global(TABLE_GLOBAL, &layout, true)
             .override_global(SAMPLING_GLOBAL, &sampling, true)
             .override_global(FILTERS_GLOBAL, &flags, true)
+            .override_global(L7_PORTS_GLOBAL, &l7, true)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
         filters.install(&mut ebpf)?;
@@ -148,6 +159,10 @@ impl Programs {
             .take_map(TUNNELS_MAP)
             .with_context(|| format!("map {TUNNELS_MAP} missing"))?
             .try_into()?;
+        let l7 = match ebpf.take_map(L7_EVENTS_MAP) {
+            Some(map) => Some(aya::maps::RingBuf::try_from(map)?),
+            None => bail!("map {L7_EVENTS_MAP} missing"),
+        };
         let pinned = match pins {
             Some(pins) => {
                 let maps = pins.table_maps(layout, &outcome)?;
@@ -163,6 +178,7 @@ impl Programs {
             tunnels,
             attached: BTreeMap::new(),
             sockets: Some(SocketProbes::start(&mut ebpf, plan)),
+            l7,
             ebpf,
         })
     }
@@ -349,6 +365,11 @@ impl Programs {
     /// Hands over the socket programs' maps (once; `None` afterwards).
     pub fn take_sockets(&mut self) -> Option<SocketProbes> {
         self.sockets.take()
+    }
+
+    /// Hands over the L7 tap's ring buffer (once; `None` afterwards).
+    pub fn take_l7(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        self.l7.take()
     }
 
     /// What the kernel reports about a loaded program (instructions the verifier processed,

@@ -29,7 +29,11 @@ impl ConfigError {
 }
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["kafka.brokers", "collector.interfaces"];
+const LIST_KEYS: &[&str] = &[
+    "kafka.brokers",
+    "collector.interfaces",
+    "collector.dns_ports",
+];
 
 /// Semantic checks run after deserialization (ranges, non-empty lists, consistent settings).
 pub trait Validate {

@@ -1,9 +1,11 @@
 //! Types shared by the kernel programs (collector-ebpf) and user space (collector): the flow
-//! key and counters, the flow table's layout (`table`), the kernel counters, and the map names.
+//! key and counters, the flow table's layout (`table`), the L7 tap's events (`l7`), the kernel
+//! counters, and the map names.
 //! `#[repr(C)]` with explicit padding so both sides agree byte for byte; keys are always fully
 //! zero-initialised.
 #![no_std]
 
+pub mod l7;
 pub mod sockets;
 pub mod table;
 
@@ -27,8 +29,10 @@ pub const COUNTER_MALFORMED: u32 = 3;
 pub const COUNTER_FILTERED: u32 = 4;
 /// Packets left out by 1:N sampling.
 pub const COUNTER_SAMPLED_OUT: u32 = 5;
+/// Packets the L7 tap wanted to copy to user space but found its ring buffer full (`l7`).
+pub const COUNTER_L7_LOST: u32 = 6;
 /// Number of counters in [`COUNTERS_MAP`].
-pub const COUNTER_COUNT: u32 = 6;
+pub const COUNTER_COUNT: u32 = 7;
 
 /// Global (read-only at load) holding N of 1:N packet sampling; 0 or 1 counts every packet.
 pub const SAMPLING_GLOBAL: &str = "SAMPLING";
@@ -217,6 +221,7 @@ mod user {
     unsafe impl aya::Pod for super::sockets::SockOwner {}
     unsafe impl aya::Pod for super::sockets::SockOffsets {}
     unsafe impl aya::Pod for super::TunnelOuter {}
+    unsafe impl aya::Pod for super::l7::L7Ports {}
     unsafe impl aya::Pod for super::table::FlowSlot {}
     unsafe impl aya::Pod for super::table::TableLayout {}
     unsafe impl aya::Pod for super::table::OverflowKey {}

@@ -1,0 +1,169 @@
+//! DNS visibility on real DNS traffic between two namespaces: unbound in B resolves (a static
+//! zone, NXDOMAIN, REFUSED, SERVFAIL from an unreachable upstream, and a zone forwarded to a
+//! dnsmasq in A across a 50 ms each-way delay line); dig in A asks, over UDP and TCP, from a
+//! source port of its own per query, so each query is a conversation. The collector (the
+//! library's main loop, tansu) watches A's veth. Each conversation's records must count exactly
+//! one query and one response with the status dig printed, the name asked, and a latency no
+//! longer than dig's query time (+1 ms: dig prints whole milliseconds) and not far below it;
+//! the forwarded answers took at least the line's 100 ms round trip.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use flowlens_schemas::{Dns, RawFlow};
+use flowlens_testkit::{dig, dnsmasq, unbound, DelayLine, Dig};
+
+/// (name, over TCP, expected status)
+const QUERIES: &[(&str, bool, &str)] = &[
+    ("known.flowlens.test", false, "NOERROR"),
+    ("known.flowlens.test", false, "NOERROR"),
+    ("known.flowlens.test", true, "NOERROR"),
+    ("nope.flowlens.test", false, "NXDOMAIN"),
+    ("other.nope.flowlens.test", true, "NXDOMAIN"),
+    ("x.refused.test", false, "REFUSED"),
+    ("x.broken.test", false, "SERVFAIL"),
+    ("a1.slow.test", false, "NOERROR"),
+    ("a2.slow.test", false, "NOERROR"),
+    ("a3.slow.test", true, "NOERROR"),
+];
+
+/// The first source port; query i asks from FIRST_PORT + i.
+const FIRST_PORT: u16 = 41_000;
+/// Each way, on the delay line to the forwarded zone's upstream.
+const LINE_DELAY: Duration = Duration::from_millis(50);
+
+/// The DNS counts of every record of conversation `port` (client side) summed.
+fn dns_of(flows: &[RawFlow], port: u16, tcp: bool) -> Dns {
+    let mut sum = Dns::default();
+    let proto = if tcp { 6 } else { 17 };
+    for f in flows
+        .iter()
+        .filter(|f| f.proto == proto && (f.src_port as u16 == port || f.dst_port as u16 == port))
+    {
+        let Some(d) = &f.dns else { continue };
+        sum.queries += d.queries;
+        sum.responses += d.responses;
+        sum.noerror += d.noerror;
+        sum.nxdomain += d.nxdomain;
+        sum.servfail += d.servfail;
+        sum.refused += d.refused;
+        sum.other_rcode += d.other_rcode;
+        sum.answered += d.answered;
+        sum.latency_sum_ns += d.latency_sum_ns;
+        sum.latency_max_ns = sum.latency_max_ns.max(d.latency_max_ns);
+        sum.latencies_us.extend(&d.latencies_us);
+        if d.last_query.is_some() {
+            sum.last_query = d.last_query.clone();
+            sum.last_query_type = d.last_query_type;
+        }
+    }
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_responses_codes_and_latency_against_dig() {
+    let run = common::run_collector(
+        "d",
+        |c| c.collector.scan_interval_ms = 500,
+        |pair| {
+            let line = DelayLine::new(pair, LINE_DELAY);
+            let _upstream = dnsmasq(&pair.ns_a, line.a, "slow.test");
+            // x.broken.test goes to an address with no route: SERVFAIL once unbound gives up.
+            let _resolver = unbound(
+                &pair.ns_b,
+                pair.ip_b,
+                &[
+                    ("slow.test", line.a),
+                    ("broken.test", "192.0.2.1".parse().unwrap()),
+                ],
+            );
+            let answers: Vec<Dig> = QUERIES
+                .iter()
+                .enumerate()
+                .map(|(i, (name, tcp, _))| {
+                    dig(
+                        &pair.ns_a,
+                        (pair.ip_a, FIRST_PORT + i as u16),
+                        pair.ip_b,
+                        name,
+                        *tcp,
+                    )
+                })
+                .collect();
+            // Let the last answers' packets reach a scan.
+            std::thread::sleep(Duration::from_millis(1_200));
+            answers
+        },
+    )
+    .await;
+
+    let mut seen = BTreeMap::new();
+    for (i, ((name, tcp, status), answer)) in QUERIES.iter().zip(&run.sent).enumerate() {
+        assert_eq!(&answer.status, status, "dig's status for {name}");
+        let port = FIRST_PORT + i as u16;
+        let d = dns_of(&run.flows, port, *tcp);
+        println!(
+            "{name} tcp={tcp}: dig {} ms, kernel {:.3} ms {d:?}",
+            answer.query_ms,
+            d.latency_sum_ns as f64 / 1e6
+        );
+        let by_code = [
+            (d.noerror, "NOERROR"),
+            (d.nxdomain, "NXDOMAIN"),
+            (d.servfail, "SERVFAIL"),
+            (d.refused, "REFUSED"),
+        ];
+        for (count, code) in by_code {
+            assert_eq!(
+                count,
+                (code == *status) as i64,
+                "{name}: {code} count {d:?}"
+            );
+        }
+        assert_eq!(
+            (d.queries, d.responses, d.other_rcode, d.answered),
+            (1, 1, 0, 1),
+            "{name}: one query, one response, matched by id {}",
+            answer.id
+        );
+        assert_eq!(d.last_query.as_deref(), Some(*name));
+        assert_eq!(d.last_query_type, 1, "type A");
+        let ms = d.latency_sum_ns as f64 / 1e6;
+        assert_eq!(d.latency_max_ns, d.latency_sum_ns);
+        assert_eq!(d.latencies_us, vec![d.latency_sum_ns / 1_000]);
+        // The kernel sees the query leave after dig sent it and the answer arrive before dig
+        // read it; dig prints whole milliseconds.
+        assert!(
+            ms <= answer.query_ms as f64 + 1.0,
+            "{name}: {ms} ms in the kernel, dig {} ms",
+            answer.query_ms
+        );
+        assert!(
+            ms + 20.0 >= answer.query_ms as f64,
+            "{name}: {ms} ms in the kernel, dig {} ms",
+            answer.query_ms
+        );
+        if name.ends_with("slow.test") {
+            let round_trip = 2.0 * LINE_DELAY.as_secs_f64() * 1e3;
+            assert!(
+                ms >= round_trip,
+                "{name}: {ms} ms, the line alone is {round_trip} ms"
+            );
+        }
+        seen.insert(port, d);
+    }
+    // Nothing else on the interface was taken for DNS.
+    let other: i64 = run
+        .flows
+        .iter()
+        .filter(|f| {
+            let port = |p: i32| seen.contains_key(&(p as u16));
+            !port(f.src_port) && !port(f.dst_port)
+        })
+        .filter_map(|f| f.dns.as_ref())
+        .map(|d| d.queries + d.responses)
+        .sum();
+    assert_eq!(other, 0, "DNS counted outside dig's conversations");
+}

@@ -119,7 +119,10 @@ async fn flow_rows_are_accepted_by_clickhouse_18() {
          src_pod_uid, dst_pod_uid, src_role, dst_role, locality, if_pod, if_namespace, \
          reverse_packets, reverse_bytes, reverse_tcp_flags, end_reason, rtt_ns, retransmits, \
          drops, drop_bytes, drop_reason, src_pid, src_comm, src_cgroup_id, dst_pid, dst_comm, \
-         dst_cgroup_id, tunnel, tunnel_id, hex(outer_src_addr), hex(outer_dst_addr), duplicate \
+         dst_cgroup_id, tunnel, tunnel_id, hex(outer_src_addr), hex(outer_dst_addr), duplicate, \
+         dns_queries, dns_responses, dns_noerror, dns_nxdomain, dns_servfail, dns_refused, \
+         dns_other_rcode, dns_answered, dns_latency_sum_ns, dns_latency_max_ns, \
+         dns_latencies_us, dns_last_query, dns_last_query_type \
          FROM flows WHERE src_pod = 'web-777' FORMAT TSV",
     );
     let expected = [
@@ -180,6 +183,20 @@ async fn flow_rows_are_accepted_by_clickhouse_18() {
         "00000000000000000000FFFFC0A80001",
         "00000000000000000000FFFFC0A80002",
         "0",
+        // EnrichedFlow v5 (777 % 4 = 1: DNS, latencies 200 + 777 and 1500 µs).
+        "2",
+        "2",
+        "1",
+        "1",
+        "0",
+        "0",
+        "0",
+        "2",
+        "2477000",
+        "1500000",
+        "[977,1500]",
+        "api.shop.svc.cluster.local",
+        "28",
     ];
     assert_eq!(
         row.trim_end_matches('\n').split('\t').collect::<Vec<_>>(),
@@ -201,6 +218,27 @@ async fn flow_rows_are_accepted_by_clickhouse_18() {
             1_500 * m(5),
             m(7),
             (0..n).filter(|i| i % 10 == 9).count()
+        )
+    );
+    // The DNS columns of every row: sample_flow gives one in four two answered queries.
+    let with_dns = (0..n).filter(|i| i % 4 == 1).count();
+    let latencies: u64 = (0..n)
+        .filter(|i| i % 4 == 1)
+        .map(|i| 200 + i % 1000 + 1_500)
+        .sum();
+    assert_eq!(
+        query_tsv(
+            server.http_port,
+            "SELECT sum(dns_queries), sum(dns_nxdomain), sum(length(dns_latencies_us)), \
+             sum(arraySum(dns_latencies_us)), sum(dns_latency_sum_ns), \
+             countIf(dns_last_query != '') FROM flows FORMAT TSV"
+        )
+        .trim(),
+        format!(
+            "{}\t{with_dns}\t{}\t{latencies}\t{}\t{with_dns}",
+            2 * with_dns,
+            2 * with_dns,
+            latencies * 1_000
         )
     );
     // Ingress rows too (Enum8 value 0).

@@ -1,11 +1,12 @@
 -- The flows table for Debian's clickhouse-server 18.16 (scripts/stack/clickhouse18.sh), with
 -- types whose RowBinary encoding is byte-identical to sql/migrations/0001_flows.sql plus the
 -- columns of 0002 (kafka_*, retransmits, drops), 0003 (EnrichedFlow v2), 0004 (EnrichedFlow
--- v3) and 0005 (record identity) the sink writes, in FlowRow order, so the sink's exact
+-- v3), 0005 (record identity) and 0007 (DNS) the sink writes, in FlowRow order, so the sink's exact
 -- RowBinary rows can be inserted into a genuine (old) server:
 --   DateTime64(9) -> Int64 (ns since epoch)      DateTime64(3) -> Int64 (ms since epoch)
 --   IPv6 -> FixedString(16) (network order)       LowCardinality(String) -> String
---   Bool -> UInt8 (one byte 0/1)                  Enum8, FixedString(16), Int32, Int64 kept.
+--   Bool -> UInt8 (one byte 0/1)                  Enum8, FixedString(16), Int32, Int64,
+--                                                 Array(UInt32) kept.
 -- No projections (18.16 has none): the sink's recovery queries read the table itself, which is
 -- fine for the small tables this server holds in tests and the bench.
 -- No TTL, CODEC, COMMENT or ALIAS column (tcp_start; 18.16 has none of the first three).
@@ -84,7 +85,20 @@ CREATE TABLE IF NOT EXISTS flows
     origin_topic      String,
     origin_stream     FixedString(16),
     origin_partition  Int32,
-    origin_offset     Int64
+    origin_offset     Int64,
+    dns_queries       UInt32,
+    dns_responses     UInt32,
+    dns_noerror       UInt32,
+    dns_nxdomain      UInt32,
+    dns_servfail      UInt32,
+    dns_refused       UInt32,
+    dns_other_rcode   UInt32,
+    dns_answered      UInt32,
+    dns_latency_sum_ns UInt64,
+    dns_latency_max_ns UInt64,
+    dns_latencies_us  Array(UInt32),
+    dns_last_query    String,
+    dns_last_query_type UInt16
 )
 ENGINE = MergeTree
 PARTITION BY toDate(toDateTime(intDiv(time_flow_end, 1000000000)))

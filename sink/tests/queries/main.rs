@@ -8,7 +8,8 @@
 //! duplicates (the same packets on a pod's veth, a tunnel's outer record) that totals must
 //! not count, some carry RTT, retransmits, drops, processes and a tunnel. Three were counted
 //! under 1:100 sampling: every bytes/packets total must be 100 x their counted values, while
-//! their retransmits, drops and connections opened count as they are.
+//! their retransmits, drops and connections opened count as they are. Some carry DNS
+//! statistics (EnrichedFlow v5), duplicates included, for the DNS queries and panel.
 //!
 //! Needs /opt/flowlens-venv; `FLOWLENS_SKIP_CHDB=1` skips.
 
@@ -229,6 +230,31 @@ async fn queries_on_pipeline_data() {
             "node-a\tTCP_INVALID_SEQUENCE\tshop/web\t1\t60\t1",
         ])
     );
+    // DNS errors per client pod and name: #1 + #2 (web-1 asking api.shop: 2 NXDOMAIN, 1
+    // SERVFAIL), #9 (web-1, pg.db: 1 SERVFAIL, sampled but not multiplied), #3 (web-2,
+    // metrics.example.com: 1 NXDOMAIN); #4's REFUSED and #5's other codes are no such error,
+    // the duplicates #7 and #10 are not counted again.
+    assert_eq!(
+        run_query(&chdb, "dns_errors_by_name.sql", p),
+        tsv(&[
+            "shop\tweb-1\tapi.shop.svc.cluster.local\t2\t1\t5\t5\t2\t1",
+            "shop\tweb-1\tpg.db.svc.cluster.local\t0\t1\t1\t1\t1\t100",
+            "shop\tweb-2\tmetrics.example.com\t1\t0\t4\t1\t1\t1",
+        ])
+    );
+    // DNS latency per client and resolver, exact percentiles (the value at position level * n
+    // of the sorted latencies): shop/web -> shop/api holds #1, #2, #3: 800, 1200, 2000, 3000,
+    // 5000, 40000 µs (p50 the 4th, p99 the 6th; mean 52 ms / 6); shop/web -> db/pg #6 and #9:
+    // 600, 9000 (p50 and p99 the 2nd); shop/api -> db/pg #4; #5 answered nothing (no query).
+    assert_eq!(
+        run_query(&chdb, "dns_latency.sql", p),
+        tsv(&[
+            "shop/web\tshop/api\t9\t6\t3\t40\t8.667\t40\t1",
+            "shop/web\tdb/pg\t2\t2\t9\t9\t4.8\t9\t100",
+            "shop/api\tdb/pg\t1\t1\t0.1\t0.1\t0.1\t0.1\t1",
+            "203.0.113.9\tshop/web\t0\t0\t0\t0\t0\t0\t1",
+        ])
+    );
     // One namespace: the rows with either end in `db`, i.e. every conversation towards
     // db/pg-0, as the answers above show them (raw flows and the Kubernetes rollup alike).
     let db = "param_minutes=60&param_limit=20&param_namespace=db";
@@ -257,6 +283,17 @@ async fn queries_on_pipeline_data() {
     assert_eq!(
         run_query(&chdb, "tcp_health.sql", db),
         tsv(&["db/pg\t2\t2\t3\t3\t3\t4\t0.007\t6\t['NETFILTER_DROP']\t0\t100"])
+    );
+    assert_eq!(
+        run_query(&chdb, "dns_errors_by_name.sql", db),
+        tsv(&["shop\tweb-1\tpg.db.svc.cluster.local\t0\t1\t1\t1\t1\t100"])
+    );
+    assert_eq!(
+        run_query(&chdb, "dns_latency.sql", db),
+        tsv(&[
+            "shop/web\tdb/pg\t2\t2\t9\t9\t4.8\t9\t100",
+            "shop/api\tdb/pg\t1\t1\t0.1\t0.1\t0.1\t0.1\t1",
+        ])
     );
     assert_eq!(
         run_query(
@@ -325,6 +362,28 @@ async fn queries_on_pipeline_data() {
             "eth1\t5500\tegress\ttrue\t30\t22000\t0\t\t0\t0\t0\t0\t\t0\t\t0\t0\t\t0\t\t0\t::\t::\tfalse",
             "vethweb1\t450\tingress\ttrue\t2\t3000\t26\t\t3000000\t1\t4\t6000\tNETFILTER_DROP\t0\t\t0\t0\t\t0\t\t0\t::\t::\ttrue",
             "vethweb1\t1000\tingress\ttrue\t8\t4000\t26\t\t2000000\t1\t0\t0\t\t4242\tcurl\t777\t0\t\t0\t\t0\t::\t::\ttrue",
+        ])
+    );
+    // The DNS columns (migration 0007), row by row: zeros, [] and '' without DNS (#8, #11).
+    assert_eq!(
+        select(
+            "SELECT if_name, bytes, dns_queries, dns_responses, dns_noerror, dns_nxdomain, \
+             dns_servfail, dns_refused, dns_other_rcode, dns_answered, dns_latency_sum_ns, \
+             dns_latency_max_ns, dns_latencies_us, dns_last_query, dns_last_query_type \
+             FROM flows ORDER BY if_name, bytes"
+        ),
+        tsv(&[
+            "eth0\t60\t0\t0\t0\t0\t0\t0\t0\t0\t0\t0\t[]\t\t0",
+            "eth0\t700\t0\t2\t0\t0\t0\t0\t2\t0\t0\t0\t[]\t\t0",
+            "eth0\t1000\t3\t3\t1\t2\t0\t0\t0\t3\t7000000\t5000000\t[800,1200,5000]\tapi.shop.svc.cluster.local\t1",
+            "eth0\t2000\t4\t1\t0\t1\t0\t0\t0\t1\t40000000\t40000000\t[40000]\tmetrics.example.com\t1",
+            "eth0\t3000\t2\t2\t1\t0\t1\t0\t0\t2\t5000000\t3000000\t[2000,3000]\tapi.shop.svc.cluster.local\t28",
+            "eth1\t300\t1\t1\t1\t0\t0\t0\t0\t1\t600000\t600000\t[600]\tpg.db.svc.cluster.local\t1",
+            "eth1\t450\t1\t1\t0\t0\t1\t0\t0\t1\t9000000\t9000000\t[9000]\tpg.db.svc.cluster.local\t1",
+            "eth1\t5000\t1\t1\t0\t0\t0\t1\t0\t1\t100000\t100000\t[100]\tpg.db.svc.cluster.local\t33",
+            "eth1\t5500\t0\t0\t0\t0\t0\t0\t0\t0\t0\t0\t[]\t\t0",
+            "vethweb1\t450\t1\t1\t0\t0\t1\t0\t0\t1\t9000000\t9000000\t[9000]\tpg.db.svc.cluster.local\t1",
+            "vethweb1\t1000\t3\t3\t1\t2\t0\t0\t0\t3\t7000000\t5000000\t[800,1200,5000]\tapi.shop.svc.cluster.local\t1",
         ])
     );
     // The estimates (migration 0006): counted x sampling_rate, row by row.
@@ -453,6 +512,12 @@ fn check_dashboards(chdb: &Chdb, end_ns: i64) {
     // Per panel: the rows (timeseries: in any order within the minute), all estimates of the
     // non-duplicate records unless said otherwise.
     let expected: Vec<(&str, Vec<String>)> = vec![
+        // flowlens-dns.json. NXDOMAIN 2 (#1) + 1 (#3), SERVFAIL 1 (#2) + 1 (#9) per 60 s, the
+        // duplicates left out; p99 of the nine latencies of #1 to #9 (the 9th: 40000 µs).
+        (
+            "DNS errors and latency",
+            at(&["0.05\t0.03333333333333333\t40"]),
+        ),
         // The highest rate of the rows in range (#9, #10, #11).
         ("Packet sampling", rows(&["100"])),
         // Egress: A->B of the egress records + B->A of #5; ingress the rest: bytes * 8 / 60 s.
@@ -553,7 +618,9 @@ fn check_dashboards(chdb: &Chdb, end_ns: i64) {
 }
 
 /// The query files `queries_on_pipeline_data` checks.
-const CHECKED: [&str; 11] = [
+const CHECKED: [&str; 13] = [
+    "dns_errors_by_name.sql",
+    "dns_latency.sql",
     "drops_by_reason.sql",
     "hot_spots.sql",
     "new_connections_per_service.sql",

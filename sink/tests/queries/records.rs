@@ -146,6 +146,31 @@ pub(crate) fn flow(
     f
 }
 
+/// DNS statistics (EnrichedFlow v5, migration 0007): `queries`; the responses as (noerror,
+/// nxdomain, servfail, refused, other); the matched latencies in µs; the last query and its type.
+pub(crate) fn dns(
+    queries: i64,
+    (noerror, nxdomain, servfail, refused, other_rcode): (i64, i64, i64, i64, i64),
+    latencies_us: &[i64],
+    last_query: Option<(&str, i32)>,
+) -> Option<flowlens_schemas::Dns> {
+    Some(flowlens_schemas::Dns {
+        queries,
+        responses: noerror + nxdomain + servfail + refused + other_rcode,
+        noerror,
+        nxdomain,
+        servfail,
+        refused,
+        other_rcode,
+        answered: latencies_us.len() as i64,
+        latency_sum_ns: latencies_us.iter().sum::<i64>() * 1_000,
+        latency_max_ns: latencies_us.iter().max().map_or(0, |l| l * 1_000),
+        latencies_us: latencies_us.to_vec(),
+        last_query: last_query.map(|(name, _)| name.to_owned()),
+        last_query_type: last_query.map_or(0, |(_, qtype)| qtype),
+    })
+}
+
 /// B's answer: its bytes, packets and TCP flags.
 pub(crate) fn answered(
     mut f: EnrichedFlow,
@@ -174,6 +199,20 @@ pub(crate) fn answered(
 /// | 9 | web-1 -> pg-0 | tcp/5432 | 450, 3 counted at 1:100 | 3000, 2 counted | SYN ACK PSH both | eth1 egress | sampling_rate 100 (estimates 45000 B, 300 p / 300000 B, 200 p), RTT 3 ms, 1 retransmit, 4 drops (NETFILTER_DROP, 6000 B) |
 /// | 10 | #9 again on web-1's veth | | | | | vethweb1 ingress | duplicate, sampling_rate 100 |
 /// | 11 | web-2 -> api-1 (port 40001) | tcp/8080 | 60, 1 counted at 1:100 | - | SYN / - | eth0 egress of host node-b | sampling_rate 100 (estimates 6000 B, 100 p): the SYN sampled, the answer not |
+///
+/// DNS statistics ride on some of these conversations (the dns_* columns are read by the two
+/// DNS queries and the DNS panel only, so every other answer is unchanged); the duplicates #7
+/// and #10 carry the same as #1 and #9, which the DNS answers must not count again:
+///
+/// | # | queries | responses: noerror, nxdomain, servfail, refused, other | latencies (µs) | last query, type |
+/// |---|---|---|---|---|
+/// | 1 | 3 | 1, 2, 0, 0, 0 | 800, 1200, 5000 | api.shop.svc.cluster.local, A |
+/// | 2 | 2 | 1, 0, 1, 0, 0 | 2000, 3000 | api.shop.svc.cluster.local, AAAA |
+/// | 3 | 4 | 0, 1, 0, 0, 0 | 40000 | metrics.example.com, A |
+/// | 4 | 1 | 0, 0, 0, 1, 0 | 100 | pg.db.svc.cluster.local, SRV |
+/// | 5 | 0 | 0, 0, 0, 0, 2 | - | - (no query) |
+/// | 6 | 1 | 1, 0, 0, 0, 0 | 600 | pg.db.svc.cluster.local, A |
+/// | 9 | 1 (sampled 1:100: not multiplied) | 0, 0, 1, 0, 0 | 9000 | pg.db.svc.cluster.local, A |
 pub(crate) fn records(end_ns: i64) -> Vec<EnrichedFlow> {
     use flowlens_schemas::Process;
     use Direction::{Egress, Ingress};
@@ -203,6 +242,12 @@ pub(crate) fn records(end_ns: i64) -> Vec<EnrichedFlow> {
     );
     r1.rtt_ns = 2_000_000;
     r1.retransmits = 1;
+    r1.dns = dns(
+        3,
+        (1, 2, 0, 0, 0),
+        &[800, 1200, 5000],
+        Some(("api.shop.svc.cluster.local", 1)),
+    );
     r1.src_process = Some(Process {
         pid: 4242,
         comm: "curl".into(),
@@ -218,7 +263,19 @@ pub(crate) fn records(end_ns: i64) -> Vec<EnrichedFlow> {
     );
     r2.rtt_ns = 4_000_000;
     r2.end_reason = "fin".into();
-    let r3 = flow(WEB2, API1, 6, 8080, 2000, 5, SYN, "eth0", Egress, end_ns);
+    r2.dns = dns(
+        2,
+        (1, 0, 1, 0, 0),
+        &[2000, 3000],
+        Some(("api.shop.svc.cluster.local", 28)),
+    );
+    let mut r3 = flow(WEB2, API1, 6, 8080, 2000, 5, SYN, "eth0", Egress, end_ns);
+    r3.dns = dns(
+        4,
+        (0, 1, 0, 0, 0),
+        &[40_000],
+        Some(("metrics.example.com", 1)),
+    );
     let mut r4 = answered(
         flow(
             API1,
@@ -249,6 +306,12 @@ pub(crate) fn records(end_ns: i64) -> Vec<EnrichedFlow> {
         comm: "postgres".into(),
         cgroup_id: 555,
     });
+    r4.dns = dns(
+        1,
+        (0, 0, 0, 1, 0),
+        &[100],
+        Some(("pg.db.svc.cluster.local", 33)),
+    );
     let mut r5 = answered(
         flow(EXTERNAL, WEB1, 6, 443, 700, 7, ACK, "eth0", Ingress, end_ns),
         300,
@@ -259,11 +322,18 @@ pub(crate) fn records(end_ns: i64) -> Vec<EnrichedFlow> {
     r5.drop_bytes = 60;
     r5.drop_reason = "TCP_INVALID_SEQUENCE".into();
     r5.end_reason = "rst".into();
-    let r6 = answered(
+    r5.dns = dns(0, (0, 0, 0, 0, 2), &[], None);
+    let mut r6 = answered(
         flow(WEB2, PG0, 17, 5432, 300, 3, 0, "eth1", Egress, end_ns),
         900,
         3,
         0,
+    );
+    r6.dns = dns(
+        1,
+        (1, 0, 0, 0, 0),
+        &[600],
+        Some(("pg.db.svc.cluster.local", 1)),
     );
     let mut r7 = r1.clone();
     r7.if_name = "vethweb1".into();
@@ -299,6 +369,12 @@ pub(crate) fn records(end_ns: i64) -> Vec<EnrichedFlow> {
     r9.drops = 4;
     r9.drop_bytes = 6000;
     r9.drop_reason = "NETFILTER_DROP".into();
+    r9.dns = dns(
+        1,
+        (0, 0, 1, 0, 0),
+        &[9000],
+        Some(("pg.db.svc.cluster.local", 1)),
+    );
     let mut r10 = r9.clone();
     r10.if_name = "vethweb1".into();
     r10.direction = Ingress;

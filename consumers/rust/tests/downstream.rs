@@ -20,7 +20,7 @@ use flowlens_runtime::Shutdown;
 use flowlens_schemas::apache_avro::types::Value;
 use flowlens_schemas::apache_avro::{GenericSingleObjectWriter, Schema};
 use flowlens_schemas::{
-    ip_to_v6, v6_to_ip, Direction, EnrichedFlow, Process, RawFlow, ENRICHED_FLOW_V1_AVSC,
+    ip_to_v6, v6_to_ip, Direction, Dns, EnrichedFlow, Process, RawFlow, ENRICHED_FLOW_V1_AVSC,
     ENRICHED_FLOW_V2_AVSC,
 };
 use flowlens_sink::config::{BatchConfig, ClickHouseConfig, SinkConfig};
@@ -106,6 +106,21 @@ fn records(end_ns: i64) -> Vec<EnrichedFlow> {
         comm: "cörédns".into(),
         cgroup_id: 12,
     });
+    a.dns = Some(Dns {
+        queries: 4,
+        responses: 4,
+        noerror: 1,
+        nxdomain: 1,
+        servfail: 1,
+        refused: 0,
+        other_rcode: 1,
+        answered: 3,
+        latency_sum_ns: 5_500_000_000,
+        latency_max_ns: 5_000_000_000,
+        latencies_us: vec![150, 350_000, 5_000_000],
+        last_query: some("api.shop.svc.cluster.local"),
+        last_query_type: 28,
+    });
     let mut b = base(1, "2001:db8::1", "2001:db8::2");
     b.proto = 17;
     b.tunnel = "vxlan".into();
@@ -117,6 +132,11 @@ fn records(end_ns: i64) -> Vec<EnrichedFlow> {
     let mut c = base(2, "10.2.0.5", "203.0.113.9");
     c.locality = some("external");
     c.end_reason = "rst".into();
+    c.dns = Some(Dns {
+        responses: 2,
+        refused: 2,
+        ..Dns::default()
+    });
     vec![a, b, c]
 }
 
@@ -148,8 +168,9 @@ fn address(text: &str) -> String {
 
 /// Every difference between a consumer's record and the row ClickHouse holds for it. Columns
 /// are named as the fields, except: times (`*_ns` ↔ DateTime64 read back as ns), the direction
-/// enum (lower case), processes (`src_process` ↔ `src_pid`/`src_comm`/`src_cgroup_id`), and
-/// nulls (strings ↔ '', addresses ↔ '::', processes ↔ zeros).
+/// enum (lower case), processes (`src_process` ↔ `src_pid`/`src_comm`/`src_cgroup_id`), `dns`
+/// (`dns.queries` ↔ `dns_queries`, ...), and nulls (strings ↔ '', addresses ↔ '::', processes
+/// ↔ zeros, dns ↔ zeros, [] and '').
 fn differences(record: &Map<String, Json>, row: &Map<String, Json>) -> Vec<String> {
     let mut out = Vec::new();
     let mut check = |field: &str, got: Json, want: Json| {
@@ -182,6 +203,41 @@ fn differences(record: &Map<String, Json>, row: &Map<String, Json>) -> Vec<Strin
                     cgroup,
                     row[&format!("{side}_cgroup_id")].clone(),
                 );
+            }
+            "dns" => {
+                let part = |key: &str, zero: Json| match value {
+                    Json::Null => zero,
+                    d => d[key].clone(),
+                };
+                for key in [
+                    "queries",
+                    "responses",
+                    "noerror",
+                    "nxdomain",
+                    "servfail",
+                    "refused",
+                    "other_rcode",
+                    "answered",
+                    "latency_sum_ns",
+                    "latency_max_ns",
+                    "last_query_type",
+                ] {
+                    check(
+                        &format!("dns.{key}"),
+                        part(key, 0.into()),
+                        row[&format!("dns_{key}")].clone(),
+                    );
+                }
+                check(
+                    "dns.latencies_us",
+                    part("latencies_us", Json::Array(Vec::new())),
+                    row["dns_latencies_us"].clone(),
+                );
+                let name = match part("last_query", Json::Null) {
+                    Json::Null => "".into(),
+                    name => name,
+                };
+                check("dns.last_query", name, row["dns_last_query"].clone());
             }
             "src_addr" | "dst_addr" | "outer_src_addr" | "outer_dst_addr" => {
                 let want = address(

@@ -122,6 +122,9 @@ fn columns(f: &EnrichedFlow) -> [String; 8] {
     if f.sampling_rate > 1 {
         info.push(format!("sampled=1:{}", f.sampling_rate));
     }
+    if let Some(d) = &f.dns {
+        info.push(dns(d));
+    }
     if f.duplicate {
         info.push("duplicate".into());
     }
@@ -189,4 +192,61 @@ fn tcp_flags(flags: i32) -> String {
         .map(|(_, n)| *n)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// A conversation's DNS in one cell: queries/responses, the error codes seen, the slowest
+/// answer and the last name asked, e.g. `dns=3q/3r,nxdomain=1,max=5.000ms,last=api.shop`.
+fn dns(d: &flowlens_schemas::Dns) -> String {
+    let mut s = format!("dns={}q/{}r", d.queries, d.responses);
+    for (code, n) in [
+        ("nxdomain", d.nxdomain),
+        ("servfail", d.servfail),
+        ("refused", d.refused),
+    ] {
+        if n > 0 {
+            s.push_str(&format!(",{code}={n}"));
+        }
+    }
+    if d.answered > 0 {
+        s.push_str(&format!(",max={:.3}ms", d.latency_max_ns as f64 / 1e6));
+    }
+    if let Some(name) = &d.last_query {
+        s.push_str(&format!(",last={name}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_in_the_info_cell() {
+        let mut f = EnrichedFlow::from_raw(flowlens_schemas::RawFlow {
+            proto: 17,
+            dst_port: 53,
+            ..Default::default()
+        });
+        assert!(!columns(&f)[7].contains("dns="));
+        f.dns = Some(flowlens_schemas::Dns {
+            queries: 3,
+            responses: 3,
+            noerror: 2,
+            nxdomain: 1,
+            answered: 3,
+            latency_max_ns: 5_000_000,
+            last_query: Some("api.shop".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            columns(&f)[7],
+            "dns=3q/3r,nxdomain=1,max=5.000ms,last=api.shop"
+        );
+        f.dns = Some(flowlens_schemas::Dns {
+            responses: 2,
+            refused: 2,
+            ..Default::default()
+        });
+        assert_eq!(columns(&f)[7], "dns=0q/2r,refused=2");
+    }
 }

@@ -76,6 +76,20 @@ fn records(end_ns: i64) -> Vec<EnrichedFlow> {
     dns.drops = 2;
     dns.drop_bytes = 160;
     dns.drop_reason = "NETFILTER_DROP".into();
+    dns.dns = Some(flowlens_schemas::Dns {
+        queries: 5,
+        responses: 5,
+        noerror: 3,
+        nxdomain: 1,
+        servfail: 1,
+        answered: 5,
+        latency_sum_ns: 11_800_000,
+        latency_max_ns: 9_000_000,
+        latencies_us: vec![300, 500, 800, 1_200, 9_000],
+        last_query: some("api.shop.svc.cluster.local"),
+        last_query_type: 1,
+        ..Default::default()
+    });
     let mut out = base("q-node-2", 6, "10.1.0.13", "203.0.113.9", 443);
     out.if_name = "eth1".into();
     out.src_namespace = some("shop");

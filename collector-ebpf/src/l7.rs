@@ -19,6 +19,9 @@ use flowlens_common::{
 use crate::count;
 use crate::parse::Packet;
 
+/// `bpf_ringbuf_submit` flag: no wakeup of a reader waiting on the ring buffer.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
 /// The watched ports (set at load; all 0: off).
 #[unsafe(no_mangle)]
 static L7_PORTS: L7Ports = L7Ports {
@@ -94,7 +97,8 @@ pub extern "C" fn flowlens_l7_copy(skb: *mut __sk_buff, payload: u64, payload_le
             }
         }
         (*event).captured = captured;
-        entry.submit(0);
+        // User space reads on a timer, not on a wakeup: none is sent.
+        entry.submit(BPF_RB_NO_WAKEUP);
         captured as u64
     }
 }

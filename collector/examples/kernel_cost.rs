@@ -8,86 +8,15 @@
 //! `sudo ./target/release/examples/kernel_cost [flows...]` (default 16 100000 1000000);
 //! `TABLE_SIZE` (default 2097152), `SAMPLING`; `HOLD=1` waits after loading (for bpftool).
 
-use std::os::fd::{AsRawFd, BorrowedFd};
-
 use flowlens_collector::filter::Filters;
 use flowlens_collector::programs::Programs;
 use flowlens_collector::table::{FlowTable, Timeouts};
 use flowlens_common::{COUNTER_TABLE_FULL, INGRESS_PROGRAM};
 
-/// The `test` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    /// Explicit, so it is zero: the kernel rejects (EINVAL) non-zero bytes past the last field.
-    _pad: u32,
-}
-
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-
-fn frame(flow: u32) -> [u8; 60] {
-    let mut f = [0u8; 60];
-    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
-    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&46u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&[10, (flow >> 16) as u8, (flow >> 8) as u8, flow as u8]);
-    ip[16..20].copy_from_slice(&[10, 200, 0, 2]);
-    let udp = &mut f[34..42];
-    udp[0..2].copy_from_slice(&(1024 + (flow % 50_000) as u16).to_be_bytes());
-    udp[2..4].copy_from_slice(&9u16.to_be_bytes());
-    udp[4..6].copy_from_slice(&26u16.to_be_bytes());
-    f
-}
-
-/// Runs the program once per `repeat` on `data`; returns the kernel's mean ns per run.
-fn run(prog: BorrowedFd<'_>, data: &[u8], repeat: u32) -> u32 {
-    let mut out = [0u8; 256];
-    let mut attr = TestRunAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        data_size_in: data.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: data.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat,
-        ..Default::default()
-    };
-    // SAFETY: attr and buffers outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "BPF_PROG_TEST_RUN: {}",
-        std::io::Error::last_os_error()
-    );
-    attr.duration
-}
+/// BPF_PROG_TEST_RUN and the frames (shared with the L7 tap's cost example).
+#[path = "../../bench/collector/test_run.rs"]
+mod test_run;
+use test_run::{frame, run};
 
 /// The benchmark's empty program (returns at once): the fixed cost of BPF_PROG_TEST_RUN and the
 /// program call, printed as the baseline.

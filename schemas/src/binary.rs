@@ -195,11 +195,11 @@ impl<'a> Reader<'a> {
     }
 
     /// The item count of an array written as one block (count, items, then a 0 count), as
-    /// every flowlens writer writes arrays: reads the count here and the closing 0 after the
-    /// items, before the caller reads them. An empty array is the 0 count alone. Arrays of
-    /// several blocks or with a negative count (a block with its byte size) are declined, and
-    /// so is a count larger than the bytes left (each item of a flowlens array takes one at
-    /// least).
+    /// every flowlens writer writes arrays; the caller reads the items, then the closing 0
+    /// with [`Reader::block_end`]. An empty array is the 0 count alone (nothing to close).
+    /// Arrays of several blocks or with a negative count (a block with its byte size) are
+    /// declined, and so is a count larger than the bytes left (each item of a flowlens array
+    /// takes one byte at least).
     pub fn block(&mut self) -> Option<usize> {
         let count = usize::try_from(self.long()?).ok()?;
         if count == 0 {
@@ -261,7 +261,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Where a datum's string or bytes length, or an array's item count, runs past the end of the datum.
+/// Where a datum's string or bytes length, or an array's item count, runs past its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LengthPastEnd {
     /// Offset of the length's varint in the datum.
@@ -273,16 +273,17 @@ pub struct LengthPastEnd {
 }
 
 /// Walks `datum` as apache-avro 0.21 reads a value of `kind` and returns the first string or
-/// bytes length (or array block count) that claims more bytes (items) than are left, if any. apache-avro allocates a buffer of
-/// the claimed size before it reads (up to 512 MiB, whatever the datum's size): running this
-/// first bounds what decoding a datum holds by the datum's own size.
+/// bytes length (or array block count) that claims more bytes (items) than are left, if any.
+/// apache-avro allocates a buffer of the claimed size before it reads (up to 512 MiB, whatever
+/// the datum's size): running this first bounds what decoding a datum holds by the datum's own
+/// size.
 ///
 /// The walk is at least as lenient as apache-avro: it goes on wherever apache-avro goes on
 /// (an int out of range, a boolean byte over 1, invalid UTF-8, an enum index out of range,
 /// a varint's 10th byte over 1) and stops only where apache-avro stops (the datum ends, a
 /// varint longer than 10 bytes, a negative length, a union index out of range). So a datum
-/// apache-avro decodes is never reported, and every length apache-avro would allocate for is
-/// checked.
+/// apache-avro decodes is never reported (arrays: while each item takes a byte at least, as in
+/// every flowlens schema), and every length apache-avro would allocate for is checked.
 pub fn length_past_end(kind: &Kind, datum: &[u8]) -> Option<LengthPastEnd> {
     let mut walk = Walk { datum, pos: 0 };
     match walk.value(kind) {

@@ -6,14 +6,22 @@
 //! one query and one response with the status dig printed, the name asked, and a latency no
 //! longer than dig's query time (+1 ms: dig prints whole milliseconds) and not far below it;
 //! the forwarded answers took at least the line's 100 ms round trip.
+//!
+//! Through the binary: `collector.dns_ports` (from the environment, a list) makes DNS on port
+//! 5353 counted and DNS on port 53 not, and the binary's DNS metrics count what it parsed.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use flowlens_schemas::{Dns, RawFlow};
-use flowlens_testkit::{dig, dnsmasq, unbound, DelayLine, Dig};
+use common::CollectorProcess;
+use flowlens_collector::config::Config;
+use flowlens_schemas::{decode, Dns, RawFlow};
+use flowlens_testkit::{
+    dig, dnsmasq, read_topic, unbound, unique, wait_probe, DelayLine, Dig, NetnsPair, Tansu,
+};
+use rdkafka::Message;
 
 /// (name, over TCP, expected status)
 const QUERIES: &[(&str, bool, &str)] = &[
@@ -86,7 +94,7 @@ async fn queries_responses_codes_and_latency_against_dig() {
                     dig(
                         &pair.ns_a,
                         (pair.ip_a, FIRST_PORT + i as u16),
-                        pair.ip_b,
+                        (pair.ip_b, 53),
                         name,
                         *tcp,
                     )
@@ -166,4 +174,72 @@ async fn queries_responses_codes_and_latency_against_dig() {
         .map(|d| d.queries + d.responses)
         .sum();
     assert_eq!(other, 0, "DNS counted outside dig's conversations");
+}
+
+#[test]
+fn dns_ports_through_the_binary() {
+    common::require_root();
+    let broker = Tansu::start();
+    let pair = NetnsPair::new("db");
+    let mut config = Config::default();
+    config.kafka.brokers = vec![broker.broker()];
+    config.kafka.partitions = 1;
+    config.kafka.topics.raw_flows = unique("raw");
+    config.kafka.topics.interfaces = unique("ifaces");
+    config.collector.host = "dns-host".into();
+    config.collector.netns = pair.ns_a.clone();
+    config.collector.interfaces = vec![pair.if_a.clone()];
+    config.collector.scan_interval_ms = 300;
+    config.collector.dns_ports = vec![5353, 5354];
+    let collector = CollectorProcess::spawn(&config);
+    wait_probe(
+        collector.metrics_port,
+        "/readyz",
+        200,
+        "ready",
+        Duration::from_secs(90),
+    );
+    let _resolver = unbound(&pair.ns_b, pair.ip_b, &[]);
+    let asked = [(42_001, 5353, "NXDOMAIN"), (42_002, 53, "NOERROR")];
+    for (from, port, status) in asked {
+        let name = if port == 53 { "known" } else { "nope" };
+        let answer = dig(
+            &pair.ns_a,
+            (pair.ip_a, from),
+            (pair.ip_b, port),
+            &format!("{name}.flowlens.test"),
+            false,
+        );
+        assert_eq!(answer.status, status);
+    }
+    std::thread::sleep(Duration::from_millis(1_000));
+    let parsed = collector.metric("flowlens_collector_dns_messages_total", "kind=\"query\"");
+    collector.stop();
+    assert_eq!(
+        parsed,
+        Some(1.0),
+        "the query to 5353 parsed, not the one to 53"
+    );
+    let flows: Vec<RawFlow> = read_topic(
+        &broker.broker(),
+        &config.kafka.topics.raw_flows,
+        1,
+        Duration::from_secs(30),
+    )
+    .iter()
+    .map(|m| decode(m.payload().unwrap()).unwrap())
+    .collect();
+    let counted = dns_of(&flows, 42_001, false);
+    assert_eq!(
+        (counted.queries, counted.responses, counted.nxdomain),
+        (1, 1, 1)
+    );
+    let not_counted = dns_of(&flows, 42_002, false);
+    assert_eq!(not_counted, Dns::default(), "port 53 is not watched");
+    assert!(
+        flows
+            .iter()
+            .any(|f| f.src_port == 42_002 && f.packets == 1 && f.reverse_packets == 1),
+        "the port-53 conversation is still a flow"
+    );
 }

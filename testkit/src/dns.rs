@@ -16,14 +16,17 @@ pub struct DnsServer {
     pub log: PathBuf,
 }
 
-/// What unbound serves: `known.flowlens.test` (A 10.9.9.9) and NXDOMAIN for every other name
+/// Ports unbound listens on (the second for tests of DNS on another port).
+pub const UNBOUND_PORTS: [u16; 2] = [53, 5353];
+
+/// What unbound serves, on [`UNBOUND_PORTS`]: `known.flowlens.test` (A 10.9.9.9) and NXDOMAIN for every other name
 /// under `flowlens.test`, REFUSED for `refused.test`, and each `(zone, upstream)` forwarded.
 pub fn unbound(ns: &str, listen: Ipv4Addr, forwards: &[(&str, Ipv4Addr)]) -> DnsServer {
     let dir = tempfile::tempdir().unwrap();
     let mut conf = format!(
         "server:
-  interface: {listen}
-  port: 53
+  interface: {listen}@53
+  interface: {listen}@5353
   do-daemonize: no
   username: \"\"
   chroot: \"\"
@@ -123,14 +126,15 @@ pub struct Dig {
     pub query_ms: u64,
 }
 
-/// One query for `name` (type A) from namespace `ns`, source `from`, to `server`; `tcp` for DNS
-/// over TCP. One try, so one query and one response on the wire.
-pub fn dig(ns: &str, from: (Ipv4Addr, u16), server: Ipv4Addr, name: &str, tcp: bool) -> Dig {
+/// One query for `name` (type A) from namespace `ns`, source `from`, to `server` (address,
+/// port); `tcp` for DNS over TCP. One try, so one query and one response on the wire.
+pub fn dig(ns: &str, from: (Ipv4Addr, u16), server: (Ipv4Addr, u16), name: &str, tcp: bool) -> Dig {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "dig", "+tries=1", "+timeout=10"])
         .arg(if tcp { "+tcp" } else { "+notcp" })
         .arg(format!("-b{}#{}", from.0, from.1))
-        .arg(format!("@{server}"))
+        .arg(format!("-p{}", server.1))
+        .arg(format!("@{}", server.0))
         .arg(name)
         .output()
         .unwrap();

@@ -20,7 +20,7 @@ mod zookeeper;
 
 pub use clickhouse::*;
 pub use delay_line::DelayLine;
-pub use dns::{dig, dnsmasq, unbound, Dig, DnsServer};
+pub use dns::{dig, dnsmasq, unbound, Dig, DnsServer, UNBOUND_PORTS};
 pub use http::*;
 pub use kafka::*;
 pub use netns::*;

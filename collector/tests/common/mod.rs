@@ -396,7 +396,7 @@ pub struct CollectorProcess {
 
 impl CollectorProcess {
     /// Starts the binary with `config`'s Kafka settings and topics, host, namespace,
-    /// interfaces and scan interval.
+    /// interfaces, scan interval and DNS ports.
     pub fn spawn(config: &Config) -> Self {
         let metrics_port = flowlens_testkit::free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
@@ -424,6 +424,14 @@ impl CollectorProcess {
             .env(
                 "FLOWLENS_COLLECTOR__COLLECTOR__SCAN_INTERVAL_MS",
                 c.scan_interval_ms.to_string(),
+            )
+            .env(
+                "FLOWLENS_COLLECTOR__COLLECTOR__DNS_PORTS",
+                c.dns_ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
             )
             .env(
                 "FLOWLENS_COLLECTOR__TELEMETRY__METRICS_LISTEN",

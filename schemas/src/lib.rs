@@ -32,7 +32,7 @@ pub use codec::{
 };
 pub use error::SchemaError;
 pub use ip::{ip_to_v6, v6_to_ip};
-pub use records::{Direction, Dns, EnrichedFlow, Interface, Origin, Process, RawFlow};
+pub use records::{Direction, Dns, EnrichedFlow, Http, Interface, Origin, Process, RawFlow};
 pub use schema::{
     AvroRecord, RecordKind, ENRICHED_FLOW_AVSC, ENRICHED_FLOW_V1_AVSC, ENRICHED_FLOW_V2_AVSC,
     ENRICHED_FLOW_V3_AVSC, ENRICHED_FLOW_V4_AVSC, INTERFACE_AVSC, RAW_FLOW_AVSC, RAW_FLOW_V1_AVSC,

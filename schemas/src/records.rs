@@ -1,5 +1,5 @@
 //! Typed Rust records mirroring the `.avsc` files: `RawFlow`, `Interface`, `EnrichedFlow`, `Direction`, and the
-//! nested `Process`, `Origin`, `Dns`.
+//! nested `Process`, `Origin`, `Dns`, `Http`.
 //!
 //! Field order and enum variant order MUST match the schemas: apache-avro's serde writer
 //! emits fields in Rust declaration order and enum symbols by variant index
@@ -78,6 +78,8 @@ pub struct RawFlow {
     // Version 4.
     /// The conversation's DNS statistics in the interval; `None` when it carried no DNS.
     pub dns: Option<Dns>,
+    /// The conversation's HTTP/1.x statistics in the interval; `None` when it carried no HTTP.
+    pub http: Option<Http>,
 }
 
 /// Where a record first entered flowlens' Kafka streams (`io.flowlens.Origin`): (stream,
@@ -115,6 +117,36 @@ pub struct Dns {
     pub last_query: Option<String>,
     /// QTYPE of the last query, 0 without a query.
     pub last_query_type: i32,
+}
+
+/// What HTTP/1.x traffic one conversation carried in one scan interval (`io.flowlens.Http`);
+/// see `avro/raw_flow.avsc` for field docs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Http {
+    /// Request lines (`METHOD SP target SP HTTP/1.x`), either direction.
+    pub requests: i64,
+    /// Final responses (status >= 200), either direction; the five status counts below add up
+    /// to it.
+    pub responses: i64,
+    pub status_2xx: i64,
+    pub status_3xx: i64,
+    pub status_4xx: i64,
+    pub status_5xx: i64,
+    /// Final responses with a status outside 200-599.
+    pub status_other: i64,
+    /// Responses matched to the oldest unanswered request of the conversation.
+    pub answered: i64,
+    pub latency_sum_ns: i64,
+    pub latency_max_ns: i64,
+    /// The interval's first 64 matched latencies, microseconds.
+    pub latencies_us: Vec<i64>,
+    /// Method of the last request; `None` without a request.
+    pub last_method: Option<String>,
+    /// Path of the last request's target (no query or fragment, at most 128 bytes, bytes
+    /// outside printable ASCII percent-encoded); `None` without a request.
+    pub last_path: Option<String>,
+    /// Status of the last final response, 0 without one.
+    pub last_status: i32,
 }
 
 /// A local process owning one end's socket (`io.flowlens.Process`).
@@ -166,6 +198,7 @@ impl Default for RawFlow {
             duplicate: false,
             origin: None,
             dns: None,
+            http: None,
         }
     }
 }
@@ -278,9 +311,11 @@ pub struct EnrichedFlow {
     /// Identity of the raw record this one was made from; `None` (older enrichers, other
     /// producers): this record's own enriched-topic position is its identity.
     pub origin: Option<Origin>,
-    // Version 5: the field RawFlow version 4 added.
+    // Version 5: the fields RawFlow version 4 added.
     /// The conversation's DNS statistics in the interval; `None` when it carried no DNS.
     pub dns: Option<Dns>,
+    /// The conversation's HTTP/1.x statistics in the interval; `None` when it carried no HTTP.
+    pub http: Option<Http>,
 }
 
 impl EnrichedFlow {
@@ -325,6 +360,7 @@ impl EnrichedFlow {
             duplicate,
             origin,
             dns,
+            http,
         } = raw;
         EnrichedFlow {
             host,
@@ -387,6 +423,7 @@ impl EnrichedFlow {
             duplicate,
             origin,
             dns,
+            http,
         }
     }
 

@@ -6,7 +6,7 @@
 
 use std::net::Ipv6Addr;
 
-use crate::{Dns, Origin, Process, RecordKind, MAGIC};
+use crate::{Dns, Http, Origin, Process, RecordKind, MAGIC};
 
 /// The single-object header for `kind`, when the embedded schema of `kind` has the fingerprint
 /// `written_for` (the version a hand-written encoder writes); `None` otherwise: the encoder
@@ -136,6 +136,57 @@ pub fn dns(out: &mut Vec<u8>, d: Option<&Dns>) {
     int(out, *last_query_type);
 }
 
+/// `["null", Http]`: branch index, then the fourteen fields in schema order; `latencies_us` as
+/// apache-avro writes an array (one block, as [`dns`]).
+#[inline]
+pub fn http(out: &mut Vec<u8>, h: Option<&Http>) {
+    let Some(h) = h else {
+        return long(out, 0);
+    };
+    // No `..`: a field added to Http must be written here before this compiles.
+    let Http {
+        requests,
+        responses,
+        status_2xx,
+        status_3xx,
+        status_4xx,
+        status_5xx,
+        status_other,
+        answered,
+        latency_sum_ns,
+        latency_max_ns,
+        latencies_us,
+        last_method,
+        last_path,
+        last_status,
+    } = h;
+    long(out, 1);
+    for v in [
+        requests,
+        responses,
+        status_2xx,
+        status_3xx,
+        status_4xx,
+        status_5xx,
+        status_other,
+        answered,
+        latency_sum_ns,
+        latency_max_ns,
+    ] {
+        long(out, *v);
+    }
+    if !latencies_us.is_empty() {
+        long(out, latencies_us.len() as i64);
+        for v in latencies_us {
+            long(out, *v);
+        }
+    }
+    long(out, 0);
+    optional(out, last_method.as_deref());
+    optional(out, last_path.as_deref());
+    int(out, *last_status);
+}
+
 /// `["null", IPv6Address]`: branch index, then the 16 bytes.
 #[inline]
 pub fn address(out: &mut Vec<u8>, a: Option<Ipv6Addr>) {
@@ -177,7 +228,7 @@ mod tests {
         );
     }
 
-    /// `dns` writes what apache-avro writes for the field (the last of RawFlow): null, an
+    /// `dns` writes what apache-avro writes for the field (the one before http, null here): null, an
     /// empty record, and one with every field set and a full latency array.
     #[test]
     fn dns_matches_apache_avro() {
@@ -198,7 +249,8 @@ mod tests {
         };
         let mut without = Vec::new();
         crate::encode(&crate::RawFlow::default(), &mut without).unwrap();
-        let prefix = &without[..without.len() - 1];
+        // Both dns and http null: one 0 each.
+        let prefix = &without[..without.len() - 2];
         for d in [None, Some(Dns::default()), Some(full)] {
             let flow = crate::RawFlow {
                 dns: d.clone(),
@@ -208,7 +260,44 @@ mod tests {
             crate::encode(&flow, &mut generic).unwrap();
             let mut ours = prefix.to_vec();
             dns(&mut ours, d.as_ref());
+            http(&mut ours, None);
             assert_eq!(ours, generic, "{d:?}");
+        }
+    }
+
+    /// `http` writes what apache-avro writes for the field (the last of RawFlow): null, an
+    /// empty record, and one with every field set and a full latency array.
+    #[test]
+    fn http_matches_apache_avro() {
+        let full = Http {
+            requests: 70,
+            responses: 68,
+            status_2xx: 60,
+            status_3xx: 4,
+            status_4xx: 2,
+            status_5xx: 1,
+            status_other: 1,
+            answered: 66,
+            latency_sum_ns: 1 << 40,
+            latency_max_ns: i64::MAX,
+            latencies_us: (0..64).map(|i| i * 1_000 - 3).collect(),
+            last_method: Some("POST".into()),
+            last_path: Some("/api/v1/items%C3%A9".into()),
+            last_status: 503,
+        };
+        let mut without = Vec::new();
+        crate::encode(&crate::RawFlow::default(), &mut without).unwrap();
+        let prefix = &without[..without.len() - 1];
+        for h in [None, Some(Http::default()), Some(full)] {
+            let flow = crate::RawFlow {
+                http: h.clone(),
+                ..Default::default()
+            };
+            let mut generic = Vec::new();
+            crate::encode(&flow, &mut generic).unwrap();
+            let mut ours = prefix.to_vec();
+            http(&mut ours, h.as_ref());
+            assert_eq!(ours, generic, "{h:?}");
         }
     }
 

@@ -180,7 +180,7 @@ fn encode_failure_leaves_buffer() {
 fn apache_avro_generic_reader_accepts_truncation() {
     let mut msg = Vec::new();
     encode(&common::enriched(common::raw_conversation_v2()), &mut msg).unwrap();
-    // The last field, a null `dns`, is one byte (the union index): drop it.
+    // The last field, a null `http`, is one byte (the union index): drop it.
     let cut = &msg[..msg.len() - 1];
     let reader =
         apache_avro::GenericSingleObjectReader::new(EnrichedFlow::schema().clone()).unwrap();

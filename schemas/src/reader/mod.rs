@@ -10,7 +10,7 @@
 mod raw_flow;
 
 use crate::binary::{kind, zero_default, Kind, Reader};
-use crate::{Dns, RecordKind, HEADER_LEN, MAGIC};
+use crate::{Dns, Http, RecordKind, HEADER_LEN, MAGIC};
 
 pub use raw_flow::raw_flow;
 
@@ -89,4 +89,38 @@ pub fn dns(r: &mut Reader<'_>) -> Option<Option<Dns>> {
     };
     dns.last_query_type = r.int()?;
     Some(Some(dns))
+}
+
+/// `["null", Http]` (RawFlow version 4, EnrichedFlow version 5): the union index, then the
+/// fourteen fields in schema order; `latencies_us` as one block ([`Reader::longs`]).
+pub fn http(r: &mut Reader<'_>) -> Option<Option<Http>> {
+    if !r.present()? {
+        return Some(None);
+    }
+    let mut http = Http {
+        requests: r.long()?,
+        responses: r.long()?,
+        status_2xx: r.long()?,
+        status_3xx: r.long()?,
+        status_4xx: r.long()?,
+        status_5xx: r.long()?,
+        status_other: r.long()?,
+        answered: r.long()?,
+        latency_sum_ns: r.long()?,
+        latency_max_ns: r.long()?,
+        ..Http::default()
+    };
+    r.longs(&mut http.latencies_us)?;
+    http.last_method = optional_string(r)?;
+    http.last_path = optional_string(r)?;
+    http.last_status = r.int()?;
+    Some(Some(http))
+}
+
+/// `["null", "string"]` as an owned string.
+fn optional_string(r: &mut Reader<'_>) -> Option<Option<String>> {
+    Some(match r.present()? {
+        true => Some(r.str()?.to_owned()),
+        false => None,
+    })
 }

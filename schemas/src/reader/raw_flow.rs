@@ -4,8 +4,8 @@
 //! apache-avro builds a `Value` tree and then deserializes it: ~5 µs per RawFlow, most of the
 //! enricher's CPU per record (bench/results/enricher.md). This reader goes straight from the
 //! datum to a `RawFlow` (one allocation, the host name, plus any non-empty newer string or
-//! array). It knows RawFlow versions 1 (19 fields), 2 (35), 3 (36) and 4 (37) and takes a writer
-//! whose field names and kinds are exactly the current schema's first 19, 35, 36 or 37 (checked
+//! array). It knows RawFlow versions 1 (19 fields), 2 (35), 3 (36) and 4 (38) and takes a writer
+//! whose field names and kinds are exactly the current schema's first 19, 35, 36 or 38 (checked
 //! once per writer
 //! fingerprint, [`super::WriterPlans`]); fields a version lacks keep `RawFlow::default()`,
 //! which are the schema defaults (checked too). Anything it does not accept exactly — an
@@ -16,7 +16,7 @@
 
 use std::sync::OnceLock;
 
-use super::{dns, field_kinds, WriterPlans};
+use super::{dns, field_kinds, http, WriterPlans};
 use crate::binary::{Kind, Reader};
 use crate::{Direction, Origin, Process, RawFlow, RecordKind, SchemaError};
 
@@ -25,7 +25,7 @@ use crate::{Direction, Origin, Process, RawFlow, RecordKind, SchemaError};
 const V1_FIELDS: usize = 19;
 const V2_FIELDS: usize = 35;
 const V3_FIELDS: usize = 36;
-const V4_FIELDS: usize = 37;
+const V4_FIELDS: usize = 38;
 
 /// Decodes one Kafka payload holding a RawFlow of any known version.
 pub fn raw_flow(payload: &[u8]) -> Result<RawFlow, SchemaError> {
@@ -49,8 +49,8 @@ fn datum(payload: &[u8]) -> Option<(usize, &[u8])> {
 }
 
 /// The writer's field count if the fast path can read it: the current schema has the layout
-/// `fast` reads (37 fields whose defaults past the 19th are zero values), and the writer's
-/// fields are its first 19, 35, 36 or 37, same names and kinds.
+/// `fast` reads (38 fields whose defaults past the 19th are zero values), and the writer's
+/// fields are its first 19, 35, 36 or 38, same names and kinds.
 fn readable(writer: &[(String, Kind, bool)], current: &[(String, Kind, bool)]) -> Option<usize> {
     let layout_known = current.len() == V4_FIELDS && current[V1_FIELDS..].iter().all(|f| f.2);
     let prefix = writer.len() <= current.len()
@@ -145,6 +145,7 @@ fn fast(payload: &[u8]) -> Option<RawFlow> {
     }
     if fields >= V4_FIELDS {
         flow.dns = dns(&mut r)?;
+        flow.http = http(&mut r)?;
     }
     // One message is exactly one datum.
     r.rest().is_empty().then_some(flow)
@@ -154,7 +155,9 @@ fn fast(payload: &[u8]) -> Option<RawFlow> {
 mod tests {
     use super::*;
     use crate::apache_avro::{types::Value, GenericSingleObjectWriter, Schema};
-    use crate::{ip_to_v6, Dns, HEADER_LEN, RAW_FLOW_V1_AVSC, RAW_FLOW_V2_AVSC, RAW_FLOW_V3_AVSC};
+    use crate::{
+        ip_to_v6, Dns, Http, HEADER_LEN, RAW_FLOW_V1_AVSC, RAW_FLOW_V2_AVSC, RAW_FLOW_V3_AVSC,
+    };
 
     /// xorshift64*: reproducible random records without a dependency.
     struct Rng(u64);
@@ -265,6 +268,7 @@ mod tests {
                     offset: r.long(),
                 }),
                 dns: self.maybe(Rng::dns),
+                http: self.maybe(Rng::http),
             }
         }
 
@@ -284,6 +288,26 @@ mod tests {
                 latencies_us: (0..answered.min(64)).map(|_| self.long()).collect(),
                 last_query: self.maybe(Rng::string),
                 last_query_type: self.int(),
+            }
+        }
+
+        fn http(&mut self) -> Http {
+            let answered = self.next() % 70;
+            Http {
+                requests: self.long(),
+                responses: self.long(),
+                status_2xx: self.long(),
+                status_3xx: self.long(),
+                status_4xx: self.long(),
+                status_5xx: self.long(),
+                status_other: self.long(),
+                answered: answered as i64,
+                latency_sum_ns: self.long(),
+                latency_max_ns: self.long(),
+                latencies_us: (0..answered.min(64)).map(|_| self.long()).collect(),
+                last_method: self.maybe(Rng::string),
+                last_path: self.maybe(Rng::string),
+                last_status: self.int(),
             }
         }
     }
@@ -338,6 +362,7 @@ mod tests {
                 } else if version == 3 {
                     let without = RawFlow {
                         dns: None,
+                        http: None,
                         ..f.clone()
                     };
                     assert_eq!(generic, without, "record {i}");
@@ -345,6 +370,7 @@ mod tests {
                     let without = RawFlow {
                         origin: None,
                         dns: None,
+                        http: None,
                         ..f.clone()
                     };
                     assert_eq!(generic, without, "record {i}");

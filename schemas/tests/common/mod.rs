@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use flowlens_schemas::{
-    ip_to_v6, Direction, Dns, EnrichedFlow, Interface, Origin, Process, RawFlow,
+    ip_to_v6, Direction, Dns, EnrichedFlow, Http, Interface, Origin, Process, RawFlow,
 };
 
 pub fn raw_v4() -> RawFlow {
@@ -31,7 +31,7 @@ pub fn raw_v4() -> RawFlow {
 }
 
 /// `raw_v4` as one conversation with every field RawFlow versions 2, 3 and 4 added set
-/// (processes, outer addresses, origin, dns included): its version 1 projection is exactly
+/// (processes, outer addresses, origin, dns and http included): its version 1 projection is exactly
 /// `raw_v4()`, its version 2 projection `raw_conversation_v2()`, its version 3 projection
 /// `raw_conversation_v3()`.
 pub fn raw_conversation() -> RawFlow {
@@ -62,6 +62,7 @@ pub fn raw_conversation() -> RawFlow {
         duplicate: true,
         origin: Some(origin()),
         dns: Some(dns()),
+        http: Some(http()),
         ..raw_v4()
     }
 }
@@ -86,10 +87,32 @@ pub fn dns() -> Dns {
     }
 }
 
-/// `raw_conversation()` as RawFlow version 3 had it: without dns.
+/// HTTP/1.x statistics with every field set (latencies beyond 32 bits of nanoseconds, a
+/// percent-encoded path, a status outside 200-599).
+pub fn http() -> Http {
+    Http {
+        requests: 6,
+        responses: 5,
+        status_2xx: 2,
+        status_3xx: 0,
+        status_4xx: 1,
+        status_5xx: 1,
+        status_other: 1,
+        answered: 4,
+        latency_sum_ns: 9_100_000_000,
+        latency_max_ns: 6_000_000_000,
+        latencies_us: vec![1_000, 100_000, 3_000_000, 6_000_000],
+        last_method: Some("POST".into()),
+        last_path: Some("/api/caf%C3%A9/orders".into()),
+        last_status: 999,
+    }
+}
+
+/// `raw_conversation()` as RawFlow version 3 had it: without dns and http.
 pub fn raw_conversation_v3() -> RawFlow {
     RawFlow {
         dns: None,
+        http: None,
         ..raw_conversation()
     }
 }

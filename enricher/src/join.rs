@@ -14,7 +14,7 @@ use crate::kubernetes::store::Store;
 
 /// Fingerprint (single-object header byte order) of the `enriched_flow.avsc` that
 /// [`Joined::encode`] writes: EnrichedFlow version 5. Change it only together with that writer.
-pub const WRITTEN_FOR: [u8; 8] = [0x1d, 0x10, 0x84, 0xa8, 0xee, 0x8c, 0xb8, 0x65];
+pub const WRITTEN_FOR: [u8; 8] = [0x31, 0x89, 0x6b, 0x73, 0x30, 0xf3, 0x78, 0x46];
 
 /// The single-object header, when the embedded schema is the one [`Joined::encode`] writes.
 static HEADER: LazyLock<Option<[u8; 10]>> = LazyLock::new(|| {
@@ -254,8 +254,9 @@ impl<'a> Joined<'a> {
         out.push(r.duplicate.into());
         // Version 4.
         avro::origin(out, r.origin.as_ref());
-        // Version 5: the field RawFlow version 4 appended.
+        // Version 5: the fields RawFlow version 4 appended.
         avro::dns(out, r.dns.as_ref());
+        avro::http(out, r.http.as_ref());
         Ok(())
     }
 }
@@ -383,7 +384,7 @@ mod tests {
         assert_eq!(cache.len(), 0);
     }
 
-    /// Sets every field RawFlow versions 2 to 4 added, differently for each `i` (0..6): processes
+    /// Sets every field RawFlow versions 2 to 4 added (dns and http included), differently for each `i` (0..6): processes
     /// and outer addresses present or absent, IPv4-mapped or IPv6, Unicode, extreme values.
     fn fill_conversation(r: &mut RawFlow, i: usize) {
         use flowlens_schemas::Process;
@@ -449,6 +450,42 @@ mod tests {
             offset: [0, 1, i64::MAX, 1 << 40, 5, -1][i],
         });
         r.dns = (!i.is_multiple_of(3)).then(|| dns(i));
+        r.http = (!i.is_multiple_of(2)).then(|| http(i));
+    }
+
+    /// HTTP/1.x statistics that differ with `i`: latencies none, a few or the full 64, a
+    /// method and path or none, extreme values.
+    fn http(i: usize) -> flowlens_schemas::Http {
+        flowlens_schemas::Http {
+            requests: [0, 1, 64, i64::MAX, 7, 3][i],
+            responses: [1, 1, 63, i64::MIN, 7, 0][i],
+            status_2xx: [0, 1, 58, 2, 3, 0][i],
+            status_3xx: [1, 0, 2, 0, 1, 0][i],
+            status_4xx: [0, 0, 2, 0, 1, 0][i],
+            status_5xx: [0, 0, 1, 0, 1, 0][i],
+            status_other: [0, 0, 0, 0, 1, -1][i],
+            answered: [0, 1, 63, 0, 5, 0][i],
+            latency_sum_ns: [0, 350_000, 1 << 41, 0, 6_000_000, -1][i],
+            latency_max_ns: [0, 350_000, 1 << 34, 0, 3_000_000, i64::MAX][i],
+            latencies_us: match i {
+                1 => vec![350],
+                2 => (0..64).map(|l| l * 2_000).collect(),
+                4 => vec![600, 3_000, 1_000, 900, 500],
+                _ => Vec::new(),
+            },
+            last_method: [None, Some("GET"), Some(""), None, Some("DELETE"), None][i]
+                .map(str::to_string),
+            last_path: [
+                None,
+                Some("/caf%C3%A9"),
+                Some(""),
+                None,
+                Some("/api/v1/items/42"),
+                None,
+            ][i]
+                .map(str::to_string),
+            last_status: [0, 200, 404, 0, 503, i32::MAX][i],
+        }
     }
 
     /// DNS statistics that differ with `i`: latencies none, a few or the full 64, a query
@@ -512,6 +549,36 @@ mod tests {
         }
         let (flow, _) = join(raw("node-1", 7), &cache);
         assert_eq!(flow.dns, None);
+    }
+
+    /// The same for HTTP/1.x statistics, beside DNS ones or alone.
+    #[test]
+    fn http_is_carried_unchanged() {
+        let mut cache = InterfaceCache::default();
+        cache.upsert(iface("node-1", 7, "veth7"));
+        let store = Store::new(crate::kubernetes::history::Limits::default());
+        let cidrs: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let kubernetes = Kubernetes {
+            store: &store,
+            cluster_cidrs: &cidrs,
+        };
+        for i in [1, 2, 4] {
+            for (ifindex, k) in [(7, None), (8, Some(kubernetes))] {
+                let mut r = raw("node-1", ifindex);
+                (r.proto, r.src_port, r.dst_port) = (6, 40_000, 8080);
+                r.http = Some(http(i));
+                r.dns = (i == 2).then(|| dns(i));
+                let (flow, _) = enrich(r.clone(), &cache, k);
+                assert_eq!(flow.http, r.http);
+                let mut msg = Vec::new();
+                Joined::new(&r, &cache, k).encode(&mut msg).unwrap();
+                let back: EnrichedFlow = flowlens_schemas::decode(&msg).unwrap();
+                assert_eq!(back.http, Some(http(i)));
+                assert_eq!(back, flow);
+            }
+        }
+        let (flow, _) = join(raw("node-1", 7), &cache);
+        assert_eq!(flow.http, None);
     }
 
     /// The pipeline's direct encoder writes exactly what the schemas crate writes for the

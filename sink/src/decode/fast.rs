@@ -68,6 +68,13 @@ pub(super) fn fast(payload: &[u8]) -> Option<(RowRef<'_>, bool)> {
         dns_latencies_us: Latencies::EMPTY,
         dns_last_query: "",
         dns_last_query_type: 0,
+        http_counts: [0; 8],
+        http_latency_sum_ns: 0,
+        http_latency_max_ns: 0,
+        http_latencies_us: Latencies::EMPTY,
+        http_last_method: "",
+        http_last_path: "",
+        http_last_status: 0,
     };
     let mut has_origin = false;
     for (kind, target) in plan {
@@ -148,6 +155,11 @@ pub(super) fn fast(payload: &[u8]) -> Option<(RowRef<'_>, bool)> {
                     dns(&mut r, &mut row)?;
                 }
             }
+            Target::Http => {
+                if r.present()? {
+                    http(&mut r, &mut row)?;
+                }
+            }
             Target::Skip => r.skip(kind)?,
         }
     }
@@ -163,17 +175,37 @@ fn dns<'a>(r: &mut Reader<'a>, row: &mut RowRef<'a>) -> Option<()> {
     }
     row.dns_latency_sum_ns = u64::try_from(r.long()?).ok()?;
     row.dns_latency_max_ns = u64::try_from(r.long()?).ok()?;
-    let count = r.block()?;
-    if count > 0 {
-        let items = r.rest();
-        for _ in 0..count {
-            u32::try_from(r.long()?).ok()?;
-        }
-        let items = &items[..items.len() - r.rest().len()];
-        r.block_end()?;
-        row.dns_latencies_us = Latencies::Avro { count, items };
-    }
+    row.dns_latencies_us = latencies(r)?;
     row.dns_last_query = r.opt_str()?;
     row.dns_last_query_type = u16::try_from(r.int()?).ok()?;
     Some(())
+}
+
+/// The fields of a present `Http` into the row's http_* columns, as [`dns`].
+fn http<'a>(r: &mut Reader<'a>, row: &mut RowRef<'a>) -> Option<()> {
+    for count in &mut row.http_counts {
+        *count = u32::try_from(r.long()?).ok()?;
+    }
+    row.http_latency_sum_ns = u64::try_from(r.long()?).ok()?;
+    row.http_latency_max_ns = u64::try_from(r.long()?).ok()?;
+    row.http_latencies_us = latencies(r)?;
+    row.http_last_method = r.opt_str()?;
+    row.http_last_path = r.opt_str()?;
+    row.http_last_status = u16::try_from(r.int()?).ok()?;
+    Some(())
+}
+
+/// A one-block array of latencies, each checked to fit `UInt32`, left in the datum.
+fn latencies<'a>(r: &mut Reader<'a>) -> Option<Latencies<'a>> {
+    let count = r.block()?;
+    if count == 0 {
+        return Some(Latencies::EMPTY);
+    }
+    let items = r.rest();
+    for _ in 0..count {
+        u32::try_from(r.long()?).ok()?;
+    }
+    let items = &items[..items.len() - r.rest().len()];
+    r.block_end()?;
+    Some(Latencies::Avro { count, items })
 }

@@ -58,6 +58,8 @@ pub(super) enum Target {
     Origin,
     /// `["null", Dns]`: the dns_* columns (migration 0007).
     Dns,
+    /// `["null", Http]`: the http_* columns (migration 0007).
+    Http,
     /// A field the table has no column for: read and dropped.
     Skip,
 }
@@ -167,6 +169,16 @@ fn target(name: &str) -> (Target, Option<Kind>) {
                 Kind::Int,
             ]);
             return (Target::Dns, opt(Kind::Record(fields)));
+        }
+        "http" => {
+            let mut fields = vec![Kind::Long; 10];
+            fields.extend([
+                Kind::Array(Box::new(Kind::Long)),
+                Kind::Union(vec![Kind::Null, Kind::Str]),
+                Kind::Union(vec![Kind::Null, Kind::Str]),
+                Kind::Int,
+            ]);
+            return (Target::Http, opt(Kind::Record(fields)));
         }
         name => {
             return match (

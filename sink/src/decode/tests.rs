@@ -4,7 +4,7 @@ use super::plan::{plan, Step, Target};
 use super::*;
 use crate::row::sample_flow;
 use flowlens_schemas::{
-    AvroRecord, Dns, ENRICHED_FLOW_V1_AVSC, ENRICHED_FLOW_V2_AVSC, ENRICHED_FLOW_V3_AVSC,
+    AvroRecord, Dns, Http, ENRICHED_FLOW_V1_AVSC, ENRICHED_FLOW_V2_AVSC, ENRICHED_FLOW_V3_AVSC,
     ENRICHED_FLOW_V4_AVSC, MAGIC,
 };
 
@@ -44,7 +44,8 @@ fn old_message(f: &EnrichedFlow, avsc: &str) -> Vec<u8> {
 
 /// Records that exercise every column: sample flows, Unicode and extremes, conversations
 /// with reverse traffic, duplicates, both processes, no process, IPv6 outer addresses, DNS
-/// statistics at their bounds (64 latencies, an empty one, no query name, an empty name).
+/// statistics at their bounds (64 latencies, an empty one, no query name, an empty name), and
+/// HTTP statistics the same way (with DNS beside them, or alone).
 fn variants() -> Vec<EnrichedFlow> {
     let mut variants = Vec::new();
     for i in [0u32, 1, 7, 127, 128, 300, 65_535, 1 << 20, u32::MAX] {
@@ -122,6 +123,38 @@ fn variants() -> Vec<EnrichedFlow> {
         ..Dns::default()
     });
     variants.push(f);
+    let mut f = sample_flow(19);
+    f.http = Some(Http {
+        requests: u32::MAX.into(),
+        responses: 70,
+        status_2xx: 60,
+        status_3xx: 5,
+        status_4xx: 3,
+        status_5xx: 1,
+        status_other: 1,
+        answered: 68,
+        latency_sum_ns: i64::MAX,
+        latency_max_ns: 1 << 40,
+        latencies_us: (0..64).map(|i| i << 26).chain([u32::MAX.into()]).collect(),
+        last_method: Some("PROPFIND".into()),
+        last_path: Some(format!("/{}%C3%A9", "p".repeat(121))),
+        last_status: u16::MAX.into(),
+    });
+    variants.push(f);
+    let mut f = sample_flow(21);
+    assert!(f.dns.is_some());
+    f.http = Some(Http::default());
+    variants.push(f);
+    let mut f = sample_flow(22);
+    f.http = Some(Http {
+        responses: 1,
+        status_5xx: 1,
+        last_method: Some(String::new()),
+        last_path: None,
+        latencies_us: vec![0],
+        ..Http::default()
+    });
+    variants.push(f);
     variants
 }
 
@@ -191,7 +224,7 @@ fn fast_path_matches_generic_decoder() {
 #[test]
 fn current_plan_feeds_every_column() {
     let current = plan_of(&<EnrichedFlow as AvroRecord>::fingerprint()).expect("a plan for v5");
-    assert_eq!(current.len(), 60);
+    assert_eq!(current.len(), 61);
     assert!(current.iter().all(|(_, t)| *t != Target::Skip));
     for (i, (_, a)) in current.iter().enumerate() {
         assert!(current[..i].iter().all(|(_, b)| b != a), "{a:?} twice");
@@ -212,13 +245,16 @@ fn current_plan_feeds_every_column() {
 
 #[test]
 fn older_records_get_empty_newer_columns() {
-    // Version 4: the DNS columns are zeros, [] and "".
+    // Version 4: the DNS and HTTP columns are zeros, [] and "".
     let mut f = sample_flow(5);
-    assert!(f.dns.is_some());
+    f.http = sample_flow(6).http;
+    assert!(f.dns.is_some() && f.http.is_some());
     let row = flow_row(&old_message(&f, ENRICHED_FLOW_V4_AVSC)).unwrap();
     f.dns = None;
+    f.http = None;
     assert_eq!(row, FlowRow::try_from(f).unwrap());
     assert!(row.dns_latencies_us.is_empty() && row.dns_last_query.is_empty());
+    assert!(row.http_latencies_us.is_empty() && row.http_last_path.is_empty());
     let f = variants()[11].clone();
     assert!(f.origin.is_some());
     let full = FlowRow::try_from(f.clone()).unwrap();
@@ -325,6 +361,24 @@ fn everything_else_goes_to_the_generic_path() {
             f.dns = Some(Dns {
                 last_query_type: -1,
                 ..Dns::default()
+            })
+        }),
+        ("http", |f| {
+            f.http = Some(Http {
+                status_5xx: 1 << 32,
+                ..Http::default()
+            })
+        }),
+        ("http", |f| {
+            f.http = Some(Http {
+                latencies_us: vec![5, -1],
+                ..Http::default()
+            })
+        }),
+        ("http", |f| {
+            f.http = Some(Http {
+                last_status: 70_000,
+                ..Http::default()
             })
         }),
         ("src_process", |f| {

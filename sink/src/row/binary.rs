@@ -14,7 +14,9 @@ pub(super) const FIXED_LEN: usize = 3 * 8 + 4 + 1 + 2 + 2 + 1 + 16 + 16 + 2 + 2 
     + 8 + 8 + 2 + 8 + 4 + 4 + 8 + 2 * (4 + 8) + 4 + 16 + 16 + 1
     // version 4 / migration 0005: kafka_stream, kafka_timestamp, origin stream, partition, offset
     + 16 + 8 + 16 + 4 + 8
-    // version 5 / migration 0007: the eight DNS counts, latency sum and max, last query type
+    // version 5 / migration 0007: the eight DNS counts, latency sum and max, last query type;
+    // the eight HTTP counts, latency sum and max, last status
+    + 8 * 4 + 8 + 8 + 2
     + 8 * 4 + 8 + 8 + 2;
 
 impl FlowRow {
@@ -53,19 +55,22 @@ impl FlowRow {
             &self.tunnel,
             &self.origin_topic,
             &self.dns_last_query,
+            &self.http_last_method,
+            &self.http_last_path,
         ];
-        let latencies = &self.dns_latencies_us;
         FIXED_LEN
             + strings
                 .iter()
                 .map(|s| varint_len(s.len()) + s.len())
                 .sum::<usize>()
-            + varint_len(latencies.len())
-            + 4 * latencies.len()
+            + [&self.dns_latencies_us, &self.http_latencies_us]
+                .iter()
+                .map(|l| varint_len(l.len()) + 4 * l.len())
+                .sum::<usize>()
     }
 }
 
-/// The values of `dns_latencies_us` without a copy: borrowed from a `FlowRow`, or still in the
+/// The values of `dns_latencies_us` or `http_latencies_us` without a copy: borrowed from a `FlowRow`, or still in the
 /// Avro datum they were read from (zig-zag varints the fast path checked to fit `UInt32`).
 #[derive(Debug, Clone, Copy)]
 pub enum Latencies<'a> {
@@ -181,6 +186,15 @@ pub struct RowRef<'a> {
     pub dns_latencies_us: Latencies<'a>,
     pub dns_last_query: &'a str,
     pub dns_last_query_type: u16,
+    /// Migration 0007 (EnrichedFlow version 5 `http`): requests, responses, 2xx, 3xx, 4xx,
+    /// 5xx, status_other, answered; then the rest as in `FlowRow`.
+    pub http_counts: [u32; 8],
+    pub http_latency_sum_ns: u64,
+    pub http_latency_max_ns: u64,
+    pub http_latencies_us: Latencies<'a>,
+    pub http_last_method: &'a str,
+    pub http_last_path: &'a str,
+    pub http_last_status: u16,
 }
 
 impl RowRef<'_> {
@@ -259,6 +273,18 @@ impl RowRef<'_> {
         }
         string(out, self.dns_last_query);
         out.extend_from_slice(&self.dns_last_query_type.to_le_bytes());
+        for count in self.http_counts {
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+        out.extend_from_slice(&self.http_latency_sum_ns.to_le_bytes());
+        out.extend_from_slice(&self.http_latency_max_ns.to_le_bytes());
+        write_varint(out, self.http_latencies_us.len());
+        for latency in self.http_latencies_us.iter() {
+            out.extend_from_slice(&latency.to_le_bytes());
+        }
+        string(out, self.http_last_method);
+        string(out, self.http_last_path);
+        out.extend_from_slice(&self.http_last_status.to_le_bytes());
     }
 
     /// The owned row.
@@ -350,6 +376,20 @@ impl RowRef<'_> {
             dns_latencies_us: self.dns_latencies_us.iter().collect(),
             dns_last_query: self.dns_last_query.to_owned(),
             dns_last_query_type: self.dns_last_query_type,
+            http_requests: self.http_counts[0],
+            http_responses: self.http_counts[1],
+            http_2xx: self.http_counts[2],
+            http_3xx: self.http_counts[3],
+            http_4xx: self.http_counts[4],
+            http_5xx: self.http_counts[5],
+            http_status_other: self.http_counts[6],
+            http_answered: self.http_counts[7],
+            http_latency_sum_ns: self.http_latency_sum_ns,
+            http_latency_max_ns: self.http_latency_max_ns,
+            http_latencies_us: self.http_latencies_us.iter().collect(),
+            http_last_method: self.http_last_method.to_owned(),
+            http_last_path: self.http_last_path.to_owned(),
+            http_last_status: self.http_last_status,
         }
     }
 }
@@ -446,6 +486,22 @@ impl FlowRow {
             dns_latencies_us: Latencies::Values(&self.dns_latencies_us),
             dns_last_query: &self.dns_last_query,
             dns_last_query_type: self.dns_last_query_type,
+            http_counts: [
+                self.http_requests,
+                self.http_responses,
+                self.http_2xx,
+                self.http_3xx,
+                self.http_4xx,
+                self.http_5xx,
+                self.http_status_other,
+                self.http_answered,
+            ],
+            http_latency_sum_ns: self.http_latency_sum_ns,
+            http_latency_max_ns: self.http_latency_max_ns,
+            http_latencies_us: Latencies::Values(&self.http_latencies_us),
+            http_last_method: &self.http_last_method,
+            http_last_path: &self.http_last_path,
+            http_last_status: self.http_last_status,
         }
     }
 

@@ -2,7 +2,7 @@
 
 /// Table column types `FlowRow` writes, in column order: (name, accepted types). Strings go to
 /// `String` or `LowCardinality(String)` alike (same RowBinary encoding).
-pub const COLUMN_TYPES: [(&str, &[&str]); 84] = {
+pub const COLUMN_TYPES: [(&str, &[&str]); 98] = {
     const S: &[&str] = &["String", "LowCardinality(String)"];
     const NS: &[&str] = &["DateTime64(9)", "DateTime64(9, 'UTC')"];
     [
@@ -93,5 +93,19 @@ pub const COLUMN_TYPES: [(&str, &[&str]); 84] = {
         ("dns_latencies_us", &["Array(UInt32)"]),
         ("dns_last_query", S),
         ("dns_last_query_type", &["UInt16"]),
+        ("http_requests", &["UInt32"]),
+        ("http_responses", &["UInt32"]),
+        ("http_2xx", &["UInt32"]),
+        ("http_3xx", &["UInt32"]),
+        ("http_4xx", &["UInt32"]),
+        ("http_5xx", &["UInt32"]),
+        ("http_status_other", &["UInt32"]),
+        ("http_answered", &["UInt32"]),
+        ("http_latency_sum_ns", &["UInt64"]),
+        ("http_latency_max_ns", &["UInt64"]),
+        ("http_latencies_us", &["Array(UInt32)"]),
+        ("http_last_method", S),
+        ("http_last_path", S),
+        ("http_last_status", &["UInt16"]),
     ]
 };

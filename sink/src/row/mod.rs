@@ -5,8 +5,8 @@
 //! RowBinary mapping: DateTime64(9) is `i64` nanoseconds, IPv6 is `Ipv6Addr` (16 bytes, network
 //! order), `Enum8('ingress'=0,'egress'=1)` is an `i8` (serde_repr), Bool is one byte 0/1, unknown
 //! Kubernetes metadata is "". A null process is pid 0, comm "", cgroup 0; a null outer address
-//! is `::`; a null `dns` is zeros, no latency and "" (`Array(UInt32)` is a length varint, then
-//! the values).
+//! is `::`; a null `dns` or `http` is zeros, no latency and "" (`Array(UInt32)` is a length
+//! varint, then the values).
 
 use std::net::Ipv6Addr;
 
@@ -148,6 +148,25 @@ pub struct FlowRow {
     /// "" when the conversation carried no query.
     pub dns_last_query: String,
     pub dns_last_query_type: u16,
+    /// EnrichedFlow v5 `http` (migration 0007): zeros, no latency and "" for a record without
+    /// one (or from an older version).
+    pub http_requests: u32,
+    pub http_responses: u32,
+    pub http_2xx: u32,
+    pub http_3xx: u32,
+    pub http_4xx: u32,
+    pub http_5xx: u32,
+    pub http_status_other: u32,
+    pub http_answered: u32,
+    pub http_latency_sum_ns: u64,
+    pub http_latency_max_ns: u64,
+    /// The interval's first matched latencies (µs, at most 64 from the collector).
+    pub http_latencies_us: Vec<u32>,
+    /// "" when the conversation carried no request.
+    pub http_last_method: String,
+    pub http_last_path: String,
+    /// 0 when the conversation carried no final response.
+    pub http_last_status: u16,
 }
 
 /// A decoded record whose values do not fit the table's column types.
@@ -191,6 +210,13 @@ impl TryFrom<EnrichedFlow> for FlowRow {
             .latencies_us
             .iter()
             .map(|l| fit("dns", *l, "UInt32"))
+            .collect::<Result<_, _>>()?;
+        let http = f.http.unwrap_or_default();
+        let http_count = |value: i64| fit("http", value, "UInt32");
+        let http_latencies_us = http
+            .latencies_us
+            .iter()
+            .map(|l| fit("http", *l, "UInt32"))
             .collect::<Result<_, _>>()?;
         Ok(FlowRow {
             time_flow_start: f.time_flow_start_ns,
@@ -281,6 +307,20 @@ impl TryFrom<EnrichedFlow> for FlowRow {
             dns_latencies_us,
             dns_last_query: dns.last_query.unwrap_or_default(),
             dns_last_query_type: fit("dns", dns.last_query_type.into(), "UInt16")?,
+            http_requests: http_count(http.requests)?,
+            http_responses: http_count(http.responses)?,
+            http_2xx: http_count(http.status_2xx)?,
+            http_3xx: http_count(http.status_3xx)?,
+            http_4xx: http_count(http.status_4xx)?,
+            http_5xx: http_count(http.status_5xx)?,
+            http_status_other: http_count(http.status_other)?,
+            http_answered: http_count(http.answered)?,
+            http_latency_sum_ns: fit("http", http.latency_sum_ns, "UInt64")?,
+            http_latency_max_ns: fit("http", http.latency_max_ns, "UInt64")?,
+            http_latencies_us,
+            http_last_method: http.last_method.unwrap_or_default(),
+            http_last_path: http.last_path.unwrap_or_default(),
+            http_last_status: fit("http", http.last_status.into(), "UInt16")?,
         })
     }
 }

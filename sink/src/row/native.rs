@@ -166,24 +166,35 @@ mod tests {
         let mut block = Vec::new();
         layout.write_block(&data, rows.len(), &mut block).unwrap();
         assert_eq!(&block[..2], &[COLUMN_TYPES.len() as u8, 3]);
-        // dns_latencies_us (an array): three offsets, then the values of the three rows.
-        let mut expected = Vec::new();
-        for s in ["dns_latencies_us", "Array(UInt32)"] {
-            write_varint(&mut expected, s.len());
-            expected.extend_from_slice(s.as_bytes());
-        }
-        let mut total = 0u64;
-        for row in &rows {
-            total += row.dns_latencies_us.len() as u64;
-            expected.extend_from_slice(&total.to_le_bytes());
-        }
-        for row in &rows {
-            for l in &row.dns_latencies_us {
-                expected.extend_from_slice(&l.to_le_bytes());
+        // dns_latencies_us and http_latencies_us (arrays): three offsets, then the values of
+        // the three rows.
+        type Latencies = fn(&FlowRow) -> &Vec<u32>;
+        let arrays: [(&str, Latencies); 2] = [
+            ("dns_latencies_us", |r| &r.dns_latencies_us),
+            ("http_latencies_us", |r| &r.http_latencies_us),
+        ];
+        for (name, latencies) in arrays {
+            let mut expected = Vec::new();
+            for s in [name, "Array(UInt32)"] {
+                write_varint(&mut expected, s.len());
+                expected.extend_from_slice(s.as_bytes());
             }
+            let mut total = 0u64;
+            for row in &rows {
+                total += latencies(row).len() as u64;
+                expected.extend_from_slice(&total.to_le_bytes());
+            }
+            for row in &rows {
+                for l in latencies(row) {
+                    expected.extend_from_slice(&l.to_le_bytes());
+                }
+            }
+            assert!(total > 0, "some row has {name}");
+            assert!(
+                block.windows(expected.len()).any(|w| w == expected),
+                "{name}"
+            );
         }
-        assert!(total > 0, "some row has latencies");
-        assert!(block.windows(expected.len()).any(|w| w == expected));
         // Column `host` (the fourth): header, then the three values in row order.
         let mut expected = Vec::new();
         for s in ["host", "String", "host-0", "host-1", "host-2"] {
@@ -205,7 +216,8 @@ mod tests {
                     .sum::<usize>()
                 + rows
                     .iter()
-                    .map(|r| 8 - super::super::binary::varint_len(r.dns_latencies_us.len()))
+                    .flat_map(|r| [&r.dns_latencies_us, &r.http_latencies_us])
+                    .map(|l| 8 - super::super::binary::varint_len(l.len()))
                     .sum::<usize>()
         );
         // Truncated data is an error, not a short block.

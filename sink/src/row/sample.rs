@@ -9,8 +9,8 @@ pub const SAMPLE_BASE_NS: i64 = 1_700_000_000_123_456_789;
 /// Test and benchmark helper: a plausible flow with every field set, starting at
 /// `SAMPLE_BASE_NS + i µs`. B never answers and no record is a duplicate (reverse counters 0,
 /// `duplicate` false), so that every rollup sums to the `flows` totals; the other version 3
-/// fields are set (processes, tunnel and outer addresses on some records), and one record in
-/// four (`i % 4 == 1`) carries DNS statistics.
+/// fields are set (processes, tunnel and outer addresses on some records), one record in four
+/// (`i % 4 == 1`) carries DNS statistics and one in four (`i % 4 == 2`) HTTP/1.x statistics.
 #[doc(hidden)]
 pub fn sample_flow(i: u32) -> EnrichedFlow {
     sample_flow_at(i, SAMPLE_BASE_NS)
@@ -89,6 +89,23 @@ pub fn sample_flow_at(i: u32, base_ns: i64) -> EnrichedFlow {
             latencies_us: latencies,
             last_query: Some("api.shop.svc.cluster.local".into()),
             last_query_type: 28,
+            ..Default::default()
+        });
+    }
+    if i % 4 == 2 {
+        let latencies = vec![3_000 + i64::from(i % 1000), 45_000];
+        f.http = Some(flowlens_schemas::Http {
+            requests: 2,
+            responses: 2,
+            status_2xx: 1,
+            status_5xx: 1,
+            answered: 2,
+            latency_sum_ns: latencies.iter().sum::<i64>() * 1_000,
+            latency_max_ns: 45_000_000,
+            latencies_us: latencies,
+            last_method: Some("GET".into()),
+            last_path: Some("/api/cart".into()),
+            last_status: 503,
             ..Default::default()
         });
     }

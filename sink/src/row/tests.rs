@@ -100,6 +100,54 @@ fn maps_every_field() {
         (row.dns_last_query.as_str(), row.dns_last_query_type),
         ("", 0)
     );
+    // http, or zeros, [] and "" without it (sample 7 carries none, sample 1 neither).
+    assert_eq!(
+        (
+            row.http_requests,
+            row.http_answered,
+            row.http_latency_max_ns
+        ),
+        (0, 0, 0)
+    );
+    assert!(row.http_latencies_us.is_empty());
+    assert_eq!(
+        (
+            row.http_last_method.as_str(),
+            row.http_last_path.as_str(),
+            row.http_last_status
+        ),
+        ("", "", 0)
+    );
+    let row = FlowRow::try_from(sample_flow(2)).unwrap();
+    assert_eq!(row.dns_queries, 0);
+    assert_eq!(
+        (row.http_requests, row.http_responses, row.http_answered),
+        (2, 2, 2),
+        "sample 2 carries HTTP"
+    );
+    assert_eq!(
+        (
+            row.http_2xx,
+            row.http_3xx,
+            row.http_4xx,
+            row.http_5xx,
+            row.http_status_other
+        ),
+        (1, 0, 0, 1, 0)
+    );
+    assert_eq!(
+        (row.http_latency_sum_ns, row.http_latency_max_ns),
+        (48_002_000, 45_000_000)
+    );
+    assert_eq!(row.http_latencies_us, [3_002, 45_000]);
+    assert_eq!(
+        (
+            row.http_last_method.as_str(),
+            row.http_last_path.as_str(),
+            row.http_last_status
+        ),
+        ("GET", "/api/cart", 503)
+    );
 }
 
 #[test]
@@ -141,6 +189,19 @@ fn out_of_range_values_are_rejected_with_the_field() {
         set(f.dns.as_mut().unwrap());
         assert_eq!(FlowRow::try_from(f).unwrap_err().field, "dns");
     }
+    for set in [
+        (|h| h.requests = 1 << 32) as fn(&mut flowlens_schemas::Http),
+        |h| h.status_4xx = -1,
+        |h| h.latency_max_ns = -1,
+        |h| h.latencies_us.push(1 << 32),
+        |h| h.latencies_us.push(-1),
+        |h| h.last_status = 65_536,
+        |h| h.last_status = -1,
+    ] {
+        let mut f = sample_flow(2);
+        set(f.http.as_mut().unwrap());
+        assert_eq!(FlowRow::try_from(f).unwrap_err().field, "http");
+    }
     let mut f = sample_flow(1);
     f.ifindex = -3;
     assert!(FlowRow::try_from(f)
@@ -159,7 +220,7 @@ fn direction_is_the_enum8_value() {
 fn columns_are_in_table_order() {
     use clickhouse::Row as _;
     let cols = FlowRow::COLUMN_NAMES;
-    assert_eq!(cols.len(), 84);
+    assert_eq!(cols.len(), 98);
     assert_eq!(
         &cols[..4],
         &["time_flow_start", "time_flow_end", "time_exported", "host"]
@@ -202,6 +263,10 @@ fn columns_are_in_table_order() {
     assert_eq!(cols[71], "dns_queries");
     assert_eq!(cols[81], "dns_latencies_us");
     assert_eq!(cols[83], "dns_last_query_type");
+    // Then the HTTP statistics (0007 too).
+    assert_eq!(cols[84], "http_requests");
+    assert_eq!(cols[94], "http_latencies_us");
+    assert_eq!(cols[97], "http_last_status");
 }
 
 #[test]
@@ -221,9 +286,9 @@ fn row_binary_has_the_encoded_len() {
     assert_eq!(row.as_ref().to_row(), row);
     assert_eq!(&out[..8], &row.time_flow_start.to_le_bytes());
     // The last columns are outer_dst_addr (`::`: 300 is no tunnel record), duplicate, the
-    // identity (zeros and "" before the sink sets them), then the DNS columns: 300 carries no
-    // DNS, so zeros, an empty array and "".
-    assert_eq!(&out[out.len() - 70 - 52..], &[0u8; 70 + 52]);
+    // identity (zeros and "" before the sink sets them), then the DNS and HTTP columns: 300
+    // carries neither, so zeros, empty arrays and "".
+    assert_eq!(&out[out.len() - 70 - 52 - 53..], &[0u8; 70 + 52 + 53]);
     // With DNS: the counts, sum and max, the array (length, then the values), the name, the type.
     let row = FlowRow::try_from(sample_flow(301)).unwrap();
     let mut out = Vec::new();
@@ -242,6 +307,28 @@ fn row_binary_has_the_encoded_len() {
     tail.push(name.len() as u8);
     tail.extend_from_slice(name);
     tail.extend_from_slice(&28u16.to_le_bytes());
+    // No HTTP: zeros, an empty array and "".
+    tail.extend_from_slice(&[0u8; 53]);
+    assert_eq!(&out[out.len() - tail.len()..], &tail[..]);
+    // With HTTP: the counts, sum and max, the array, the method, the path, the status.
+    let row = FlowRow::try_from(sample_flow(302)).unwrap();
+    let mut out = Vec::new();
+    row.write_row_binary(&mut out);
+    assert_eq!(out.len(), row.encoded_len());
+    let mut tail = Vec::new();
+    for count in [2u32, 2, 1, 0, 0, 1, 0, 2] {
+        tail.extend_from_slice(&count.to_le_bytes());
+    }
+    tail.extend_from_slice(&48_302_000u64.to_le_bytes());
+    tail.extend_from_slice(&45_000_000u64.to_le_bytes());
+    tail.push(2);
+    tail.extend_from_slice(&3_302u32.to_le_bytes());
+    tail.extend_from_slice(&45_000u32.to_le_bytes());
+    for s in [&b"GET"[..], b"/api/cart"] {
+        tail.push(s.len() as u8);
+        tail.extend_from_slice(s);
+    }
+    tail.extend_from_slice(&503u16.to_le_bytes());
     assert_eq!(&out[out.len() - tail.len()..], &tail[..]);
 }
 
@@ -394,8 +481,8 @@ fn encoded_len_counts_strings() {
         + "shop".len()
         + "curl".len()
         + "vxlan".len();
-    assert_eq!(row.encoded_len(), FIXED_LEN + 32 + 1 + strings);
-    assert_eq!(FIXED_LEN, 309);
+    assert_eq!(row.encoded_len(), FIXED_LEN + 34 + 2 + strings);
+    assert_eq!(FIXED_LEN, 359);
     // A row with DNS: the name, and the array's length and four bytes per value.
     let with_dns = FlowRow::try_from(sample_flow(5)).unwrap();
     let without = FlowRow {
@@ -406,6 +493,18 @@ fn encoded_len_counts_strings() {
     assert_eq!(
         with_dns.encoded_len() - without.encoded_len(),
         "api.shop.svc.cluster.local".len() + 2 * 4
+    );
+    // A row with HTTP: the method, the path, and the array.
+    let with_http = FlowRow::try_from(sample_flow(6)).unwrap();
+    let without = FlowRow {
+        http_latencies_us: Vec::new(),
+        http_last_method: String::new(),
+        http_last_path: String::new(),
+        ..with_http.clone()
+    };
+    assert_eq!(
+        with_http.encoded_len() - without.encoded_len(),
+        "GET".len() + "/api/cart".len() + 2 * 4
     );
     assert_eq!(varint_len(127), 1);
     assert_eq!(varint_len(128), 2);

@@ -122,7 +122,8 @@ async fn flow_rows_are_accepted_by_clickhouse_18() {
          dst_cgroup_id, tunnel, tunnel_id, hex(outer_src_addr), hex(outer_dst_addr), duplicate, \
          dns_queries, dns_responses, dns_noerror, dns_nxdomain, dns_servfail, dns_refused, \
          dns_other_rcode, dns_answered, dns_latency_sum_ns, dns_latency_max_ns, \
-         dns_latencies_us, dns_last_query, dns_last_query_type \
+         dns_latencies_us, dns_last_query, dns_last_query_type, http_requests, http_5xx, \
+         http_latencies_us, http_last_method, http_last_path, http_last_status \
          FROM flows WHERE src_pod = 'web-777' FORMAT TSV",
     );
     let expected = [
@@ -197,6 +198,13 @@ async fn flow_rows_are_accepted_by_clickhouse_18() {
         "[977,1500]",
         "api.shop.svc.cluster.local",
         "28",
+        // No HTTP on 777 (777 % 4 != 2): zeros, [] and ''.
+        "0",
+        "0",
+        "[]",
+        "",
+        "",
+        "0",
     ];
     assert_eq!(
         row.trim_end_matches('\n').split('\t').collect::<Vec<_>>(),
@@ -238,6 +246,27 @@ async fn flow_rows_are_accepted_by_clickhouse_18() {
             "{}\t{with_dns}\t{}\t{latencies}\t{}\t{with_dns}",
             2 * with_dns,
             2 * with_dns,
+            latencies * 1_000
+        )
+    );
+    // The HTTP columns of every row: one in four two answered requests, one a 5xx.
+    let with_http = (0..n).filter(|i| i % 4 == 2).count();
+    let latencies: u64 = (0..n)
+        .filter(|i| i % 4 == 2)
+        .map(|i| 3_000 + i % 1000 + 45_000)
+        .sum();
+    assert_eq!(
+        query_tsv(
+            server.http_port,
+            "SELECT sum(http_requests), sum(http_5xx), sum(length(http_latencies_us)), \
+             sum(arraySum(http_latencies_us)), sum(http_latency_sum_ns), \
+             countIf(http_last_path = '/api/cart' AND http_last_status = 503) FROM flows FORMAT TSV"
+        )
+        .trim(),
+        format!(
+            "{}\t{with_http}\t{}\t{latencies}\t{}\t{with_http}",
+            2 * with_http,
+            2 * with_http,
             latencies * 1_000
         )
     );

@@ -1,7 +1,7 @@
 -- The flows table for Debian's clickhouse-server 18.16 (scripts/stack/clickhouse18.sh), with
 -- types whose RowBinary encoding is byte-identical to sql/migrations/0001_flows.sql plus the
 -- columns of 0002 (kafka_*, retransmits, drops), 0003 (EnrichedFlow v2), 0004 (EnrichedFlow
--- v3), 0005 (record identity) and 0007 (DNS) the sink writes, in FlowRow order, so the sink's exact
+-- v3), 0005 (record identity) and 0007 (DNS and HTTP) the sink writes, in FlowRow order, so the sink's exact
 -- RowBinary rows can be inserted into a genuine (old) server:
 --   DateTime64(9) -> Int64 (ns since epoch)      DateTime64(3) -> Int64 (ms since epoch)
 --   IPv6 -> FixedString(16) (network order)       LowCardinality(String) -> String
@@ -98,7 +98,21 @@ CREATE TABLE IF NOT EXISTS flows
     dns_latency_max_ns UInt64,
     dns_latencies_us  Array(UInt32),
     dns_last_query    String,
-    dns_last_query_type UInt16
+    dns_last_query_type UInt16,
+    http_requests     UInt32,
+    http_responses    UInt32,
+    http_2xx          UInt32,
+    http_3xx          UInt32,
+    http_4xx          UInt32,
+    http_5xx          UInt32,
+    http_status_other UInt32,
+    http_answered     UInt32,
+    http_latency_sum_ns UInt64,
+    http_latency_max_ns UInt64,
+    http_latencies_us Array(UInt32),
+    http_last_method  String,
+    http_last_path    String,
+    http_last_status  UInt16
 )
 ENGINE = MergeTree
 PARTITION BY toDate(toDateTime(intDiv(time_flow_end, 1000000000)))

@@ -8,8 +8,9 @@
 //! duplicates (the same packets on a pod's veth, a tunnel's outer record) that totals must
 //! not count, some carry RTT, retransmits, drops, processes and a tunnel. Three were counted
 //! under 1:100 sampling: every bytes/packets total must be 100 x their counted values, while
-//! their retransmits, drops and connections opened count as they are. Some carry DNS
-//! statistics (EnrichedFlow v5), duplicates included, for the DNS queries and panel.
+//! their retransmits, drops and connections opened count as they are. Some carry DNS and
+//! HTTP/1.x statistics (EnrichedFlow v5), duplicates included, for the DNS and HTTP queries and
+//! panels.
 //!
 //! Needs /opt/flowlens-venv; `FLOWLENS_SKIP_CHDB=1` skips.
 
@@ -255,6 +256,27 @@ async fn queries_on_pipeline_data() {
             "203.0.113.9\tshop/web\t0\t0\t0\t0\t0\t0\t1",
         ])
     );
+    // HTTP errors per server pod and path: #1 + #3 (shop/api/api-1, /api/cart: 4xx 1 + 2, 5xx
+    // 1; 4 + 2 requests and responses), #2 (/api/orders: one 5xx); #11's /api/cart request has
+    // no error (left out), #5's 200 neither, the duplicate #7 is not counted again.
+    assert_eq!(
+        run_query(&chdb, "http_errors_by_path.sql", p),
+        tsv(&[
+            "shop\tapi\tapi-1\t/api/cart\t3\t1\t6\t6\t2\t1",
+            "shop\tapi\tapi-1\t/api/orders\t0\t1\t3\t3\t1\t1",
+        ])
+    );
+    // HTTP latency per server, exact percentiles: shop/api holds #1, #2, #3 and #11: 500, 1000,
+    // 1500, 2000, 3000, 4000, 7000, 30000, 80000 µs (p50 the 5th, p99 the 9th; mean 129 ms /
+    // 9), 10 requests (#11's sampled one not multiplied: max_sampling_rate 100), 9 responses of
+    // which 3 4xx and 2 5xx; shop/web (#5, external -> web-1): one 250 µs answer, a 200.
+    assert_eq!(
+        run_query(&chdb, "http_latency.sql", p),
+        tsv(&[
+            "shop/api\t10\t9\t9\t3\t80\t14.333\t80\t0.5556\t100",
+            "shop/web\t1\t1\t1\t0.25\t0.25\t0.25\t0.25\t0\t1",
+        ])
+    );
     // One namespace: the rows with either end in `db`, i.e. every conversation towards
     // db/pg-0, as the answers above show them (raw flows and the Kubernetes rollup alike).
     let db = "param_minutes=60&param_limit=20&param_namespace=db";
@@ -295,6 +317,9 @@ async fn queries_on_pipeline_data() {
             "shop/api\tdb/pg\t1\t1\t0.1\t0.1\t0.1\t0.1\t1",
         ])
     );
+    // No HTTP towards or from db.
+    assert_eq!(run_query(&chdb, "http_errors_by_path.sql", db), "");
+    assert_eq!(run_query(&chdb, "http_latency.sql", db), "");
     assert_eq!(
         run_query(
             &chdb,
@@ -384,6 +409,28 @@ async fn queries_on_pipeline_data() {
             "eth1\t5500\t0\t0\t0\t0\t0\t0\t0\t0\t0\t0\t[]\t\t0",
             "vethweb1\t450\t1\t1\t0\t0\t1\t0\t0\t1\t9000000\t9000000\t[9000]\tpg.db.svc.cluster.local\t1",
             "vethweb1\t1000\t3\t3\t1\t2\t0\t0\t0\t3\t7000000\t5000000\t[800,1200,5000]\tapi.shop.svc.cluster.local\t1",
+        ])
+    );
+    // The HTTP columns (migration 0007), row by row: zeros, [] and '' without HTTP.
+    assert_eq!(
+        select(
+            "SELECT if_name, bytes, http_requests, http_responses, http_2xx, http_3xx, http_4xx, \
+             http_5xx, http_status_other, http_answered, http_latency_sum_ns, \
+             http_latency_max_ns, http_latencies_us, http_last_method, http_last_path, \
+             http_last_status FROM flows ORDER BY if_name, bytes"
+        ),
+        tsv(&[
+            "eth0\t60\t1\t0\t0\t0\t0\t0\t0\t0\t0\t0\t[]\tGET\t/api/cart\t0",
+            "eth0\t700\t1\t1\t1\t0\t0\t0\t0\t1\t250000\t250000\t[250]\tGET\t/index.html\t200",
+            "eth0\t1000\t4\t4\t2\t0\t1\t1\t0\t4\t37000000\t30000000\t[1000,2000,30000,4000]\tGET\t/api/cart\t503",
+            "eth0\t2000\t2\t2\t0\t0\t2\t0\t0\t2\t10000000\t7000000\t[3000,7000]\tGET\t/api/cart\t404",
+            "eth0\t3000\t3\t3\t1\t1\t0\t1\t0\t3\t82000000\t80000000\t[500,1500,80000]\tPOST\t/api/orders\t500",
+            "eth1\t300\t0\t0\t0\t0\t0\t0\t0\t0\t0\t0\t[]\t\t\t0",
+            "eth1\t450\t0\t0\t0\t0\t0\t0\t0\t0\t0\t0\t[]\t\t\t0",
+            "eth1\t5000\t0\t0\t0\t0\t0\t0\t0\t0\t0\t0\t[]\t\t\t0",
+            "eth1\t5500\t0\t0\t0\t0\t0\t0\t0\t0\t0\t0\t[]\t\t\t0",
+            "vethweb1\t450\t0\t0\t0\t0\t0\t0\t0\t0\t0\t0\t[]\t\t\t0",
+            "vethweb1\t1000\t4\t4\t2\t0\t1\t1\t0\t4\t37000000\t30000000\t[1000,2000,30000,4000]\tGET\t/api/cart\t503",
         ])
     );
     // The estimates (migration 0006): counted x sampling_rate, row by row.
@@ -518,6 +565,13 @@ fn check_dashboards(chdb: &Chdb, end_ns: i64) {
             "DNS errors and latency",
             at(&["0.05\t0.03333333333333333\t40"]),
         ),
+        // flowlens-dns.json too. 4xx 1 (#1) + 2 (#3), 5xx 1 (#1) + 1 (#2) per 60 s, the
+        // duplicate #7 left out; p99 of the ten latencies of #1, #2, #3 and #5 (the 10th: 80000
+        // µs; #11 answered nothing).
+        (
+            "HTTP errors and latency",
+            at(&["0.05\t0.03333333333333333\t80"]),
+        ),
         // The highest rate of the rows in range (#9, #10, #11).
         ("Packet sampling", rows(&["100"])),
         // Egress: A->B of the egress records + B->A of #5; ingress the rest: bytes * 8 / 60 s.
@@ -618,11 +672,13 @@ fn check_dashboards(chdb: &Chdb, end_ns: i64) {
 }
 
 /// The query files `queries_on_pipeline_data` checks.
-const CHECKED: [&str; 13] = [
+const CHECKED: [&str; 15] = [
     "dns_errors_by_name.sql",
     "dns_latency.sql",
     "drops_by_reason.sql",
     "hot_spots.sql",
+    "http_errors_by_path.sql",
+    "http_latency.sql",
     "new_connections_per_service.sql",
     "pod_traffic_matrix.sql",
     "service_traffic_matrix.sql",

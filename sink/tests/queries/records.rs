@@ -171,6 +171,34 @@ pub(crate) fn dns(
     })
 }
 
+/// HTTP/1.x statistics (EnrichedFlow v5, migration 0007): `requests`; the final responses as
+/// (2xx, 3xx, 4xx, 5xx, other); the matched latencies in µs; the last request's method and
+/// path; the last final response's status.
+pub(crate) fn http(
+    requests: i64,
+    (status_2xx, status_3xx, status_4xx, status_5xx, status_other): (i64, i64, i64, i64, i64),
+    latencies_us: &[i64],
+    last_request: Option<(&str, &str)>,
+    last_status: i32,
+) -> Option<flowlens_schemas::Http> {
+    Some(flowlens_schemas::Http {
+        requests,
+        responses: status_2xx + status_3xx + status_4xx + status_5xx + status_other,
+        status_2xx,
+        status_3xx,
+        status_4xx,
+        status_5xx,
+        status_other,
+        answered: latencies_us.len() as i64,
+        latency_sum_ns: latencies_us.iter().sum::<i64>() * 1_000,
+        latency_max_ns: latencies_us.iter().max().map_or(0, |l| l * 1_000),
+        latencies_us: latencies_us.to_vec(),
+        last_method: last_request.map(|(method, _)| method.to_owned()),
+        last_path: last_request.map(|(_, path)| path.to_owned()),
+        last_status,
+    })
+}
+
 /// B's answer: its bytes, packets and TCP flags.
 pub(crate) fn answered(
     mut f: EnrichedFlow,
@@ -213,6 +241,17 @@ pub(crate) fn answered(
 /// | 5 | 0 | 0, 0, 0, 0, 2 | - | - (no query) |
 /// | 6 | 1 | 1, 0, 0, 0, 0 | 600 | pg.db.svc.cluster.local, A |
 /// | 9 | 1 (sampled 1:100: not multiplied) | 0, 0, 1, 0, 0 | 9000 | pg.db.svc.cluster.local, A |
+///
+/// HTTP/1.x statistics the same way (read by the two HTTP queries and the HTTP panel only);
+/// the duplicate #7 carries the same as #1:
+///
+/// | # | requests | final responses: 2xx, 3xx, 4xx, 5xx, other | latencies (µs) | last request | last status |
+/// |---|---|---|---|---|---|
+/// | 1 | 4 | 2, 0, 1, 1, 0 | 1000, 2000, 30000, 4000 | GET /api/cart | 503 |
+/// | 2 | 3 | 1, 1, 0, 1, 0 | 500, 1500, 80000 | POST /api/orders | 500 |
+/// | 3 | 2 | 0, 0, 2, 0, 0 | 3000, 7000 | GET /api/cart | 404 |
+/// | 5 | 1 | 1, 0, 0, 0, 0 | 250 | GET /index.html | 200 |
+/// | 11 | 1 (sampled 1:100: not multiplied) | - | - | GET /api/cart | 0 (no response) |
 pub(crate) fn records(end_ns: i64) -> Vec<EnrichedFlow> {
     use flowlens_schemas::Process;
     use Direction::{Egress, Ingress};
@@ -248,6 +287,13 @@ pub(crate) fn records(end_ns: i64) -> Vec<EnrichedFlow> {
         &[800, 1200, 5000],
         Some(("api.shop.svc.cluster.local", 1)),
     );
+    r1.http = http(
+        4,
+        (2, 0, 1, 1, 0),
+        &[1000, 2000, 30_000, 4000],
+        Some(("GET", "/api/cart")),
+        503,
+    );
     r1.src_process = Some(Process {
         pid: 4242,
         comm: "curl".into(),
@@ -269,12 +315,26 @@ pub(crate) fn records(end_ns: i64) -> Vec<EnrichedFlow> {
         &[2000, 3000],
         Some(("api.shop.svc.cluster.local", 28)),
     );
+    r2.http = http(
+        3,
+        (1, 1, 0, 1, 0),
+        &[500, 1500, 80_000],
+        Some(("POST", "/api/orders")),
+        500,
+    );
     let mut r3 = flow(WEB2, API1, 6, 8080, 2000, 5, SYN, "eth0", Egress, end_ns);
     r3.dns = dns(
         4,
         (0, 1, 0, 0, 0),
         &[40_000],
         Some(("metrics.example.com", 1)),
+    );
+    r3.http = http(
+        2,
+        (0, 0, 2, 0, 0),
+        &[3000, 7000],
+        Some(("GET", "/api/cart")),
+        404,
     );
     let mut r4 = answered(
         flow(
@@ -323,6 +383,13 @@ pub(crate) fn records(end_ns: i64) -> Vec<EnrichedFlow> {
     r5.drop_reason = "TCP_INVALID_SEQUENCE".into();
     r5.end_reason = "rst".into();
     r5.dns = dns(0, (0, 0, 0, 0, 2), &[], None);
+    r5.http = http(
+        1,
+        (1, 0, 0, 0, 0),
+        &[250],
+        Some(("GET", "/index.html")),
+        200,
+    );
     let mut r6 = answered(
         flow(WEB2, PG0, 17, 5432, 300, 3, 0, "eth1", Egress, end_ns),
         900,
@@ -383,5 +450,6 @@ pub(crate) fn records(end_ns: i64) -> Vec<EnrichedFlow> {
     r11.host = "node-b".into();
     r11.src_port = 40_001;
     r11.sampling_rate = 100;
+    r11.http = http(1, (0, 0, 0, 0, 0), &[], Some(("GET", "/api/cart")), 0);
     vec![r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11]
 }

@@ -20,8 +20,8 @@ use flowlens_runtime::Shutdown;
 use flowlens_schemas::apache_avro::types::Value;
 use flowlens_schemas::apache_avro::{GenericSingleObjectWriter, Schema};
 use flowlens_schemas::{
-    ip_to_v6, v6_to_ip, Direction, Dns, EnrichedFlow, Process, RawFlow, ENRICHED_FLOW_V1_AVSC,
-    ENRICHED_FLOW_V2_AVSC,
+    ip_to_v6, v6_to_ip, Direction, Dns, EnrichedFlow, Http, Process, RawFlow,
+    ENRICHED_FLOW_V1_AVSC, ENRICHED_FLOW_V2_AVSC,
 };
 use flowlens_sink::config::{BatchConfig, ClickHouseConfig, SinkConfig};
 use flowlens_testkit::{http, repo_root, require, unique, Chdb, Tansu, TANSU, VENV_PYTHON};
@@ -121,6 +121,22 @@ fn records(end_ns: i64) -> Vec<EnrichedFlow> {
         last_query: some("api.shop.svc.cluster.local"),
         last_query_type: 28,
     });
+    a.http = Some(Http {
+        requests: 5,
+        responses: 5,
+        status_2xx: 1,
+        status_3xx: 1,
+        status_4xx: 1,
+        status_5xx: 1,
+        status_other: 1,
+        answered: 4,
+        latency_sum_ns: 6_600_000_000,
+        latency_max_ns: 6_000_000_000,
+        latencies_us: vec![250, 350_000, 250_000, 6_000_000],
+        last_method: some("POST"),
+        last_path: some("/api/caf%C3%A9/orders"),
+        last_status: 503,
+    });
     let mut b = base(1, "2001:db8::1", "2001:db8::2");
     b.proto = 17;
     b.tunnel = "vxlan".into();
@@ -136,6 +152,12 @@ fn records(end_ns: i64) -> Vec<EnrichedFlow> {
         responses: 2,
         refused: 2,
         ..Dns::default()
+    });
+    c.http = Some(Http {
+        requests: 1,
+        last_method: some("GET"),
+        last_path: some("/"),
+        ..Http::default()
     });
     vec![a, b, c]
 }
@@ -169,8 +191,9 @@ fn address(text: &str) -> String {
 /// Every difference between a consumer's record and the row ClickHouse holds for it. Columns
 /// are named as the fields, except: times (`*_ns` ↔ DateTime64 read back as ns), the direction
 /// enum (lower case), processes (`src_process` ↔ `src_pid`/`src_comm`/`src_cgroup_id`), `dns`
-/// (`dns.queries` ↔ `dns_queries`, ...), and nulls (strings ↔ '', addresses ↔ '::', processes
-/// ↔ zeros, dns ↔ zeros, [] and '').
+/// (`dns.queries` ↔ `dns_queries`, ...), `http` (`http.requests` ↔ `http_requests`,
+/// `http.status_2xx` ↔ `http_2xx`, ...), and nulls (strings ↔ '', addresses ↔ '::', processes
+/// ↔ zeros, dns and http ↔ zeros, [] and '').
 fn differences(record: &Map<String, Json>, row: &Map<String, Json>) -> Vec<String> {
     let mut out = Vec::new();
     let mut check = |field: &str, got: Json, want: Json| {
@@ -238,6 +261,47 @@ fn differences(record: &Map<String, Json>, row: &Map<String, Json>) -> Vec<Strin
                     name => name,
                 };
                 check("dns.last_query", name, row["dns_last_query"].clone());
+            }
+            "http" => {
+                let part = |key: &str, zero: Json| match value {
+                    Json::Null => zero,
+                    h => h[key].clone(),
+                };
+                for (key, column) in [
+                    ("requests", "http_requests"),
+                    ("responses", "http_responses"),
+                    ("status_2xx", "http_2xx"),
+                    ("status_3xx", "http_3xx"),
+                    ("status_4xx", "http_4xx"),
+                    ("status_5xx", "http_5xx"),
+                    ("status_other", "http_status_other"),
+                    ("answered", "http_answered"),
+                    ("latency_sum_ns", "http_latency_sum_ns"),
+                    ("latency_max_ns", "http_latency_max_ns"),
+                    ("last_status", "http_last_status"),
+                ] {
+                    check(
+                        &format!("http.{key}"),
+                        part(key, 0.into()),
+                        row[column].clone(),
+                    );
+                }
+                check(
+                    "http.latencies_us",
+                    part("latencies_us", Json::Array(Vec::new())),
+                    row["http_latencies_us"].clone(),
+                );
+                for key in ["last_method", "last_path"] {
+                    let text = match part(key, Json::Null) {
+                        Json::Null => "".into(),
+                        text => text,
+                    };
+                    check(
+                        &format!("http.{key}"),
+                        text,
+                        row[&format!("http_{key}")].clone(),
+                    );
+                }
             }
             "src_addr" | "dst_addr" | "outer_src_addr" | "outer_dst_addr" => {
                 let want = address(

@@ -125,6 +125,9 @@ fn columns(f: &EnrichedFlow) -> [String; 8] {
     if let Some(d) = &f.dns {
         info.push(dns(d));
     }
+    if let Some(h) = &f.http {
+        info.push(http(h));
+    }
     if f.duplicate {
         info.push("duplicate".into());
     }
@@ -216,6 +219,43 @@ fn dns(d: &flowlens_schemas::Dns) -> String {
     s
 }
 
+/// A conversation's HTTP/1.x in one cell: requests/responses, the error classes seen, the
+/// slowest answer and the last request with its status, e.g.
+/// `http=4req/4resp,4xx=1,5xx=1,max=30.000ms,last=GET /api/cart 503`.
+fn http(h: &flowlens_schemas::Http) -> String {
+    let mut s = format!("http={}req/{}resp", h.requests, h.responses);
+    for (class, n) in [
+        ("4xx", h.status_4xx),
+        ("5xx", h.status_5xx),
+        ("other", h.status_other),
+    ] {
+        if n > 0 {
+            s.push_str(&format!(",{class}={n}"));
+        }
+    }
+    if h.answered > 0 {
+        s.push_str(&format!(",max={:.3}ms", h.latency_max_ns as f64 / 1e6));
+    }
+    match (&h.last_method, &h.last_path) {
+        (Some(method), Some(path)) => s.push_str(&format!(",last={method} {path}")),
+        (Some(method), None) => s.push_str(&format!(",last={method}")),
+        (None, Some(path)) => s.push_str(&format!(",last={path}")),
+        (None, None) => {}
+    }
+    if h.last_status > 0 {
+        s.push_str(&format!(
+            "{}{}",
+            if h.last_method.is_some() || h.last_path.is_some() {
+                " "
+            } else {
+                ",status="
+            },
+            h.last_status
+        ));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +288,46 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(columns(&f)[7], "dns=0q/2r,refused=2");
+    }
+
+    #[test]
+    fn http_in_the_info_cell() {
+        let mut f = EnrichedFlow::from_raw(flowlens_schemas::RawFlow {
+            proto: 6,
+            dst_port: 8080,
+            ..Default::default()
+        });
+        assert!(!columns(&f)[7].contains("http="));
+        f.http = Some(flowlens_schemas::Http {
+            requests: 4,
+            responses: 4,
+            status_2xx: 2,
+            status_4xx: 1,
+            status_5xx: 1,
+            answered: 4,
+            latency_max_ns: 30_000_000,
+            last_method: Some("GET".into()),
+            last_path: Some("/api/cart".into()),
+            last_status: 503,
+            ..Default::default()
+        });
+        assert_eq!(
+            columns(&f)[7],
+            "http=4req/4resp,4xx=1,5xx=1,max=30.000ms,last=GET /api/cart 503"
+        );
+        f.http = Some(flowlens_schemas::Http {
+            responses: 1,
+            status_2xx: 1,
+            last_status: 200,
+            ..Default::default()
+        });
+        assert_eq!(columns(&f)[7], "http=0req/1resp,status=200");
+        f.http = Some(flowlens_schemas::Http {
+            requests: 1,
+            last_method: Some("POST".into()),
+            last_path: Some("/login".into()),
+            ..Default::default()
+        });
+        assert_eq!(columns(&f)[7], "http=1req/0resp,last=POST /login");
     }
 }

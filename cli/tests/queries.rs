@@ -65,6 +65,21 @@ fn records(end_ns: i64) -> Vec<EnrichedFlow> {
     web.end_reason = "fin".into();
     web.rtt_ns = 2_000_000;
     web.retransmits = 3;
+    web.http = Some(flowlens_schemas::Http {
+        requests: 4,
+        responses: 4,
+        status_2xx: 2,
+        status_4xx: 1,
+        status_5xx: 1,
+        answered: 4,
+        latency_sum_ns: 37_000_000,
+        latency_max_ns: 30_000_000,
+        latencies_us: vec![1_000, 2_000, 30_000, 4_000],
+        last_method: some("GET"),
+        last_path: some("/api/cart"),
+        last_status: 503,
+        ..Default::default()
+    });
     let mut dns = base("q-node-1", 17, "10.1.0.12", "10.1.0.53", 53);
     dns.if_name = "eth0".into();
     dns.src_namespace = some("kube-system");

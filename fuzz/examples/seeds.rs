@@ -10,7 +10,7 @@ use std::path::Path;
 use flowlens_schemas::apache_avro::types::Value;
 use flowlens_schemas::apache_avro::{to_value, GenericSingleObjectWriter, Schema};
 use flowlens_schemas::{
-    encode, ip_to_v6, Direction, Dns, EnrichedFlow, Interface, Process, RawFlow, RecordKind,
+    encode, ip_to_v6, Direction, Dns, EnrichedFlow, Http, Interface, Process, RawFlow, RecordKind,
 };
 
 fn raw(host: &str, conversation: bool) -> RawFlow {
@@ -60,6 +60,21 @@ fn raw(host: &str, conversation: bool) -> RawFlow {
             last_query: Some("web.shop.svc.cluster.local".into()),
             last_query_type: 28,
             ..Dns::default()
+        });
+        f.http = Some(Http {
+            requests: 3,
+            responses: 3,
+            status_2xx: 1,
+            status_4xx: 1,
+            status_5xx: 1,
+            answered: 3,
+            latency_sum_ns: 4_500_000,
+            latency_max_ns: 3_000_000,
+            latencies_us: vec![500, 1_000, 3_000],
+            last_method: Some("GET".into()),
+            last_path: Some("/api/cart".into()),
+            last_status: 503,
+            ..Http::default()
         });
     }
     f

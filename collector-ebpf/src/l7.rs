@@ -1,7 +1,9 @@
-//! The L7 tap: a TCP or UDP packet with payload to or from a port of [`L7_PORTS`] (DNS) has its
-//! flow key, a precise timestamp and its payload's first bytes copied to user space through the
-//! [`L7_EVENTS`] ring buffer, where it is parsed (`collector/src/l7`). Other packets pay one
-//! comparison per watched port; with no port watched the tap is off.
+//! The L7 tap: a TCP or UDP packet with payload to or from a port of [`L7_PORTS`] has its flow
+//! key, a precise timestamp and its payload's first bytes copied to user space through the
+//! [`L7_EVENTS`] ring buffer, where it is parsed (`collector/src/l7`): every such packet of a
+//! DNS port, and the TCP segments of an HTTP port whose payload starts an HTTP/1.x message
+//! (four bytes read and compared here). Other packets pay one comparison per watched port; with
+//! no port watched the tap is off.
 
 use aya_ebpf::{
     bindings::__sk_buff,
@@ -12,7 +14,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use flowlens_common::{
-    l7::{L7Event, L7Ports, L7_CAPTURE, L7_MAX_PORTS, L7_RING_BYTES},
+    l7::{L7Event, L7Ports, HTTP_STARTS, L7_CAPTURE, L7_HTTP, L7_MAX_PORTS, L7_RING_BYTES},
     COUNTER_L7_LOST,
 };
 
@@ -26,7 +28,10 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 #[unsafe(no_mangle)]
 static L7_PORTS: L7Ports = L7Ports {
     ports: [0; L7_MAX_PORTS],
+    kinds: [0; L7_MAX_PORTS],
 };
+
+const IPPROTO_TCP: u8 = 6;
 
 /// Tapped packets, to user space.
 #[map]
@@ -38,26 +43,46 @@ pub fn tap(ctx: &TcContext, packet: &Packet) {
     if packet.payload == 0 {
         return;
     }
-    let ports = unsafe { core::ptr::read_volatile(&L7_PORTS) }.ports;
+    let watched = unsafe { core::ptr::read_volatile(&L7_PORTS) };
     let key = &packet.key;
-    let mut watched = false;
-    for port in ports {
-        if port == 0 {
+    let mut kind = 0;
+    for (port, k) in watched.ports.iter().zip(watched.kinds.iter()) {
+        if *port == 0 {
             break;
         }
-        if port == key.src_port || port == key.dst_port {
-            watched = true;
+        if *port == key.src_port || *port == key.dst_port {
+            kind = *k;
             break;
         }
     }
-    if !watched {
+    if kind == 0 {
         return;
     }
     let len = ctx.len() as u64;
     if len <= packet.payload {
         return;
     }
+    if kind == L7_HTTP && !(key.proto == IPPROTO_TCP && starts_http(ctx, packet.payload)) {
+        return;
+    }
     flowlens_l7_copy(ctx.skb.skb, packet.payload, len - packet.payload);
+}
+
+/// Whether the payload at `payload` starts with one of [`HTTP_STARTS`] (a shorter payload does
+/// not: the helper fails).
+#[inline(always)]
+fn starts_http(ctx: &TcContext, payload: u64) -> bool {
+    let mut first = [0u8; 4];
+    // The raw helper with a constant length (aya's wrapper may ask for 0 bytes).
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const c_void,
+            payload as u32,
+            first.as_mut_ptr() as *mut c_void,
+            4,
+        )
+    };
+    rc == 0 && HTTP_STARTS.contains(&u32::from_be_bytes(first))
 }
 
 /// The copy of the packet in this CPU's parse slot whose payload starts at `payload`, as a

@@ -1,8 +1,10 @@
-//! Cost of the L7 tap (DNS visibility), in one run: the kernel's own timing of each program on
-//! one frame (BPF_PROG_TEST_RUN, min of 20 × 5,000 runs) for the empty program (the floor),
-//! flowlens with `dns_ports` empty (the tap off) and with `[53]`, each on a plain UDP frame and
-//! on a DNS query to port 53 (with the tap on: the copy to the ring buffer); then user space's
-//! part per tapped message (ring buffer read, DNS parse, count on its conversation).
+//! Cost of the L7 tap (DNS and HTTP visibility), in one run: the kernel's own timing of each
+//! program on one frame (BPF_PROG_TEST_RUN, min of 20 × 5,000 runs) for the empty program (the
+//! floor), flowlens with no L7 port (the tap off) and with `dns_ports = [53]`, `http_ports =
+//! [80]`, each on a plain UDP frame, a DNS query to port 53, an HTTP request to port 80 (with
+//! the tap on: copied to the ring buffer) and a TCP segment to port 80 that starts no HTTP
+//! message (a body: four bytes read and compared); then user space's part per tapped message
+//! (ring buffer read, parse, count on its conversation).
 //!
 //! `sudo ./target/release/examples/l7_cost`
 
@@ -42,9 +44,28 @@ fn dns_query(name: &str) -> Vec<u8> {
     f
 }
 
+/// An Ethernet/IPv4/TCP frame (ACK|PSH, no options) to port 80 carrying `payload`.
+fn tcp_segment(payload: &[u8]) -> Vec<u8> {
+    let mut f = frame(1)[..34].to_vec();
+    f[16..18].copy_from_slice(&((20 + 20 + payload.len()) as u16).to_be_bytes());
+    f[23] = 6;
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&40_000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x18;
+    f.extend_from_slice(&tcp);
+    f.extend_from_slice(payload);
+    f
+}
+
 fn main() -> anyhow::Result<()> {
-    let plain = frame(1);
-    let query = dns_query("known.flowlens.test");
+    let frames = [
+        frame(1).to_vec(),
+        dns_query("known.flowlens.test"),
+        tcp_segment(b"GET /index.html HTTP/1.1\r\nHost: flowlens.test\r\n\r\n"),
+        tcp_segment(&[0x42; 200]),
+    ];
     let empty = empty_program::load("flowlens_empty")?;
     let floor = |data: &[u8]| {
         (0..20)
@@ -52,25 +73,29 @@ fn main() -> anyhow::Result<()> {
             .min()
             .unwrap()
     };
-    println!("| program | plain UDP frame, ns | DNS query frame, ns |");
-    println!("|---|---|---|");
     println!(
-        "| empty program (floor) | {} | {} |",
-        floor(&plain),
-        floor(&query)
+        "| program | plain UDP frame, ns | DNS query, ns | HTTP request, ns | TCP body segment to port 80, ns |"
     );
+    println!("|---|---|---|---|---|");
+    let row: Vec<String> = frames.iter().map(|f| floor(f).to_string()).collect();
+    println!("| empty program (floor) | {} |", row.join(" | "));
     let sockets = SocketOptions {
         enabled: false,
         ..SocketOptions::default()
     };
     let mut user = None;
-    for (label, ports) in [
-        ("flowlens, dns_ports = []", &[][..]),
-        ("flowlens, dns_ports = [53]", &[53][..]),
+    for (label, dns, http) in [
+        ("flowlens, no L7 port", &[][..], &[][..]),
+        (
+            "flowlens, dns_ports = [53], http_ports = [80]",
+            &[53][..],
+            &[80][..],
+        ),
     ] {
+        let ports = flowlens_collector::l7::ports(dns, http)?;
         let mut probe =
-            Programs::load_pinned(65_536, 1, &Filters::default(), &sockets, ports, None)?;
-        let mut tap = L7Tap::new(probe.take_l7().expect("ring buffer"));
+            Programs::load_pinned(65_536, 1, &Filters::default(), &sockets, &ports, None)?;
+        let mut tap = L7Tap::new(probe.take_l7().expect("ring buffer"), dns);
         let prog = probe.program_fd(INGRESS_PROGRAM)?;
         let mut drained = (0u64, std::time::Duration::ZERO);
         let mut time = |data: &[u8]| {
@@ -86,14 +111,14 @@ fn main() -> anyhow::Result<()> {
                 .min()
                 .unwrap()
         };
-        let (a, b) = (time(&plain), time(&query));
-        println!("| {label} | {a} | {b} |");
+        let row: Vec<String> = frames.iter().map(|f| time(f).to_string()).collect();
+        println!("| {label} | {} |", row.join(" | "));
         if drained.0 > 0 {
             user = Some(drained.1.as_nanos() as f64 / drained.0 as f64);
         }
     }
     if let Some(ns) = user {
-        println!("\nuser space per tapped DNS query (read, parse, count): {ns:.0} ns");
+        println!("\nuser space per tapped message (read, parse, count): {ns:.0} ns");
     }
     Ok(())
 }

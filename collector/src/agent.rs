@@ -80,16 +80,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             netns_inode: netns_inode as u32,
             ..SocketOptions::default()
         },
-        &c.dns_ports,
+        &crate::l7::ports(&c.dns_ports, &c.http_ports)?,
         pins,
     )?;
-    let l7 = if c.dns_ports.is_empty() {
+    let l7 = if c.dns_ports.is_empty() && c.http_ports.is_empty() {
         None
     } else {
         Some(L7Tap::new(
             probe
                 .take_l7()
                 .context("the L7 ring buffer was already taken")?,
+            &c.dns_ports,
         ))
     };
     let sockets = if c.socket_metrics {
@@ -139,6 +140,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         idle_timeout_ms = c.idle_timeout_ms,
         sampling = c.sampling,
         dns_ports = ?c.dns_ports,
+        http_ports = ?c.http_ports,
         "collector running"
     );
 
@@ -337,7 +339,7 @@ struct Exporter {
     sampling: u32,
     /// RTT, retransmits, drops and socket owners (None when `socket_metrics` is off).
     sockets: Option<SocketStats>,
-    /// DNS counts per conversation (None when `dns_ports` is empty).
+    /// DNS and HTTP counts per conversation (None when no port is watched).
     l7: Option<L7Tap>,
     /// How long socket extras wait for their conversation's record (the idle timeout).
     idle_ns: u64,
@@ -421,7 +423,8 @@ impl Exporter {
                     .flatten();
                 fill_raw_flow(f, &self.host, e, duplicate, outer, clock, self.sampling);
                 if let Some(l7) = self.l7.as_mut() {
-                    f.dns = l7.take(&key);
+                    f.dns = l7.take_dns(&key);
+                    f.http = l7.take_http(&key);
                 }
                 if let Some(sockets) = self.sockets.as_mut() {
                     // Counters go to the record that counts the packets (or, for a tunnel's

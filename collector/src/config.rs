@@ -62,9 +62,13 @@ pub struct CollectorConfig {
     pub socket_table_size: u32,
     /// Entries of the kernel table of dropped conversations by reason (per-CPU LRU).
     pub drop_table_size: u32,
-    /// UDP and TCP ports whose packets are parsed as DNS (at most 8; empty: DNS visibility
-    /// off): queries, responses by code, latency and the last query name per conversation.
+    /// UDP and TCP ports whose packets are parsed as DNS (empty: DNS visibility off):
+    /// queries, responses by code, latency and the last query name per conversation.
     pub dns_ports: Vec<u16>,
+    /// TCP ports whose HTTP/1.x request and status lines are parsed (empty: off): requests,
+    /// responses by status class, latency, the last method, path and status per conversation.
+    /// At most 8 ports with `dns_ports`.
+    pub http_ports: Vec<u16>,
     /// Directory on a bpf filesystem where the flow table, what was exported of it and the TCX
     /// links are pinned, so that they outlive the process and the next collector continues
     /// (`crate::pins`); empty: the table lives and dies with the process.
@@ -90,6 +94,7 @@ impl Default for CollectorConfig {
             socket_table_size: 32_768,
             drop_table_size: 4_096,
             dns_ports: vec![53],
+            http_ports: vec![80, 8080],
             pin_path: String::new(),
         }
     }
@@ -148,17 +153,10 @@ impl Validate for Config {
         )?;
         flowlens_runtime::config::check_range("collector.sampling", c.sampling.into(), 1, 1 << 20)?;
         c.filter.parse()?;
-        let max = flowlens_common::l7::L7_MAX_PORTS;
-        let mut ports = c.dns_ports.clone();
-        ports.sort_unstable();
-        ports.dedup();
-        if c.dns_ports.len() > max || ports.len() < c.dns_ports.len() || ports.contains(&0) {
+        if let Err(e) = crate::l7::ports(&c.dns_ports, &c.http_ports) {
             return Err(ConfigError::invalid(
-                "collector.dns_ports",
-                format!(
-                    "{:?}: at most {max} ports, each once, none of them 0",
-                    c.dns_ports
-                ),
+                "collector.dns_ports / collector.http_ports",
+                e.to_string(),
             ));
         }
         if let Some(bad) = c
@@ -277,14 +275,19 @@ mod tests {
                 .to_string()
                 .contains("collector.pin_path"));
         }
-        for bad in [vec![0], vec![53, 53], (1..=9).collect()] {
+        for (dns, http) in [
+            (vec![0], vec![]),
+            (vec![53, 53], vec![]),
+            (vec![53], vec![53]),
+            ((1..=7).collect(), vec![80, 8080]),
+        ] {
             let mut c = Config::default();
-            c.collector.dns_ports = bad;
+            (c.collector.dns_ports, c.collector.http_ports) = (dns, http);
             assert!(c
                 .validate()
                 .unwrap_err()
                 .to_string()
-                .contains("collector.dns_ports"));
+                .contains("collector.http_ports"));
         }
         let mut c = Config::default();
         c.collector.netns = "flowlens-no-such-netns".into();

@@ -17,7 +17,7 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachType};
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
-use flowlens_common::l7::{L7Ports, L7_EVENTS_MAP, L7_MAX_PORTS, L7_PORTS_GLOBAL};
+use flowlens_common::l7::{L7Ports, L7_EVENTS_MAP, L7_PORTS_GLOBAL};
 use flowlens_common::sockets::{
     KFREE_SKB_PROGRAM, SOCK_OWNER_KPROBE_PROGRAM, SOCK_OWNER_PROGRAM, TCP_PROBE_PROGRAM,
     TCP_RETRANSMIT_ERR_PROGRAM, TCP_RETRANSMIT_PROGRAM,
@@ -83,27 +83,29 @@ impl Programs {
         filters: &Filters,
         sockets: &SocketOptions,
     ) -> anyhow::Result<Self> {
-        Self::load_pinned(table_size, sampling, filters, sockets, &[], None)
+        Self::load_pinned(
+            table_size,
+            sampling,
+            filters,
+            sockets,
+            &L7Ports::default(),
+            None,
+        )
     }
 
     /// [`Programs::load_with_sockets`] with the flow table kept in `pins` (see `crate::pins`):
     /// the table pinned there is adopted when its layout fits (`table_size` included), else
     /// replaced by a new one; interfaces are then attached through their pinned links. Packets
-    /// to or from `l7_ports` (at most `L7_MAX_PORTS`; none: the tap is off) go to the L7 tap.
+    /// to or from the ports of `l7` go to the L7 tap (`crate::l7::ports`; none: it is off).
     pub fn load_pinned(
         table_size: u32,
         sampling: u32,
         filters: &Filters,
         sockets: &SocketOptions,
-        l7_ports: &[u16],
+        l7: &L7Ports,
         pins: Option<PinDir>,
     ) -> anyhow::Result<Self> {
         let flags = filters.flags();
-        if l7_ports.len() > L7_MAX_PORTS || l7_ports.contains(&0) {
-            bail!("at most {L7_MAX_PORTS} L7 ports, none of them 0: {l7_ports:?}");
-        }
-        let mut l7 = L7Ports::default();
-        l7.ports[..l7_ports.len()].copy_from_slice(l7_ports);
         let plan = SocketPlan::discover(sockets);
         let buckets = buckets_for(table_size);
         let fresh = TableLayout {
@@ -128,7 +130,7 @@ impl Programs {
             .override_global(TABLE_GLOBAL, &layout, true)
             .override_global(SAMPLING_GLOBAL, &sampling, true)
             .override_global(FILTERS_GLOBAL, &flags, true)
-            .override_global(L7_PORTS_GLOBAL, &l7, true)
+            .override_global(L7_PORTS_GLOBAL, l7, true)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
         filters.install(&mut ebpf)?;

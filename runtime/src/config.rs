@@ -33,6 +33,7 @@ const LIST_KEYS: &[&str] = &[
     "kafka.brokers",
     "collector.interfaces",
     "collector.dns_ports",
+    "collector.http_ports",
 ];
 
 /// Semantic checks run after deserialization (ranges, non-empty lists, consistent settings).

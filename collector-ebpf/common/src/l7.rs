@@ -1,5 +1,6 @@
 //! The L7 tap: the first bytes of the transport payload of packets to or from a watched port
-//! (DNS), copied to user space through a ring buffer, one [`L7Event`] per packet.
+//! (DNS; HTTP/1.x when the payload starts a request or a response), copied to user space
+//! through a ring buffer, one [`L7Event`] per packet.
 
 use crate::FlowKey;
 
@@ -15,11 +16,34 @@ pub const L7_MAX_PORTS: usize = 8;
 /// 4) fit.
 pub const L7_CAPTURE: usize = 320;
 
-/// The watched ports, in host order; 0 ends the list (all 0: the tap is off).
+/// [`L7Ports::kinds`]: every TCP or UDP packet with payload is tapped.
+pub const L7_DNS: u8 = 1;
+/// [`L7Ports::kinds`]: TCP segments whose payload starts with "HTTP" or the first four bytes
+/// of a method ([`HTTP_STARTS`]) are tapped.
+pub const L7_HTTP: u8 = 2;
+
+/// The first four bytes (as a big-endian word) of an HTTP/1.x message start: a status line
+/// and the request lines of RFC 9110's methods and PATCH.
+pub const HTTP_STARTS: [u32; 10] = [
+    u32::from_be_bytes(*b"HTTP"),
+    u32::from_be_bytes(*b"GET "),
+    u32::from_be_bytes(*b"HEAD"),
+    u32::from_be_bytes(*b"POST"),
+    u32::from_be_bytes(*b"PUT "),
+    u32::from_be_bytes(*b"DELE"),
+    u32::from_be_bytes(*b"CONN"),
+    u32::from_be_bytes(*b"OPTI"),
+    u32::from_be_bytes(*b"TRAC"),
+    u32::from_be_bytes(*b"PATC"),
+];
+
+/// The watched ports, in host order, and the kind of each (`L7_DNS`, `L7_HTTP`); port 0 ends
+/// the list (all 0: the tap is off). 24 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct L7Ports {
     pub ports: [u16; L7_MAX_PORTS],
+    pub kinds: [u8; L7_MAX_PORTS],
 }
 
 /// One tapped packet.

@@ -1,18 +1,15 @@
-//! DNS counts per conversation: what each parsed message adds to its conversation (on its
-//! interface), the queries waiting for their response, and the counts a record takes.
+//! Counts per conversation for the L7 parsers: what each message adds to its conversation (on
+//! its interface), kept until the conversation's record takes it or it is older than the idle
+//! timeout; and the latency fields both protocols share.
 
 use std::collections::HashMap;
 
 use flowlens_common::FlowKey;
-use flowlens_schemas::Dns;
 
-use super::dns::{Message, RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_REFUSED, RCODE_SERVFAIL};
 use crate::sockets::Endpoint;
 
 /// Latencies a record lists, at most (its `answered` and sums count them all).
 pub const MAX_LATENCIES: usize = 64;
-/// Queries waiting for their response, at most (more are counted, not timed).
-pub const MAX_PENDING: usize = 65_536;
 
 /// A conversation on one interface, either way round: ends in address order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,178 +30,86 @@ impl Conversation {
     }
 }
 
+/// The source end of flow `key`.
+pub fn source(key: &FlowKey) -> Endpoint {
+    Endpoint {
+        addr: key.src_addr,
+        port: key.src_port,
+    }
+}
+
+/// The destination end of flow `key`.
+pub fn destination(key: &FlowKey) -> Endpoint {
+    Endpoint {
+        addr: key.dst_addr,
+        port: key.dst_port,
+    }
+}
+
 /// Counts not yet taken by a record, with the time of their last message.
-struct Open {
-    dns: Dns,
+struct Open<T> {
+    counts: T,
     last_ns: u64,
 }
 
-/// What a ledger did since it was last asked (for the metrics).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Outcome {
-    /// Conversations whose counts no record took within the idle timeout.
-    pub unclaimed: u64,
-    /// Queries whose response did not come within the idle timeout.
-    pub unanswered: u64,
-    /// Queries not timed because [`MAX_PENDING`] were waiting.
-    pub untimed: u64,
+/// The counts `T` of every conversation since its last record.
+pub struct Ledger<T> {
+    open: HashMap<Conversation, Open<T>>,
 }
 
-/// The DNS counts of every conversation since its last record.
-#[derive(Default)]
-pub struct DnsLedger {
-    open: HashMap<Conversation, Open>,
-    /// Query time by (conversation, the querier's end, transaction id).
-    pending: HashMap<(Conversation, Endpoint, u16), u64>,
-    outcome: Outcome,
+impl<T: Default> Default for Ledger<T> {
+    fn default() -> Self {
+        Self {
+            open: HashMap::new(),
+        }
+    }
 }
 
-impl DnsLedger {
-    /// Counts message `m`, carried by a packet of flow `key` at `ktime_ns` (CLOCK_MONOTONIC).
-    pub fn add(&mut self, key: &FlowKey, ktime_ns: u64, m: &Message) {
-        let conversation = Conversation::of(key);
+impl<T: Default> Ledger<T> {
+    /// The counts of `conversation`, which has a message at `ktime_ns`.
+    pub fn counts(&mut self, conversation: Conversation, ktime_ns: u64) -> &mut T {
         let open = self.open.entry(conversation).or_insert_with(|| Open {
-            dns: Dns::default(),
+            counts: T::default(),
             last_ns: ktime_ns,
         });
         open.last_ns = open.last_ns.max(ktime_ns);
-        let dns = &mut open.dns;
-        if !m.response {
-            dns.queries += 1;
-            dns.last_query = m.name.clone();
-            dns.last_query_type = m.qtype as i32;
-            let querier = Endpoint {
-                addr: key.src_addr,
-                port: key.src_port,
-            };
-            let waiting = (conversation, querier, m.id);
-            // A query sent again with the same id is timed from its last copy (what dig does).
-            if self.pending.len() < MAX_PENDING || self.pending.contains_key(&waiting) {
-                self.pending.insert(waiting, ktime_ns);
-            } else {
-                self.outcome.untimed += 1;
-            }
-            return;
-        }
-        dns.responses += 1;
-        match m.rcode {
-            RCODE_NOERROR => dns.noerror += 1,
-            RCODE_NXDOMAIN => dns.nxdomain += 1,
-            RCODE_SERVFAIL => dns.servfail += 1,
-            RCODE_REFUSED => dns.refused += 1,
-            _ => dns.other_rcode += 1,
-        }
-        let querier = Endpoint {
-            addr: key.dst_addr,
-            port: key.dst_port,
-        };
-        if let Some(asked) = self.pending.remove(&(conversation, querier, m.id)) {
-            let latency = ktime_ns.saturating_sub(asked);
-            dns.answered += 1;
-            dns.latency_sum_ns += latency as i64;
-            dns.latency_max_ns = dns.latency_max_ns.max(latency as i64);
-            if dns.latencies_us.len() < MAX_LATENCIES {
-                dns.latencies_us.push((latency / 1_000) as i64);
-            }
-        }
+        &mut open.counts
     }
 
     /// The counts of the conversation of flow `key` since its last record (taken).
-    pub fn take(&mut self, key: &FlowKey) -> Option<Dns> {
+    pub fn take(&mut self, key: &FlowKey) -> Option<T> {
         if self.open.is_empty() {
             return None;
         }
-        self.open
-            .remove(&Conversation::of(key))
-            .map(|open| open.dns)
+        self.open.remove(&Conversation::of(key)).map(|o| o.counts)
     }
 
-    /// Forgets counts and queries older than `idle_ns` at `now_ns`; returns what was forgotten
-    /// and not timed since the last call.
-    pub fn expire(&mut self, now_ns: u64, idle_ns: u64) -> Outcome {
+    /// Forgets counts with no message for `idle_ns` at `now_ns`; returns how many
+    /// conversations' counts were forgotten.
+    pub fn expire(&mut self, now_ns: u64, idle_ns: u64) -> u64 {
         let before = self.open.len();
         self.open
-            .retain(|_, open| now_ns.saturating_sub(open.last_ns) < idle_ns);
-        let waiting = self.pending.len();
-        self.pending
-            .retain(|_, asked| now_ns.saturating_sub(*asked) < idle_ns);
-        let mut outcome = std::mem::take(&mut self.outcome);
-        outcome.unclaimed = (before - self.open.len()) as u64;
-        outcome.unanswered = (waiting - self.pending.len()) as u64;
-        outcome
-    }
-
-    /// Queries waiting for their response.
-    pub fn pending(&self) -> usize {
-        self.pending.len()
+            .retain(|_, o| now_ns.saturating_sub(o.last_ns) < idle_ns);
+        (before - self.open.len()) as u64
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The latency fields of a record (DNS's and HTTP's are the same four).
+pub struct Latencies<'a> {
+    pub answered: &'a mut i64,
+    pub sum_ns: &'a mut i64,
+    pub max_ns: &'a mut i64,
+    pub list_us: &'a mut Vec<i64>,
+}
 
-    fn key(src: u8, sport: u16, dst: u8, dport: u16) -> FlowKey {
-        let mut k = FlowKey::default();
-        k.src_addr[15] = src;
-        k.dst_addr[15] = dst;
-        k.src_port = sport;
-        k.dst_port = dport;
-        k.proto = 17;
-        k.ifindex = 3;
-        k
-    }
-
-    fn msg(id: u16, response: bool, rcode: u8) -> Message {
-        Message {
-            id,
-            response,
-            rcode,
-            name: Some("a.example".into()),
-            qtype: 28,
+impl Latencies<'_> {
+    /// Adds one answer that took `ns`.
+    pub fn add(self, ns: u64) {
+        *self.answered += 1;
+        *self.sum_ns += ns as i64;
+        *self.max_ns = (*self.max_ns).max(ns as i64);
+        if self.list_us.len() < MAX_LATENCIES {
+            self.list_us.push((ns / 1_000) as i64);
         }
-    }
-
-    #[test]
-    fn response_is_timed_from_its_query() {
-        let mut l = DnsLedger::default();
-        let q = key(1, 40000, 2, 53);
-        let r = key(2, 53, 1, 40000);
-        l.add(&q, 1_000_000, &msg(7, false, 0));
-        l.add(&q, 2_000_000, &msg(8, false, 0));
-        l.add(&r, 5_000_000, &msg(7, true, RCODE_NXDOMAIN));
-        l.add(&r, 6_000_000, &msg(9, true, RCODE_SERVFAIL)); // no such query
-        let d = l.take(&r).unwrap();
-        assert_eq!(
-            (d.queries, d.responses, d.nxdomain, d.servfail),
-            (2, 2, 1, 1)
-        );
-        assert_eq!(
-            (d.answered, d.latency_sum_ns, d.latency_max_ns),
-            (1, 4_000_000, 4_000_000)
-        );
-        assert_eq!(d.latencies_us, vec![4_000]);
-        assert_eq!(
-            (d.last_query.as_deref(), d.last_query_type),
-            (Some("a.example"), 28)
-        );
-        assert!(l.take(&q).is_none());
-        assert_eq!(l.pending(), 1);
-        let o = l.expire(100_000_000_000, 15_000_000_000);
-        assert_eq!((o.unclaimed, o.unanswered), (0, 1));
-    }
-
-    #[test]
-    fn other_interfaces_and_conversations_are_apart() {
-        let mut l = DnsLedger::default();
-        let q = key(1, 40000, 2, 53);
-        let mut elsewhere = q;
-        elsewhere.ifindex = 4;
-        l.add(&q, 1, &msg(1, false, 0));
-        l.add(&elsewhere, 1, &msg(1, false, 0));
-        l.add(&key(1, 40001, 2, 53), 1, &msg(1, false, 0));
-        assert_eq!(l.take(&q).unwrap().queries, 1);
-        assert_eq!(l.expire(2, 10).unclaimed, 0);
-        assert_eq!(l.expire(100, 10).unclaimed, 2);
     }
 }

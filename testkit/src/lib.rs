@@ -1,12 +1,14 @@
 //! Test support shared by every crate's integration tests and bench (dev-only crate): starts the
 //! real local services (tansu, the chdb HTTP front, ClickHouse 18.16, ZooKeeper) on free ports
 //! with temporary data, builds network namespace pairs joined by veth (and a delay line), runs
-//! DNS servers and dig in them, and reads topics back. Everything it starts is stopped on drop.
+//! DNS servers and dig, an HTTP server and curl in them, and reads topics back. Everything it
+//! starts is stopped on drop.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod capture;
 mod clickhouse;
 mod delay_line;
 mod dns;
@@ -16,8 +18,10 @@ mod netns;
 mod process;
 mod relay;
 mod tls;
+mod web;
 mod zookeeper;
 
+pub use capture::{Capture, CaptureFile};
 pub use clickhouse::*;
 pub use delay_line::DelayLine;
 pub use dns::{dig, dnsmasq, unbound, Dig, DnsServer, UNBOUND_PORTS};
@@ -27,6 +31,7 @@ pub use netns::*;
 pub use process::*;
 pub use relay::{Connection, KafkaRequest, Relay};
 pub use tls::{Pki, Stunnel, STUNNEL};
+pub use web::{curl, web_server, Transfer, WebServer, SLOW_MS};
 pub use zookeeper::{ZooKeeper, ZOOKEEPER_JAR};
 
 pub const VENV_PYTHON: &str = "/opt/flowlens-venv/bin/python";

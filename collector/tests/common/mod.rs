@@ -396,8 +396,15 @@ pub struct CollectorProcess {
 
 impl CollectorProcess {
     /// Starts the binary with `config`'s Kafka settings and topics, host, namespace,
-    /// interfaces, scan interval and DNS ports.
+    /// interfaces, scan interval, DNS and HTTP ports.
     pub fn spawn(config: &Config) -> Self {
+        let list = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let metrics_port = flowlens_testkit::free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let (c, k) = (&config.collector, &config.kafka);
@@ -427,11 +434,11 @@ impl CollectorProcess {
             )
             .env(
                 "FLOWLENS_COLLECTOR__COLLECTOR__DNS_PORTS",
-                c.dns_ports
-                    .iter()
-                    .map(u16::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
+                list(&c.dns_ports),
+            )
+            .env(
+                "FLOWLENS_COLLECTOR__COLLECTOR__HTTP_PORTS",
+                list(&c.http_ports),
             )
             .env(
                 "FLOWLENS_COLLECTOR__TELEMETRY__METRICS_LISTEN",

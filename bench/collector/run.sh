@@ -30,10 +30,12 @@ STATS_DUR=${STATS_SECONDS:-4}
 # flowlens scan interval (ms): every live flow is exported once per scan (Skydive's kernel scan
 # default is 10 s, netobserv's 5 s); runs last several scans so their cost is in the CPU column.
 SCAN_MS=${SCAN_MS:-10000}
-# flowlens: flow accounting only (what the peers do); flowlens+sockets: with the socket
-# programs too (RTT, retransmits, drops with reason, processes). This traffic goes to a port
-# nothing listens on, so every packet is a kernel drop that the drop tracepoint records.
-MODES=${MODES:-"none empty flowlens flowlens+sockets pmacctd softflowd nfpcapd"}
+# flowlens: flow accounting only (what the peers do; the L7 tap watches its default ports, DNS
+# 53 and HTTP 80/8080, which this traffic does not use); flowlens-l7off: the same with no L7
+# port (the tap off); flowlens+sockets: with the socket programs too (RTT, retransmits, drops
+# with reason, processes). This traffic goes to a port nothing listens on, so every packet is a
+# kernel drop that the drop tracepoint records.
+MODES=${MODES:-"none empty flowlens flowlens-l7off flowlens+sockets pmacctd softflowd nfpcapd"}
 # Another flowlens build to compare in the same run (modes flowlens-main, flowlens-main+sockets),
 # e.g. the main branch's: MAIN_COLLECTOR=/path/to/flowlens-collector MAIN_LABEL="main at abc1234".
 MAIN_COLLECTOR=${MAIN_COLLECTOR:-}
@@ -112,9 +114,12 @@ start_collector() { # mode flows -> sets CPID
       ip netns exec $B "$REPO/target/empty_tc" vB >"$WORK/empty.log" 2>&1 &
       CPID=$!
       for _ in $(seq 1 50); do grep -q attached "$WORK/empty.log" && break; sleep 0.1; done ;;
-    flowlens|flowlens+sockets|flowlens-main|flowlens-main+sockets)
+    flowlens|flowlens-l7off|flowlens+sockets|flowlens-main|flowlens-main+sockets)
       sockets=false; [ "${1%+sockets}" != "$1" ] && sockets=true
       binary=$COLLECTOR; [ "${1%+sockets}" = flowlens-main ] && binary=$MAIN_COLLECTOR
+      # The L7 keys only for this build (an older one refuses unknown keys).
+      l7=(); [ "$1" = flowlens-l7off ] && l7=(FLOWLENS_COLLECTOR__COLLECTOR__DNS_PORTS= FLOWLENS_COLLECTOR__COLLECTOR__HTTP_PORTS=)
+      env "${l7[@]}" \
       FLOWLENS_COLLECTOR__COLLECTOR__SOCKET_METRICS=$sockets \
       FLOWLENS_COLLECTOR__KAFKA__BROKERS=127.0.0.1:$KAFKA_PORT \
       FLOWLENS_COLLECTOR__KAFKA__TOPICS__RAW_FLOWS=bench.raw.$2 \

@@ -76,14 +76,26 @@ else
   cpid=$!
   sleep 2
   kill -0 $cpid 2>/dev/null || { cat "$RUN/collector.log"; exit 1; }
-  say "traffic: HTTP downloads, UDP datagrams, pings"
+  say "traffic: HTTP downloads (and two missing files), DNS queries (and two unknown names), UDP datagrams, pings"
   head -c 5000000 /dev/urandom > "$RUN/blob.bin"
   ip netns exec $NS_B python3 -m http.server 8080 --bind 10.99.0.2 --directory "$RUN" >/dev/null 2>&1 &
   HTTP_PID=$!
+  # A resolver in B: demo.flowlens.test exists, every other name under flowlens.test does not.
+  ip netns exec $NS_B dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces \
+    --listen-address=10.99.0.2 --address=/demo.flowlens.test/10.99.0.2 --local=/flowlens.test/ \
+    --pid-file="$RUN/dnsmasq.pid" >/dev/null 2>&1 &
+  DNS_PID=$!
   sleep 1
   for i in 1 2 3 4 5; do
     ip netns exec $NS_A curl -fsS -o /dev/null "http://10.99.0.2:8080/blob.bin"
   done
+  for i in 1 2; do
+    ip netns exec $NS_A curl -sS -o /dev/null "http://10.99.0.2:8080/missing-$i.bin"
+  done
+  for name in demo demo demo nope-1 nope-2; do
+    ip netns exec $NS_A dig +short +tries=1 @10.99.0.2 "$name.flowlens.test" >/dev/null
+  done
+  kill $DNS_PID 2>/dev/null || true
   ip netns exec $NS_A python3 -c '
 import socket
 for port in (53, 123, 514):
@@ -117,5 +129,11 @@ say "top talkers, last 15 minutes (sql/queries/top_talkers.sql)"
 query sql/queries/top_talkers.sql "param_minutes=15&param_limit=10&param_namespace="
 say "traffic per interface, last 15 minutes (sql/queries/traffic_per_interface.sql)"
 query sql/queries/traffic_per_interface.sql "param_minutes=15"
+say "DNS latency per client and resolver, last 15 minutes (sql/queries/dns_latency.sql)"
+query sql/queries/dns_latency.sql "param_minutes=15&param_limit=10&param_namespace="
+say "DNS errors by name, last 15 minutes (sql/queries/dns_errors_by_name.sql)"
+query sql/queries/dns_errors_by_name.sql "param_minutes=15&param_limit=10&param_namespace="
+say "HTTP latency per server, last 15 minutes (sql/queries/http_latency.sql)"
+query sql/queries/http_latency.sql "param_minutes=15&param_limit=10&param_namespace="
 say "done. Services' logs: $RUN. Metrics were on :9101 (collector), :9102 (enricher), :9103 (sink)."
 echo "The stack is still running: query $CH, stop it with scripts/stack/stack.sh stop"

@@ -174,11 +174,12 @@ async fn dns_and_http_become_ready_query_answers() {
     assert_eq!(row["resolver"], pair.ip_b.to_string().as_str());
     assert_eq!(row["queries"].as_u64(), Some(NAMES.len() as u64));
     assert_eq!(row["answered"].as_u64(), Some(NAMES.len() as u64));
+    // dig's millisecond loop clock was seen 2 ms under the wire's time: +5 ms.
     let slowest_dig = digs.iter().map(|d| d.query_ms).max().unwrap() as f64;
     let max = row["latency_max_ms"].as_f64().unwrap();
     println!("dns_latency: {row}; dig's slowest {slowest_dig} ms");
     assert!(
-        max <= slowest_dig + 1.0 && max + 20.0 >= slowest_dig,
+        max <= slowest_dig + 5.0 && max + 20.0 >= slowest_dig,
         "{max} ms vs dig {slowest_dig} ms"
     );
     // quantileExact over six values: p99 is the largest (listed in whole µs, the max in ns).

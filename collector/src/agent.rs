@@ -91,6 +91,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                 .take_l7()
                 .context("the L7 ring buffer was already taken")?,
             &c.dns_ports,
+            &c.http_ports,
         ))
     };
     let sockets = if c.socket_metrics {
@@ -423,8 +424,7 @@ impl Exporter {
                     .flatten();
                 fill_raw_flow(f, &self.host, e, duplicate, outer, clock, self.sampling);
                 if let Some(l7) = self.l7.as_mut() {
-                    f.dns = l7.take_dns(&key);
-                    f.http = l7.take_http(&key);
+                    (f.dns, f.http) = l7.take(&key);
                 }
                 if let Some(sockets) = self.sockets.as_mut() {
                     // Counters go to the record that counts the packets (or, for a tunnel's

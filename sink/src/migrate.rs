@@ -393,11 +393,21 @@ pub fn retention_ttls(retention: &RetentionConfig) -> Vec<(&'static str, String)
     )];
     for (tables, days) in [
         (
-            ["flows_iface_1m", "flows_k8s_1m", "flows_port_1m"],
+            [
+                "flows_iface_1m",
+                "flows_k8s_1m",
+                "flows_port_1m",
+                "flows_topology_1m",
+            ],
             retention.minute_days,
         ),
         (
-            ["flows_iface_1h", "flows_k8s_1h", "flows_port_1h"],
+            [
+                "flows_iface_1h",
+                "flows_k8s_1h",
+                "flows_port_1h",
+                "flows_topology_1h",
+            ],
             retention.hour_days,
         ),
     ] {

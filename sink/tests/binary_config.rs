@@ -71,7 +71,9 @@ fn migrate_uses_the_password_file_and_applies_retention() {
             "flows_k8s_1h",
             "flows_k8s_1m",
             "flows_port_1h",
-            "flows_port_1m"
+            "flows_port_1m",
+            "flows_topology_1h",
+            "flows_topology_1m"
         ]
     );
     for (name, engine) in &tables {

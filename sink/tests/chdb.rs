@@ -424,7 +424,7 @@ async fn older_schema_stops_with_a_clear_message() {
     let altered = flowlens_sink::migrate::apply_retention(&config.clickhouse, &retention)
         .await
         .unwrap();
-    assert_eq!(altered.len(), 7, "{altered:?}");
+    assert_eq!(altered.len(), 9, "{altered:?}");
     let again = flowlens_sink::migrate::apply_retention(&config.clickhouse, &retention)
         .await
         .unwrap();

@@ -64,14 +64,14 @@ fn rewritten_migrations_parse_with_clickhouse_26_9() {
             );
         }
     }
-    // schema_migrations, flows and the six rollups.
-    assert_eq!(replicated, 8);
+    // schema_migrations, flows and the eight rollups.
+    assert_eq!(replicated, 10);
     assert_eq!(
         statements
             .iter()
             .filter(|s| s.contains("ENGINE = Distributed('flows_cluster', 'flowlens', "))
             .count(),
-        7
+        9
     );
 }
 

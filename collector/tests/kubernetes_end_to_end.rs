@@ -11,73 +11,20 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::cluster::{pod, replica_set, service, write_snapshot, NS};
 use common::{expected_flows, require_root, send_known_traffic, Pipeline};
 use flowlens_enricher::kubernetes::snapshot::serde_json;
 use flowlens_schemas::{v6_to_ip, EnrichedFlow};
-use flowlens_testkit::{http, read_topic, rfc3339, unique, Chdb, NetnsPair, Tansu};
-use serde_json::{json, Value};
-
-const NS: &str = "shop";
+use flowlens_testkit::{http, read_topic, unique, Chdb, NetnsPair, Tansu};
+use serde_json::json;
 
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as i64
-}
-
-/// A pod of Deployment `deployment` (through ReplicaSet `<deployment>-<hash>`) on `node`.
-fn pod(deployment: &str, hash: &str, node: &str, ips: [String; 2], start_s: i64) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {
-            "name": format!("{deployment}-{hash}-x7k2p"), "namespace": NS,
-            "uid": format!("uid-{deployment}"),
-            "labels": {"app": deployment, "pod-template-hash": hash},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                "name": format!("{deployment}-{hash}"), "uid": format!("uid-rs-{deployment}"),
-                "controller": true, "blockOwnerDeletion": true}],
-            "creationTimestamp": rfc3339(start_s)
-        },
-        "spec": {"nodeName": node, "containers": [{"name": "main", "image": "example",
-            "ports": [{"containerPort": 5000, "protocol": "UDP"}]}]},
-        "status": {"phase": "Running", "hostIP": "192.0.2.10",
-            "podIP": ips[0], "podIPs": [{"ip": ips[0]}, {"ip": ips[1]}],
-            "startTime": rfc3339(start_s)}
-    })
-}
-
-fn replica_set(deployment: &str, hash: &str) -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "ReplicaSet",
-        "metadata": {"name": format!("{deployment}-{hash}"), "namespace": NS,
-            "uid": format!("uid-rs-{deployment}"),
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment,
-                "uid": format!("uid-deploy-{deployment}"), "controller": true}]},
-        "spec": {"replicas": 1}
-    })
-}
-
-fn service(name: &str, cluster_ip: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-svc-{name}"),
-            "creationTimestamp": "2024-01-01T00:00:00Z"},
-        "spec": {"type": "ClusterIP", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
-            "selector": {"app": name},
-            "ports": [{"name": "udp", "port": 5000, "targetPort": 5000, "protocol": "UDP"}]}
-    })
-}
-
-/// Writes the snapshot atomically (the enricher never sees half a file).
-fn write_snapshot(path: &Path, items: Vec<Value>) {
-    let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items});
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&list).unwrap()).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// The Kubernetes columns of one side, as ClickHouse returns them.
@@ -122,8 +69,8 @@ async fn kubernetes_metadata_reaches_clickhouse_and_ip_reuse_is_attributed_by_ti
             node.clone(),
             replica_set("client", "6b8c"),
             replica_set("web", "5d4f"),
-            pod("client", "6b8c", &host, [a4.clone(), a6.clone()], long_ago),
-            pod("web", "5d4f", &host, [b4.clone(), b6.clone()], long_ago),
+            pod("client", "6b8c", &host, &[a4.clone(), a6.clone()], long_ago),
+            pod("web", "5d4f", &host, &[b4.clone(), b6.clone()], long_ago),
             service("web", "10.96.7.1"),
             service("api", "10.96.7.2"),
         ],
@@ -151,8 +98,8 @@ async fn kubernetes_metadata_reaches_clickhouse_and_ip_reuse_is_attributed_by_ti
             node,
             replica_set("client", "6b8c"),
             replica_set("api", "77c9"),
-            pod("client", "6b8c", &host, [a4.clone(), a6.clone()], long_ago),
-            pod("api", "77c9", &host, [b4.clone(), b6.clone()], switch_s),
+            pod("client", "6b8c", &host, &[a4.clone(), a6.clone()], long_ago),
+            pod("api", "77c9", &host, &[b4.clone(), b6.clone()], switch_s),
             service("web", "10.96.7.1"),
             service("api", "10.96.7.2"),
         ],

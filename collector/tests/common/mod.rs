@@ -2,6 +2,8 @@
 //! collector's kernel test and the end-to-end test.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -225,19 +227,31 @@ pub fn require_root() {
     );
 }
 
-/// Sends `n` UDP datagrams of `payload` bytes from A to B:`port` on one flow (paced in bursts so
-/// the receiver keeps up); returns the source port. Every datagram is checked on arrival.
+/// Sends `n` UDP datagrams of `payload` bytes from A to B:`port` (IPv4) on one flow (paced in
+/// bursts so the receiver keeps up); returns the source port. Every datagram is checked on arrival.
 pub fn send_udp_flow(pair: &NetnsPair, n: u64, payload: usize, port: u16) -> u16 {
-    let rx = in_netns(&pair.ns_b, || UdpSocket::bind((pair.ip_b, port)).unwrap());
+    send_udp_between(pair, pair.ip_a.into(), pair.ip_b.into(), n, payload, port)
+}
+
+/// Like [`send_udp_flow`], from address `a` (of namespace A) to `b`:`port` (of namespace B).
+pub fn send_udp_between(
+    pair: &NetnsPair,
+    a: IpAddr,
+    b: IpAddr,
+    n: u64,
+    payload: usize,
+    port: u16,
+) -> u16 {
+    let rx = in_netns(&pair.ns_b, || UdpSocket::bind((b, port)).unwrap());
     rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let tx = in_netns(&pair.ns_a, || UdpSocket::bind((pair.ip_a, 0)).unwrap());
+    let tx = in_netns(&pair.ns_a, || UdpSocket::bind((a, 0)).unwrap());
     let data = vec![3u8; payload];
     let mut buf = vec![0u8; payload + 1];
     let mut sent = 0;
     while sent < n {
         let burst = (n - sent).min(100);
         for _ in 0..burst {
-            tx.send_to(&data, (pair.ip_b, port)).unwrap();
+            tx.send_to(&data, (b, port)).unwrap();
         }
         for _ in 0..burst {
             rx.recv_from(&mut buf).expect("every datagram arrives");

@@ -10,12 +10,14 @@
 //! [`codec`] (per-record CPU of the codecs), [`progress`] (bars and messages), [`server18`]
 //! (what clickhouse-server 18.16 needs as the run's ClickHouse), [`capacity`]
 //! (partitions/instances/shards for N nodes), [`collector_plot`] (the plot of
-//! `bench/collector/run.sh`'s table).
+//! `bench/collector/run.sh`'s table), [`console`] (the web console's latency over a
+//! generated day of flows).
 
 pub mod baseline;
 pub mod capacity;
 pub mod codec;
 pub mod collector_plot;
+pub mod console;
 pub mod gen;
 pub mod monitor;
 pub mod phase;

@@ -41,6 +41,25 @@ enum Cmd {
         #[arg(long, default_value = "bench/results/collector.png")]
         output: PathBuf,
     },
+    /// Times the console's topology and explorer over a day of generated flows in ClickHouse
+    /// (the chdb front) beside ClickHouse asked directly, and writes <out>/console.md.
+    Console {
+        /// Generated rows, spread over the last 24 h.
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: u64,
+        /// Timed repetitions of every request (after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        repeats: u32,
+        /// The console binary [default: flowlens-console beside this binary].
+        #[arg(long)]
+        console: Option<PathBuf>,
+        /// Directory of the report.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// No progress messages.
+        #[arg(long)]
+        no_progress: bool,
+    },
     /// (internal) runs one stage from FLOWLENS_<STAGE>__* variables, like its own binary.
     #[command(hide = true)]
     Stage { name: String },
@@ -160,6 +179,21 @@ fn main() -> ExitCode {
         Cmd::Run(args) => bench(args),
         Cmd::Capacity(args) => plan(args),
         Cmd::PlotCollector { input, output } => plot_collector(&input, &output),
+        Cmd::Console {
+            rows,
+            repeats,
+            console,
+            out,
+            no_progress,
+        } => flowlens_bench::console::run(
+            &flowlens_bench::console::Options {
+                rows,
+                repeats,
+                console: console.unwrap_or_else(flowlens_bench::console::sibling_console),
+                out,
+            },
+            &flowlens_bench::progress::Progress::new(!no_progress),
+        ),
         Cmd::Stage { name } => stage(&name),
         Cmd::SettingsFilter { listen, upstream } => flowlens_bench::server18::serve_filter(
             &listen,

@@ -6,9 +6,9 @@
 #   scripts/demo.sh               # demo: two network namespaces joined by a veth pair, with traffic
 #   scripts/demo.sh eth0 60       # your interface eth0 (host namespace) for 60 s of your traffic
 #
-# Run as root. The stack keeps running afterwards so you can query it
-# (curl 'http://127.0.0.1:18123/?query=SELECT+count()+FROM+flows'); stop it with
-# scripts/stack/stack.sh stop. A run that stores no new row fails (exit 1).
+# Run as root. The stack and the web console (http://127.0.0.1:9400/) keep running afterwards so
+# you can query them (curl 'http://127.0.0.1:18123/?query=SELECT+count()+FROM+flows'); stop them
+# with scripts/stack/stack.sh stop. A run that stores no new row fails (exit 1).
 # FLOWLENS_DEMO_PROFILE=debug uses debug binaries (what scripts/test.sh has built already).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +31,7 @@ case "$PROFILE" in
   *) echo "demo.sh: FLOWLENS_DEMO_PROFILE must be release or debug, not '$PROFILE'" >&2; exit 1 ;;
 esac
 say "building ($PROFILE)"
-cargo build "${BUILD[@]}" -q -p flowlens-collector -p flowlens-enricher -p flowlens-sink
+cargo build "${BUILD[@]}" -q -p flowlens-collector -p flowlens-enricher -p flowlens-sink -p flowlens-console
 BIN=${CARGO_TARGET_DIR:-$REPO/target}/$PROFILE
 
 say "starting the local stack"
@@ -135,5 +135,34 @@ say "DNS errors by name, last 15 minutes (sql/queries/dns_errors_by_name.sql)"
 query sql/queries/dns_errors_by_name.sql "param_minutes=15&param_limit=10&param_namespace="
 say "HTTP latency per server, last 15 minutes (sql/queries/http_latency.sql)"
 query sql/queries/http_latency.sql "param_minutes=15&param_limit=10&param_namespace="
+say "the web console (console/README.md) on these rows"
+CONSOLE_PORT=${FLOWLENS_CONSOLE_PORT:-9400}
+STACK=${FLOWLENS_STACK_DIR:-$REPO/.stack}
+if [ -f "$STACK/console.pid" ]; then kill -TERM "$(cat "$STACK/console.pid")" 2>/dev/null || true; sleep 0.5; fi
+cat >"$RUN/console.toml" <<EOF
+[console]
+listen = "127.0.0.1:$CONSOLE_PORT"
+stages = [
+  { name = "collector", url = "http://127.0.0.1:9101/metrics" },
+  { name = "enricher", url = "http://127.0.0.1:9102/metrics" },
+  { name = "sink", url = "http://127.0.0.1:9103/metrics" },
+]
+[clickhouse]
+url = "$CH"
+[telemetry]
+metrics_listen = "127.0.0.1:9104"
+EOF
+# It outlives this script, like the stack; scripts/stack/stack.sh stop stops it.
+setsid "$BIN/flowlens-console" --config "$RUN/console.toml" >"$RUN/console.log" 2>&1 </dev/null &
+echo $! >"$STACK/console.pid"
+for _ in $(seq 1 50); do
+  curl -fsS -o /dev/null "http://127.0.0.1:$CONSOLE_PORT/" 2>/dev/null && break
+  sleep 0.2
+done
+curl -fsS "http://127.0.0.1:$CONSOLE_PORT/api/topology?from=$(( $(date +%s) - 900 ))" \
+  | python3 -c 'import json, sys; t = json.load(sys.stdin); print("console topology, last 15 minutes: %d nodes, %d edges (table %s)" % (len(t["nodes"]), len(t["edges"]), t["table"]))' \
+  || { echo "demo.sh: the console did not answer; its log:" >&2; cat "$RUN/console.log" >&2; exit 1; }
+echo "web console: http://127.0.0.1:$CONSOLE_PORT/?range=1h (its Health view shows the stages stopped: the demo ended them)"
+
 say "done. Services' logs: $RUN. Metrics were on :9101 (collector), :9102 (enricher), :9103 (sink)."
-echo "The stack is still running: query $CH, stop it with scripts/stack/stack.sh stop"
+echo "The stack and the console are still running: query $CH, stop them with scripts/stack/stack.sh stop"

@@ -5,6 +5,7 @@
 #
 #   scripts/stack/stack.sh start    # idempotent; waits until both answer
 #   scripts/stack/stack.sh stop     # SIGTERM, then SIGKILL after a timeout; waits for the ports
+#                                   # (also stops the web console scripts/demo.sh started)
 #   scripts/stack/stack.sh status
 #   scripts/stack/stack.sh restart
 #
@@ -148,6 +149,10 @@ cmd_start() {
 
 cmd_stop() {
   local rc=0
+  # The web console scripts/demo.sh leaves running on the stack's ClickHouse.
+  if live_pid console "flowlens-console" >/dev/null; then
+    stop_one console "flowlens-console" "${FLOWLENS_CONSOLE_PORT:-9400}" || rc=1
+  fi
   stop_one chdb_http "chdb_http.py" "$CH_PORT" || rc=1
   stop_one tansu "tansu" "$KAFKA_PORT" || rc=1
   return $rc

@@ -329,6 +329,8 @@ impl Sink {
                 received = consumer.recv(), if self.consuming() => {
                     // The records already fetched are taken in the same pass (one wakeup, one
                     // timer), up to CONSUME_BATCH or until a sealed batch waits for its INSERT.
+                    // One clock read per pass: a batch's age counts from its first pass.
+                    let now = Instant::now();
                     let mut next = Some(received);
                     let mut taken = 0;
                     while let Some(received) = next.take() {
@@ -339,7 +341,7 @@ impl Sink {
                                 // revoked partitions first, or the record would be dropped with
                                 // them.
                                 self.apply_revocations();
-                                self.handle(&message).await?;
+                                self.handle(&message, now).await?;
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "Kafka consumer error");
@@ -426,8 +428,8 @@ impl Sink {
         }
     }
 
-    /// Decodes one record into its partition's batch, or dead-letters it.
-    async fn handle<M: Message>(&mut self, message: &M) -> anyhow::Result<()> {
+    /// Decodes one record, taken at `now`, into its partition's batch, or dead-letters it.
+    async fn handle<M: Message>(&mut self, message: &M, now: Instant) -> anyhow::Result<()> {
         self.received.increment(1);
         let (topic, partition) = (message.topic(), message.partition());
         // The partition's key, made once per run of records of one partition.
@@ -435,7 +437,7 @@ impl Sink {
         if key.1 != partition || key.0 != topic {
             key = (topic.to_owned(), partition);
         }
-        let handled = self.handle_of(&key, message).await;
+        let handled = self.handle_of(&key, message, now).await;
         self.key = key;
         handled
     }
@@ -445,6 +447,7 @@ impl Sink {
         &mut self,
         key: &PartitionKey,
         message: &M,
+        now: Instant,
     ) -> anyhow::Result<()> {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         let Some(stream) = self.admit(key, offset).await else {
@@ -462,7 +465,6 @@ impl Sink {
             None => Err(("empty", "record has no payload".to_owned())),
             Some(payload) => crate::decode::write_row(payload, &at, &mut self.scratch),
         };
-        let now = Instant::now();
         match outcome {
             Ok(origin) => self
                 .batches
@@ -707,7 +709,7 @@ impl Sink {
                         if self.apply_revocations() {
                             self.pause();
                         }
-                        self.handle(&message).await?;
+                        self.handle(&message, Instant::now()).await?;
                     }
                     Err(e) => tracing::warn!(error = %e, "Kafka consumer error"),
                 },

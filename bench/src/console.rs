@@ -116,7 +116,7 @@ pub fn run(opts: &Options, progress: &Progress) -> anyhow::Result<()> {
         time_request(
             opts,
             "SELECT 1 (the chdb front's round trip: the floor)",
-            || clickhouse_ms(&chdb, "SELECT 1"),
+            || clickhouse_ms(&chdb, "", "SELECT 1"),
         )?,
         time_request(
             opts,
@@ -126,7 +126,8 @@ pub fn run(opts: &Options, progress: &Progress) -> anyhow::Result<()> {
                     std::fs::read_to_string(repo_root().join("sql/queries/topology_edges.sql"))?;
                 clickhouse_ms(
                     &chdb,
-                    &format!("{sql}\nFORMAT Null SETTINGS param_minutes=1440, param_limit=500, param_namespace=''"),
+                    "param_minutes=1440&param_limit=500&param_namespace=",
+                    &format!("{sql}\nFORMAT Null"),
                 )
                 .map(|(ms, _)| (ms, "flows".to_string()))
             },
@@ -232,13 +233,13 @@ fn console_ms(port: u16, path: &str) -> anyhow::Result<(f64, String)> {
     Ok((ms, table))
 }
 
-/// One query to ClickHouse directly: (ms, "").
-fn clickhouse_ms(chdb: &Chdb, sql: &str) -> anyhow::Result<(f64, String)> {
+/// One query to ClickHouse directly, with URL parameters `params`: (ms, "").
+fn clickhouse_ms(chdb: &Chdb, params: &str, sql: &str) -> anyhow::Result<(f64, String)> {
     let start = Instant::now();
     let (status, body) = http_to(
         &format!("127.0.0.1:{}", chdb.port),
         "POST",
-        "/",
+        &format!("/?{params}"),
         sql,
         Duration::from_secs(120),
     )?;

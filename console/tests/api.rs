@@ -280,8 +280,9 @@ fn pair(s: &str, t: &str) -> (String, String) {
     (s.to_owned(), t.to_owned())
 }
 
-/// Topology on the raw table, the per-minute rollup (a range longer than
-/// `console.raw_max_range_s`) and the per-hour rollup (over 7 days) against SQL over `flows`;
+/// Topology on the raw table, the per-minute rollup with its whole hours from the hourly one
+/// (a range longer than `console.raw_max_range_s`) and the per-hour rollup (over 7 days) against
+/// SQL over `flows`;
 /// node kinds and groups; a filter; a raw-only filter forcing the raw table; the limit.
 /// Explorer totals and series; flow details of a node and of an edge.
 #[test]
@@ -317,7 +318,7 @@ fn answers_match_sql_over_the_flows_table() {
     // Raw, minute rollup, hour rollup: the same edges, each equal to SQL over flows.
     for (from, to, table) in [
         (to_min - 3600, to_min, "flows"),
-        (to_min - 7200, to_min, "flows_topology_1m"),
+        (to_min - 7200, to_min, "flows_topology_1h+1m"),
         (to - 8 * 86_400, to, "flows_topology_1h"),
     ] {
         let t = console.json(&format!("/api/topology?from={from}&to={to}"));

@@ -48,8 +48,12 @@ fn bytes_where(clickhouse: &Chdb, host: &str, condition: &str) -> u64 {
     )
 }
 
-fn screenshot_dir() -> Option<PathBuf> {
-    std::env::var_os("FLOWLENS_CONSOLE_SCREENSHOTS").map(PathBuf::from)
+/// A screenshot of the page as docs/console-<name>.png shows it, when
+/// `$FLOWLENS_CONSOLE_SCREENSHOTS` names a directory.
+fn shot(browser: &Browser, name: &str) {
+    if let Some(dir) = std::env::var_os("FLOWLENS_CONSOLE_SCREENSHOTS").map(PathBuf::from) {
+        browser.screenshot(&dir.join(format!("console-{name}.png")));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +90,7 @@ async fn the_console_shows_the_pipelines_flows_as_sql_counts_them() {
     let mut pipeline = Pipeline::new(&broker.broker(), &clickhouse.url(), &pair, &host);
     pipeline.enricher.kubernetes.source = flowlens_enricher::kubernetes::config::Source::Snapshot;
     pipeline.enricher.kubernetes.snapshot_path = snapshot.display().to_string();
-    let pipeline = pipeline.start_with_collector_binary().await;
+    let mut pipeline = pipeline.start_with_collector_binary().await;
     let collector_metrics = pipeline.collector_process().metrics_port;
 
     let p = pair.clone();
@@ -124,7 +128,8 @@ async fn the_console_shows_the_pipelines_flows_as_sql_counts_them() {
         format!(
             "[console]\nlisten = \"127.0.0.1:{port}\"\n\
              groups = [{{ name = \"lab-net\", cidr = \"{}/128\" }}]\n\
-             stages = [{{ name = \"collector\", url = \"http://127.0.0.1:{collector_metrics}/metrics\" }}]\n",
+             stages = [{{ name = \"collector\", url = \"http://127.0.0.1:{collector_metrics}/metrics\" }}]\n\
+             scrape_interval_ms = 1000\n",
             pair.ip6_b
         ),
     )
@@ -140,6 +145,45 @@ async fn the_console_shows_the_pipelines_flows_as_sql_counts_them() {
     );
     wait_port(port, &mut console, &log, WAIT);
     let base = format!("http://127.0.0.1:{port}");
+    // Health, while the collector runs: its endpoint is up, with a packet rate once the console
+    // has scraped it twice (the page refreshes every 5 s).
+    let b = base.clone();
+    let (health, packet_rate, browser) = tokio::task::spawn_blocking(move || {
+        let browser = Browser::start();
+        browser.goto(&format!("{b}/?view=health"));
+        browser.wait_text("#status", "ready", WAIT);
+        let row = "table#health tr[data-stage=\"collector\"]";
+        let rate = |b: &Browser| b.find(&format!("{row} td.rate-in")).attr("data-value");
+        let started = Instant::now();
+        while rate(&browser).unwrap_or_default().is_empty() && started.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        shot(&browser, "health");
+        (browser.find(row).text(), rate(&browser), browser)
+    })
+    .await
+    .unwrap();
+    assert!(health.contains("up"), "health row: {health}");
+    let packet_rate: f64 = packet_rate
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no packet rate in the health row: {health}"));
+    assert!(packet_rate >= 0.0, "{packet_rate}");
+
+    // The collector stops (a last scan), and the rows stop changing: the page and the SQL below
+    // then read the same rows (the namespaces' own IPv6 neighbour traffic goes on otherwise).
+    pipeline.stop_collector().await;
+    let mut last = (0, 0);
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = (
+            scalar(&clickhouse, "SELECT count() FROM flows"),
+            bytes_where(&clickhouse, &host, "1"),
+        );
+        if now == last {
+            break;
+        }
+        last = now;
+    }
 
     let web_db = bytes_where(
         &clickhouse,
@@ -157,15 +201,9 @@ async fn the_console_shows_the_pipelines_flows_as_sql_counts_them() {
     let all = bytes_where(&clickhouse, &host, "1");
     let dns = bytes_where(&clickhouse, &host, "src_port = 53 OR dst_port = 53");
     assert!(web_db > 0 && web_lab > 0 && dns > 0 && dns < all);
-    let shots = screenshot_dir();
 
     let checks = tokio::task::spawn_blocking(move || {
-        let browser = Browser::start();
-        let shot = |name: &str| {
-            if let Some(dir) = &shots {
-                browser.screenshot(&dir.join(format!("console-{name}.png")));
-            }
-        };
+        let shot = |name: &str| shot(&browser, name);
 
         // Topology: the three ends by name, the edges' bytes as SQL sums them.
         browser.goto(&format!("{base}/?view=topology&range=1h"));
@@ -236,7 +274,6 @@ async fn the_console_shows_the_pipelines_flows_as_sql_counts_them() {
         };
         let before = total(&browser);
         let series_before = browser.find_all("path.area").len();
-        shot("explorer");
         let filter = browser.find("input#filter");
         filter.clear();
         filter.send_keys("port=53\n");
@@ -254,18 +291,21 @@ async fn the_console_shows_the_pipelines_flows_as_sql_counts_them() {
         browser.wait_text("#status", "ready", WAIT);
         let reopened = total(&browser);
 
-        // Health: the collector's endpoint is up.
-        browser.goto(&format!("{base}/?view=health"));
+        // Two dimensions: a sankey from the client workloads to the ports.
+        browser.goto(&format!(
+            "{base}/?view=explorer&range=1h&dims=src_workload,dst_port&metric=bytes"
+        ));
         browser.wait_text("#status", "ready", WAIT);
-        let row = browser
-            .find("table#health tr[data-stage=\"collector\"]")
-            .text();
-        shot("health");
-        (before, series_before, after, series_after, reopened, row)
+        assert!(
+            !browser.find_all("svg#sankey path.sankey-link").is_empty(),
+            "no sankey links"
+        );
+        shot("explorer");
+        (before, series_before, after, series_after, reopened)
     })
     .await
     .unwrap();
-    let (before, series_before, after, series_after, reopened, health) = checks;
+    let (before, series_before, after, series_after, reopened) = checks;
     // This ClickHouse holds only this test's rows, all of the last hour.
     assert_eq!(before, all, "explorer total");
     assert_eq!(after, dns, "explorer total with port=53");
@@ -274,7 +314,6 @@ async fn the_console_shows_the_pipelines_flows_as_sql_counts_them() {
         series_after < series_before,
         "the filter left {series_after} of {series_before} series"
     );
-    assert!(health.contains("up"), "health row: {health}");
 
     console.assert_running(&log);
     pipeline.stop().await;

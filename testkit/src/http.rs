@@ -18,13 +18,25 @@ pub fn http_to(
     body: &str,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
+    http_with_headers(addr, method, path_and_query, "", body, timeout)
+}
+
+/// [`http_to`] with more request `headers` (each line ending in `\r\n`).
+pub fn http_with_headers(
+    addr: &str,
+    method: &str,
+    path_and_query: &str,
+    headers: &str,
+    body: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     write!(
         s,
-        "{method} {path_and_query} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path_and_query} HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut resp = String::new();

@@ -1,8 +1,8 @@
 //! Test support shared by every crate's integration tests and bench (dev-only crate): starts the
 //! real local services (tansu, the chdb HTTP front, ClickHouse 18.16, ZooKeeper) on free ports
 //! with temporary data, builds network namespace pairs joined by veth (and a delay line), runs
-//! DNS servers and dig, an HTTP server and curl in them, and reads topics back. Everything it
-//! starts is stopped on drop.
+//! DNS servers and dig, an HTTP server and curl in them, drives a headless Chromium over
+//! WebDriver, and reads topics back. Everything it starts is stopped on drop.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -3,8 +3,6 @@
 //! configuration file and environment, and HTTP requests to it.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -176,24 +174,18 @@ pub fn run_to_end(toml: &str, env: &[(&str, &str)]) -> Output {
 
 /// One HTTP/1.0 GET to 127.0.0.1:`port`, with `Authorization: Bearer <token>` when given.
 pub fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    flowlens_testkit::http_with_headers(
+        &format!("127.0.0.1:{port}"),
+        "GET",
+        path,
+        &auth,
+        "",
+        Duration::from_secs(30),
+    )
+    .unwrap()
 }
 
 /// Unix seconds now.

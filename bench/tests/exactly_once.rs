@@ -421,7 +421,7 @@ async fn assert_exact(ch: &clickhouse::Client, n: u32) {
         .fetch_all()
         .await
         .unwrap();
-    assert_eq!(tables.len(), 6, "{tables:?}");
+    assert_eq!(tables.len(), 8, "{tables:?}");
     for table in &tables {
         let (flows, sum): (u64, u64) = ch
             .query(&format!("SELECT sum(flows), sum(packets) FROM `{table}`"))

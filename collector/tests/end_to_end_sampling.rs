@@ -360,6 +360,14 @@ async fn sampled_traffic_totals_estimate_the_real_traffic_everywhere() {
         );
         check(table, &select(&chdb, &sql), &[BYTES, PACKETS, RATE], dirs);
     }
+    // Both directions per pair of console nodes (migration 0008).
+    for table in ["flows_topology_1m", "flows_topology_1h"] {
+        let sql = format!(
+            "SELECT sum(bytes) AS bytes, sum(packets) AS packets, \
+             max(max_sampling_rate) AS max_sampling_rate FROM {table}"
+        );
+        check(table, &select(&chdb, &sql), &[BYTES, PACKETS, RATE], dirs);
+    }
     for table in ["flows_k8s_1m", "flows_k8s_1h"] {
         let sql = format!(
             "SELECT sum(bytes) AS bytes, sum(packets) AS packets, \

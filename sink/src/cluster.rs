@@ -614,8 +614,8 @@ mod tests {
                 assert_eq!(undone, original);
             }
         }
-        // flows and the six rollups.
-        assert_eq!(engines, 7);
+        // flows and the eight rollups.
+        assert_eq!(engines, 9);
         assert_eq!(
             replicated_tables(
                 migrations
@@ -629,7 +629,9 @@ mod tests {
                 "flows_k8s_1m",
                 "flows_k8s_1h",
                 "flows_port_1m",
-                "flows_port_1h"
+                "flows_port_1h",
+                "flows_topology_1m",
+                "flows_topology_1h"
             ]
         );
     }

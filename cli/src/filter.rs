@@ -1,10 +1,9 @@
 //! `flowlens observe` filters: each given flag must match (AND), any of a repeated flag's values
 //! may (OR); endpoint filters match either end of the conversation.
 
-use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
-use flowlens_schemas::{ip_to_v6, EnrichedFlow};
+use flowlens_schemas::{protocol_number, EnrichedFlow, Net};
 
 #[derive(Debug, Default, clap::Args)]
 #[command(next_help_heading = "Filters (a flag given twice matches either value)")]
@@ -25,7 +24,7 @@ pub struct Filters {
     #[arg(long, value_name = "NODE")]
     pub node: Vec<String>,
     /// Either end's address is this IP or lies in this CIDR (10.0.0.0/8, fd00::/64).
-    #[arg(long = "ip", value_name = "ADDR[/PREFIX]", value_parser = parse_net)]
+    #[arg(long = "ip", value_name = "ADDR[/PREFIX]")]
     pub ip: Vec<Net>,
     /// Either end's port.
     #[arg(long, value_name = "PORT")]
@@ -47,57 +46,10 @@ pub struct Filters {
     pub end_reason: Vec<String>,
 }
 
-/// An address range in the 16-byte space records use (IPv4 as IPv4-mapped IPv6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Net {
-    base: u128,
-    prefix: u32,
-}
-
-impl Net {
-    fn contains(&self, addr: Ipv6Addr) -> bool {
-        let mask = if self.prefix == 0 {
-            0
-        } else {
-            u128::MAX << (128 - self.prefix)
-        };
-        u128::from(addr) & mask == self.base & mask
-    }
-}
-
-fn parse_net(text: &str) -> Result<Net, String> {
-    let bad = || format!("`{text}` is not an IP address or CIDR such as 10.0.0.0/8 or fd00::/64");
-    let (addr, prefix) = match text.split_once('/') {
-        Some((a, p)) => (a, Some(p.parse::<u32>().map_err(|_| bad())?)),
-        None => (text, None),
-    };
-    let ip: IpAddr = addr.parse().map_err(|_| bad())?;
-    let (max, offset) = match ip {
-        IpAddr::V4(_) => (32, 96),
-        IpAddr::V6(_) => (128, 0),
-    };
-    let prefix = prefix.unwrap_or(max);
-    if prefix > max {
-        return Err(bad());
-    }
-    Ok(Net {
-        base: u128::from(ip_to_v6(ip)),
-        prefix: prefix + offset,
-    })
-}
-
 /// Protocol names as in /etc/protocols, or the number.
 pub fn parse_protocol(text: &str) -> Result<u8, String> {
-    match text.to_ascii_lowercase().as_str() {
-        "icmp" => Ok(1),
-        "tcp" => Ok(6),
-        "udp" => Ok(17),
-        "icmpv6" | "ipv6-icmp" => Ok(58),
-        "sctp" => Ok(132),
-        other => other.parse().map_err(|_| {
-            format!("`{text}` is not a protocol: tcp, udp, icmp, icmpv6, sctp or 0-255")
-        }),
-    }
+    protocol_number(text)
+        .ok_or_else(|| format!("`{text}` is not a protocol: tcp, udp, icmp, icmpv6, sctp or 0-255"))
 }
 
 /// `NAME` matches the name, `NAMESPACE/NAME` both, against one end's (namespace, name).
@@ -167,6 +119,11 @@ impl Filters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flowlens_schemas::ip_to_v6;
+
+    fn parse_net(text: &str) -> Result<Net, String> {
+        text.parse()
+    }
 
     #[test]
     fn cidrs_cover_v4_and_v6() {

@@ -227,31 +227,7 @@ pub const FILTER_KEYS: &[&str] = &[
     "end_reason",
 ];
 
-/// Protocol names as in /etc/protocols, or the number.
-pub fn parse_protocol(text: &str) -> Option<u8> {
-    match text.to_ascii_lowercase().as_str() {
-        "icmp" => Some(1),
-        "tcp" => Some(6),
-        "udp" => Some(17),
-        "icmpv6" | "ipv6-icmp" => Some(58),
-        "sctp" => Some(132),
-        other => other.parse().ok(),
-    }
-}
-
-/// The name of protocol `proto` (`tcp`), or its number.
-pub fn protocol_name(proto: u8) -> String {
-    match proto {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        58 => "icmpv6".into(),
-        132 => "sctp".into(),
-        n => n.to_string(),
-    }
-}
-
-/// SQL turning a `proto` column into the names of [`protocol_name`].
+/// SQL turning a `proto` column into the names of [`flowlens_schemas::protocol_name`].
 pub const PROTOCOL_NAME_SQL: &str =
     "transform(proto, [1, 6, 17, 58, 132], ['icmp', 'tcp', 'udp', 'icmpv6', 'sctp'], toString(proto))";
 
@@ -313,7 +289,7 @@ impl Filter {
                 values
                     .iter()
                     .map(|v| {
-                        parse_protocol(v.trim())
+                        flowlens_schemas::protocol_number(v.trim())
                             .ok_or_else(|| bad(v, "expected tcp, udp, icmp, icmpv6, sctp or 0-255"))
                     })
                     .collect::<Result<_, _>>()?,
@@ -377,7 +353,10 @@ impl Filter {
             Filter::Ip(nets) => {
                 let mut any = Vec::new();
                 for n in nets {
-                    let (lo, hi) = (p.bind("IPv6", n.first()), p.bind("IPv6", n.last()));
+                    let (lo, hi) = (
+                        p.bind("IPv6", n.first().to_string()),
+                        p.bind("IPv6", n.last().to_string()),
+                    );
                     for end in ["src", "dst"] {
                         any.push(format!("{end}_addr BETWEEN {lo} AND {hi}"));
                     }

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::clickhouse::Params;
 use crate::error::{ApiError, ApiResult};
-use crate::filter::{protocol_name, QueryString, Table};
+use flowlens_schemas::protocol_name;
+
+use crate::filter::{QueryString, Table};
 use crate::net::show_endpoint;
 use crate::node::{Grouping, NodeSql};
 use crate::server::App;

@@ -43,8 +43,8 @@ impl NodeSql {
                 .iter()
                 .map(|g| {
                     (
-                        p.bind("IPv6", g.net.first()),
-                        p.bind("IPv6", g.net.last()),
+                        p.bind("IPv6", g.net.first().to_string()),
+                        p.bind("IPv6", g.net.last().to_string()),
                         p.bind("String", g.name.as_str()),
                     )
                 })

@@ -17,20 +17,8 @@ const DB: &str = "flowlens_console";
 #[derive(Clone)]
 struct Row {
     t: u64,
-    src: (
-        &'static str,
-        &'static str,
-        &'static str,
-        &'static str,
-        &'static str,
-    ),
-    dst: (
-        &'static str,
-        &'static str,
-        &'static str,
-        &'static str,
-        &'static str,
-    ),
+    src: End,
+    dst: End,
     src_addr: &'static str,
     dst_addr: &'static str,
     ports: (u16, u16),
@@ -48,32 +36,23 @@ struct Row {
 }
 
 /// (namespace, workload, kind, pod, node) of an end.
-const WEB1: (&str, &str, &str, &str, &str) = ("default", "web", "Deployment", "web-1", "n1");
-const WEB2: (&str, &str, &str, &str, &str) = ("default", "web", "Deployment", "web-2", "n2");
-const DB0: (&str, &str, &str, &str, &str) = ("default", "db", "StatefulSet", "db-0", "n2");
-const DNS: (&str, &str, &str, &str, &str) =
-    ("kube-system", "coredns", "Deployment", "coredns-abc", "n1");
-const PROM: (&str, &str, &str, &str, &str) = ("monitoring", "", "", "prom-0", "n1");
-const NONE: (&str, &str, &str, &str, &str) = ("", "", "", "", "");
+type End = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+const WEB1: End = ("default", "web", "Deployment", "web-1", "n1");
+const WEB2: End = ("default", "web", "Deployment", "web-2", "n2");
+const DB0: End = ("default", "db", "StatefulSet", "db-0", "n2");
+const DNS: End = ("kube-system", "coredns", "Deployment", "coredns-abc", "n1");
+const PROM: End = ("monitoring", "", "", "prom-0", "n1");
+const NONE: End = ("", "", "", "", "");
 
 impl Row {
-    fn new(
-        t: u64,
-        src: (
-            &'static str,
-            &'static str,
-            &'static str,
-            &'static str,
-            &'static str,
-        ),
-        dst: (
-            &'static str,
-            &'static str,
-            &'static str,
-            &'static str,
-            &'static str,
-        ),
-    ) -> Self {
+    fn new(t: u64, src: End, dst: End) -> Self {
         Row {
             t,
             src,

@@ -1,6 +1,8 @@
-//! IP address helpers: IPv4-mapped IPv6 conversion and the serde mapping of `Ipv6Addr` to the Avro `IPv6Address` fixed(16).
+//! IP address helpers: IPv4-mapped IPv6 conversion, address ranges in that 16-byte form, and
+//! the serde mapping of `Ipv6Addr` to the Avro `IPv6Address` fixed(16).
 
 use std::net::{IpAddr, Ipv6Addr};
+use std::str::FromStr;
 
 /// Maps any IP address onto the 16-byte wire form: IPv6 as is, IPv4 as `::ffff:a.b.c.d`.
 pub fn ip_to_v6(ip: IpAddr) -> Ipv6Addr {
@@ -17,6 +19,65 @@ pub fn v6_to_ip(addr: Ipv6Addr) -> IpAddr {
     match addr.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
         None => IpAddr::V6(addr),
+    }
+}
+
+/// An IP address or CIDR (`10.0.0.0/8`, `fd00::/64`, `10.1.2.3`) as a range of the 16-byte
+/// form records use (IPv4 as IPv4-mapped IPv6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net {
+    base: u128,
+    prefix: u32,
+}
+
+impl FromStr for Net {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad =
+            || format!("`{text}` is not an IP address or CIDR such as 10.0.0.0/8 or fd00::/64");
+        let (addr, prefix) = match text.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u32>().map_err(|_| bad())?)),
+            None => (text.trim(), None),
+        };
+        let ip: IpAddr = addr.parse().map_err(|_| bad())?;
+        let (max, offset) = match ip {
+            IpAddr::V4(_) => (32, 96),
+            IpAddr::V6(_) => (128, 0),
+        };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Net {
+            base: u128::from(ip_to_v6(ip)),
+            prefix: prefix + offset,
+        })
+    }
+}
+
+impl Net {
+    fn mask(&self) -> u128 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - self.prefix)
+        }
+    }
+
+    /// Whether `addr` (16-byte form) lies in the range.
+    pub fn contains(&self, addr: Ipv6Addr) -> bool {
+        u128::from(addr) & self.mask() == self.base & self.mask()
+    }
+
+    /// The lowest address of the range.
+    pub fn first(&self) -> Ipv6Addr {
+        Ipv6Addr::from(self.base & self.mask())
+    }
+
+    /// The highest address of the range.
+    pub fn last(&self) -> Ipv6Addr {
+        Ipv6Addr::from(self.base | !self.mask())
     }
 }
 

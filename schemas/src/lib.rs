@@ -21,6 +21,7 @@ mod codec;
 mod error;
 mod ip;
 pub mod json;
+mod protocol;
 pub mod reader;
 mod records;
 mod schema;
@@ -31,7 +32,8 @@ pub use codec::{
     AnyRecord, HEADER_LEN, MAGIC,
 };
 pub use error::SchemaError;
-pub use ip::{ip_to_v6, v6_to_ip};
+pub use ip::{ip_to_v6, v6_to_ip, Net};
+pub use protocol::{protocol_name, protocol_number};
 pub use records::{Direction, Dns, EnrichedFlow, Http, Interface, Origin, Process, RawFlow};
 pub use schema::{
     AvroRecord, RecordKind, ENRICHED_FLOW_AVSC, ENRICHED_FLOW_V1_AVSC, ENRICHED_FLOW_V2_AVSC,

@@ -348,6 +348,24 @@ impl Batches {
         self.sealed.front_mut()
     }
 
+    /// The index of the first sealed batch, in sealing order, whose (topic, partition) `pick`
+    /// accepts.
+    pub fn first_sealed(&self, pick: impl Fn((&str, i32)) -> bool) -> Option<usize> {
+        self.sealed
+            .iter()
+            .position(|s| pick((s.topic.as_str(), s.partition)))
+    }
+
+    /// The sealed batch at `index` (sealing order).
+    pub fn sealed_mut(&mut self, index: usize) -> Option<&mut Sealed> {
+        self.sealed.get_mut(index)
+    }
+
+    /// Takes the sealed batch at `index` out of the queue.
+    pub fn take_sealed(&mut self, index: usize) -> Option<Sealed> {
+        self.sealed.remove(index)
+    }
+
     pub fn pop_front(&mut self) -> Option<Sealed> {
         self.sealed.pop_front()
     }

@@ -1,5 +1,5 @@
-//! The consume → batch → insert → commit loop, consuming on while one INSERT is in flight
-//! (`in_flight`). Offsets are committed (asynchronously, with the incarnation as commit
+//! The consume → batch → insert → commit loop, consuming on while INSERTs are in flight
+//! (`in_flight`: up to [`INSERTS_IN_FLIGHT`], of distinct partitions). Offsets are committed (asynchronously, with the incarnation as commit
 //! metadata) only after ClickHouse acknowledged every row up to them; records already stored
 //! are dropped before their INSERT by their identity (`dedup`, `recovery`); undecodable records
 //! go to the dead-letter topic; while ClickHouse is down the partitions are paused and nothing
@@ -68,9 +68,14 @@ const LIVENESS_MARGIN: Duration = Duration::from_secs(30);
 /// The stage name in dead-letter headers and logs.
 pub const STAGE: &str = "sink";
 
-/// Sealed batches that may wait behind the INSERT in flight before consumption pauses: with
-/// one open batch per partition and the batch in flight, the bound on the rows held.
+/// Sealed batches that may wait behind the INSERTs in flight before consumption pauses: with
+/// one open batch per partition and the batches in flight, the bound on the rows held.
 const SEALED_AHEAD: usize = 4;
+
+/// INSERTs in flight at once, never two of one partition: while one is parsed and written by
+/// ClickHouse, the next is sent, so the server's work is not serialised behind the sink's
+/// (bench/README.md, "Two INSERTs in flight").
+pub const INSERTS_IN_FLIGHT: usize = 2;
 
 /// Consumer context remembering revoked partitions until the loop drops their pending rows;
 /// a revocation first waits for the INSERT in flight of a revoked partition (`InsertGate`).
@@ -201,7 +206,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         alive,
         consumer: Arc::new(consumer),
         gate,
-        in_flight: None,
+        in_flight: Vec::new(),
         inserter: Inserter::new(&config.clickhouse)?,
         table: config.clickhouse.table.clone(),
         batches: Batches::new(config.batch.clone()),
@@ -267,8 +272,9 @@ struct Sink {
     /// Shared with the loops, whose records borrow it while `self` is changed.
     consumer: Arc<SinkConsumer>,
     gate: Arc<InsertGate>,
-    /// The front batch's INSERT while the loop consumes on (out of `batches` meanwhile).
-    in_flight: Option<InFlight>,
+    /// The INSERTs running while the loop consumes on (their batches are out of `batches`
+    /// meanwhile), at most one per partition.
+    in_flight: Vec<InFlight>,
     inserter: Inserter,
     table: String,
     batches: Batches,
@@ -303,13 +309,11 @@ impl Sink {
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.alive.beat();
-            if self.in_flight.is_none() && self.batches.sealed_len() > 0 {
-                if let Err(e) = self.start_front().await {
-                    if !self.flush_sealed(Some(e)).await? {
-                        break;
-                    }
-                    continue;
+            if let Err(e) = self.start_inserts().await {
+                if !self.flush_sealed(Some(e)).await? {
+                    break;
                 }
+                continue;
             }
             let deadline = self.batches.deadline();
             tokio::select! {
@@ -319,8 +323,8 @@ impl Sink {
                     self.batches.seal_expired(Instant::now());
                 }
                 _ = watch.tick() => self.watch_topic_ids(),
-                outcome = in_flight::ended(&mut self.in_flight) => {
-                    if let Err(e) = self.finish_insert(outcome)? {
+                (i, outcome) = in_flight::ended(&mut self.in_flight) => {
+                    if let Err(e) = self.finish_insert(i, outcome)? {
                         if !self.flush_sealed(Some(e)).await? {
                             break;
                         }
@@ -350,8 +354,7 @@ impl Sink {
                             }
                         }
                         taken += 1;
-                        let waiting = self.batches.sealed_len() > 0 && self.in_flight.is_none();
-                        if taken < CONSUME_BATCH && !waiting && self.consuming() {
+                        if taken < CONSUME_BATCH && self.startable().is_none() && self.consuming() {
                             next = consumer.recv().now_or_never();
                         }
                     }
@@ -360,11 +363,8 @@ impl Sink {
             self.apply_revocations();
             self.batches.seal_expired(Instant::now());
         }
-        if self.in_flight.is_some() {
-            let outcome = in_flight::ended(&mut self.in_flight).await;
-            // A failed INSERT is back at the front of the queue, retried below.
-            let _ = self.finish_insert(outcome)?;
-        }
+        // A failed INSERT is back at the front of the queue, retried below.
+        let _ = self.finish_in_flight().await?;
         self.batches.seal_all();
         if self.flush_sealed(None).await? && self.batches.is_empty() {
             tracing::info!("sink stopped, pending rows flushed and committed");
@@ -381,30 +381,67 @@ impl Sink {
         self.batches.sealed_len() < SEALED_AHEAD
     }
 
-    /// Judges the front batch and starts its INSERT in its own task (`in_flight`); a front
-    /// batch left without rows is committed at once, and the next one taken.
-    async fn start_front(&mut self) -> anyhow::Result<()> {
-        while self.prepare_front().await? {
-            let front = self.batches.front().expect("prepared");
-            if front.inserted || front.rows.is_empty() {
-                self.commit_front();
+    /// The sealed batch whose INSERT could start now, by its index: while fewer than
+    /// [`INSERTS_IN_FLIGHT`] run, the first in sealing order whose partition has none in
+    /// flight (so the earliest batch of its partition).
+    fn startable(&self) -> Option<usize> {
+        if self.in_flight.len() >= INSERTS_IN_FLIGHT {
+            return None;
+        }
+        self.batches.first_sealed(|key| !self.inserting(key))
+    }
+
+    /// Whether an INSERT of partition `key` is in flight.
+    fn inserting(&self, (topic, partition): (&str, i32)) -> bool {
+        self.in_flight
+            .iter()
+            .any(|f| f.batch.partition == partition && f.batch.topic == topic)
+    }
+
+    /// Judges the [`Sink::startable`] batches and starts their INSERTs, each in its own task
+    /// (`in_flight`); a batch left without rows is committed at once, and the next one taken.
+    async fn start_inserts(&mut self) -> anyhow::Result<()> {
+        while let Some(i) = self.startable() {
+            if !self.judge(i).await? {
+                // Its partition was sent back to be read again: its batches are gone.
                 continue;
             }
-            let batch = self.batches.pop_front().expect("prepared");
-            self.in_flight = Some(InFlight::start(batch, &self.inserter, &self.gate));
-            break;
+            let batch = self.batches.take_sealed(i).expect("judged");
+            if batch.inserted || batch.rows.is_empty() {
+                self.commit(batch);
+                continue;
+            }
+            self.in_flight
+                .push(InFlight::start(batch, &self.inserter, &self.gate));
         }
         Ok(())
     }
 
-    /// The INSERT in flight ended: acknowledged, its offset is committed; failed, its batch
-    /// goes back to the front of the queue and the error is returned (`Ok(Err)`), for the
-    /// retries of `flush_sealed`. A batch whose partition was revoked meanwhile is forgotten
-    /// either way: its next owner reads it again from the committed offset.
-    fn finish_insert(&mut self, outcome: Outcome) -> anyhow::Result<Result<(), anyhow::Error>> {
+    /// Waits for every INSERT in flight and finishes each ([`Sink::finish_insert`]); the first
+    /// failure, if any (`Ok(Err)`), its batch back in the queue.
+    async fn finish_in_flight(&mut self) -> anyhow::Result<Result<(), anyhow::Error>> {
+        let mut failure = None;
+        while !self.in_flight.is_empty() {
+            let (i, outcome) = in_flight::ended(&mut self.in_flight).await;
+            if let Err(e) = self.finish_insert(i, outcome)? {
+                failure.get_or_insert(e);
+            }
+        }
+        Ok(failure.map_or(Ok(()), Err))
+    }
+
+    /// INSERT `i` of `in_flight` ended: acknowledged, its offset is committed; failed, its
+    /// batch goes back to the front of the queue and the error is returned (`Ok(Err)`), for
+    /// the retries of `flush_sealed`. A batch whose partition was revoked meanwhile is
+    /// forgotten either way: its next owner reads it again from the committed offset.
+    fn finish_insert(
+        &mut self,
+        i: usize,
+        outcome: Outcome,
+    ) -> anyhow::Result<Result<(), anyhow::Error>> {
         // A revocation served since the INSERT started concerns it.
         self.apply_revocations();
-        let flight = self.in_flight.take().expect("an INSERT in flight");
+        let flight = self.in_flight.remove(i);
         let (data, result) = outcome.context("the INSERT's task")?;
         let mut batch = flight.batch;
         batch.rows.data = data;
@@ -482,10 +519,14 @@ impl Sink {
         Ok(())
     }
 
-    /// Inserts and commits the sealed batches in order, one at a time, retrying the front one
-    /// (capped backoff, consumption paused) until it succeeds; `failed`: the front batch's
-    /// last attempt failed with it. `Ok(false)`: shutdown while failing.
+    /// Lets the INSERTs in flight end, then inserts and commits the sealed batches in order,
+    /// one at a time, retrying the front one (capped backoff, consumption paused) until it
+    /// succeeds; `failed`: the front batch's last attempt failed with it. `Ok(false)`:
+    /// shutdown while failing.
     async fn flush_sealed(&mut self, mut failed: Option<anyhow::Error>) -> anyhow::Result<bool> {
+        if let Err(e) = self.finish_in_flight().await? {
+            failed.get_or_insert(e);
+        }
         let mut paused = false;
         loop {
             // Revocations served by the last poll (also one whose select then ended by the
@@ -544,15 +585,15 @@ impl Sink {
         Ok(())
     }
 
-    /// Judges the front batch (first: what ClickHouse holds of the partition, and its
-    /// incarnation) unless it was. `Ok(false)`: no batch is left (a partition sent back to be
-    /// read again drops its batches, and the next front is judged in its place).
+    /// Judges the front batch ([`Sink::judge`]; no INSERT is in flight). `Ok(false)`: no
+    /// batch is left (a partition sent back to be read again drops its batches, and the next
+    /// front is judged in its place).
     async fn prepare_front(&mut self) -> anyhow::Result<bool> {
         loop {
-            let Some(front) = self.batches.front() else {
+            if self.batches.sealed_len() == 0 {
                 return Ok(false);
-            };
-            if front.judged || self.judge_front().await? {
+            }
+            if self.judge(0).await? {
                 return Ok(true);
             }
         }
@@ -573,11 +614,16 @@ impl Sink {
         }
     }
 
-    /// Drops the front batch's rows already stored and fixes its token. `Ok(false)`: the
-    /// partition was sent back to be read again instead (its rows were named by an id that
-    /// names an older life of the topic, or it resumed from another incarnation's position).
-    async fn judge_front(&mut self) -> anyhow::Result<bool> {
-        let front = self.batches.front().expect("a front batch");
+    /// Judges sealed batch `i`, the earliest of its partition, unless it was (first: what
+    /// ClickHouse holds of the partition, and its incarnation): drops its rows already stored
+    /// and fixes its token. `Ok(false)`: the partition was sent back to be read again instead
+    /// (its rows were named by an id that names an older life of the topic, or it resumed
+    /// from another incarnation's position), and its batches are dropped.
+    async fn judge(&mut self, i: usize) -> anyhow::Result<bool> {
+        let front = self.batches.sealed_mut(i).expect("a sealed batch");
+        if front.judged {
+            return Ok(true);
+        }
         let (key, stream) = ((front.topic.clone(), front.partition), front.stream);
         let (first_offset, commit) = (front.first_offset, front.commit);
         if !self.dedup.contains_key(&key) {
@@ -665,7 +711,7 @@ impl Sink {
                 return Ok(false);
             }
         }
-        let front = self.batches.front().expect("a front batch");
+        let front = self.batches.sealed_mut(i).expect("a sealed batch");
         let dedup = self.dedup.get_mut(&key).expect("inserted above");
         let (mut own, mut upstream) = (0u64, 0u64);
         front

@@ -14,6 +14,10 @@
 //!   INSERTs land seconds after they are sent, and the sink consumes on meanwhile) when a
 //!   second sink, with other batch sizes (so that no deduplication token can hide a repeat),
 //!   joins the group: the partitions move while an INSERT of theirs is in flight.
+//! * `inserts_in_flight`: the sink reaches ClickHouse through a slow link (each request lands
+//!   1 s after it is sent) with a backlog to store: on three partitions two INSERTs are
+//!   outstanding at once and never three, on one partition never two (the link's own view of
+//!   each request: when it came, when its answer began), and every record is stored once.
 //! * `broker_restart`: librdkafka's mock cluster (in-process, real protocol) takes its broker
 //!   down and up while the sink (in-process here) consumes and commits. tansu, the real
 //!   broker used elsewhere, keeps everything in memory, so restarting it would lose the topic.
@@ -547,6 +551,78 @@ async fn rebalance_mid_insert() {
         "rebalance_mid_insert: {N} records exactly once in {:?}",
         started.elapsed()
     );
+}
+
+/// The most INSERT requests outstanding at one moment, as `link` saw them (sent → answer).
+fn most_inserts_outstanding(link: &Relay) -> usize {
+    let mut edges: Vec<(Instant, i32)> = Vec::new();
+    for r in link.requests() {
+        if r.head.windows(12).any(|w| w == b"query=INSERT") {
+            let answered = r.answered.expect("every INSERT was answered");
+            edges.extend([(r.sent, 1), (answered, -1)]);
+        }
+    }
+    // An answer and a request at the same instant: the answer first.
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_in_flight() {
+    if skip() {
+        return;
+    }
+    let started = Instant::now();
+    let chdb = Chdb::start();
+    migrate(&chdb.url()).await;
+    let tansu = Tansu::start();
+    let ch = client(&chdb.url());
+    const N: u32 = 3_000;
+    for (partitions, most) in [(1, 1), (3, flowlens_sink::run::INSERTS_IN_FLIGHT)] {
+        // A link of its own per case, slow from the start; batches of 500 rows.
+        let link = Relay::start(chdb.port);
+        link.delay(Duration::from_secs(1));
+        let setup = Setup::new(tansu.broker(), link.url(), partitions, 500);
+        create_topics(&setup).await;
+        let mut ends = Ends::new();
+        produce(&setup, 0, N, false, base_ns(), &mut ends).await;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("sink.log");
+        let _sink = spawn_sink(&setup.write_config(dir.path()), &log, None);
+        let want: Vec<Option<i64>> = (0..partitions).map(|p| Some(ends[&p])).collect();
+        let query = "SELECT count(), uniqExact(src_pod) FROM flows WHERE kafka_topic = ?";
+        let start = Instant::now();
+        loop {
+            let (rows, ids): (u64, u64) = ch
+                .query(query)
+                .bind(&setup.topic)
+                .fetch_one()
+                .await
+                .unwrap();
+            assert!(rows <= u64::from(N), "{rows} rows > {N} records");
+            let offsets = committed(&setup.brokers, &setup.group, &setup.topic);
+            if rows == u64::from(N) && offsets == want {
+                assert_eq!(ids, rows, "each record once");
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{partitions} partitions: {rows}/{N} rows, committed {offsets:?}, ends {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            most_inserts_outstanding(&link),
+            most,
+            "{partitions} partitions: INSERTs outstanding at once"
+        );
+    }
+    eprintln!("inserts_in_flight: done in {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

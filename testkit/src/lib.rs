@@ -31,7 +31,7 @@ pub use http::*;
 pub use kafka::*;
 pub use netns::*;
 pub use process::*;
-pub use relay::{Connection, KafkaRequest, Relay};
+pub use relay::{Connection, KafkaRequest, Relay, Request};
 pub use tls::{Pki, Stunnel, STUNNEL};
 pub use web::{curl, web_server, Transfer, WebServer, SLOW_MS};
 pub use zookeeper::{ZooKeeper, ZOOKEEPER_JAR};

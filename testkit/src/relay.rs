@@ -3,7 +3,9 @@
 //! the replication factor of created topics in the request bytes; how long an HTTP client
 //! waits for an answer that never comes, and when it tries again). `hold` turns it into a
 //! server that accepts, reads and never answers; `delay` into a slow link towards the service
-//! (each request reaches the service late: an INSERT lands long after it was sent).
+//! (each request reaches the service late: an INSERT lands long after it was sent). Each
+//! request is also timed ([`Request`]: when it came, when its answer began), so how many of a
+//! client's requests were outstanding at once can be read from the outside.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -36,9 +38,26 @@ impl Connection {
     }
 }
 
+/// One request (what a client sends after [`QUIET`] without sending) and when it was answered.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The index of its connection in [`Relay::connections`].
+    pub connection: usize,
+    /// When its first bytes reached the relay.
+    pub sent: Instant,
+    /// When the first bytes of the service's answer came back, if they did.
+    pub answered: Option<Instant>,
+    /// Its first bytes (an HTTP request line and headers).
+    pub head: Vec<u8>,
+}
+
+/// Bytes of each request's beginning kept in [`Request::head`].
+const HEAD: usize = 1024;
+
 #[derive(Default)]
 struct State {
     connections: Vec<Connection>,
+    requests: Vec<Request>,
     /// Open streams (client side) of forwarded connections, to cut them on [`Relay::hold`].
     open: Vec<(usize, TcpStream)>,
 }
@@ -127,6 +146,11 @@ impl Relay {
         self.state.lock().unwrap().connections.clone()
     }
 
+    /// Every request so far, in the order they came.
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
     /// The Kafka requests of every connection, in order (complete frames only).
     pub fn kafka_requests(&self) -> Vec<KafkaRequest> {
         self.connections()
@@ -196,8 +220,30 @@ fn accept(
         let mut s = state.lock().unwrap();
         s.open.push((index, client.try_clone().unwrap()));
         let (mut from, mut to) = (upstream.try_clone().unwrap(), client.try_clone().unwrap());
+        let state = state.clone();
         std::thread::spawn(move || {
-            let _ = std::io::copy(&mut from, &mut to);
+            let mut buf = [0u8; 64 * 1024];
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let now = Instant::now();
+                if let Some(r) = state
+                    .lock()
+                    .unwrap()
+                    .requests
+                    .iter_mut()
+                    .rev()
+                    .find(|r| r.connection == index)
+                    .filter(|r| r.answered.is_none())
+                {
+                    r.answered = Some(now);
+                }
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
             let _ = to.shutdown(Shutdown::Both);
         });
     }
@@ -216,6 +262,18 @@ fn accept(
                 let sent = &mut s.connections[index].sent;
                 let room = KEPT.saturating_sub(sent.len()).min(n);
                 sent.extend_from_slice(&buf[..room]);
+                if last.elapsed() >= QUIET {
+                    s.requests.push(Request {
+                        connection: index,
+                        sent: Instant::now(),
+                        answered: None,
+                        head: Vec::new(),
+                    });
+                }
+                if let Some(r) = s.requests.iter_mut().rev().find(|r| r.connection == index) {
+                    let room = HEAD.saturating_sub(r.head.len()).min(n);
+                    r.head.extend_from_slice(&buf[..room]);
+                }
             }
             if let Some(u) = &mut upstream {
                 let delay = delay_ms.load(Ordering::SeqCst);

@@ -1,9 +1,13 @@
-//! The INSERT in flight: one sealed batch inserted by its own task while the loop consumes and
-//! decodes the next records, and the gate that makes a revocation of its partition wait for
-//! its end (acknowledged or failed) before the partition is given up, so that the partition's
-//! next owner reads back a ClickHouse that holds every row this sink will ever insert of it.
+//! The INSERTs in flight: sealed batches of distinct partitions, each inserted by its own task
+//! while the loop consumes and decodes the next records, and the gate that makes a revocation
+//! of a partition wait for the end of its INSERT (acknowledged or failed) before the partition
+//! is given up, so that its next owner reads back a ClickHouse that holds every row this sink
+//! will ever insert of it.
 
+use std::future::Future as _;
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::task::{JoinError, JoinHandle};
@@ -11,10 +15,10 @@ use tokio::task::{JoinError, JoinHandle};
 use crate::batch::{PartitionKey, Sealed};
 use crate::insert::Inserter;
 
-/// The partition whose INSERT is in flight, shared by the loop, the INSERT's task and the
+/// The partitions whose INSERT is in flight, shared by the loop, the INSERTs' tasks and the
 /// consumer's rebalance callback.
 pub struct InsertGate {
-    inserting: Mutex<Option<PartitionKey>>,
+    inserting: Mutex<Vec<PartitionKey>>,
     ended: Condvar,
     /// The longest wait of a revocation (an INSERT ends by its own timeouts well before).
     limit: Duration,
@@ -23,18 +27,25 @@ pub struct InsertGate {
 impl InsertGate {
     pub fn new(limit: Duration) -> Self {
         Self {
-            inserting: Mutex::new(None),
+            inserting: Mutex::new(Vec::new()),
             ended: Condvar::new(),
             limit,
         }
     }
 
     fn begin(&self, key: PartitionKey) {
-        *self.inserting.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
+        self.inserting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(key);
     }
 
-    fn end(&self) {
-        *self.inserting.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    fn end(&self, key: &PartitionKey) {
+        let mut inserting = self.inserting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = inserting.iter().position(|k| k == key) {
+            inserting.swap_remove(i);
+        }
+        drop(inserting);
         self.ended.notify_all();
     }
 
@@ -42,8 +53,7 @@ impl InsertGate {
     /// of theirs is in flight. The callback runs inside `recv()` on a runtime worker; the wait
     /// hands the worker's other tasks (the INSERT's among them) to another thread.
     pub fn wait_before_revoking(&self, revoked: &[PartitionKey]) {
-        let inserting =
-            |key: &Option<PartitionKey>| key.as_ref().is_some_and(|k| revoked.contains(k));
+        let inserting = |keys: &Vec<PartitionKey>| keys.iter().any(|k| revoked.contains(k));
         if !inserting(&self.inserting.lock().unwrap_or_else(|p| p.into_inner())) {
             return;
         }
@@ -52,7 +62,7 @@ impl InsertGate {
             let guard = self.inserting.lock().unwrap_or_else(|p| p.into_inner());
             let (guard, timeout) = self
                 .ended
-                .wait_timeout_while(guard, self.limit, |key| inserting(key))
+                .wait_timeout_while(guard, self.limit, |keys| inserting(keys))
                 .unwrap_or_else(|p| p.into_inner());
             drop(guard);
             timeout.timed_out()
@@ -74,12 +84,12 @@ impl InsertGate {
     }
 }
 
-/// Ends the gate when the INSERT's task ends, however it ends.
-struct Ending(Arc<InsertGate>);
+/// Takes the INSERT's partition out of the gate when its task ends, however it ends.
+struct Ending(Arc<InsertGate>, PartitionKey);
 
 impl Drop for Ending {
     fn drop(&mut self) {
-        self.0.end();
+        self.0.end(&self.1);
     }
 }
 
@@ -99,8 +109,9 @@ impl InFlight {
     pub fn start(mut batch: Sealed, inserter: &Inserter, gate: &Arc<InsertGate>) -> Self {
         let data = std::mem::take(&mut batch.rows.data);
         let (rows, token) = (batch.rows.len(), batch.token.clone());
-        gate.begin((batch.topic.clone(), batch.partition));
-        let (inserter, ending) = (inserter.clone(), Ending(gate.clone()));
+        let key = (batch.topic.clone(), batch.partition);
+        gate.begin(key.clone());
+        let (inserter, ending) = (inserter.clone(), Ending(gate.clone(), key));
         let task = tokio::spawn(async move {
             let result = inserter.write_encoded(&data, rows, token.as_deref()).await;
             drop(ending);
@@ -118,10 +129,15 @@ impl InFlight {
     }
 }
 
-/// The end of the INSERT in flight, if any (pending forever without one).
-pub async fn ended(flight: &mut Option<InFlight>) -> Outcome {
-    match flight {
-        Some(f) => (&mut f.task).await,
-        None => std::future::pending().await,
-    }
+/// The first INSERT of `flights` to end: its index and outcome (pending forever without one).
+pub async fn ended(flights: &mut [InFlight]) -> (usize, Outcome) {
+    std::future::poll_fn(|cx| {
+        for (i, f) in flights.iter_mut().enumerate() {
+            if let Poll::Ready(outcome) = Pin::new(&mut f.task).poll(cx) {
+                return Poll::Ready((i, outcome));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }

@@ -98,7 +98,7 @@ impl Sink {
         tracing::warn!(topic = %key.0, partition = key.1, reason,
             "new incarnation of the input topic: reading the partition from its beginning; rows read before are stored, not committed");
         self.batches.end_incarnation(key);
-        if let Some(flight) = self.in_flight.as_mut().filter(|f| f.is_of(key)) {
+        for flight in self.in_flight.iter_mut().filter(|f| f.is_of(key)) {
             flight.batch.commit = false;
         }
         self.inputs.remove(key);
@@ -118,7 +118,7 @@ impl Sink {
             return false;
         }
         for k in &revoked {
-            if let Some(flight) = self.in_flight.as_mut().filter(|f| f.is_of(k)) {
+            for flight in self.in_flight.iter_mut().filter(|f| f.is_of(k)) {
                 flight.revoked = true;
             }
             self.dedup.remove(k);

@@ -3,7 +3,8 @@
 //!
 //! A run ([`run`]) starts its [`services`] and [`stages`], creates its [`topics`], and measures
 //! the broker alone ([`baseline`]) and the pipeline ([`phase`]: one driver for the saturation
-//! and the sustained phases) while the [`monitor`] samples; [`verify`] counts losses and
+//! and the sustained phases) while the [`monitor`] samples, and the client library's floor
+//! under the enricher ([`relay`]); [`verify`] counts losses and
 //! latencies in ClickHouse, [`results`] holds what was measured and [`report`] writes it
 //! (markdown, JSON, PNG plots). Beside them: [`gen`] (record shapes), [`produce`] (rate-limited
 //! producer with delivery accounting), [`probe`] (/proc, Prometheus and ClickHouse readings),
@@ -24,6 +25,7 @@ pub mod phase;
 pub mod probe;
 pub mod produce;
 pub mod progress;
+pub mod relay;
 pub mod report;
 pub mod results;
 pub mod run;

@@ -63,6 +63,22 @@ enum Cmd {
     /// (internal) runs one stage from FLOWLENS_<STAGE>__* variables, like its own binary.
     #[command(hide = true)]
     Stage { name: String },
+    /// (internal) the floor under the enricher: relays `records` records of `from` to `to`
+    /// through the enricher's clients and settings, then prints its CPU (bench/src/relay.rs).
+    #[command(hide = true)]
+    Relay {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long)]
+        from: String,
+        /// Without it, only consumes.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        records: u64,
+    },
     /// (internal) HTTP relay to clickhouse-server 18.16 that drops the INSERT settings it does
     /// not know (see bench/src/server18.rs).
     #[command(hide = true)]
@@ -79,7 +95,9 @@ struct RunArgs {
     /// A smoke run of a few seconds (small counts; numbers are not meaningful).
     #[arg(long)]
     quick: bool,
-    /// Records of the baseline and of the saturation phase [default: 600000, quick: 5000].
+    /// Records of the baseline and of the saturation phase [default: 2000000, quick: 5000]: a
+    /// saturation phase long enough to be the pipeline's work rather than its filling and
+    /// draining (batches of up to 50,000 rows per partition, 2 s of batch age).
     #[arg(long)]
     records: Option<u64>,
     /// Repetitions of the broker-alone baseline, the best kept [default: 3, quick: 1].
@@ -195,6 +213,13 @@ fn main() -> ExitCode {
             &flowlens_bench::progress::Progress::new(!no_progress),
         ),
         Cmd::Stage { name } => stage(&name),
+        Cmd::Relay {
+            brokers,
+            from,
+            to,
+            group,
+            records,
+        } => flowlens_bench::relay::relay(&brokers, &from, to.as_deref(), &group, records),
         Cmd::SettingsFilter { listen, upstream } => flowlens_bench::server18::serve_filter(
             &listen,
             &upstream,
@@ -232,7 +257,7 @@ fn bench(a: RunArgs) -> anyhow::Result<()> {
         shown.join(" ")
     );
     let opts = run::Options {
-        records: a.records.unwrap_or(if a.quick { 5_000 } else { 600_000 }),
+        records: a.records.unwrap_or(if a.quick { 5_000 } else { 2_000_000 }),
         duration_s: a.duration.unwrap_or(if a.quick { 2.0 } else { 60.0 }),
         baseline_repeats: a.baseline_repeats.unwrap_or(if a.quick { 1 } else { 3 }),
         rate: a.rate,

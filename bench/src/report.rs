@@ -201,6 +201,33 @@ fn summary(o: &mut String, r: &Report) {
             );
         }
     }
+    for (stage, floor, what) in [
+        (
+            "enricher",
+            &r.floors.relay,
+            "a relay through its Kafka clients and settings, no decoding, join or encoding",
+        ),
+        (
+            "sink",
+            &r.floors.consume,
+            "consuming only, with its consumer's settings, no decoding and no INSERT",
+        ),
+    ] {
+        let _ = writeln!(
+            o,
+            "| the {stage}'s Kafka floor: {what} (µs of CPU per record, at {:.0} records/s) | {:.2} |",
+            floor.records_per_s(),
+            floor.us_per_record()
+        );
+        if let Some(c) = r.saturation.costs.iter().find(|c| c.name == stage) {
+            let _ = writeln!(
+                o,
+                "| {stage} at saturation: µs of CPU per record / above its floor | {:.2} / {:.2} |",
+                c.cpu_s_per_million,
+                c.cpu_s_per_million - floor.us_per_record()
+            );
+        }
+    }
     let _ = writeln!(
         o,
         "| sustained rate (records/s, for {:.0} s) | {:.0} |",

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::codec::CodecCosts;
 use crate::monitor::{CpuUse, Sample};
+use crate::relay::Floors;
 
 /// Per-process cost over one phase.
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +88,8 @@ pub struct Report {
     pub record_bytes: usize,
     pub processes: Vec<String>,
     pub baseline: Baseline,
+    /// The Kafka clients' floors under the enricher and the sink.
+    pub floors: Floors,
     pub saturation: Phase,
     pub sustained: Phase,
     /// saturation.end_to_end_per_s / baseline.pass_through_per_s

@@ -3,6 +3,9 @@
 //! 1. **broker baseline** ([`crate::baseline`]): the load generator produces N records to a
 //!    topic while a plain consumer reads them back, no decoding, no processing: the broker's
 //!    pass-through limit (repeated, the best repetition kept).
+//!    Then the **floors** ([`crate::relay`]): those records consumed and produced unchanged
+//!    through the enricher's clients and settings, in a process of its own (the floor under the
+//!    enricher's CPU per record), then consumed only (the sink's Kafka side).
 //! 2. **pipeline saturation** ([`crate::phase`]): the same N records into the raw topic as fast
 //!    as the producer goes, with the enricher and the sink (each in its own process, through
 //!    their `run` APIs: [`crate::stages`]) carrying them into ClickHouse; throughput = N / time
@@ -30,6 +33,7 @@ use crate::phase::{Pipeline, Timing};
 use crate::probe::{loadavg, machine, utc_now};
 use crate::produce::{self, now_ns, Deliveries};
 use crate::progress::Progress;
+use crate::relay;
 use crate::results::{Report, StageCost};
 use crate::services::{ClickHouseTarget, Engine, Services};
 use crate::stages::{StageSettings, Stages};
@@ -131,6 +135,21 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         base_ns,
     }
     .measure(&topics.baseline, &mut pipeline.monitor, &progress)?;
+    // 1b. The floors: the first repetition's records relayed unchanged, then consumed only.
+    progress.say(format!(
+        "floors: {n} records relayed through the enricher's clients, then consumed only"
+    ));
+    let from = &topics.baseline[0];
+    let floors = relay::Floors {
+        relay: relay::measure(
+            kafka,
+            from,
+            Some(&topics.relay),
+            &format!("{run_id}_relay"),
+            n,
+        )?,
+        consume: relay::measure(kafka, from, None, &format!("{run_id}_consume"), n)?,
+    };
     // 2. Saturation: the same number of records through the whole pipeline, as fast as it goes.
     progress.say(format!("saturation: {n} records through enricher and sink"));
     let sat_run = pipeline.drive("saturation", n, 0.0, &progress)?;
@@ -194,6 +213,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         ratio_to_broker: saturation.end_to_end_per_s / baseline.pass_through_per_s,
         ratio_per_cpu: per_record(&baseline.costs) / per_record(&saturation.costs).max(1e-9),
         baseline,
+        floors,
         saturation,
         sustained,
         losses,

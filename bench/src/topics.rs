@@ -13,15 +13,17 @@ use crate::gen::Generator;
 use crate::produce::{self, Deliveries};
 use crate::progress::Progress;
 
-/// The pipeline's topics (in `kafka`) and one topic per repetition of the broker baseline.
+/// The pipeline's topics (in `kafka`), one topic per repetition of the broker baseline and the
+/// relay's output (`crate::relay`).
 pub struct Topics {
     pub kafka: KafkaConfig,
     pub baseline: Vec<String>,
+    pub relay: String,
 }
 
 impl Topics {
-    /// Creates `<run_id>_{raw,interfaces,enriched,dlq}` and `<run_id>_baseline<i>` with
-    /// `partitions` partitions each.
+    /// Creates `<run_id>_{raw,interfaces,enriched,dlq}`, `<run_id>_baseline<i>` and
+    /// `<run_id>_relay` with `partitions` partitions each.
     pub fn create(
         run_id: &str,
         brokers: &str,
@@ -42,6 +44,7 @@ impl Topics {
         let baseline: Vec<String> = (0..baseline_repeats.max(1))
             .map(|i| format!("{run_id}_baseline{i}"))
             .collect();
+        let relay = format!("{run_id}_relay");
         rt.block_on(kafka.ensure_topics(&[
             (kafka.topics.raw_flows.as_str(), false),
             (kafka.topics.interfaces.as_str(), true),
@@ -52,11 +55,16 @@ impl Topics {
             kafka.ensure_topics(
                 &baseline
                     .iter()
+                    .chain([&relay])
                     .map(|t| (t.as_str(), false))
                     .collect::<Vec<_>>(),
             ),
         )?;
-        Ok(Self { kafka, baseline })
+        Ok(Self {
+            kafka,
+            baseline,
+            relay,
+        })
     }
 
     /// Publishes the interface record of every host `generator` makes flows for.
@@ -97,6 +105,7 @@ impl Topics {
             self.kafka.topics.dead_letter.as_str(),
         ];
         topics.extend(self.baseline.iter().map(String::as_str));
+        topics.push(&self.relay);
         if let Err(e) = rt.block_on(admin.delete_topics(&topics, &AdminOptions::new())) {
             progress.say(format!("could not delete the run's topics {topics:?}: {e}"));
         }

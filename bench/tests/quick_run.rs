@@ -63,9 +63,19 @@ fn quick_run_writes_a_report_with_zero_losses() {
     }
     assert!(json["ratio_to_broker"].as_f64().unwrap() > 0.0);
     assert!(!json["samples"].as_array().unwrap().is_empty());
+    // The Kafka floors: the relay and the bare consumer each went through the baseline's
+    // records (5,000 in a quick run), with CPU of their own.
+    for floor in ["relay", "consume"] {
+        let f = &json["floors"][floor];
+        assert_eq!(f["records"].as_u64(), Some(5_000), "{floor}: {f}");
+        assert!(f["cpu_s"].as_f64().unwrap() > 0.0, "{floor}: {f}");
+    }
 
     let md = std::fs::read_to_string(out.path().join("t.md")).unwrap();
     assert!(md.contains("zero losses"), "{md}");
+    for row in ["the enricher's Kafka floor", "the sink's Kafka floor"] {
+        assert!(md.contains(row), "{row}: {md}");
+    }
     assert!(
         md.contains("cargo run --release -p flowlens-bench -- run --quick"),
         "{md}"

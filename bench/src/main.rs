@@ -97,7 +97,7 @@ struct RunArgs {
     quick: bool,
     /// Records of the baseline and of the saturation phase [default: 2000000, quick: 5000]: a
     /// saturation phase long enough to be the pipeline's work rather than its filling and
-    /// draining (batches of up to 50,000 rows per partition, 2 s of batch age).
+    /// draining (batches of up to 50,000 rows per partition, 1 s of batch age).
     #[arg(long)]
     records: Option<u64>,
     /// Repetitions of the broker-alone baseline, the best kept [default: 3, quick: 1].

@@ -336,7 +336,7 @@ fn method(o: &mut String) {
          - Latency: `time_inserted` (set by ClickHouse when the row is written) minus \
          `time_exported` (set by the load generator when it sends): flow exported → row visible. \
          A collector adds up to its scan interval before that. The sink's batch age \
-         (`batch.max_age_ms`, default 2000) dominates it at moderate rates.\n\
+         (`batch.max_age_ms`, default 1000) dominates it at moderate rates.\n\
          - The ratio compares the pipeline (two broker hops, decode/join/encode, ClickHouse \
          inserts) with one broker hop and no processing, in the same run, on the same cores. \
          Its per-CPU form divides the CPU per record (all processes) of the broker-alone phase \

@@ -107,7 +107,8 @@ pub struct BatchConfig {
     pub max_rows: usize,
     /// RowBinary size of the rows (before LZ4).
     pub max_bytes: usize,
-    /// Age of the oldest record in the batch.
+    /// Age of the oldest record in the batch. 1 s by default: with two INSERTs in flight the
+    /// end-to-end p99 stays within ~2 s at 60 % of saturation (bench/README.md).
     pub max_age_ms: u64,
     /// Adaptive age limit: a partition whose batches are cut by age with fewer than
     /// `small_batch_rows` rows waits twice as long for the next one, up to this (so trickles do
@@ -122,7 +123,7 @@ impl Default for BatchConfig {
         Self {
             max_rows: 50_000,
             max_bytes: 32 * 1024 * 1024,
-            max_age_ms: 2_000,
+            max_age_ms: 1_000,
             max_idle_age_ms: 8_000,
             small_batch_rows: 1_000,
         }

@@ -1,12 +1,13 @@
 //! The consume → batch → insert → commit loop, consuming on while INSERTs are in flight
-//! (`in_flight`: up to [`INSERTS_IN_FLIGHT`], of distinct partitions). Offsets are committed (asynchronously, with the incarnation as commit
-//! metadata) only after ClickHouse acknowledged every row up to them; records already stored
-//! are dropped before their INSERT by their identity (`dedup`, `recovery`); undecodable records
-//! go to the dead-letter topic; while ClickHouse is down the partitions are paused and nothing
-//! is committed; a revocation waits for the INSERT in flight of its partitions, and revoked
-//! partitions' batches are dropped right after the `recv()` whose callback revoked them; at
-//! shutdown open batches are inserted and committed. ARCHITECTURE.md ("Delivery", "The sink's
-//! loop") has the rules and why the effect in ClickHouse is exactly once.
+//! (`in_flight`: up to [`INSERTS_IN_FLIGHT`], of distinct partitions). Offsets are committed
+//! (asynchronously, with the incarnation as commit metadata) only after ClickHouse
+//! acknowledged every row up to them; records already stored are dropped before their INSERT
+//! by their identity (`dedup`, `recovery`); undecodable records go to the dead-letter topic;
+//! while ClickHouse is down the partitions are paused and nothing is committed; a revocation
+//! waits for the INSERTs in flight of its partitions, and revoked partitions' batches are
+//! dropped right after the `recv()` whose callback revoked them; at shutdown open batches are
+//! inserted and committed. ARCHITECTURE.md ("Delivery", "The sink's loop") has the rules and
+//! why the effect in ClickHouse is exactly once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

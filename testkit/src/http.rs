@@ -53,10 +53,11 @@ pub fn http_with_headers(
     Ok((status, body))
 }
 
-/// `GET path` on 127.0.0.1:`port`: `(status, body)`, `None` while nothing listens there.
+/// `GET path` on 127.0.0.1:`port`: `(status, body)`, `None` while nothing listens there or
+/// the connection fails (a server starting or stopping may reset it).
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    TcpStream::connect(("127.0.0.1", port)).ok()?;
-    Some(http(port, "GET", path, ""))
+    let addr = format!("127.0.0.1:{port}");
+    http_to(&addr, "GET", path, "", Duration::from_secs(20)).ok()
 }
 
 /// Polls `GET path` (a stage's `/readyz` or `/healthz`) until it answers `status` with a body

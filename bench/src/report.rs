@@ -119,8 +119,13 @@ fn header(o: &mut String, r: &Report) {
     let _ = writeln!(
         o,
         "- sink batch.max_age_ms: {}",
-        r.sink_batch_age_ms
-            .map_or("default (2000)".to_string(), |a| a.to_string())
+        r.sink_batch_age_ms.map_or_else(
+            || {
+                let default = flowlens_sink::config::BatchConfig::default().max_age_ms;
+                format!("default ({default})")
+            },
+            |a| a.to_string()
+        )
     );
     let _ = writeln!(o, "- reproduce: `{}`", r.command);
     for note in &r.notes {
@@ -317,7 +322,9 @@ fn codec_table(o: &mut String, r: &Report) {
 
 /// How the numbers are measured.
 fn method(o: &mut String) {
-    o.push_str(
+    let age = flowlens_sink::config::BatchConfig::default().max_age_ms;
+    let _ = write!(
+        o,
         "## How it is measured\n\n\
          - Records are synthetic raw flows (Zipf-distributed hosts, pods, services and ports; \
          Pareto packet counts; 30 % IPv6) produced with the collector's producer settings; each \
@@ -336,7 +343,7 @@ fn method(o: &mut String) {
          - Latency: `time_inserted` (set by ClickHouse when the row is written) minus \
          `time_exported` (set by the load generator when it sends): flow exported → row visible. \
          A collector adds up to its scan interval before that. The sink's batch age \
-         (`batch.max_age_ms`, default 1000) dominates it at moderate rates.\n\
+         (`batch.max_age_ms`, default {age}) dominates it at moderate rates.\n\
          - The ratio compares the pipeline (two broker hops, decode/join/encode, ClickHouse \
          inserts) with one broker hop and no processing, in the same run, on the same cores. \
          Its per-CPU form divides the CPU per record (all processes) of the broker-alone phase \

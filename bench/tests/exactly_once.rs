@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use flowlens_runtime::kafka::KafkaConfig;
 use flowlens_schemas::{ip_to_v6, Direction, RawFlow};
 use flowlens_testkit::{
-    delete_topics, end_offsets, require, unique, Chdb, ChildGuard, Tansu, TANSU, VENV_PYTHON,
+    committed, delete_topics, end_offsets, require, unique, Chdb, ChildGuard, Tansu, TANSU,
+    VENV_PYTHON,
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -140,6 +141,11 @@ dead_letter = "{dlq}"
 "heartbeat.interval.ms" = "500"
 # The enricher commits every 5 s: a kill almost always leaves produced records uncommitted.
 "auto.commit.interval.ms" = "5000"
+# Static membership: a restarted stage takes its dead process's place in the group. tansu 0.6
+# keeps a member that died in the middle of a rebalance (librdkafka crashing as a topic it
+# fetches is deleted, ARCHITECTURE.md) as the group's leader for ever otherwise, and the group
+# never assigns a partition again.
+"group.instance.id" = "exactly-once"
 {debug}"#,
             debug = std::env::var("EO_KAFKA_DEBUG")
                 .map(|d| format!("\"debug\" = \"{d}\"\n"))
@@ -348,9 +354,9 @@ async fn rows(ch: &clickhouse::Client) -> u64 {
         .unwrap_or(0)
 }
 
-/// Brokers and topics whose end offsets a failed wait prints, and the broker's log directory,
-/// whose logs' last lines it prints.
-type Diagnose = (String, Vec<String>, PathBuf);
+/// Brokers, and topics with the group reading each, whose end offsets and committed offsets a
+/// failed wait prints, and the broker's log directory, whose logs' last lines it prints.
+type Diagnose = (String, Vec<(String, String)>, PathBuf);
 static DIAGNOSE: std::sync::Mutex<Option<Diagnose>> = std::sync::Mutex::new(None);
 
 /// Waits (bounded) until `flows` holds `n` rows, never more; `tick` runs every poll (e.g. a
@@ -369,7 +375,13 @@ async fn wait_rows(ch: &clickhouse::Client, n: u64, timeout: Duration, mut tick:
                 Some((brokers, names, logs)) => tokio::task::spawn_blocking(move || {
                     let ends = names
                         .iter()
-                        .map(|t| format!("{t}: ends {:?}", end_offsets(&brokers, t)))
+                        .map(|(t, g)| {
+                            format!(
+                                "{t}: ends {:?} (tansu reports them short), committed by {g} {:?}",
+                                end_offsets(&brokers, t),
+                                committed(&brokers, g, t)
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join("; ");
                     let mut logs: Vec<_> = std::fs::read_dir(logs)
@@ -594,7 +606,10 @@ async fn broker_and_topics_reset_under_running_stages() {
     sink.start();
     *DIAGNOSE.lock().unwrap() = Some((
         brokers.clone(),
-        vec![names.raw.clone(), names.enriched.clone()],
+        vec![
+            (names.raw.clone(), names.enricher_group.clone()),
+            (names.enriched.clone(), names.sink_group.clone()),
+        ],
         tansu.log_dir(),
     ));
     let ch = clickhouse(&chdb.url());

@@ -88,6 +88,13 @@ impl ConsumerContext for InputContext {
             self.revoked.lock().unwrap().extend(gone);
         }
     }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let given: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(partitions = ?given, "partitions assigned");
+        }
+    }
 }
 
 /// What the pipeline knows of an input partition since it was assigned.
